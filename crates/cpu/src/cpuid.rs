@@ -1,0 +1,345 @@
+//! CPUID as a microVM presents it: what the host's KVM supports, with the
+//! hypervisor bit set, a flat topology of N single-threaded cores in one
+//! package, no performance monitoring, and the host's brand string.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+
+use crate::{Error, Result};
+
+/// Leaf 1 ECX: running under a hypervisor.
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 EDX: more than one logical processor per package.
+const LEAF1_EDX_HTT: u32 = 1 << 28;
+/// Leaf 0x80000001 ECX (AMD): core multi-processing legacy mode.
+const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
+/// Leaf 0xB level types.
+const LEVEL_TYPE_SMT: u32 = 1;
+const LEVEL_TYPE_CORE: u32 = 2;
+/// The three brand-string leaves.
+const BRAND_LEAVES: [u32; 3] = [0x8000_0002, 0x8000_0003, 0x8000_0004];
+/// Brand used when the host reports none.
+const FALLBACK_BRAND: &str = "Ember Virtual CPU";
+
+/// CPU vendor, which decides the topology leaves to fill in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vendor {
+    /// "GenuineIntel".
+    Intel,
+    /// "AuthenticAMD" (and Hygon).
+    Amd,
+    /// Anything else: only vendor-neutral leaves are touched.
+    Other,
+}
+
+impl Vendor {
+    /// The vendor named by leaf 0 of `cpuid`.
+    pub fn of(cpuid: &CpuId) -> Vendor {
+        let Some(leaf0) = find(cpuid, 0, 0) else {
+            return Vendor::Other;
+        };
+        let mut sig = [0u8; 12];
+        sig[..4].copy_from_slice(&leaf0.ebx.to_le_bytes());
+        sig[4..8].copy_from_slice(&leaf0.edx.to_le_bytes());
+        sig[8..].copy_from_slice(&leaf0.ecx.to_le_bytes());
+        match &sig {
+            b"GenuineIntel" => Vendor::Intel,
+            b"AuthenticAMD" | b"HygonGenuine" => Vendor::Amd,
+            _ => Vendor::Other,
+        }
+    }
+}
+
+/// Number of APIC-ID bits needed to number `count` logical processors.
+fn id_bits(count: u8) -> u32 {
+    let count = u32::from(count.max(1));
+    u32::BITS - (count - 1).leading_zeros()
+}
+
+fn find(cpuid: &CpuId, function: u32, index: u32) -> Option<&kvm_cpuid_entry2> {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == function && e.index == index)
+}
+
+fn max_leaf(cpuid: &CpuId, base: u32) -> u32 {
+    find(cpuid, base, 0).map_or(0, |e| e.eax)
+}
+
+/// Sets the registers of (function, index), adding the entry if it is missing.
+fn upsert(cpuid: &mut CpuId, entry: kvm_cpuid_entry2) -> Result<()> {
+    if let Some(existing) = cpuid
+        .as_mut_slice()
+        .iter_mut()
+        .find(|e| e.function == entry.function && e.index == entry.index)
+    {
+        *existing = entry;
+        return Ok(());
+    }
+    cpuid.push(entry).map_err(|_| Error::FamList("CPUID"))
+}
+
+/// The host's processor brand string (48 bytes, NUL padded), or Ember's own when
+/// the host has none.
+pub fn host_brand_string() -> [u8; 48] {
+    let mut brand = [0u8; 48];
+    let max_ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    if max_ext >= 0x8000_0004 {
+        for (i, leaf) in BRAND_LEAVES.iter().enumerate() {
+            let r = std::arch::x86_64::__cpuid(*leaf);
+            for (j, reg) in [r.eax, r.ebx, r.ecx, r.edx].iter().enumerate() {
+                let at = i * 16 + j * 4;
+                brand[at..at + 4].copy_from_slice(&reg.to_le_bytes());
+            }
+        }
+    }
+    if brand.iter().all(|b| *b == 0 || *b == b' ') {
+        brand = [0u8; 48];
+        brand[..FALLBACK_BRAND.len()].copy_from_slice(FALLBACK_BRAND.as_bytes());
+    }
+    brand
+}
+
+/// Guest-physical address width of the host, from CPUID leaf 0x80000008.
+pub fn host_phys_addr_bits() -> u8 {
+    let max_ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    if max_ext < 0x8000_0008 {
+        return 36;
+    }
+    let eax = std::arch::x86_64::__cpuid(0x8000_0008).eax;
+    (eax & 0xff) as u8
+}
+
+/// What the guest should see about its place in the VM.
+#[derive(Clone, Copy, Debug)]
+pub struct Topology {
+    /// This vCPU's index, which is also its APIC ID.
+    pub vcpu_index: u8,
+    /// vCPUs in the VM.
+    pub vcpu_count: u8,
+}
+
+/// Turns the CPUID KVM supports into the CPUID of one vCPU: hypervisor bit,
+/// APIC ID and topology for `topology`, no PMU, and `brand` as the brand string.
+pub fn normalize(cpuid: &mut CpuId, topology: Topology, brand: &[u8; 48]) -> Result<()> {
+    let Topology {
+        vcpu_index,
+        vcpu_count,
+    } = topology;
+    let apic_id = u32::from(vcpu_index);
+    let count = u32::from(vcpu_count.max(1));
+    let vendor = Vendor::of(cpuid);
+    let max_basic = max_leaf(cpuid, 0);
+
+    for entry in cpuid.as_mut_slice() {
+        match entry.function {
+            1 => {
+                entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | (count.min(255) << 16);
+                entry.ecx |= LEAF1_ECX_HYPERVISOR;
+                if count > 1 {
+                    entry.edx |= LEAF1_EDX_HTT;
+                } else {
+                    entry.edx &= !LEAF1_EDX_HTT;
+                }
+            }
+            4 if vendor == Vendor::Intel && entry.eax & 0x1f != 0 => {
+                let cache_level = (entry.eax >> 5) & 0x7;
+                let sharing = if cache_level >= 3 { count - 1 } else { 0 };
+                entry.eax =
+                    (entry.eax & 0x3fff) | ((count - 1).min(63) << 26) | ((sharing & 0xfff) << 14);
+            }
+            // No thermal/power management and no performance monitoring.
+            6 => {
+                entry.eax &= 1 << 2; // keep ARAT: the APIC timer runs in all states
+                entry.ebx = 0;
+                entry.ecx = 0;
+                entry.edx = 0;
+            }
+            0xa => {
+                entry.eax = 0;
+                entry.ebx = 0;
+                entry.ecx = 0;
+                entry.edx = 0;
+            }
+            0x8000_0001 if vendor == Vendor::Amd => {
+                if count > 1 {
+                    entry.ecx |= EXT1_ECX_CMP_LEGACY;
+                } else {
+                    entry.ecx &= !EXT1_ECX_CMP_LEGACY;
+                }
+            }
+            0x8000_0008 if vendor == Vendor::Amd => {
+                entry.ecx = (entry.ecx & !0xf0ff) | (id_bits(vcpu_count) << 12) | (count - 1);
+            }
+            0x8000_001e if vendor == Vendor::Amd => {
+                entry.eax = apic_id;
+                entry.ebx = apic_id & 0xff; // compute unit = core, one thread each
+                entry.ecx = 0; // one node
+                entry.edx = 0;
+            }
+            _ => {}
+        }
+    }
+
+    if max_basic >= 0xb {
+        let level = |index: u32, shift: u32, procs: u32, kind: u32| kvm_cpuid_entry2 {
+            function: 0xb,
+            index,
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            eax: shift,
+            ebx: procs,
+            ecx: (kind << 8) | index,
+            edx: apic_id,
+            ..Default::default()
+        };
+        upsert(cpuid, level(0, 0, 1, LEVEL_TYPE_SMT))?;
+        upsert(cpuid, level(1, id_bits(vcpu_count), count, LEVEL_TYPE_CORE))?;
+        upsert(cpuid, level(2, 0, 0, 0))?;
+    }
+
+    if max_leaf(cpuid, 0x8000_0000) >= 0x8000_0004 {
+        for (i, function) in BRAND_LEAVES.iter().enumerate() {
+            let reg = |j: usize| {
+                let at = i * 16 + j * 4;
+                u32::from_le_bytes([brand[at], brand[at + 1], brand[at + 2], brand[at + 3]])
+            };
+            upsert(
+                cpuid,
+                kvm_cpuid_entry2 {
+                    function: *function,
+                    index: 0,
+                    eax: reg(0),
+                    ebx: reg(1),
+                    ecx: reg(2),
+                    edx: reg(3),
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
+    }
+
+    fn amd_like() -> CpuId {
+        // "AuthenticAMD" = ebx "Auth", edx "enti", ecx "cAMD".
+        CpuId::from_entries(&[
+            entry(0, 0, [0x1c, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+            entry(1, 0, [0x00a1_0f11, 0x0002_0800, 0x0120_2000, 0x078b_fbff]),
+            entry(6, 0, [0x4, 0x1, 0x1, 0x1]),
+            entry(0xa, 0, [0x7, 0x7, 0x7, 0x7]),
+            entry(0xb, 0, [0; 4]),
+            entry(0x8000_0000, 0, [0x8000_0021, 0, 0, 0]),
+            entry(0x8000_0001, 0, [0, 0, 0x0040_0393, 0]),
+            entry(0x8000_0008, 0, [0x3030, 0, 0x7001, 0]),
+        ])
+        .unwrap()
+    }
+
+    fn regs(cpuid: &CpuId, function: u32, index: u32) -> [u32; 4] {
+        let e = find(cpuid, function, index).expect("leaf present");
+        [e.eax, e.ebx, e.ecx, e.edx]
+    }
+
+    #[test]
+    fn vendor_is_read_from_leaf0() {
+        assert_eq!(Vendor::of(&amd_like()), Vendor::Amd);
+        assert_eq!(Vendor::of(&CpuId::new(0).unwrap()), Vendor::Other);
+    }
+
+    #[test]
+    fn topology_and_hypervisor_bit() {
+        let mut cpuid = amd_like();
+        let brand = host_brand_string();
+        normalize(
+            &mut cpuid,
+            Topology {
+                vcpu_index: 3,
+                vcpu_count: 4,
+            },
+            &brand,
+        )
+        .unwrap();
+        let [_, ebx, ecx, edx] = regs(&cpuid, 1, 0);
+        assert_eq!(ebx >> 24, 3, "APIC ID");
+        assert_eq!((ebx >> 16) & 0xff, 4, "logical processors");
+        assert_eq!(ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+        assert_ne!(ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_ne!(edx & LEAF1_EDX_HTT, 0);
+        assert_eq!(regs(&cpuid, 0xb, 0), [0, 1, 0x100, 3]);
+        assert_eq!(regs(&cpuid, 0xb, 1), [2, 4, 0x201, 3]);
+        assert_eq!(regs(&cpuid, 0xb, 2), [0, 0, 2, 3]);
+        assert_eq!(regs(&cpuid, 0xa, 0), [0; 4]);
+        assert_eq!(regs(&cpuid, 6, 0), [4, 0, 0, 0]);
+        assert_eq!(regs(&cpuid, 0x8000_0008, 0)[2] & 0xf0ff, (2 << 12) | 3);
+        assert_ne!(regs(&cpuid, 0x8000_0001, 0)[2] & EXT1_ECX_CMP_LEGACY, 0);
+    }
+
+    #[test]
+    fn single_vcpu_has_no_htt() {
+        let mut cpuid = amd_like();
+        normalize(
+            &mut cpuid,
+            Topology {
+                vcpu_index: 0,
+                vcpu_count: 1,
+            },
+            &host_brand_string(),
+        )
+        .unwrap();
+        assert_eq!(regs(&cpuid, 1, 0)[3] & LEAF1_EDX_HTT, 0);
+        assert_eq!(regs(&cpuid, 0xb, 1), [0, 1, 0x201, 0]);
+    }
+
+    #[test]
+    fn brand_string_is_written() {
+        let mut cpuid = amd_like();
+        let mut brand = [0u8; 48];
+        brand[..9].copy_from_slice(b"Test CPU!");
+        normalize(
+            &mut cpuid,
+            Topology {
+                vcpu_index: 0,
+                vcpu_count: 1,
+            },
+            &brand,
+        )
+        .unwrap();
+        let first = regs(&cpuid, 0x8000_0002, 0);
+        assert_eq!(first[0].to_le_bytes(), *b"Test");
+        assert_eq!(first[1].to_le_bytes(), *b" CPU");
+        assert_eq!(regs(&cpuid, 0x8000_0004, 0), [0; 4]);
+    }
+
+    #[test]
+    fn id_bits_rounds_up() {
+        assert_eq!(id_bits(1), 0);
+        assert_eq!(id_bits(2), 1);
+        assert_eq!(id_bits(3), 2);
+        assert_eq!(id_bits(4), 2);
+        assert_eq!(id_bits(5), 3);
+        assert_eq!(id_bits(254), 8);
+    }
+
+    #[test]
+    fn host_helpers_return_sane_values() {
+        let bits = host_phys_addr_bits();
+        assert!((32..=64).contains(&bits), "{bits}");
+        assert!(host_brand_string().iter().any(|b| *b != 0));
+    }
+}

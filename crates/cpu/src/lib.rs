@@ -1,0 +1,112 @@
+//! x86_64 vCPU setup and execution for KVM microVMs.
+//!
+//! - [`platform`]: the VM-wide pieces a vCPU needs (in-kernel irqchip, PIT, TSS).
+//! - [`cpuid`]: CPUID as a microVM should present it (topology, hypervisor leaves, brand).
+//! - [`msr`], [`regs`], [`gdt`], [`paging`], [`lapic`]: the register state at kernel entry.
+//! - [`mptable`]: the MP table that tells the guest how many vCPUs it has.
+//! - [`vcpu`]: a configured vCPU, its run loop and the signal that kicks it out of `KVM_RUN`.
+//!
+//! Nothing here knows about devices: exits are handed to an [`vcpu::ExitHandler`].
+
+pub mod cpuid;
+pub mod gdt;
+pub mod lapic;
+pub mod mptable;
+pub mod msr;
+pub mod paging;
+pub mod platform;
+pub mod regs;
+pub mod vcpu;
+
+pub use regs::EntryPoint;
+pub use vcpu::{ExitHandler, Vcpu, VcpuStop};
+
+/// Most vCPUs a VM can have: APIC IDs are 8 bits, 0xff is broadcast and the
+/// IOAPIC takes the ID after the last vCPU.
+pub const MAX_VCPUS: u8 = 254;
+
+/// Errors from setting up or running vCPUs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A KVM ioctl failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// The operation that failed.
+        what: &'static str,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
+    /// Writing boot structures into guest memory failed.
+    #[error("cannot write the {what} at guest address {addr:#x}: {source}")]
+    GuestMemory {
+        /// The structure being written.
+        what: &'static str,
+        /// Where it was written.
+        addr: u64,
+        /// The memory error.
+        source: vm_memory::GuestMemoryError,
+    },
+    /// KVM accepted fewer boot MSRs than requested.
+    #[error("KVM accepted only {set} of {requested} boot MSRs")]
+    MsrsNotSet {
+        /// Number accepted.
+        set: usize,
+        /// Number requested.
+        requested: usize,
+    },
+    /// A CPUID or MSR list could not be built.
+    #[error("cannot build the {0} list: too many entries")]
+    FamList(&'static str),
+    /// The vCPU count is outside what this VMM supports.
+    #[error("{count} vCPUs requested: between 1 and {max} are supported on this host")]
+    VcpuCount {
+        /// Requested count.
+        count: usize,
+        /// Most allowed.
+        max: usize,
+    },
+    /// The MP table does not fit in its area.
+    #[error("the MP table for {0} vCPUs does not fit below 1 MiB")]
+    MpTableTooLarge(usize),
+    /// The guest hit an error KVM could not handle (often an instruction it cannot emulate).
+    #[error("vCPU {vcpu}: KVM internal error (suberror {suberror}: {kind}) at guest RIP {rip:#x}")]
+    InternalError {
+        /// vCPU index.
+        vcpu: u8,
+        /// KVM_INTERNAL_ERROR_* code.
+        suberror: u32,
+        /// Human-readable name of the suberror.
+        kind: &'static str,
+        /// Guest instruction pointer.
+        rip: u64,
+    },
+    /// KVM could not enter the guest.
+    #[error("vCPU {vcpu}: KVM failed to enter the guest (hardware reason {reason:#x})")]
+    FailEntry {
+        /// vCPU index.
+        vcpu: u8,
+        /// Hardware entry failure reason.
+        reason: u64,
+    },
+    /// An exit this VMM does not handle.
+    #[error("vCPU {vcpu}: unexpected KVM exit {exit} at guest RIP {rip:#x}")]
+    UnexpectedExit {
+        /// vCPU index.
+        vcpu: u8,
+        /// Description of the exit.
+        exit: String,
+        /// Guest instruction pointer.
+        rip: u64,
+    },
+    /// Installing the kick signal handler failed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(vmm_sys_util::errno::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Wraps a KVM ioctl error with what was being done.
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}

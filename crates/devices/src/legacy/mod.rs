@@ -1,0 +1,21 @@
+//! The PC devices a microVM keeps: COM1, the i8042 reset line and the
+//! boot-timer device, with their conventional addresses.
+
+pub mod boot_timer;
+pub mod i8042;
+pub mod serial;
+
+pub use boot_timer::{BootTime, BootTimer, StartTime};
+pub use i8042::I8042;
+pub use serial::{Serial, SerialInput, StdinReader};
+
+/// COM1 I/O port base.
+pub const COM1_PORT: u64 = 0x3f8;
+/// Number of COM1 registers.
+pub const COM1_PORT_COUNT: u64 = 8;
+/// COM1 interrupt line.
+pub const COM1_IRQ: u32 = 4;
+/// i8042 data port; the command/status port is at offset 4 (0x64).
+pub const I8042_PORT: u64 = 0x60;
+/// Ports from the data port to the command port, inclusive.
+pub const I8042_PORT_COUNT: u64 = 5;

@@ -1,0 +1,319 @@
+//! COM1 as a 16550A-compatible UART (vm-superio), with output to any writer and
+//! input fed from a file descriptor by an event-manager subscriber. Input is
+//! flow-controlled: when the guest's receive FIFO is full, the subscriber stops
+//! reading until the guest drains it, so nothing is lost or buffered without bound.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vm_superio::serial::SerialEvents;
+
+use crate::bus::BusDevice;
+use crate::trigger::EventTrigger;
+use crate::Result;
+
+/// Most input bytes read from the host in one go (the UART FIFO is 64 bytes).
+const INPUT_CHUNK: usize = 64;
+
+/// Signals the input subscriber when the guest has emptied the receive FIFO.
+#[derive(Debug)]
+struct InputDrained(EventTrigger);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Err(e) = self.0.trigger() {
+            log::warn!("serial: cannot signal drained input: {e}");
+        }
+    }
+}
+
+type Uart = vm_superio::Serial<EventTrigger, InputDrained, Box<dyn Write + Send>>;
+
+/// The COM1 device.
+pub struct Serial {
+    uart: Uart,
+}
+
+impl fmt::Debug for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Serial").finish_non_exhaustive()
+    }
+}
+
+impl Serial {
+    /// A UART raising `interrupt`, writing guest output to `out`, and firing
+    /// `input_drained` when the guest has read all pending input.
+    pub fn new(
+        interrupt: EventTrigger,
+        input_drained: EventTrigger,
+        out: Box<dyn Write + Send>,
+    ) -> Serial {
+        Serial {
+            uart: vm_superio::Serial::with_events(interrupt, InputDrained(input_drained), out),
+        }
+    }
+
+    /// Free space in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Queues `bytes` for the guest; returns how many fit.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(e) => {
+                log::debug!("serial: input not queued: {e:?}");
+                0
+            }
+        }
+    }
+
+    /// Flushes the output writer.
+    pub fn flush_output(&mut self) -> io::Result<()> {
+        self.uart.writer_mut().flush()
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (u8::try_from(offset), data) {
+            (Ok(offset), [byte]) => *byte = self.uart.read(offset),
+            (_, data) => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
+            if let Err(e) = self.uart.write(offset, *byte) {
+                log::debug!("serial: write to register {offset} failed: {e:?}");
+            }
+        }
+    }
+}
+
+/// Reads the process's standard input without buffering (so epoll readiness
+/// and what is read always agree) and without closing it on drop.
+#[derive(Debug, Default)]
+pub struct StdinReader;
+
+impl Read for StdinReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: fd 0 stays open for the life of the process and `buf` is a
+        // valid, writable buffer of `buf.len()` bytes.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+}
+
+impl AsRawFd for StdinReader {
+    fn as_raw_fd(&self) -> RawFd {
+        libc::STDIN_FILENO
+    }
+}
+
+/// Moves bytes from a host fd into the serial device's receive FIFO.
+pub struct SerialInput<R> {
+    serial: Arc<Mutex<Serial>>,
+    input: R,
+    drained: EventTrigger,
+    paused: bool,
+    closed: bool,
+}
+
+impl<R> fmt::Debug for SerialInput<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SerialInput")
+            .field("paused", &self.paused)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Read + AsRawFd> SerialInput<R> {
+    /// Feeds `input` into `serial`; `drained` must be the trigger given to
+    /// [`Serial::new`] as `input_drained`.
+    pub fn new(serial: Arc<Mutex<Serial>>, input: R, drained: &EventTrigger) -> Result<Self> {
+        Ok(SerialInput {
+            serial,
+            input,
+            drained: drained.try_clone()?,
+            paused: false,
+            closed: false,
+        })
+    }
+
+    fn stop_reading(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.remove(Events::new(&self.input, EventSet::IN)) {
+            log::debug!("serial: cannot stop polling input: {e:?}");
+        }
+    }
+
+    fn on_input(&mut self, ops: &mut EventOps) {
+        let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = serial.input_capacity().min(INPUT_CHUNK);
+        if room == 0 {
+            drop(serial);
+            self.paused = true;
+            self.stop_reading(ops);
+            return;
+        }
+        let mut buf = [0u8; INPUT_CHUNK];
+        match self.input.read(&mut buf[..room]) {
+            Ok(0) => {
+                drop(serial);
+                self.closed = true;
+                self.stop_reading(ops);
+            }
+            Ok(n) => {
+                serial.enqueue_input(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                drop(serial);
+                log::warn!("serial: input closed after read error: {e}");
+                self.closed = true;
+                self.stop_reading(ops);
+            }
+        }
+    }
+
+    fn on_drained(&mut self, ops: &mut EventOps) {
+        // Drain the counter; an empty eventfd (spurious wake-up) is harmless.
+        let _ = self.drained.event_fd().read();
+        if self.paused && !self.closed {
+            self.paused = false;
+            if let Err(e) = ops.add(Events::new(&self.input, EventSet::IN)) {
+                log::warn!("serial: cannot resume polling input: {e:?}");
+            }
+        }
+    }
+}
+
+impl<R: Read + AsRawFd> MutEventSubscriber for SerialInput<R> {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.drained, EventSet::IN)) {
+            log::warn!("serial: cannot poll the drained event: {e:?}");
+        }
+        if let Err(e) = ops.add(Events::new(&self.input, EventSet::IN)) {
+            log::warn!("serial: input cannot be polled, guest input disabled: {e:?}");
+            self.closed = true;
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.drained.as_raw_fd() {
+            self.on_drained(ops);
+        } else if events.fd() == self.input.as_raw_fd() {
+            self.on_input(ops);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_manager::{EventManager, SubscriberOps};
+    use std::os::unix::net::UnixStream;
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const LSR: u64 = 5;
+    const LSR_DATA_READY: u8 = 1;
+
+    fn serial() -> (Arc<Mutex<Serial>>, EventTrigger, EventTrigger, Capture) {
+        let irq = EventTrigger::new().unwrap();
+        let drained = EventTrigger::new().unwrap();
+        let out = Capture::default();
+        let serial = Serial::new(
+            irq.try_clone().unwrap(),
+            drained.try_clone().unwrap(),
+            Box::new(out.clone()),
+        );
+        (Arc::new(Mutex::new(serial)), irq, drained, out)
+    }
+
+    fn guest_read_all(serial: &Arc<Mutex<Serial>>) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut s = serial.lock().unwrap();
+        loop {
+            let mut lsr = [0u8];
+            s.read(LSR, &mut lsr);
+            if lsr[0] & LSR_DATA_READY == 0 {
+                return got;
+            }
+            let mut byte = [0u8];
+            s.read(0, &mut byte);
+            got.push(byte[0]);
+        }
+    }
+
+    #[test]
+    fn guest_output_reaches_the_writer() {
+        let (serial, _irq, _drained, out) = serial();
+        for b in b"hi\n" {
+            serial.lock().unwrap().write(0, &[*b]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn odd_sized_accesses_are_ignored() {
+        let (serial, _irq, _drained, out) = serial();
+        let mut s = serial.lock().unwrap();
+        s.write(0, &[1, 2]);
+        s.write(1 << 40, &[1]);
+        let mut wide = [0u8; 4];
+        s.read(0, &mut wide);
+        assert_eq!(wide, [0xff; 4]);
+        assert!(out.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn input_is_flow_controlled_and_nothing_is_lost() {
+        let (serial, _irq, drained, _out) = serial();
+        let (host, guest_side) = UnixStream::pair().unwrap();
+        let input = SerialInput::new(serial.clone(), guest_side, &drained).unwrap();
+        let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        let sub = Arc::new(Mutex::new(input));
+        manager.add_subscriber(sub.clone());
+
+        let message: Vec<u8> = (0..200u32).map(|i| b'a' + (i % 26) as u8).collect();
+        (&host).write_all(&message).unwrap();
+        let mut received = Vec::new();
+        for _ in 0..100 {
+            manager.run_with_timeout(50).unwrap();
+            assert!(serial.lock().unwrap().input_capacity() <= 64);
+            received.extend(guest_read_all(&serial));
+            if received.len() == message.len() {
+                break;
+            }
+        }
+        assert_eq!(received, message);
+
+        drop(host);
+        for _ in 0..3 {
+            manager.run_with_timeout(50).unwrap();
+        }
+        assert!(sub.lock().unwrap().closed, "EOF stops the input");
+    }
+}

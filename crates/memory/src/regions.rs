@@ -1,0 +1,237 @@
+//! RAM ranges for a given size, the e820 map that describes them, and the
+//! anonymous mappings that back them.
+
+use vm_memory::GuestAddress;
+
+use crate::layout::{EBDA_START, HIMEM_START, MIB, MMIO_GAP_END, MMIO_GAP_START, PAGE_SIZE};
+use crate::{Error, GuestMemoryMmap, Result};
+
+/// Kind of an e820 entry, with the values of the e820 specification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum E820Kind {
+    /// Usable RAM.
+    Ram = 1,
+    /// Reserved, not usable by the guest.
+    Reserved = 2,
+}
+
+/// One entry of the guest's e820 memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct E820Entry {
+    /// Guest-physical start address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// What the range is.
+    pub kind: E820Kind,
+}
+
+/// Where a guest's RAM lives: below the 32-bit MMIO gap and, for guests of more
+/// than 3 GiB, from 4 GiB upwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryLayout {
+    size: u64,
+    ranges: Vec<(GuestAddress, u64)>,
+}
+
+impl MemoryLayout {
+    /// Lays out `size` bytes of RAM. The size must be non-zero and page-aligned.
+    pub fn new(size: u64) -> Result<Self> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if size % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned(size));
+        }
+        let low = size.min(MMIO_GAP_START);
+        let mut ranges = vec![(GuestAddress(0), low)];
+        if size > low {
+            ranges.push((GuestAddress(MMIO_GAP_END), size - low));
+        }
+        Ok(MemoryLayout { size, ranges })
+    }
+
+    /// Lays out `mib` MiB of RAM, checking that it fits in a `phys_bits`-wide
+    /// guest-physical address space.
+    pub fn with_mib(mib: u64, phys_bits: u8) -> Result<Self> {
+        let size = mib.checked_mul(MIB).ok_or(Error::BeyondAddressSpace {
+            size_mib: mib,
+            end: u64::MAX,
+            phys_bits,
+        })?;
+        let layout = Self::new(size)?;
+        let end = layout.end();
+        if phys_bits < 64 && end > 1u64 << phys_bits {
+            return Err(Error::BeyondAddressSpace {
+                size_mib: mib,
+                end,
+                phys_bits,
+            });
+        }
+        Ok(layout)
+    }
+
+    /// Total RAM in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// RAM ranges as (start, length), sorted by address.
+    pub fn ranges(&self) -> &[(GuestAddress, u64)] {
+        &self.ranges
+    }
+
+    /// First address past the end of RAM below the MMIO gap.
+    pub fn low_ram_end(&self) -> u64 {
+        self.ranges[0].1
+    }
+
+    /// First guest-physical address past the last byte of RAM.
+    pub fn end(&self) -> u64 {
+        self.ranges.last().map_or(0, |(start, len)| start.0 + len)
+    }
+
+    /// The e820 map: low RAM below the EBDA, RAM from 1 MiB to the MMIO gap (or
+    /// the end of RAM), and RAM above 4 GiB when there is any.
+    pub fn e820_entries(&self) -> Vec<E820Entry> {
+        let mut entries = Vec::with_capacity(3);
+        let low_end = self.low_ram_end();
+        entries.push(E820Entry {
+            addr: 0,
+            size: EBDA_START.min(low_end),
+            kind: E820Kind::Ram,
+        });
+        if low_end > HIMEM_START {
+            entries.push(E820Entry {
+                addr: HIMEM_START,
+                size: low_end - HIMEM_START,
+                kind: E820Kind::Ram,
+            });
+        }
+        if let Some((start, len)) = self.ranges.get(1) {
+            entries.push(E820Entry {
+                addr: start.0,
+                size: *len,
+                kind: E820Kind::Ram,
+            });
+        }
+        entries
+    }
+}
+
+/// Backs every range of `layout` with an anonymous private mapping
+/// (`MAP_NORESERVE`: pages are only allocated when the guest touches them).
+pub fn create_guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap> {
+    let mut ranges = Vec::with_capacity(layout.ranges.len());
+    for (start, len) in &layout.ranges {
+        let len = usize::try_from(*len).map_err(|_| Error::BeyondAddressSpace {
+            size_mib: layout.size / MIB,
+            end: layout.end(),
+            phys_bits: 64,
+        })?;
+        ranges.push((*start, len));
+    }
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map {
+        size_mib: layout.size / MIB,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn small_guest_has_one_range_and_two_ram_entries() {
+        let layout = MemoryLayout::with_mib(128, 48).unwrap();
+        assert_eq!(layout.ranges(), &[(GuestAddress(0), 128 * MIB)]);
+        assert_eq!(layout.end(), 128 * MIB);
+        let e820 = layout.e820_entries();
+        assert_eq!(e820.len(), 2);
+        assert_eq!(e820[0].addr, 0);
+        assert_eq!(e820[0].size, EBDA_START);
+        assert_eq!(e820[1].addr, HIMEM_START);
+        assert_eq!(e820[1].size, 128 * MIB - HIMEM_START);
+        assert!(e820.iter().all(|e| e.kind == E820Kind::Ram));
+    }
+
+    #[test]
+    fn large_guest_continues_above_4gib() {
+        let layout = MemoryLayout::with_mib(4096, 48).unwrap();
+        assert_eq!(
+            layout.ranges(),
+            &[
+                (GuestAddress(0), MMIO_GAP_START),
+                (GuestAddress(MMIO_GAP_END), 1 << 30)
+            ]
+        );
+        let e820 = layout.e820_entries();
+        assert_eq!(e820.len(), 3);
+        assert_eq!(e820[2].addr, MMIO_GAP_END);
+        assert_eq!(e820[2].size, 1 << 30);
+        let ram: u64 = e820.iter().map(|e| e.size).sum();
+        // The EBDA and legacy hole (0x9fc00..1 MiB) are not RAM in the map.
+        assert_eq!(ram, 4096 * MIB - (HIMEM_START - EBDA_START));
+    }
+
+    #[test]
+    fn exactly_3gib_stays_below_the_gap() {
+        let layout = MemoryLayout::with_mib(3072, 48).unwrap();
+        assert_eq!(layout.ranges().len(), 1);
+        assert_eq!(layout.end(), MMIO_GAP_START);
+    }
+
+    #[test]
+    fn tiny_guest_below_1mib_has_only_low_ram() {
+        let layout = MemoryLayout::new(0x10000).unwrap();
+        assert_eq!(
+            layout.e820_entries(),
+            vec![E820Entry {
+                addr: 0,
+                size: 0x10000,
+                kind: E820Kind::Ram
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        assert!(matches!(MemoryLayout::new(0), Err(Error::ZeroSize)));
+        assert!(matches!(
+            MemoryLayout::new(4097),
+            Err(Error::Unaligned(4097))
+        ));
+        let err = MemoryLayout::with_mib(1 << 30, 40).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::BeyondAddressSpace { phys_bits: 40, .. }
+        ));
+        assert!(err.to_string().contains("40-bit"));
+        assert!(matches!(
+            MemoryLayout::with_mib(u64::MAX, 48),
+            Err(Error::BeyondAddressSpace { .. })
+        ));
+    }
+
+    #[test]
+    fn guest_memory_is_backed_and_sparse() {
+        let layout = MemoryLayout::with_mib(4096 + 64, 48).unwrap();
+        let mem = create_guest_memory(&layout).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        mem.write_obj(0xdead_beefu32, GuestAddress(MMIO_GAP_END + 8))
+            .unwrap();
+        let v: u32 = mem.read_obj(GuestAddress(MMIO_GAP_END + 8)).unwrap();
+        assert_eq!(v, 0xdead_beef);
+        assert!(mem.read_obj::<u8>(GuestAddress(MMIO_GAP_START)).is_err());
+    }
+
+    #[test]
+    fn mapping_more_than_the_address_space_fails_cleanly() {
+        // 2^47 bytes cannot be mapped by a userspace process on x86_64.
+        let layout = MemoryLayout::new(1 << 47).unwrap();
+        let err = create_guest_memory(&layout).unwrap_err();
+        assert!(matches!(err, Error::Map { .. }), "{err}");
+    }
+}

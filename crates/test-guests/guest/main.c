@@ -1,0 +1,586 @@
+/*
+ * Ember test guest: the C core shared by guest-elf64, guest-pvh and
+ * guest-bzimage.
+ *
+ * Runs in 64-bit long mode with identity-mapped low 4 GiB, interrupts off.
+ * Output goes to COM1 as "key=value" lines (hex numbers, "\n" endings).
+ * The scenario is chosen with "ember.test=NAME" on the kernel command line.
+ *
+ * Everything here must stay simple integer code: the target environment is
+ * an instruction emulator without SSE/x87 and at about 1M instructions/s.
+ */
+#include "guest.h"
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+_Static_assert(sizeof(u64) == 8, "u64 must be 64-bit");
+
+/* Unaligned, alias-safe views for reading boot structures. */
+typedef u16 u16_una __attribute__((aligned(1), may_alias));
+typedef u32 u32_una __attribute__((aligned(1), may_alias));
+typedef u64 u64_una __attribute__((aligned(1), may_alias));
+
+void guest_main(u32 proto, u64 info) __attribute__((noreturn, used));
+void *memset(void *dst, int c, unsigned long n);
+void *memcpy(void *dst, const void *src, unsigned long n);
+
+/* ------------------------------------------------------------------------ */
+/* libc replacements (gcc may emit calls to these)                          */
+
+void *memset(void *dst, int c, unsigned long n)
+{
+	void *d = dst;
+	__asm__ volatile("rep stosb" : "+D"(d), "+c"(n) : "a"(c) : "memory");
+	return dst;
+}
+
+void *memcpy(void *dst, const void *src, unsigned long n)
+{
+	void *d = dst;
+	__asm__ volatile("rep movsb" : "+D"(d), "+S"(src), "+c"(n) : : "memory");
+	return dst;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Physical memory and port access                                          */
+
+static inline u8 rd8(u64 addr)
+{
+	return *(const volatile u8 *)addr;
+}
+
+static inline u16 rd16(u64 addr)
+{
+	return *(const volatile u16_una *)addr;
+}
+
+static inline u32 rd32(u64 addr)
+{
+	return *(const volatile u32_una *)addr;
+}
+
+static inline u64 rd64(u64 addr)
+{
+	return *(const volatile u64_una *)addr;
+}
+
+static inline void outb(u16 port, u8 val)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(val), "Nd"(port));
+}
+
+static inline u8 inb(u16 port)
+{
+	u8 val;
+	__asm__ volatile("inb %1, %0" : "=a"(val) : "Nd"(port));
+	return val;
+}
+
+static inline void cpuid(u32 leaf, u32 subleaf, u32 *a, u32 *b, u32 *c, u32 *d)
+{
+	__asm__ volatile("cpuid"
+			 : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d)
+			 : "a"(leaf), "c"(subleaf));
+}
+
+static void __attribute__((noreturn)) park(void)
+{
+	for (;;)
+		__asm__ volatile("cli; hlt" : : : "memory");
+}
+
+static void __attribute__((noreturn)) i8042_reset(void)
+{
+	outb(0x64, 0xFE);
+	park();
+}
+
+/* ------------------------------------------------------------------------ */
+/* COM1 output                                                              */
+
+#define COM1 0x3F8
+#define COM1_LSR (COM1 + 5)
+#define LSR_DATA_READY 0x01
+#define LSR_THR_EMPTY 0x20
+
+static void con_putc(char c)
+{
+	/* Bounded poll: the VMM's UART always reports THR empty. */
+	for (int i = 0; i < 100000; i++) {
+		if (inb(COM1_LSR) & LSR_THR_EMPTY)
+			break;
+	}
+	outb(COM1, (u8)c);
+}
+
+static void con_puts(const char *s)
+{
+	while (*s)
+		con_putc(*s++);
+}
+
+static void puthex(u64 v)
+{
+	static const char digits[] = "0123456789abcdef";
+	char buf[16];
+	int n = 0;
+
+	con_putc('0');
+	con_putc('x');
+	do {
+		buf[n++] = digits[v & 0xF];
+		v >>= 4;
+	} while (v);
+	while (n)
+		con_putc(buf[--n]);
+}
+
+/* Prints " key=0x..." */
+static void kv(const char *key, u64 v)
+{
+	con_putc(' ');
+	con_puts(key);
+	con_putc('=');
+	puthex(v);
+}
+
+static void __attribute__((noreturn)) done(void)
+{
+	con_puts("guest: done\n");
+	i8042_reset();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Boot information                                                         */
+
+/* struct boot_params offsets (Linux zero page). */
+#define BP_EXT_RAMDISK_IMAGE 0x0C0
+#define BP_EXT_RAMDISK_SIZE 0x0C4
+#define BP_EXT_CMD_LINE_PTR 0x0C8
+#define BP_E820_ENTRIES 0x1E8
+#define BP_TYPE_OF_LOADER 0x210
+#define BP_RAMDISK_IMAGE 0x218
+#define BP_RAMDISK_SIZE 0x21C
+#define BP_CMD_LINE_PTR 0x228
+#define BP_E820_TABLE 0x2D0
+#define BP_E820_MAX 128
+
+/* struct hvm_start_info offsets. */
+#define SI_MAGIC 0
+#define SI_VERSION 4
+#define SI_NR_MODULES 12
+#define SI_MODLIST_PADDR 16
+#define SI_CMDLINE_PADDR 24
+#define SI_MEMMAP_PADDR 40
+#define SI_MEMMAP_ENTRIES 48
+#define SI_MAGIC_VALUE 0x336ec578
+
+#define MAX_CMDLINE 4096
+#define MAX_MEMMAP 128
+
+struct bootinfo {
+	u32 proto;
+	u64 info;
+	u64 cmdline;
+	u64 initrd_addr;
+	u64 initrd_size;
+};
+
+static struct bootinfo bi;
+
+static void bootinfo_init(u32 proto, u64 info)
+{
+	bi.proto = proto;
+	bi.info = info;
+	if (!info)
+		return;
+	if (proto == PROTO_PVH) {
+		if (rd32(info + SI_MAGIC) != SI_MAGIC_VALUE)
+			return;
+		bi.cmdline = rd64(info + SI_CMDLINE_PADDR);
+		u32 nr = rd32(info + SI_NR_MODULES);
+		u64 mods = rd64(info + SI_MODLIST_PADDR);
+		if (nr && mods) {
+			bi.initrd_addr = rd64(mods + 0);
+			bi.initrd_size = rd64(mods + 8);
+		}
+	} else {
+		bi.cmdline = rd32(info + BP_CMD_LINE_PTR) |
+			     ((u64)rd32(info + BP_EXT_CMD_LINE_PTR) << 32);
+		bi.initrd_addr = rd32(info + BP_RAMDISK_IMAGE) |
+				 ((u64)rd32(info + BP_EXT_RAMDISK_IMAGE) << 32);
+		bi.initrd_size = rd32(info + BP_RAMDISK_SIZE) |
+				 ((u64)rd32(info + BP_EXT_RAMDISK_SIZE) << 32);
+	}
+}
+
+/* Returns the byte at index i of the command line, 0 past its end. */
+static char cmdline_at(u64 i)
+{
+	if (!bi.cmdline || i >= MAX_CMDLINE)
+		return 0;
+	return (char)rd8(bi.cmdline + i);
+}
+
+static const char *const protocol_name[] = {"linux64", "pvh"};
+
+/* Finds the "ember.test=" token; copies its value into out. */
+static void scenario_from_cmdline(char *out, int cap)
+{
+	static const char key[] = "ember.test=";
+	u64 i = 0;
+
+	out[0] = 0;
+	for (;;) {
+		while (cmdline_at(i) == ' ')
+			i++;
+		if (!cmdline_at(i))
+			return;
+		/* i is the start of a token. */
+		u64 k = 0;
+		while (key[k] && cmdline_at(i + k) == key[k])
+			k++;
+		if (!key[k]) {
+			int n = 0;
+			u64 j = i + k;
+			char c;
+			while ((c = cmdline_at(j)) && c != ' ') {
+				if (n < cap - 1)
+					out[n++] = c;
+				j++;
+			}
+			out[n] = 0;
+			return;
+		}
+		while (cmdline_at(i) && cmdline_at(i) != ' ')
+			i++;
+	}
+}
+
+static int streq(const char *a, const char *b)
+{
+	while (*a && *a == *b) {
+		a++;
+		b++;
+	}
+	return *a == *b;
+}
+
+/* ------------------------------------------------------------------------ */
+/* bootinfo scenario                                                        */
+
+static void print_e820(u64 addr, u64 size, u32 type, u64 *total)
+{
+	con_puts("e820");
+	kv("addr", addr);
+	kv("size", size);
+	kv("type", type);
+	con_putc('\n');
+	if (type == 1)
+		*total += size;
+}
+
+static void print_memmap(void)
+{
+	u64 total = 0;
+
+	if (bi.proto == PROTO_PVH) {
+		if (bi.info && rd32(bi.info + SI_MAGIC) == SI_MAGIC_VALUE &&
+		    rd32(bi.info + SI_VERSION) >= 1) {
+			u64 map = rd64(bi.info + SI_MEMMAP_PADDR);
+			u32 n = rd32(bi.info + SI_MEMMAP_ENTRIES);
+			if (n > MAX_MEMMAP)
+				n = MAX_MEMMAP;
+			for (u32 i = 0; map && i < n; i++) {
+				u64 e = map + (u64)i * 24;
+				print_e820(rd64(e), rd64(e + 8), rd32(e + 16), &total);
+			}
+		}
+	} else if (bi.info) {
+		u32 n = rd8(bi.info + BP_E820_ENTRIES);
+		if (n > BP_E820_MAX)
+			n = BP_E820_MAX;
+		for (u32 i = 0; i < n; i++) {
+			u64 e = bi.info + BP_E820_TABLE + (u64)i * 20;
+			print_e820(rd64(e), rd64(e + 8), rd32(e + 16), &total);
+		}
+	}
+	con_puts("mem_total=");
+	puthex(total);
+	con_putc('\n');
+}
+
+static void print_initrd(void)
+{
+	if (!bi.initrd_size) {
+		con_puts("initrd none\n");
+		return;
+	}
+	u32 h = 0x811c9dc5u;
+	for (u64 i = 0; i < bi.initrd_size; i++) {
+		h ^= rd8(bi.initrd_addr + i);
+		h *= 0x01000193u;
+	}
+	con_puts("initrd");
+	kv("addr", bi.initrd_addr);
+	kv("size", bi.initrd_size);
+	kv("sum", h);
+	con_putc('\n');
+}
+
+static void print_loader(void)
+{
+	if (bi.proto == PROTO_PVH) {
+		con_puts("loader type=pvh\n");
+		return;
+	}
+	con_puts("loader");
+	kv("type", bi.info ? rd8(bi.info + BP_TYPE_OF_LOADER) : 0);
+	con_putc('\n');
+}
+
+#define MP_FLOAT_SIG 0x5F504D5Fu /* "_MP_" */
+#define MP_CONF_SIG 0x504D4350u	 /* "PCMP" */
+
+static u64 mp_scan(u64 start, u64 end)
+{
+	for (u64 a = start; a + 16 <= end; a += 16) {
+		if (rd32(a) == MP_FLOAT_SIG)
+			return a;
+	}
+	return 0;
+}
+
+static void print_mptable(void)
+{
+	u64 fp = mp_scan(0x9FC00, 0xA0000);
+	if (!fp)
+		fp = mp_scan(0xF0000, 0x100000);
+	if (!fp) {
+		con_puts("mptable none\n");
+		return;
+	}
+	u64 conf = rd32(fp + 4);
+	if (!conf || rd32(conf) != MP_CONF_SIG) {
+		con_puts("mptable none\n");
+		return;
+	}
+
+	u64 len = rd16(conf + 4);
+	u32 count = rd16(conf + 0x22);
+	u64 off = 0x2C;
+	u32 cpus = 0;
+	int have_bsp = 0;
+	u32 bsp = 0;
+
+	for (u32 i = 0; i < count && off < len; i++) {
+		u8 type = rd8(conf + off);
+		if (type == 0) {
+			u8 flags = rd8(conf + off + 3);
+			if (flags & 1)
+				cpus++;
+			if ((flags & 2) && !have_bsp) {
+				have_bsp = 1;
+				bsp = rd8(conf + off + 1);
+			}
+			off += 20;
+		} else if (type <= 4) {
+			off += 8;
+		} else {
+			con_puts("mptable_unknown");
+			kv("type", type);
+			kv("index", i);
+			kv("offset", off);
+			con_putc('\n');
+			break;
+		}
+	}
+	con_puts("mptable");
+	kv("cpus", cpus);
+	if (have_bsp)
+		kv("bsp", bsp);
+	else
+		con_puts(" bsp=none");
+	con_putc('\n');
+}
+
+static void put_regstr(u32 r, int *stop)
+{
+	for (int i = 0; i < 4 && !*stop; i++) {
+		char c = (char)((r >> (8 * i)) & 0xFF);
+		if (!c)
+			*stop = 1;
+		else
+			con_putc(c);
+	}
+}
+
+static void print_cpuid(void)
+{
+	u32 a, b, c, d;
+	u32 max_basic, leaf1_ebx, hv_bit;
+	u32 hv_max = 0, hv_features = 0, topo = 0;
+	u32 sig[3] = {0, 0, 0};
+
+	cpuid(0, 0, &max_basic, &b, &c, &d);
+	cpuid(1, 0, &a, &leaf1_ebx, &c, &d);
+	hv_bit = c >> 31;
+	if (hv_bit) {
+		cpuid(0x40000000, 0, &hv_max, &sig[0], &sig[1], &sig[2]);
+		if (hv_max >= 0x40000001)
+			cpuid(0x40000001, 0, &hv_features, &b, &c, &d);
+	}
+	if (max_basic >= 0xB) {
+		cpuid(0xB, 1, &a, &b, &c, &d);
+		topo = b & 0xFFFF;
+	}
+
+	con_puts("cpuid");
+	kv("hv_bit", hv_bit);
+	con_puts(" hv_sig=");
+	int stop = 0;
+	for (int i = 0; i < 3; i++)
+		put_regstr(sig[i], &stop);
+	kv("hv_max", hv_max);
+	kv("hv_features", hv_features);
+	kv("leaf1_ebx", leaf1_ebx);
+	kv("topo_cpus", topo);
+	con_putc('\n');
+
+	u32 max_ext;
+	cpuid(0x80000000, 0, &max_ext, &b, &c, &d);
+	if (max_ext < 0x80000004) {
+		con_puts("brand=none\n");
+		return;
+	}
+	u32 regs[12];
+	for (u32 i = 0; i < 3; i++)
+		cpuid(0x80000002 + i, 0, &regs[4 * i], &regs[4 * i + 1],
+		      &regs[4 * i + 2], &regs[4 * i + 3]);
+	const char *brand = (const char *)regs;
+	int n = 0;
+	while (n < 48 && brand[n] == ' ')
+		n++;
+	con_puts("brand=");
+	for (; n < 48 && brand[n]; n++)
+		con_putc(brand[n]);
+	con_putc('\n');
+}
+
+static void scenario_bootinfo(void)
+{
+	con_puts("cmdline=");
+	for (u64 i = 0; cmdline_at(i); i++)
+		con_putc(cmdline_at(i));
+	con_putc('\n');
+	print_memmap();
+	print_initrd();
+	print_loader();
+	print_mptable();
+	print_cpuid();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Other scenarios                                                          */
+
+#define ECHO_MAX 200
+
+static void scenario_echo(void)
+{
+	char line[ECHO_MAX + 1];
+	int n = 0;
+
+	con_puts("echo: ready\n");
+	for (;;) {
+		while (!(inb(COM1_LSR) & LSR_DATA_READY))
+			;
+		char c = (char)inb(COM1);
+		if (c == '\n' || c == '\r')
+			break;
+		if (n < ECHO_MAX)
+			line[n++] = c;
+	}
+	line[n] = 0;
+	con_puts("echo=");
+	con_puts(line);
+	con_putc('\n');
+}
+
+static void scenario_boottimer(void)
+{
+	*(volatile u8 *)0xC0000000ul = 123;
+	con_puts("boottimer: signalled\n");
+}
+
+static void scenario_badinsn(void)
+{
+	con_puts("badinsn: now\n");
+	/*
+	 * x87 load from unbacked MMIO; the emulator cannot handle it. The
+	 * address goes through a register: an absolute disp32 operand would be
+	 * sign-extended to 0xffffffffd0000000 in 64-bit mode.
+	 */
+	__asm__ volatile("fldt (%0)" : : "r"(0xD0000000ul) : "memory");
+	con_puts("badinsn: survived\n");
+	i8042_reset();
+}
+
+static void scenario_count(void)
+{
+	for (u32 i = 0; i < 10; i++) {
+		con_puts("count=");
+		puthex(i);
+		con_putc('\n');
+		if (i < 9) {
+			for (volatile u32 d = 0; d < 200000; d++)
+				;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+
+void guest_main(u32 proto, u64 info)
+{
+	char scenario[64];
+
+	if (proto > PROTO_PVH)
+		proto = PROTO_LINUX64;
+	bootinfo_init(proto, info);
+	scenario_from_cmdline(scenario, sizeof(scenario));
+	if (!scenario[0])
+		memcpy(scenario, "bootinfo", 9);
+
+	con_puts("guest: start protocol=");
+	con_puts(protocol_name[proto]);
+	con_puts(" scenario=");
+	con_puts(scenario);
+	con_putc('\n');
+
+	if (streq(scenario, "bootinfo")) {
+		scenario_bootinfo();
+	} else if (streq(scenario, "echo")) {
+		scenario_echo();
+	} else if (streq(scenario, "boottimer")) {
+		scenario_boottimer();
+	} else if (streq(scenario, "hlt")) {
+		con_puts("hlt: parked\n");
+		park();
+	} else if (streq(scenario, "reset")) {
+		con_puts("reset: now\n");
+		i8042_reset();
+	} else if (streq(scenario, "badinsn")) {
+		scenario_badinsn();
+	} else if (streq(scenario, "count")) {
+		scenario_count();
+	} else {
+		con_puts("guest: unknown scenario ");
+		con_puts(scenario);
+		con_putc('\n');
+		i8042_reset();
+	}
+	done();
+}

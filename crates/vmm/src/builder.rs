@@ -1,0 +1,238 @@
+//! Building a VM from a [`VmConfig`]: inputs are validated and opened first, so
+//! a bad path or size fails before any KVM state exists; then the VM, memory,
+//! kernel, boot structures, devices and vCPUs are set up.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ember_boot::{configure_boot, load_initrd, load_kernel, BootInfo, BootProtocol};
+use ember_cpu::cpuid::host_phys_addr_bits;
+use ember_cpu::mptable::setup_mptable;
+use ember_cpu::platform::setup_platform;
+use ember_cpu::{EntryPoint, Vcpu, MAX_VCPUS};
+use ember_devices::legacy::{
+    self, BootTimer, Serial, SerialInput as SerialInputDevice, StdinReader, I8042,
+};
+use ember_devices::trigger::EventTrigger;
+use ember_devices::Bus;
+use ember_memory::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START};
+use ember_memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap, MemoryLayout};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
+use crate::io::IoBuses;
+use crate::terminal::RawTerminal;
+use crate::vm::{Subscriber, Vm};
+use crate::{Error, Result};
+
+fn open(what: &'static str, path: &Path) -> Result<File> {
+    File::open(path).map_err(|source| Error::Open {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn open_kvm(path: &Path) -> Result<Kvm> {
+    let kvm_err = |source| Error::OpenKvm {
+        path: path.to_owned(),
+        source,
+    };
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| kvm_err(kvm_ioctls::Error::new(libc::EINVAL)))?;
+    Kvm::new_with_path(&c_path).map_err(kvm_err)
+}
+
+fn check_vcpu_count(kvm: Option<&Kvm>, count: u8) -> Result<()> {
+    let max = kvm.map_or(usize::from(MAX_VCPUS), |kvm| {
+        kvm.get_max_vcpus().min(usize::from(MAX_VCPUS))
+    });
+    if count == 0 || usize::from(count) > max {
+        return Err(ember_cpu::Error::VcpuCount {
+            count: usize::from(count),
+            max,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Loads the kernel, initrd and boot structures; returns how to enter the kernel.
+fn load_guest(
+    config: &VmConfig,
+    layout: &MemoryLayout,
+    memory: &GuestMemoryMmap,
+    mut kernel_file: File,
+    initrd_file: Option<File>,
+) -> Result<EntryPoint> {
+    let kernel = load_kernel(memory, &mut kernel_file, layout.low_ram_end()).map_err(|source| {
+        Error::Kernel {
+            path: config.kernel.clone(),
+            source,
+        }
+    })?;
+    let initrd = match (initrd_file, &config.initrd) {
+        (Some(mut file), Some(path)) => {
+            let limit = kernel.setup_header.map_or(layout.low_ram_end(), |hdr| {
+                layout.low_ram_end().min(u64::from(hdr.initrd_addr_max) + 1)
+            });
+            Some(
+                load_initrd(memory, &mut file, kernel.end, limit).map_err(|source| {
+                    Error::Initrd {
+                        path: path.clone(),
+                        source,
+                    }
+                })?,
+            )
+        }
+        _ => None,
+    };
+    let e820 = layout.e820_entries();
+    configure_boot(
+        memory,
+        &kernel,
+        &BootInfo {
+            cmdline: &config.cmdline,
+            e820: &e820,
+            initrd,
+        },
+    )?;
+    setup_mptable(memory, config.vcpu_count)?;
+    log::info!(
+        "kernel {} loaded as {}, entry {:#x}",
+        config.kernel.display(),
+        kernel.format,
+        kernel.entry.0
+    );
+    Ok(match kernel.protocol {
+        BootProtocol::Linux64 => EntryPoint::Linux64 {
+            entry: kernel.entry.0,
+        },
+        BootProtocol::Pvh => EntryPoint::Pvh {
+            entry: kernel.entry.0,
+        },
+    })
+}
+
+/// The legacy devices and the buses they sit on.
+struct Devices {
+    io: IoBuses,
+    serial: Arc<Mutex<Serial>>,
+    subscribers: Vec<Subscriber>,
+    boot_timer: Arc<Mutex<BootTimer>>,
+    reset: EventTrigger,
+    terminal: Option<RawTerminal>,
+}
+
+fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
+    let irq = EventTrigger::new()?;
+    vm.register_irqfd(irq.event_fd(), legacy::COM1_IRQ)
+        .map_err(|source| Error::Kvm {
+            what: "KVM_IRQFD (COM1)",
+            source,
+        })?;
+    let drained = EventTrigger::new()?;
+    let output: Box<dyn Write + Send> =
+        match std::mem::replace(&mut config.serial_output, SerialOutput::Sink) {
+            SerialOutput::Stdout => Box::new(std::io::stdout()),
+            SerialOutput::Writer(writer) => writer,
+            SerialOutput::Sink => Box::new(std::io::sink()),
+        };
+    let serial = Arc::new(Mutex::new(Serial::new(irq, drained.try_clone()?, output)));
+
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    let mut terminal = None;
+    match std::mem::replace(&mut config.serial_input, SerialInput::None) {
+        SerialInput::Stdin => {
+            terminal = RawTerminal::enable_if_tty();
+            let input = SerialInputDevice::new(serial.clone(), StdinReader, &drained)?;
+            subscribers.push(Arc::new(Mutex::new(input)));
+        }
+        SerialInput::Reader(reader) => {
+            let input = SerialInputDevice::new(serial.clone(), BoxedInput(reader), &drained)?;
+            subscribers.push(Arc::new(Mutex::new(input)));
+        }
+        SerialInput::None => {}
+    }
+
+    let reset = EventTrigger::new()?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(reset.try_clone()?)));
+    let boot_timer = Arc::new(Mutex::new(BootTimer::new(config.start_time)));
+
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), legacy::COM1_PORT, legacy::COM1_PORT_COUNT)?;
+    pio.insert(i8042, legacy::I8042_PORT, legacy::I8042_PORT_COUNT)?;
+    let mut mmio = Bus::new();
+    mmio.insert(boot_timer.clone(), BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
+
+    Ok(Devices {
+        io: IoBuses { pio, mmio },
+        serial,
+        subscribers,
+        boot_timer,
+        reset,
+        terminal,
+    })
+}
+
+/// Builds a VM from `config`. Nothing runs until [`Vm::run`].
+pub fn build(mut config: VmConfig) -> Result<Vm> {
+    check_vcpu_count(None, config.vcpu_count)?;
+    let layout = MemoryLayout::with_mib(config.mem_size_mib, host_phys_addr_bits())?;
+    let kernel_file = open("kernel image", &config.kernel)?;
+    let initrd_file = config
+        .initrd
+        .as_deref()
+        .map(|path| open("initrd", path))
+        .transpose()?;
+    ember_boot::cmdline::validate(&config.cmdline, ember_memory::layout::CMDLINE_MAX_SIZE)?;
+
+    let kvm = open_kvm(&config.kvm_device)?;
+    check_vcpu_count(Some(&kvm), config.vcpu_count)?;
+    let vm_fd = kvm.create_vm().map_err(|source| Error::Kvm {
+        what: "KVM_CREATE_VM",
+        source,
+    })?;
+    setup_platform(&vm_fd)?;
+    let memory = create_guest_memory(&layout)?;
+    // SAFETY: `memory` is stored in the returned `Vm` after `vm_fd` and the vCPUs,
+    // so it is unmapped only after they are gone (or never, if a vCPU thread
+    // could not be stopped).
+    unsafe { register_with_kvm(&vm_fd, &memory) }?;
+
+    let entry = load_guest(&config, &layout, &memory, kernel_file, initrd_file)?;
+    let devices = create_devices(&vm_fd, &mut config)?;
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| Error::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpu_count));
+    for index in 0..config.vcpu_count {
+        let vcpu = Vcpu::new(&vm_fd, index)?;
+        let boot_entry = (index == 0).then_some(entry);
+        vcpu.configure(&kvm, &supported, config.vcpu_count, &memory, boot_entry)?;
+        vcpus.push(vcpu);
+    }
+
+    Ok(Vm {
+        vcpus,
+        vm_fd,
+        kvm,
+        io: Arc::new(devices.io),
+        serial: devices.serial,
+        subscribers: devices.subscribers,
+        boot_timer: devices.boot_timer,
+        reset: devices.reset,
+        stop: EventTrigger::new()?,
+        terminal: devices.terminal,
+        memory,
+    })
+}

@@ -1,0 +1,111 @@
+//! What a VM is made of, in plain Rust types. Front ends (the config file, the
+//! REST API, the command line) translate their input into a [`VmConfig`].
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use ember_devices::legacy::StartTime;
+
+/// Default KVM device.
+pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
+
+/// Where the guest's serial output goes.
+pub enum SerialOutput {
+    /// This process's standard output.
+    Stdout,
+    /// Any writer (a file, a pipe, a test buffer).
+    Writer(Box<dyn Write + Send>),
+    /// Discarded.
+    Sink,
+}
+
+/// A host file descriptor the guest's serial input is read from.
+pub trait InputSource: Read + AsRawFd + Send {}
+impl<T: Read + AsRawFd + Send> InputSource for T {}
+
+/// A boxed [`InputSource`], itself readable and pollable.
+pub(crate) struct BoxedInput(pub(crate) Box<dyn InputSource>);
+
+impl Read for BoxedInput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl AsRawFd for BoxedInput {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Where the guest's serial input comes from.
+pub enum SerialInput {
+    /// This process's standard input (switched to raw mode if it is a terminal).
+    Stdin,
+    /// Any pollable reader, such as one end of a socket pair.
+    Reader(Box<dyn InputSource>),
+    /// No input.
+    None,
+}
+
+impl fmt::Debug for SerialOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SerialOutput::Stdout => "Stdout",
+            SerialOutput::Writer(_) => "Writer",
+            SerialOutput::Sink => "Sink",
+        })
+    }
+}
+
+impl fmt::Debug for SerialInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SerialInput::Stdin => "Stdin",
+            SerialInput::Reader(_) => "Reader",
+            SerialInput::None => "None",
+        })
+    }
+}
+
+/// Everything needed to build a VM.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// Number of vCPUs (1 to the host's limit).
+    pub vcpu_count: u8,
+    /// Guest RAM in MiB.
+    pub mem_size_mib: u64,
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// The complete kernel command line.
+    pub cmdline: String,
+    /// The KVM device to open.
+    pub kvm_device: PathBuf,
+    /// Serial output.
+    pub serial_output: SerialOutput,
+    /// Serial input.
+    pub serial_input: SerialInput,
+    /// When the start request arrived, for the boot timer.
+    pub start_time: StartTime,
+}
+
+impl VmConfig {
+    /// A configuration with one vCPU, 128 MiB, serial on stdio and `/dev/kvm`.
+    pub fn new(kernel: impl Into<PathBuf>, cmdline: impl Into<String>) -> VmConfig {
+        VmConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: cmdline.into(),
+            kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
+            serial_output: SerialOutput::Stdout,
+            serial_input: SerialInput::Stdin,
+            start_time: StartTime::now(),
+        }
+    }
+}

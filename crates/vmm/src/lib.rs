@@ -1,0 +1,109 @@
+//! Ember's VMM: turns a [`VmConfig`] into a running microVM.
+//!
+//! [`builder::build`] validates the configuration, creates the KVM VM, guest
+//! memory, devices and vCPUs, and loads the kernel; [`Vm::run`] starts one
+//! thread per vCPU, runs the device event loop on the calling thread until the
+//! guest resets, powers off, fails, or a termination signal arrives, then stops
+//! and joins the vCPUs.
+
+pub mod builder;
+pub mod config;
+mod exit;
+mod io;
+pub mod signals;
+mod terminal;
+mod vcpu_threads;
+mod vm;
+
+pub use builder::build;
+pub use config::{SerialInput, SerialOutput, VmConfig};
+pub use exit::{ExitReason, StopHandle};
+pub use vm::Vm;
+
+pub use ember_devices::legacy::{BootTime, StartTime};
+
+use std::path::PathBuf;
+
+/// Errors from building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A kernel, initrd or other input file cannot be opened.
+    #[error("cannot open {what} {path}: {source}")]
+    Open {
+        /// What the file is for.
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The KVM device cannot be opened.
+    #[error("cannot open {path}: {source} (KVM must be available and accessible to this user)")]
+    OpenKvm {
+        /// The KVM device path.
+        path: PathBuf,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// A KVM ioctl on the VM failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// The operation.
+        what: &'static str,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
+    /// The kernel could not be loaded.
+    #[error("kernel {path}: {source}")]
+    Kernel {
+        /// The kernel path.
+        path: PathBuf,
+        /// What went wrong.
+        source: ember_boot::Error,
+    },
+    /// The initrd could not be loaded.
+    #[error("initrd {path}: {source}")]
+    Initrd {
+        /// The initrd path.
+        path: PathBuf,
+        /// What went wrong.
+        source: ember_boot::Error,
+    },
+    /// Boot structures could not be written.
+    #[error(transparent)]
+    Boot(#[from] ember_boot::Error),
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] ember_memory::Error),
+    /// vCPU setup failed, or a vCPU stopped with an error.
+    #[error(transparent)]
+    Cpu(#[from] ember_cpu::Error),
+    /// A device could not be created or wired.
+    #[error(transparent)]
+    Devices(#[from] ember_devices::Error),
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    EventLoop(event_manager::Error),
+    /// A thread could not be started.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// Thread name.
+        name: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Signal handling could not be set up.
+    #[error("cannot install the {what} signal handler: {source}")]
+    Signal {
+        /// Which handler.
+        what: &'static str,
+        /// The error.
+        source: vmm_sys_util::errno::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

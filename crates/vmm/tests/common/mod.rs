@@ -1,0 +1,177 @@
+//! Shared harness for whole-VM tests: boots a test guest in-process with its
+//! serial output captured, stops it after a deadline so a stuck guest fails the
+//! test instead of hanging it, and parses the guest's `key=value` lines.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ember_vmm::{build, BootTime, ExitReason, SerialInput, SerialOutput, VmConfig};
+
+/// Longest a test guest may run (the emulator runs ~1M instructions/s).
+pub const GUEST_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A writer whose bytes the test reads back.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// What a guest run produced.
+pub struct Run {
+    pub result: ember_vmm::Result<ExitReason>,
+    pub output: String,
+    pub boot_time: Option<BootTime>,
+}
+
+impl Run {
+    /// The value of `key` on the first line starting with `prefix`.
+    pub fn field(&self, prefix: &str, key: &str) -> Option<String> {
+        self.output
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .find_map(|l| value_of(l, key))
+    }
+
+    /// All lines starting with `prefix`.
+    pub fn lines(&self, prefix: &str) -> Vec<&str> {
+        self.output
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
+    /// Asserts the guest ran to `guest: done` and reset the VM.
+    pub fn assert_clean_reset(&self) {
+        assert!(
+            matches!(self.result, Ok(ExitReason::Reset)),
+            "exit {:?}; output:\n{}",
+            self.result,
+            self.output
+        );
+        assert!(
+            self.output.contains("guest: done"),
+            "output:\n{}",
+            self.output
+        );
+    }
+}
+
+/// `key`'s value in a line of space-separated `key=value` pairs.
+pub fn value_of(line: &str, key: &str) -> Option<String> {
+    line.split(' ')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+/// Parses `0x...` as produced by the guest.
+pub fn hex(value: &str) -> u64 {
+    u64::from_str_radix(value.trim_start_matches("0x"), 16)
+        .unwrap_or_else(|e| panic!("{value:?} is not hex: {e}"))
+}
+
+/// The guest's initrd hash: 32-bit FNV-1a.
+pub fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// How to boot a test guest.
+pub struct Guest {
+    pub kernel: &'static str,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub initrd: Option<PathBuf>,
+    pub input: SerialInput,
+}
+
+impl Guest {
+    pub fn new(kernel: &'static str, scenario: &str) -> Guest {
+        Guest {
+            kernel,
+            cmdline: format!("console=ttyS0 ember.test={scenario}"),
+            vcpus: 1,
+            mem_mib: 128,
+            initrd: None,
+            input: SerialInput::None,
+        }
+    }
+
+    pub fn vcpus(mut self, vcpus: u8) -> Guest {
+        self.vcpus = vcpus;
+        self
+    }
+
+    pub fn mem_mib(mut self, mem_mib: u64) -> Guest {
+        self.mem_mib = mem_mib;
+        self
+    }
+
+    pub fn initrd(mut self, path: PathBuf) -> Guest {
+        self.initrd = Some(path);
+        self
+    }
+
+    pub fn input(mut self, input: SerialInput) -> Guest {
+        self.input = input;
+        self
+    }
+
+    pub fn config(self, capture: &Capture) -> VmConfig {
+        let mut config = VmConfig::new(self.kernel, self.cmdline);
+        config.vcpu_count = self.vcpus;
+        config.mem_size_mib = self.mem_mib;
+        config.initrd = self.initrd;
+        config.serial_input = self.input;
+        config.serial_output = SerialOutput::Writer(Box::new(capture.clone()));
+        config
+    }
+
+    /// Boots the guest and runs it to the end (or the deadline).
+    pub fn run(self) -> Run {
+        let capture = Capture::default();
+        let vm = build(self.config(&capture)).expect("the VM builds");
+        run_vm(vm, &capture, GUEST_DEADLINE)
+    }
+}
+
+/// Runs a built VM, stopping it after `deadline`.
+pub fn run_vm(vm: ember_vmm::Vm, capture: &Capture, deadline: Duration) -> Run {
+    let timer = vm.boot_timer();
+    let stop = vm.stop_handle().unwrap();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(deadline).is_err() {
+            stop.stop().unwrap();
+        }
+    });
+    let result = vm.run(None);
+    drop(done_tx);
+    watchdog.join().unwrap();
+    let boot_time = timer.lock().unwrap().boot_time();
+    Run {
+        result,
+        output: capture.text(),
+        boot_time,
+    }
+}
