@@ -85,14 +85,20 @@ fn main() {
     let head = obj("head64.S");
     let pvh = obj("pvh.S");
     let core = obj("main.c");
+    let blk = obj("blk.c");
 
     let elf64 = out_dir.join("guest-elf64");
-    link(&gcc, &guest_dir.join("linux64.ld"), &[&head, &core], &elf64);
+    link(
+        &gcc,
+        &guest_dir.join("linux64.ld"),
+        &[&head, &core, &blk],
+        &elf64,
+    );
     let pvh_img = out_dir.join("guest-pvh");
     link(
         &gcc,
         &guest_dir.join("pvh.ld"),
-        &[&head, &pvh, &core],
+        &[&head, &pvh, &core, &blk],
         &pvh_img,
     );
 

@@ -21,9 +21,9 @@ const MAX_PHDRS: usize = 64;
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
 /// Offset of the bzImage setup header in the file.
-pub const SETUP_HEADER_OFFSET: u64 = 0x1f1;
+pub const SETUP_HEADER_OFFSET: usize = 0x1f1;
 /// End (exclusive) of the setup header fields this crate reads.
-const SETUP_HEADER_END: u64 = 0x26c;
+const SETUP_HEADER_END: usize = 0x26c;
 const HDRS_MAGIC: u32 = 0x5372_6448;
 const LOADED_HIGH: u8 = 1;
 /// `xloadflags` bit: the kernel has a 64-bit entry point at load address + 0x200.
@@ -107,13 +107,13 @@ pub fn inspect<F: Read + Seek>(file: &mut F) -> Result<ImageInfo> {
     if n == 4 && magic == ELF_MAGIC {
         return inspect_elf(file, file_len);
     }
-    let mut hdr = [0u8; (SETUP_HEADER_END - SETUP_HEADER_OFFSET) as usize];
-    let n = read_at(file, SETUP_HEADER_OFFSET, &mut hdr).map_err(read_err)?;
+    let mut hdr = [0u8; SETUP_HEADER_END - SETUP_HEADER_OFFSET];
+    let n = read_at(file, SETUP_HEADER_OFFSET as u64, &mut hdr).map_err(read_err)?;
     if n >= 0x15 && u32_at(&hdr, 0x202 - 0x1f1) == HDRS_MAGIC {
         if n < hdr.len() {
             return Err(Error::Truncated {
                 format: ImageFormat::BzImage,
-                needed: SETUP_HEADER_OFFSET + hdr.len() as u64,
+                needed: SETUP_HEADER_END as u64,
                 actual: file_len,
             });
         }
@@ -220,7 +220,7 @@ fn has_pvh_note<F: Read + Seek>(file: &mut F, offset: u64, size: u64) -> Result<
 
 fn inspect_bzimage(hdr: &[u8], file_len: u64) -> Result<ImageInfo> {
     // `hdr` starts at file offset 0x1f1.
-    let field = |offset: usize| offset - SETUP_HEADER_OFFSET as usize;
+    let field = |offset: usize| offset - SETUP_HEADER_OFFSET;
     let setup_sects = match hdr[field(0x1f1)] {
         0 => 4,
         n => u64::from(n),
@@ -298,8 +298,8 @@ pub(crate) mod tests {
         f[0x14..0x18].copy_from_slice(&1u32.to_le_bytes());
         f[0x18..0x20].copy_from_slice(&entry.to_le_bytes());
         f[0x20..0x28].copy_from_slice(&(ELF64_HEADER_SIZE as u64).to_le_bytes());
-        f[0x34..0x36].copy_from_slice(&(ELF64_HEADER_SIZE as u16).to_le_bytes());
-        f[0x36..0x38].copy_from_slice(&(ELF64_PHDR_SIZE as u16).to_le_bytes());
+        f[0x34..0x36].copy_from_slice(&u16::try_from(ELF64_HEADER_SIZE).unwrap().to_le_bytes());
+        f[0x36..0x38].copy_from_slice(&u16::try_from(ELF64_PHDR_SIZE).unwrap().to_le_bytes());
         f[0x38..0x3a].copy_from_slice(&phnum.to_le_bytes());
         let mut phdr = |p_type: u32, offset: u64, addr: u64, filesz: u64, memsz: u64| {
             let mut ph = vec![0u8; ELF64_PHDR_SIZE];
@@ -330,7 +330,7 @@ pub(crate) mod tests {
     pub(crate) fn bzimage(payload: &[u8], xloadflags: u16, init_size: u32) -> Vec<u8> {
         let mut f = vec![0u8; 1024];
         f[0x1f1] = 1;
-        let syssize = payload.len().div_ceil(16) as u32;
+        let syssize = u32::try_from(payload.len().div_ceil(16)).unwrap();
         f[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
         f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
         f[0x202..0x206].copy_from_slice(&HDRS_MAGIC.to_le_bytes());

@@ -68,7 +68,7 @@ mod tests {
     #[test]
     fn placed_at_the_top_page_aligned() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..5000u32).map(|i| i.to_le_bytes()[0]).collect();
         let region = load_initrd(&mem, &mut Cursor::new(data.clone()), 0x20_0000, 4 << 20).unwrap();
         assert_eq!(region.size, 5000);
         assert_eq!(region.addr.0, ((4 << 20) - 5000) & PAGE_MASK);

@@ -30,6 +30,18 @@ const E820_MAX_ENTRIES: usize = 128;
 /// Version of `hvm_start_info` that carries a memory map.
 const PVH_START_INFO_VERSION: u32 = 1;
 
+/// The low 32 bits of `value` (the boot protocol splits 64-bit values in halves).
+#[allow(clippy::cast_possible_truncation)] // masked to 32 bits first
+fn low32(value: u64) -> u32 {
+    (value & 0xffff_ffff) as u32
+}
+
+/// The high 32 bits of `value`.
+#[allow(clippy::cast_possible_truncation)] // shifted down to 32 bits first
+fn high32(value: u64) -> u32 {
+    (value >> 32) as u32
+}
+
 /// `boot_params` as plain bytes.
 #[derive(Clone, Copy, Default)]
 #[repr(transparent)]
@@ -105,14 +117,15 @@ fn write_zero_page<M: GuestMemoryBackend>(
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.boot_flag = BOOT_FLAG;
     params.hdr.header = HDRS_MAGIC;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = info.cmdline.len() as u32;
+    params.hdr.cmd_line_ptr = low32(CMDLINE_START);
+    params.ext_cmd_line_ptr = high32(CMDLINE_START);
+    params.hdr.cmdline_size = low32(info.cmdline.len() as u64);
     if let Some(initrd) = info.initrd {
         let (addr, size) = (initrd.addr.0, initrd.size);
-        params.hdr.ramdisk_image = addr as u32;
-        params.ext_ramdisk_image = (addr >> 32) as u32;
-        params.hdr.ramdisk_size = size as u32;
-        params.ext_ramdisk_size = (size >> 32) as u32;
+        params.hdr.ramdisk_image = low32(addr);
+        params.ext_ramdisk_image = high32(addr);
+        params.hdr.ramdisk_size = low32(size);
+        params.ext_ramdisk_size = high32(size);
     }
     for (slot, entry) in params.e820_table.iter_mut().zip(info.e820) {
         *slot = boot_e820_entry {
@@ -121,7 +134,8 @@ fn write_zero_page<M: GuestMemoryBackend>(
             r#type: entry.kind as u32,
         };
     }
-    params.e820_entries = info.e820.len() as u8;
+    params.e820_entries =
+        u8::try_from(info.e820.len()).map_err(|_| Error::TooManyE820Entries(info.e820.len()))?;
 
     let zero_page = ZeroPage(params);
     LinuxBootConfigurator::write_bootparams::<M>(
@@ -149,7 +163,7 @@ fn write_start_info<M: GuestMemoryBackend>(mem: &M, info: &BootInfo<'_>) -> Resu
         version: PVH_START_INFO_VERSION,
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
-        memmap_entries: memmap.len() as u32,
+        memmap_entries: low32(memmap.len() as u64),
         nr_modules: u32::from(info.initrd.is_some()),
         modlist_paddr: if info.initrd.is_some() {
             PVH_MODLIST_START
@@ -212,7 +226,11 @@ mod tests {
         };
         configure_boot(&m, &kernel(BootProtocol::Linux64, None), &info).unwrap();
         let zp = ZERO_PAGE_START;
-        assert_eq!(u32_at(&m, zp + 0x228), CMDLINE_START as u32, "cmd_line_ptr");
+        assert_eq!(
+            u32_at(&m, zp + 0x228),
+            u32::try_from(CMDLINE_START).unwrap(),
+            "cmd_line_ptr"
+        );
         assert_eq!(u32_at(&m, zp + 0x238), 19, "cmdline_size");
         assert_eq!(u32_at(&m, zp + 0x218), 0x30_0000, "ramdisk_image");
         assert_eq!(u32_at(&m, zp + 0x21c), 0x1234, "ramdisk_size");

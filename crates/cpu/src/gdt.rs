@@ -25,6 +25,7 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 }
 
 /// The KVM segment register for GDT `entry` loaded from slot `index`.
+#[allow(clippy::cast_possible_truncation)] // every field is masked to its width first
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let bit = |shift: u32| ((entry >> shift) & 1) as u8;
     let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u32;

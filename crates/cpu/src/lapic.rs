@@ -59,7 +59,7 @@ mod tests {
     }
 
     #[test]
-    fn lints_on_a_real_lapic() {
+    fn kvm_lints_on_a_real_lapic() {
         let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is needed for this test");
         let vm = kvm.create_vm().unwrap();
         vm.create_irq_chip().unwrap();

@@ -28,6 +28,17 @@ const CPU_SIGNATURE: u32 = 0x600;
 const CPU_FEATURES: u32 = 0x201;
 const ALL_LOCAL_APICS: u8 = 0xff;
 
+/// IOAPIC and local APIC addresses as the table's 32-bit fields.
+const IOAPIC_ADDR: [u8; 4] = address32(IOAPIC_START);
+const LAPIC_ADDR: [u8; 4] = address32(APIC_START);
+
+/// A below-4-GiB address as a little-endian 32-bit field (checked at compile time).
+#[allow(clippy::cast_possible_truncation)] // asserted to fit first
+const fn address32(addr: u64) -> [u8; 4] {
+    assert!(addr <= u32::MAX as u64);
+    (addr as u32).to_le_bytes()
+}
+
 fn checksum(bytes: &[u8]) -> u8 {
     bytes
         .iter()
@@ -61,7 +72,7 @@ fn entries(vcpus: u8) -> (Vec<u8>, u16) {
     out.extend_from_slice(&[ENTRY_BUS, 0]);
     out.extend_from_slice(b"ISA   ");
     out.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
-    out.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
+    out.extend_from_slice(&IOAPIC_ADDR);
     count += 2;
     for pin in 0..IOAPIC_PINS {
         let kind = if pin == 0 {
@@ -112,7 +123,7 @@ pub fn build(vcpus: u8, base: u64) -> Result<Vec<u8>> {
     config.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
     config.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
     config.extend_from_slice(&count.to_le_bytes());
-    config.extend_from_slice(&(APIC_START as u32).to_le_bytes());
+    config.extend_from_slice(&LAPIC_ADDR);
     config.extend_from_slice(&[0; 4]); // extended table length, checksum, reserved
     config.extend_from_slice(&body);
     config[7] = checksum(&config);
@@ -154,7 +165,7 @@ mod tests {
         assert_eq!(&table[..4], b"_MP_");
         assert_eq!(sum(&table[..16]), 0, "floating pointer checksum");
         let config_at = u32::from_le_bytes(table[4..8].try_into().unwrap()) as u64;
-        let config = &table[(config_at - base) as usize..];
+        let config = &table[usize::try_from(config_at - base).unwrap()..];
         assert_eq!(&config[..4], b"PCMP");
         let len = u16::from_le_bytes([config[4], config[5]]) as usize;
         assert_eq!(sum(&config[..len]), 0, "config table checksum");

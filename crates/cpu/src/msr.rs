@@ -77,7 +77,7 @@ mod tests {
     }
 
     #[test]
-    fn msrs_are_set_on_a_real_vcpu() {
+    fn kvm_msrs_are_set_on_a_real_vcpu() {
         let kvm = Kvm::new().expect("/dev/kvm is needed for this test");
         let vm = kvm.create_vm().unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();

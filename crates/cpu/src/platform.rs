@@ -34,7 +34,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn platform_is_created_once() {
+    fn kvm_platform_is_created_once() {
         let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is needed for this test");
         let vm = kvm.create_vm().unwrap();
         setup_platform(&vm).unwrap();

@@ -15,6 +15,31 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// A device of byte-wide registers (UARTs, the i8042): only one-byte accesses
+/// at offsets below 256 reach it; wider or farther accesses read as all ones and
+/// are otherwise ignored.
+pub trait ByteRegisters: Send {
+    /// Reads register `offset`.
+    fn read_register(&mut self, offset: u8) -> u8;
+    /// Writes `value` to register `offset`.
+    fn write_register(&mut self, offset: u8, value: u8);
+}
+
+impl<T: ByteRegisters> BusDevice for T {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (u8::try_from(offset), data) {
+            (Ok(offset), [byte]) => *byte = self.read_register(offset),
+            (_, data) => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
+            self.write_register(offset, *value);
+        }
+    }
+}
+
 /// A device shared between the bus and whoever else drives it.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
@@ -123,7 +148,7 @@ mod tests {
 
     impl BusDevice for Probe {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill(offset.to_le_bytes()[0]);
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.last_write = Some((offset, data.to_vec()));

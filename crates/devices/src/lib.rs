@@ -12,7 +12,7 @@ pub mod bus;
 pub mod legacy;
 pub mod trigger;
 
-pub use bus::{Bus, BusDevice};
+pub use bus::{Bus, BusDevice, ByteRegisters};
 
 /// Errors from building or wiring devices.
 #[derive(Debug, thiserror::Error)]

@@ -41,7 +41,7 @@ impl MemoryLayout {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        if size % PAGE_SIZE != 0 {
+        if !size.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Unaligned(size));
         }
         let low = size.min(MMIO_GAP_START);

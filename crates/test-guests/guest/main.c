@@ -4,19 +4,14 @@
  *
  * Runs in 64-bit long mode with identity-mapped low 4 GiB, interrupts off.
  * Output goes to COM1 as "key=value" lines (hex numbers, "\n" endings).
- * The scenario is chosen with "ember.test=NAME" on the kernel command line.
+ * The scenario is chosen with "ember.test=NAME" on the kernel command line;
+ * the blk-* (virtio-blk) scenarios live in blk.c.
  *
  * Everything here must stay simple integer code: the target environment is
  * an instruction emulator without SSE/x87 and at about 1M instructions/s.
  */
 #include "guest.h"
-
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long u64;
-
-_Static_assert(sizeof(u64) == 8, "u64 must be 64-bit");
+#include "core.h"
 
 /* Unaligned, alias-safe views for reading boot structures. */
 typedef u16 u16_una __attribute__((aligned(1), may_alias));
@@ -24,8 +19,6 @@ typedef u32 u32_una __attribute__((aligned(1), may_alias));
 typedef u64 u64_una __attribute__((aligned(1), may_alias));
 
 void guest_main(u32 proto, u64 info) __attribute__((noreturn, used));
-void *memset(void *dst, int c, unsigned long n);
-void *memcpy(void *dst, const void *src, unsigned long n);
 
 /* ------------------------------------------------------------------------ */
 /* libc replacements (gcc may emit calls to these)                          */
@@ -92,7 +85,7 @@ static void __attribute__((noreturn)) park(void)
 		__asm__ volatile("cli; hlt" : : : "memory");
 }
 
-static void __attribute__((noreturn)) i8042_reset(void)
+void i8042_reset(void)
 {
 	outb(0x64, 0xFE);
 	park();
@@ -106,7 +99,7 @@ static void __attribute__((noreturn)) i8042_reset(void)
 #define LSR_DATA_READY 0x01
 #define LSR_THR_EMPTY 0x20
 
-static void con_putc(char c)
+void con_putc(char c)
 {
 	/* Bounded poll: the VMM's UART always reports THR empty. */
 	for (int i = 0; i < 100000; i++) {
@@ -116,13 +109,13 @@ static void con_putc(char c)
 	outb(COM1, (u8)c);
 }
 
-static void con_puts(const char *s)
+void con_puts(const char *s)
 {
 	while (*s)
 		con_putc(*s++);
 }
 
-static void puthex(u64 v)
+void puthex(u64 v)
 {
 	static const char digits[] = "0123456789abcdef";
 	char buf[16];
@@ -139,7 +132,7 @@ static void puthex(u64 v)
 }
 
 /* Prints " key=0x..." */
-static void kv(const char *key, u64 v)
+void kv(const char *key, u64 v)
 {
 	con_putc(' ');
 	con_puts(key);
@@ -147,7 +140,7 @@ static void kv(const char *key, u64 v)
 	puthex(v);
 }
 
-static void __attribute__((noreturn)) done(void)
+void done(void)
 {
 	con_puts("guest: done\n");
 	i8042_reset();
@@ -227,10 +220,8 @@ static char cmdline_at(u64 i)
 
 static const char *const protocol_name[] = {"linux64", "pvh"};
 
-/* Finds the "ember.test=" token; copies its value into out. */
-static void scenario_from_cmdline(char *out, int cap)
+int cmdline_token(const char *key, u32 nth, char *out, int cap)
 {
-	static const char key[] = "ember.test=";
 	u64 i = 0;
 
 	out[0] = 0;
@@ -238,12 +229,12 @@ static void scenario_from_cmdline(char *out, int cap)
 		while (cmdline_at(i) == ' ')
 			i++;
 		if (!cmdline_at(i))
-			return;
+			return 0;
 		/* i is the start of a token. */
 		u64 k = 0;
 		while (key[k] && cmdline_at(i + k) == key[k])
 			k++;
-		if (!key[k]) {
+		if (!key[k] && nth-- == 0) {
 			int n = 0;
 			u64 j = i + k;
 			char c;
@@ -253,14 +244,20 @@ static void scenario_from_cmdline(char *out, int cap)
 				j++;
 			}
 			out[n] = 0;
-			return;
+			return 1;
 		}
 		while (cmdline_at(i) && cmdline_at(i) != ' ')
 			i++;
 	}
 }
 
-static int streq(const char *a, const char *b)
+/* Finds the "ember.test=" token; copies its value into out. */
+static void scenario_from_cmdline(char *out, int cap)
+{
+	cmdline_token("ember.test=", 0, out, cap);
+}
+
+int streq(const char *a, const char *b)
 {
 	while (*a && *a == *b) {
 		a++;
@@ -576,6 +573,8 @@ void guest_main(u32 proto, u64 info)
 		scenario_badinsn();
 	} else if (streq(scenario, "count")) {
 		scenario_count();
+	} else if (blk_scenario(scenario)) {
+		/* blk-* scenarios (blk.c) */
 	} else {
 		con_puts("guest: unknown scenario ");
 		con_puts(scenario);

@@ -179,6 +179,32 @@ mod tests {
     }
 
     #[test]
+    fn images_contain_blk_scenarios() {
+        let names = [
+            "blk-info",
+            "blk-write",
+            "blk-read",
+            "blk-roundtrip",
+            "blk-flush",
+            "blk-id",
+            "blk-past-end",
+            "blk-reset",
+            "blk-multi",
+            "virtio_mmio.device=",
+        ];
+        for (_, path) in all() {
+            let img = read(path);
+            for name in names {
+                let needle = format!("{name}\0");
+                assert!(
+                    img.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{path} lacks the string {name:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn bzimage_payload_matches_elf64() {
         let img = read(BZIMAGE_PATH);
         let elf = read(ELF64_PATH);

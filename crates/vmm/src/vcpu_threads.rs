@@ -6,7 +6,7 @@
 //! than hanging the VMM.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ pub(crate) struct VcpuReport {
 pub(crate) struct VcpuThreads {
     handles: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    /// Disconnects when every thread has ended (each holds a sender).
+    finished: Receiver<()>,
 }
 
 fn run_vcpu(
@@ -71,21 +73,27 @@ impl VcpuThreads {
         wake: &EventTrigger,
     ) -> Result<VcpuThreads> {
         install_kick_handler()?;
+        let (finished_tx, finished) = mpsc::channel();
         let mut threads = VcpuThreads {
             handles: Vec::with_capacity(vcpus.len()),
             stop: Arc::new(AtomicBool::new(false)),
+            finished,
         };
         for vcpu in vcpus {
             let name = format!("ember_vcpu{}", vcpu.index());
-            let (io, stop, reports, wake) = (
+            let (io, stop, reports, wake, alive) = (
                 io.clone(),
                 threads.stop.clone(),
                 reports.clone(),
                 wake.try_clone()?,
+                finished_tx.clone(),
             );
             let spawned = std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || run_vcpu(vcpu, &io, &stop, &reports, &wake));
+                .spawn(move || {
+                    run_vcpu(vcpu, &io, &stop, &reports, &wake);
+                    drop(alive);
+                });
             match spawned {
                 Ok(handle) => threads.handles.push(handle),
                 Err(source) => {
@@ -94,6 +102,7 @@ impl VcpuThreads {
                 }
             }
         }
+        drop(finished_tx);
         Ok(threads)
     }
 
@@ -102,31 +111,29 @@ impl VcpuThreads {
     pub(crate) fn stop(self) -> bool {
         self.stop.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + STOP_TIMEOUT;
-        let mut pending = self.handles;
-        while !pending.is_empty() && Instant::now() < deadline {
-            for handle in pending.iter().filter(|h| !h.is_finished()) {
+        let all_ended = loop {
+            for handle in self.handles.iter().filter(|h| !h.is_finished()) {
                 if let Err(e) = handle.kill(kick_signal()) {
                     log::warn!("cannot kick a vCPU thread: {e}");
                 }
             }
-            std::thread::sleep(
-                KICK_INTERVAL.min(deadline.saturating_duration_since(Instant::now())),
-            );
-            let (finished, running): (Vec<_>, Vec<_>) =
-                pending.into_iter().partition(|h| h.is_finished());
-            for handle in finished {
-                if handle.join().is_err() {
-                    log::error!("a vCPU thread panicked");
-                }
+            let wait = KICK_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
+            match self.finished.recv_timeout(wait) {
+                Err(RecvTimeoutError::Disconnected) => break true,
+                _ if Instant::now() >= deadline => break false,
+                _ => {}
             }
-            pending = running;
+        };
+        if !all_ended {
+            let stuck = self.handles.iter().filter(|h| !h.is_finished()).count();
+            log::error!("{stuck} vCPU thread(s) did not stop; leaving them");
+            return false;
         }
-        if !pending.is_empty() {
-            log::error!(
-                "{} vCPU thread(s) did not stop; leaving them",
-                pending.len()
-            );
+        for handle in self.handles {
+            if handle.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
         }
-        pending.is_empty()
+        true
     }
 }

@@ -1,7 +1,12 @@
 //! Whole-VM boot tests on KVM: each boot protocol (ELF 64-bit entry, PVH,
 //! bzImage) boots the test guest, which reads back what the VMM told it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
 
 mod common;
 

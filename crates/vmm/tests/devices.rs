@@ -1,7 +1,12 @@
 //! Whole-VM device tests on KVM: serial output and input, the boot timer, the
 //! i8042 reset, an instruction KVM cannot emulate, and stopping a parked guest.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
 
 mod common;
 

@@ -5,7 +5,7 @@ use std::fmt;
 
 use vm_superio::I8042Device;
 
-use crate::bus::BusDevice;
+use crate::bus::ByteRegisters;
 use crate::trigger::EventTrigger;
 
 /// The i8042 on ports 0x60-0x64.
@@ -28,19 +28,14 @@ impl I8042 {
     }
 }
 
-impl BusDevice for I8042 {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match (u8::try_from(offset), data) {
-            (Ok(offset), [byte]) => *byte = self.controller.read(offset),
-            (_, data) => data.fill(0xff),
-        }
+impl ByteRegisters for I8042 {
+    fn read_register(&mut self, offset: u8) -> u8 {
+        self.controller.read(offset)
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
-            if let Err(e) = self.controller.write(offset, *byte) {
-                log::error!("i8042: cannot signal the reset: {e}");
-            }
+    fn write_register(&mut self, offset: u8, value: u8) {
+        if let Err(e) = self.controller.write(offset, value) {
+            log::error!("i8042: cannot signal the reset: {e}");
         }
     }
 }
@@ -48,6 +43,7 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::BusDevice;
 
     #[test]
     fn reset_command_fires_the_event() {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vm_superio::serial::SerialEvents;
 
-use crate::bus::BusDevice;
+use crate::bus::ByteRegisters;
 use crate::trigger::EventTrigger;
 use crate::Result;
 
@@ -81,19 +81,14 @@ impl Serial {
     }
 }
 
-impl BusDevice for Serial {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match (u8::try_from(offset), data) {
-            (Ok(offset), [byte]) => *byte = self.uart.read(offset),
-            (_, data) => data.fill(0xff),
-        }
+impl ByteRegisters for Serial {
+    fn read_register(&mut self, offset: u8) -> u8 {
+        self.uart.read(offset)
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
-            if let Err(e) = self.uart.write(offset, *byte) {
-                log::debug!("serial: write to register {offset} failed: {e:?}");
-            }
+    fn write_register(&mut self, offset: u8, value: u8) {
+        if let Err(e) = self.uart.write(offset, value) {
+            log::debug!("serial: write to register {offset} failed: {e:?}");
         }
     }
 }
@@ -203,7 +198,7 @@ impl<R: Read + AsRawFd> MutEventSubscriber for SerialInput<R> {
             log::warn!("serial: cannot poll the drained event: {e:?}");
         }
         if let Err(e) = ops.add(Events::new(&self.input, EventSet::IN)) {
-            log::warn!("serial: input cannot be polled, guest input disabled: {e:?}");
+            log::info!("serial: guest input disabled, the input cannot be polled: {e:?}");
             self.closed = true;
         }
     }
@@ -220,6 +215,7 @@ impl<R: Read + AsRawFd> MutEventSubscriber for SerialInput<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::BusDevice;
     use event_manager::{EventManager, SubscriberOps};
     use std::os::unix::net::UnixStream;
 

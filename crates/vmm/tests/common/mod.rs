@@ -2,7 +2,13 @@
 //! serial output captured, stops it after a deadline so a stuck guest fails the
 //! test instead of hanging it, and parses the guest's `key=value` lines.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
 
 use std::io::Write;
 use std::path::PathBuf;

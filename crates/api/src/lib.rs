@@ -1,0 +1,57 @@
+//! Ember's Firecracker-compatible front end.
+//!
+//! - [`model`]: the VM resources with Firecracker's JSON names and fields
+//!   (`boot-source`, `machine-config`, `drives`, ...), shared by the config file
+//!   and the REST API, and their translation into an [`ember_vmm::VmConfig`].
+//! - [`config_file`]: reading a Firecracker config file.
+//! - [`logger`]: the process logger (level, origin, destination).
+
+pub mod config_file;
+pub mod logger;
+pub mod model;
+
+/// Errors from the configuration front end.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON for the model.
+    #[error("invalid config file {path}: {source}")]
+    ParseConfig {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// The parse error, with line and column.
+        source: serde_json::Error,
+    },
+    /// A field has a value Ember does not accept.
+    #[error("invalid {field}: {reason}")]
+    InvalidValue {
+        /// The JSON field, e.g. `machine-config.vcpu_count`.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A Firecracker resource Ember does not provide (yet).
+    #[error("`{0}` is not supported by this version of Ember")]
+    Unsupported(&'static str),
+    /// The log destination cannot be opened.
+    #[error("cannot open log file {path}: {source}")]
+    OpenLog {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A logger is already installed in this process.
+    #[error("a logger is already installed")]
+    LoggerInstalled,
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,358 @@
+//! VM resources with Firecracker's JSON field names, so a Firecracker config
+//! file or API client works unchanged. Unknown fields are refused.
+
+use std::path::PathBuf;
+
+use ember_vmm::{StartTime, VmConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Firecracker's default kernel command line, used when `boot_args` is absent.
+pub const DEFAULT_BOOT_ARGS: &str = "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 \
+                                     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// `boot-source`: the kernel, its command line and an optional initrd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    /// Path of the kernel image on the host.
+    pub kernel_image_path: PathBuf,
+    /// Kernel command line; Firecracker's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+    /// Path of the initrd on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+}
+
+/// Huge pages backing guest memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugePages {
+    /// Regular 4 KiB pages.
+    #[default]
+    None,
+    /// 2 MiB huge pages.
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+/// `machine-config`: vCPUs and memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs.
+    pub vcpu_count: u8,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u64,
+    /// Simultaneous multithreading (two threads per core).
+    #[serde(default)]
+    pub smt: bool,
+    /// Dirty page tracking for diff snapshots.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Huge pages for guest memory.
+    #[serde(default)]
+    pub huge_pages: HugePages,
+    /// A Firecracker CPU template name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+            huge_pages: HugePages::None,
+            cpu_template: None,
+        }
+    }
+}
+
+/// One token bucket of a `rate_limiter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    /// Bucket size in tokens (bytes or operations).
+    pub size: u64,
+    /// Extra tokens available once, at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Milliseconds to refill the bucket from empty.
+    pub refill_time: u64,
+}
+
+/// Firecracker's `rate_limiter` object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiter {
+    /// Bytes per refill time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    /// Operations per refill time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+/// How a drive treats flush requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    /// Flushes are acknowledged without syncing the host file.
+    #[default]
+    Unsafe,
+    /// Flushes reach the host disk (`fdatasync`).
+    Writeback,
+}
+
+/// One entry of `drives`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    /// Unique drive name.
+    pub drive_id: String,
+    /// Backing file or block device on the host.
+    pub path_on_host: PathBuf,
+    /// Whether this drive is the root file system.
+    pub is_root_device: bool,
+    /// Whether the guest may only read.
+    pub is_read_only: bool,
+    /// Partition UUID of the root partition, when the root is not the whole disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// Flush behaviour.
+    #[serde(default)]
+    pub cache_type: CacheType,
+    /// I/O rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+    /// I/O engine (`Sync` is the only one Ember has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<String>,
+}
+
+/// The whole VM as a Firecracker config file describes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmResources {
+    /// The kernel to boot.
+    #[serde(rename = "boot-source")]
+    pub boot_source: BootSource,
+    /// vCPUs and memory.
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    /// Block devices.
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    /// Firecracker resources Ember does not provide yet; refused when present.
+    #[serde(rename = "network-interfaces", default, skip_serializing)]
+    pub network_interfaces: Option<serde_json::Value>,
+    /// See `network_interfaces`.
+    #[serde(default, skip_serializing)]
+    pub vsock: Option<serde_json::Value>,
+    /// See `network_interfaces`.
+    #[serde(default, skip_serializing)]
+    pub logger: Option<serde_json::Value>,
+    /// See `network_interfaces`.
+    #[serde(default, skip_serializing)]
+    pub metrics: Option<serde_json::Value>,
+    /// See `network_interfaces`.
+    #[serde(rename = "mmds-config", default, skip_serializing)]
+    pub mmds_config: Option<serde_json::Value>,
+    /// See `network_interfaces`.
+    #[serde(default, skip_serializing)]
+    pub balloon: Option<serde_json::Value>,
+    /// See `network_interfaces`.
+    #[serde(default, skip_serializing)]
+    pub entropy: Option<serde_json::Value>,
+    /// See `network_interfaces`.
+    #[serde(rename = "cpu-config", default, skip_serializing)]
+    pub cpu_config: Option<serde_json::Value>,
+}
+
+impl MachineConfig {
+    /// Refuses settings Ember cannot honour.
+    pub fn validate(&self) -> Result<()> {
+        if self.vcpu_count == 0 {
+            return Err(Error::InvalidValue {
+                field: "machine-config.vcpu_count",
+                reason: "at least one vCPU is needed".into(),
+            });
+        }
+        if self.mem_size_mib == 0 {
+            return Err(Error::InvalidValue {
+                field: "machine-config.mem_size_mib",
+                reason: "guest memory must be greater than zero".into(),
+            });
+        }
+        if self.smt {
+            return Err(Error::Unsupported("machine-config.smt = true"));
+        }
+        if self.track_dirty_pages {
+            return Err(Error::Unsupported(
+                "machine-config.track_dirty_pages = true",
+            ));
+        }
+        if self.huge_pages != HugePages::None {
+            return Err(Error::Unsupported("machine-config.huge_pages"));
+        }
+        if self.cpu_template.as_deref().is_some_and(|t| t != "None") {
+            return Err(Error::Unsupported("machine-config.cpu_template"));
+        }
+        Ok(())
+    }
+}
+
+impl VmResources {
+    /// Refuses resources Ember cannot provide yet.
+    pub fn validate(&self) -> Result<()> {
+        let unsupported = [
+            ("network-interfaces", &self.network_interfaces),
+            ("vsock", &self.vsock),
+            ("logger", &self.logger),
+            ("metrics", &self.metrics),
+            ("mmds-config", &self.mmds_config),
+            ("balloon", &self.balloon),
+            ("entropy", &self.entropy),
+            ("cpu-config", &self.cpu_config),
+        ];
+        if let Some((name, _)) = unsupported.iter().find(|(_, value)| value.is_some()) {
+            return Err(Error::Unsupported(name));
+        }
+        if !self.drives.is_empty() {
+            return Err(Error::Unsupported("drives"));
+        }
+        self.machine_config.validate()
+    }
+
+    /// The VM configuration these resources describe, serial on stdio.
+    pub fn to_vm_config(&self, start_time: StartTime) -> Result<VmConfig> {
+        self.validate()?;
+        let boot_args = self
+            .boot_source
+            .boot_args
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
+        let mut config = VmConfig::new(&self.boot_source.kernel_image_path, boot_args);
+        config.initrd = self.boot_source.initrd_path.clone();
+        config.vcpu_count = self.machine_config.vcpu_count;
+        config.mem_size_mib = self.machine_config.mem_size_mib;
+        config.start_time = start_time;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> serde_json::Result<VmResources> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn firecracker_example_config_parses() {
+        let resources = parse(
+            r#"{
+              "boot-source": {
+                "kernel_image_path": "vmlinux.bin",
+                "boot_args": "console=ttyS0 reboot=k panic=1 pci=off",
+                "initrd_path": null
+              },
+              "drives": [],
+              "machine-config": {
+                "vcpu_count": 2,
+                "mem_size_mib": 1024,
+                "smt": false,
+                "track_dirty_pages": false,
+                "huge_pages": "None"
+              }
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(resources.machine_config.vcpu_count, 2);
+        let config = resources.to_vm_config(StartTime::now()).unwrap();
+        assert_eq!(config.mem_size_mib, 1024);
+        assert_eq!(config.cmdline, "console=ttyS0 reboot=k panic=1 pci=off");
+        assert_eq!(config.initrd, None);
+    }
+
+    #[test]
+    fn defaults_follow_firecracker() {
+        let resources = parse(r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
+        assert_eq!(resources.machine_config, MachineConfig::default());
+        let config = resources.to_vm_config(StartTime::now()).unwrap();
+        assert_eq!(config.cmdline, DEFAULT_BOOT_ARGS);
+        assert_eq!((config.vcpu_count, config.mem_size_mib), (1, 128));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_a_position() {
+        let err = parse(r#"{"boot-source": {"kernel_image_path": "k"}, "bogus": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let err = parse(r#"{"boot-source": {"kernel_image_path": "k", "kernel": 1}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `kernel`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        let err = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+               "machine-config": {"vcpu_count": "two", "mem_size_mib": 128}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        let err = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+               "machine-config": {"vcpu_count": 300, "mem_size_mib": 128}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("300"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_settings_are_named() {
+        let mut resources = parse(r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
+        resources.machine_config.smt = true;
+        assert!(matches!(resources.validate(), Err(Error::Unsupported(_))));
+        resources.machine_config.smt = false;
+        resources.machine_config.vcpu_count = 0;
+        assert!(matches!(
+            resources.validate(),
+            Err(Error::InvalidValue { .. })
+        ));
+        resources.machine_config.vcpu_count = 1;
+        resources.machine_config.mem_size_mib = 0;
+        assert!(matches!(
+            resources.validate(),
+            Err(Error::InvalidValue { .. })
+        ));
+
+        let resources =
+            parse(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {}}"#).unwrap();
+        let err = resources.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`vsock` is not supported by this version of Ember"
+        );
+    }
+
+    #[test]
+    fn drive_objects_parse_with_firecracker_fields() {
+        let drive: Drive = serde_json::from_str(
+            r#"{"drive_id": "rootfs", "path_on_host": "/img", "is_root_device": true,
+                "is_read_only": false, "partuuid": null, "cache_type": "Writeback",
+                "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100},
+                                 "ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}},
+                "io_engine": "Sync"}"#,
+        )
+        .unwrap();
+        assert_eq!(drive.cache_type, CacheType::Writeback);
+        let limiter = drive.rate_limiter.unwrap();
+        assert_eq!(limiter.ops.unwrap().one_time_burst, Some(5));
+        assert_eq!(limiter.bandwidth.unwrap().size, 1000);
+    }
+}

@@ -1,0 +1,240 @@
+//! Command-line parsing: Firecracker's flags (`--config-file`, `--no-api`,
+//! logging flags) and the friendlier `ember run` subcommand.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use ember_api::logger::{parse_level, LoggerConfig};
+use lexopt::prelude::*;
+
+/// Usage text printed by `--help`.
+pub const USAGE: &str = "\
+Usage:
+  ember --config-file FILE [--no-api] [OPTIONS]
+      Boot the VM a Firecracker JSON config file describes.
+  ember run --kernel KERNEL [--initrd INITRD] [--cmdline CMDLINE] [--vcpus N]
+            [--mem MIB] [OPTIONS] [-- GUEST ARGS...]
+      Boot a kernel directly. Guest args go after \" -- \" on the kernel command line.
+
+Options:
+  --id ID              Instance id shown in logs (default anonymous-instance)
+  --log-path PATH      Write logs to a file or FIFO instead of standard error
+  --level LEVEL        Error, Warning, Info (default), Debug, Trace or Off
+  --show-level         Show each log line's level
+  --show-log-origin    Show each log line's source file and line
+  --boot-timer         Accepted for Firecracker compatibility: the boot timer is always on
+  --kvm-device PATH    KVM device to open (default /dev/kvm)
+  --version            Print the version
+  --help               Print this help
+
+Exit status: 0 when the guest resets or powers off, 1 on an error, 2 on bad usage,
+128+N when stopped by signal N.";
+
+/// Default kernel command line of `ember run`.
+pub const DEFAULT_RUN_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// What `ember run` boots.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunArgs {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line before the guest arguments.
+    pub cmdline: String,
+    /// Arguments for the guest's init, after `--`.
+    pub guest_args: Vec<String>,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Memory in MiB.
+    pub mem_mib: u64,
+}
+
+impl RunArgs {
+    /// The full kernel command line.
+    pub fn full_cmdline(&self) -> String {
+        if self.guest_args.is_empty() {
+            self.cmdline.clone()
+        } else {
+            format!("{} -- {}", self.cmdline, self.guest_args.join(" "))
+        }
+    }
+}
+
+/// What to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+    /// Boot from a config file.
+    ConfigFile(PathBuf),
+    /// Boot from `ember run` arguments.
+    Run(RunArgs),
+}
+
+/// Parsed command line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Args {
+    /// What to do.
+    pub command: Command,
+    /// Logging.
+    pub logger: LoggerConfig,
+    /// KVM device.
+    pub kvm_device: Option<PathBuf>,
+}
+
+fn string(value: OsString, flag: &str) -> Result<String, lexopt::Error> {
+    value
+        .into_string()
+        .map_err(|_| lexopt::Error::Custom(format!("{flag}: not valid UTF-8").into()))
+}
+
+fn number<T: std::str::FromStr>(
+    parser: &mut lexopt::Parser,
+    flag: &str,
+    what: &str,
+) -> Result<T, lexopt::Error> {
+    let text = string(parser.value()?, flag)?;
+    text.parse()
+        .map_err(|_| lexopt::Error::Custom(format!("{flag} {text}: {what}").into()))
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::Error> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut logger = LoggerConfig::default();
+    let mut kvm_device = None;
+    let mut config_file = None;
+    let mut run = false;
+    let (mut kernel, mut initrd, mut cmdline) = (None, None, None);
+    let (mut vcpus, mut mem_mib) = (1u8, 128u64);
+    let mut guest_args = Vec::new();
+    let mut help = false;
+    let mut version = false;
+    let mut first = true;
+
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Value(word) if first && word == "run" => run = true,
+            Long("config-file") if !run => config_file = Some(PathBuf::from(parser.value()?)),
+            Long("no-api") if !run => {}
+            Long("boot-timer") => {}
+            Long("id") => logger.instance_id = string(parser.value()?, "--id")?,
+            Long("log-path") => logger.path = Some(PathBuf::from(parser.value()?)),
+            Long("level") => {
+                let text = string(parser.value()?, "--level")?;
+                logger.level = parse_level(&text).ok_or_else(|| {
+                    lexopt::Error::Custom(format!("--level {text}: unknown level").into())
+                })?;
+            }
+            Long("show-level") => logger.show_level = true,
+            Long("show-log-origin") => logger.show_origin = true,
+            Long("kvm-device") => kvm_device = Some(PathBuf::from(parser.value()?)),
+            Long("kernel") if run => kernel = Some(PathBuf::from(parser.value()?)),
+            Long("initrd") if run => initrd = Some(PathBuf::from(parser.value()?)),
+            Long("cmdline") if run => cmdline = Some(string(parser.value()?, "--cmdline")?),
+            Long("vcpus") if run => {
+                let count: u32 = number(&mut parser, "--vcpus", "not a number of vCPUs")?;
+                vcpus = u8::try_from(count).map_err(|_| {
+                    lexopt::Error::Custom(
+                        format!("--vcpus {count}: at most 254 vCPUs are supported").into(),
+                    )
+                })?;
+            }
+            Long("mem") if run => mem_mib = number(&mut parser, "--mem", "not a size in MiB")?,
+            Value(word) if run => guest_args.push(string(word, "guest argument")?),
+            Long("help") | Short('h') => help = true,
+            Long("version") | Short('V') => version = true,
+            other => return Err(other.unexpected()),
+        }
+        first = false;
+    }
+
+    let command = if help {
+        Command::Help
+    } else if version {
+        Command::Version
+    } else if run {
+        let kernel = kernel.ok_or_else(|| lexopt::Error::MissingValue {
+            option: Some("--kernel".into()),
+        })?;
+        Command::Run(RunArgs {
+            kernel,
+            initrd,
+            cmdline: cmdline.unwrap_or_else(|| DEFAULT_RUN_CMDLINE.to_owned()),
+            guest_args,
+            vcpus,
+            mem_mib,
+        })
+    } else if let Some(path) = config_file {
+        Command::ConfigFile(path)
+    } else {
+        return Err(lexopt::Error::Custom(
+            "nothing to boot: give --config-file FILE or use `ember run --kernel KERNEL`".into(),
+        ));
+    };
+    Ok(Args {
+        command,
+        logger,
+        kvm_device,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Result<Args, lexopt::Error> {
+        parse(line.split_whitespace().map(OsString::from))
+    }
+
+    #[test]
+    fn run_with_everything() {
+        let parsed =
+            args("run --kernel k --initrd i --vcpus 4 --mem 512 --level Debug -- echo hi").unwrap();
+        let Command::Run(run) = parsed.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.kernel, PathBuf::from("k"));
+        assert_eq!(run.initrd, Some(PathBuf::from("i")));
+        assert_eq!((run.vcpus, run.mem_mib), (4, 512));
+        assert_eq!(
+            run.full_cmdline(),
+            format!("{DEFAULT_RUN_CMDLINE} -- echo hi")
+        );
+        assert_eq!(parsed.logger.level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn firecracker_flags() {
+        let parsed =
+            args("--config-file vm.json --no-api --boot-timer --id vm1 --show-level").unwrap();
+        assert_eq!(
+            parsed.command,
+            Command::ConfigFile(PathBuf::from("vm.json"))
+        );
+        assert_eq!(parsed.logger.instance_id, "vm1");
+        assert!(parsed.logger.show_level);
+    }
+
+    #[test]
+    fn bad_usage_is_explained() {
+        for (line, needle) in [
+            ("", "nothing to boot"),
+            ("run", "--kernel"),
+            ("run --kernel k --vcpus 300", "at most 254"),
+            ("run --kernel k --vcpus x", "not a number"),
+            ("run --kernel k --mem -1", "not a size"),
+            ("--level loud --config-file f", "unknown level"),
+            ("--bogus", "bogus"),
+            ("--kernel k", "kernel"),
+        ] {
+            let err = args(line).unwrap_err().to_string();
+            assert!(err.contains(needle), "{line:?}: {err}");
+        }
+        assert_eq!(args("--help").unwrap().command, Command::Help);
+        assert_eq!(args("run --version").unwrap().command, Command::Version);
+    }
+}

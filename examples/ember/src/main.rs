@@ -1,0 +1,80 @@
+//! `ember`: boots a microVM from a Firecracker config file or from `ember run`
+//! arguments, and exits with the guest's outcome.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use cli::{Args, Command};
+use ember_vmm::signals::TerminationSignals;
+use ember_vmm::{StartTime, VmConfig};
+
+/// Exit status for an error while building or running the VM.
+const EXIT_ERROR: u8 = 1;
+/// Exit status for bad usage.
+const EXIT_USAGE: u8 = 2;
+
+/// The VM configuration for a boot command, or `None` for help and version.
+fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> {
+    let mut config = match &args.command {
+        Command::ConfigFile(path) => ember_api::config_file::load(path)
+            .and_then(|resources| resources.to_vm_config(start))
+            .map_err(|e| e.to_string())?,
+        Command::Run(run) => {
+            let mut config = VmConfig::new(&run.kernel, run.full_cmdline());
+            config.initrd = run.initrd.clone();
+            config.vcpu_count = run.vcpus;
+            config.mem_size_mib = run.mem_mib;
+            config.start_time = start;
+            config
+        }
+        Command::Help | Command::Version => return Ok(None),
+    };
+    if let Some(device) = &args.kvm_device {
+        config.kvm_device = device.clone();
+    }
+    Ok(Some(config))
+}
+
+fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
+    ember_api::logger::configure(args.logger.clone()).map_err(|e| e.to_string())?;
+    let Some(config) = vm_config(args, start)? else {
+        return Ok(0);
+    };
+    let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
+    let vm = ember_vmm::build(config).map_err(|e| e.to_string())?;
+    let reason = vm.run(Some(&signals)).map_err(|e| e.to_string())?;
+    log::info!("VM stopped: {reason:?}");
+    log::logger().flush();
+    Ok(u8::try_from(reason.exit_code()).unwrap_or(EXIT_ERROR))
+}
+
+fn main() -> ExitCode {
+    let start = StartTime::now();
+    let args = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("ember: {e}\nTry `ember --help`.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match args.command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("ember {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ => match boot(&args, start) {
+            Ok(code) => ExitCode::from(code),
+            Err(message) => {
+                log::error!("{message}");
+                log::logger().flush();
+                eprintln!("ember: error: {}", message.replace('\n', " "));
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
+    }
+}

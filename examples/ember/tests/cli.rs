@@ -1,0 +1,454 @@
+//! The `ember` binary end to end: boots through `ember run` and a config file,
+//! exit codes, signals, and a one-line error for every kind of bad input.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_test_guests::{BZIMAGE_PATH, ELF64_PATH, PVH_PATH};
+
+const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+
+fn ember(args: &[&str]) -> Output {
+    Command::new(EMBER)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ember runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts `ember` failed with status 1 and one error line containing `needle`.
+fn assert_error(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
+    let err = stderr(out);
+    let error_lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("ember: error:"))
+        .collect();
+    assert_eq!(error_lines.len(), 1, "one error line expected:\n{err}");
+    assert!(
+        error_lines[0].contains(needle),
+        "{needle:?} not in {:?}",
+        error_lines[0]
+    );
+}
+
+fn run_guest(kernel: &str, scenario: &str, extra: &[&str]) -> Output {
+    let cmdline = format!("console=ttyS0 ember.test={scenario}");
+    let mut args = vec!["run", "--kernel", kernel, "--cmdline", &cmdline];
+    args.extend_from_slice(extra);
+    ember(&args)
+}
+
+fn temp_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn run_boots_each_image_and_exits_0_on_reset() {
+    for kernel in [ELF64_PATH, PVH_PATH, BZIMAGE_PATH] {
+        let out = run_guest(kernel, "bootinfo", &["--vcpus", "2", "--mem", "256"]);
+        assert_eq!(out.status.code(), Some(0), "{kernel}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("mptable cpus=0x2"),
+            "{}",
+            stdout(&out)
+        );
+        assert!(stdout(&out).contains("guest: done"));
+    }
+}
+
+#[test]
+fn guest_args_follow_a_double_dash() {
+    let out = ember(&[
+        "run",
+        "--kernel",
+        ELF64_PATH,
+        "--cmdline",
+        "ember.test=bootinfo",
+        "--",
+        "init-arg",
+        "x=1",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("cmdline=ember.test=bootinfo -- init-arg x=1"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn config_file_boot_logs_the_boot_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = temp_file(
+        dir.path(),
+        "vm.json",
+        format!(
+            r#"{{
+              "boot-source": {{"kernel_image_path": "{PVH_PATH}",
+                               "boot_args": "console=ttyS0 ember.test=boottimer"}},
+              "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}},
+              "drives": []
+            }}"#
+        )
+        .as_bytes(),
+    );
+    let out = ember(&[
+        "--no-api",
+        "--config-file",
+        config.to_str().unwrap(),
+        "--boot-timer",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("boottimer: signalled"));
+    let line = stderr(&out)
+        .lines()
+        .find(|l| l.contains("guest-boot-time-us="))
+        .map(str::to_owned)
+        .expect("boot-time line");
+    let us: u64 = line
+        .split("guest-boot-time-us=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(us > 0);
+}
+
+#[test]
+fn logs_go_to_the_log_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ember.log");
+    let out = run_guest(
+        ELF64_PATH,
+        "boottimer",
+        &[
+            "--log-path",
+            log.to_str().unwrap(),
+            "--level",
+            "Debug",
+            "--show-level",
+            "--id",
+            "t1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("[t1:"), "{text}");
+    assert!(text.contains(":INFO]"), "{text}");
+    assert!(text.contains("guest-boot-time-us="), "{text}");
+}
+
+#[test]
+fn serial_input_from_a_pipe_reaches_the_guest() {
+    let mut child = Command::new(EMBER)
+        .args(["run", "--kernel", PVH_PATH, "--cmdline", "ember.test=echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ping through the uart\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("echo=ping through the uart"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn internal_error_exits_1_with_the_rip() {
+    let out = run_guest(ELF64_PATH, "badinsn", &[]);
+    assert_error(&out, "KVM internal error");
+    let err = stderr(&out);
+    assert!(err.contains("at guest RIP 0x10"), "{err}");
+    assert!(stdout(&out).contains("badinsn: now"));
+}
+
+#[test]
+fn sigterm_stops_a_parked_guest() {
+    let mut child = Command::new(EMBER)
+        .args([
+            "run",
+            "--kernel",
+            ELF64_PATH,
+            "--vcpus",
+            "2",
+            "--cmdline",
+            "ember.test=hlt",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let parked = lines.any(|l| l.map(|l| l.contains("hlt: parked")).unwrap_or(false));
+    assert!(parked);
+    // SAFETY: sending a signal to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ember did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
+
+#[test]
+fn help_and_version() {
+    let out = ember(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("ember run --kernel"));
+    let out = ember(&["--version"]);
+    assert!(stdout(&out).starts_with("ember "));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    for args in [
+        &[][..],
+        &["run"],
+        &["--bogus"],
+        &["run", "--kernel", "k", "--vcpus", "lots"],
+    ] {
+        let out = ember(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).starts_with("ember: "), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn missing_or_unreadable_kernel_initrd_and_config() {
+    assert_error(
+        &ember(&["run", "--kernel", "/nonexistent/vmlinux"]),
+        "cannot open kernel image /nonexistent/vmlinux: No such file",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert_error(
+        &ember(&["run", "--kernel", dir.path().to_str().unwrap()]),
+        "cannot read the kernel image",
+    );
+    assert_error(
+        &ember(&[
+            "run",
+            "--kernel",
+            ELF64_PATH,
+            "--initrd",
+            "/nonexistent/initrd",
+        ]),
+        "cannot open initrd /nonexistent/initrd",
+    );
+    assert_error(
+        &ember(&["--config-file", "/nonexistent/vm.json", "--no-api"]),
+        "cannot read config file /nonexistent/vm.json",
+    );
+}
+
+#[test]
+fn malformed_and_unknown_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = temp_file(
+        dir.path(),
+        "bad.json",
+        b"{\n  \"boot-source\": {\n    \"kernel_image_path\": 7,\n",
+    );
+    let out = ember(&["--config-file", bad.to_str().unwrap(), "--no-api"]);
+    assert_error(&out, "line 3 column");
+    let unknown = temp_file(
+        dir.path(),
+        "unknown.json",
+        br#"{"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "cores": 2}}"#,
+    );
+    assert_error(
+        &ember(&["--config-file", unknown.to_str().unwrap()]),
+        "unknown field `cores`",
+    );
+    let zero = temp_file(
+        dir.path(),
+        "zero.json",
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{ELF64_PATH}"}}, "machine-config": {{"vcpu_count": 0, "mem_size_mib": 64}}}}"#).as_bytes(),
+    );
+    assert_error(
+        &ember(&["--config-file", zero.to_str().unwrap()]),
+        "machine-config.vcpu_count",
+    );
+}
+
+#[test]
+fn files_that_are_not_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = temp_file(dir.path(), "junk", &[0x5a; 8192]);
+    assert_error(
+        &ember(&["run", "--kernel", junk.to_str().unwrap()]),
+        "not a kernel image",
+    );
+    let empty = temp_file(dir.path(), "empty", &[]);
+    assert_error(
+        &ember(&["run", "--kernel", empty.to_str().unwrap()]),
+        "not a kernel image",
+    );
+
+    let elf = std::fs::read(ELF64_PATH).unwrap();
+    let truncated_elf = temp_file(dir.path(), "elf", &elf[..elf.len() / 2]);
+    assert_error(
+        &ember(&["run", "--kernel", truncated_elf.to_str().unwrap()]),
+        "truncated ELF kernel",
+    );
+    let bz = std::fs::read(BZIMAGE_PATH).unwrap();
+    let truncated_bz = temp_file(dir.path(), "bz", &bz[..bz.len() - 100]);
+    assert_error(
+        &ember(&["run", "--kernel", truncated_bz.to_str().unwrap()]),
+        "truncated bzImage kernel",
+    );
+}
+
+#[test]
+fn bad_vcpu_counts() {
+    assert_error(
+        &ember(&["run", "--kernel", ELF64_PATH, "--vcpus", "0"]),
+        "0 vCPUs requested: between 1 and",
+    );
+    assert_error(
+        &ember(&["run", "--kernel", ELF64_PATH, "--vcpus", "255"]),
+        "255 vCPUs requested: between 1 and 254",
+    );
+}
+
+#[test]
+fn bad_memory_sizes() {
+    assert_error(
+        &ember(&["run", "--kernel", ELF64_PATH, "--mem", "0"]),
+        "guest memory size must be greater than zero",
+    );
+    assert_error(
+        &ember(&["run", "--kernel", ELF64_PATH, "--mem", "1"]),
+        "the kernel needs guest memory up to",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = temp_file(dir.path(), "initrd", &vec![7u8; 3 << 20]);
+    assert_error(
+        &ember(&[
+            "run",
+            "--kernel",
+            ELF64_PATH,
+            "--mem",
+            "3",
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ]),
+        "does not fit in guest memory",
+    );
+    // ~190 TiB: inside a 48-bit guest-physical space but not mappable by a process.
+    assert_error(
+        &ember(&["run", "--kernel", ELF64_PATH, "--mem", "200000000"]),
+        "cannot map 200000000 MiB of guest memory",
+    );
+    assert_error(
+        &ember(&["run", "--kernel", ELF64_PATH, "--mem", "1000000000000"]),
+        "guest-physical address space",
+    );
+}
+
+#[test]
+fn command_line_too_long() {
+    let long = "x".repeat(3000);
+    assert_error(
+        &ember(&["run", "--kernel", ELF64_PATH, "--cmdline", &long]),
+        "the kernel command line is 3000 bytes; the boot protocol allows at most 2047",
+    );
+}
+
+#[test]
+fn kvm_device_missing() {
+    assert_error(
+        &ember(&[
+            "run",
+            "--kernel",
+            ELF64_PATH,
+            "--kvm-device",
+            "/nonexistent/kvm",
+        ]),
+        "cannot open /nonexistent/kvm: No such file",
+    );
+}
+
+#[test]
+fn kvm_device_not_permitted() {
+    assert!(
+        is_root(),
+        "this test must run as root to switch to an unprivileged user"
+    );
+    // Everything the unprivileged run needs, in a directory it can traverse,
+    // plus a private KVM device node (mode 0600, owned by root).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("ember");
+    std::fs::copy(EMBER, &exe).unwrap();
+    let kernel = dir.path().join("kernel");
+    std::fs::copy(ELF64_PATH, &kernel).unwrap();
+    let kvm = dir.path().join("kvm");
+    let c_kvm = std::ffi::CString::new(kvm.to_str().unwrap()).unwrap();
+    // SAFETY: mknod with a valid NUL-terminated path; 10:232 is the KVM device.
+    let rc = unsafe {
+        libc::mknod(
+            c_kvm.as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(10, 232),
+        )
+    };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+    let out = Command::new(&exe)
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--kvm-device",
+            kvm.to_str().unwrap(),
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_error(
+        &out,
+        &format!("cannot open {}: Permission denied", kvm.display()),
+    );
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
