@@ -86,19 +86,20 @@ fn main() {
     let pvh = obj("pvh.S");
     let core = obj("main.c");
     let blk = obj("blk.c");
+    let io = obj("io.c");
 
     let elf64 = out_dir.join("guest-elf64");
     link(
         &gcc,
         &guest_dir.join("linux64.ld"),
-        &[&head, &core, &blk],
+        &[&head, &core, &blk, &io],
         &elf64,
     );
     let pvh_img = out_dir.join("guest-pvh");
     link(
         &gcc,
         &guest_dir.join("pvh.ld"),
-        &[&head, &pvh, &core, &blk],
+        &[&head, &pvh, &core, &blk, &io],
         &pvh_img,
     );
 

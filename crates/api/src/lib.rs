@@ -4,11 +4,20 @@
 //!   (`boot-source`, `machine-config`, `drives`, ...), shared by the config file
 //!   and the REST API, and their translation into an [`ember_vmm::VmConfig`].
 //! - [`config_file`]: reading a Firecracker config file.
-//! - [`logger`]: the process logger (level, origin, destination).
+//! - [`routes`], [`request`], [`server`], [`controller`], [`service`]: the REST
+//!   API on a Unix socket, from HTTP to the VMM thread and back.
+//! - [`logger`], [`metrics`], [`destination`]: logs and metrics to files or FIFOs.
 
 pub mod config_file;
+pub mod controller;
+pub mod destination;
 pub mod logger;
+pub mod metrics;
 pub mod model;
+pub mod request;
+pub mod routes;
+pub mod server;
+pub mod service;
 
 /// Errors from the configuration front end.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,23 @@ pub enum Error {
     /// A logger is already installed in this process.
     #[error("a logger is already installed")]
     LoggerInstalled,
+    /// The API socket cannot be created.
+    #[error("cannot create the API socket {path}: {reason}")]
+    ApiSocket {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP server failed.
+    #[error("API server: {0}")]
+    ApiServer(String),
+    /// A system call failed.
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// The VMM failed.
+    #[error(transparent)]
+    Vmm(#[from] ember_vmm::Error),
 }
 
 /// Result alias for this crate.

@@ -3,14 +3,15 @@
 //! to a file or FIFO. It can be reconfigured while running (for the API's
 //! `PUT /logger`).
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
 
+use crate::destination::Destination;
 use crate::{Error, Result};
 
 /// Where and how to log.
@@ -54,10 +55,19 @@ pub fn parse_level(name: &str) -> Option<LevelFilter> {
     })
 }
 
+/// Where log lines go.
+enum Output {
+    Stderr,
+    Destination(Destination),
+}
+
 struct Sink {
     config: LoggerConfig,
-    out: Box<dyn Write + Send>,
+    out: Output,
 }
+
+/// Lines lost by destinations replaced since start (the current one counts its own).
+static MISSED_BEFORE: AtomicU64 = AtomicU64::new(0);
 
 struct Logger {
     sink: Mutex<Sink>,
@@ -120,24 +130,41 @@ impl Log for Logger {
         }
         let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
         let line = format_line(&sink.config, record);
-        // A logger has nowhere to report its own failure; the line is dropped.
-        let _ = sink.out.write_all(line.as_bytes());
+        match &mut sink.out {
+            Output::Stderr => {
+                // A logger has nowhere to report its own failure on stderr.
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+            Output::Destination(destination) => destination.write_line(&line),
+        }
     }
 
     fn flush(&self) {
-        let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = sink.out.flush();
+        let _ = std::io::stderr().flush();
     }
 }
 
-fn open_sink(config: &LoggerConfig) -> Result<Box<dyn Write + Send>> {
+/// Log lines that could not be written (a full FIFO, a failing disk).
+pub fn missed_lines() -> u64 {
+    let current = LOGGER.get().map_or(0, |logger| {
+        match &logger
+            .sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .out
+        {
+            Output::Destination(destination) => destination.missed_lines(),
+            Output::Stderr => 0,
+        }
+    });
+    MISSED_BEFORE.load(Ordering::Relaxed) + current
+}
+
+fn open_sink(config: &LoggerConfig) -> Result<Output> {
     match &config.path {
-        None => Ok(Box::new(std::io::stderr())),
-        Some(path) => OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map(|file| Box::new(file) as Box<dyn Write + Send>)
+        None => Ok(Output::Stderr),
+        Some(path) => Destination::open(path)
+            .map(Output::Destination)
             .map_err(|source| Error::OpenLog {
                 path: path.clone(),
                 source,
@@ -151,7 +178,11 @@ pub fn configure(config: LoggerConfig) -> Result<()> {
     let level = config.level;
     let sink = Sink { config, out };
     if let Some(logger) = LOGGER.get() {
-        *logger.sink.lock().unwrap_or_else(PoisonError::into_inner) = sink;
+        let mut current = logger.sink.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Output::Destination(old) = &current.out {
+            MISSED_BEFORE.fetch_add(old.missed_lines(), Ordering::Relaxed);
+        }
+        *current = sink;
     } else {
         let logger = LOGGER.get_or_init(|| Logger {
             sink: Mutex::new(sink),

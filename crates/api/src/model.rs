@@ -133,13 +133,18 @@ pub struct Drive {
     pub io_engine: Option<String>,
 }
 
-/// The whole VM as a Firecracker config file describes it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The whole VM as a Firecracker config file describes it (and as the API
+/// builds it up before `InstanceStart`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmResources {
     /// The kernel to boot.
-    #[serde(rename = "boot-source")]
-    pub boot_source: BootSource,
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSource>,
     /// vCPUs and memory.
     #[serde(rename = "machine-config", default)]
     pub machine_config: MachineConfig,
@@ -230,13 +235,16 @@ impl VmResources {
     /// The VM configuration these resources describe, serial on stdio.
     pub fn to_vm_config(&self, start_time: StartTime) -> Result<VmConfig> {
         self.validate()?;
-        let boot_args = self
-            .boot_source
+        let boot_source = self.boot_source.as_ref().ok_or(Error::InvalidValue {
+            field: "boot-source",
+            reason: "no kernel configured: the boot-source resource is missing".into(),
+        })?;
+        let boot_args = boot_source
             .boot_args
             .clone()
             .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
-        let mut config = VmConfig::new(&self.boot_source.kernel_image_path, boot_args);
-        config.initrd = self.boot_source.initrd_path.clone();
+        let mut config = VmConfig::new(&boot_source.kernel_image_path, boot_args);
+        config.initrd = boot_source.initrd_path.clone();
         config.vcpu_count = self.machine_config.vcpu_count;
         config.mem_size_mib = self.machine_config.mem_size_mib;
         config.start_time = start_time;
@@ -338,6 +346,14 @@ mod tests {
             err.to_string(),
             "`vsock` is not supported by this version of Ember"
         );
+    }
+
+    #[test]
+    fn a_missing_boot_source_is_named_at_start() {
+        let resources =
+            parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}"#).unwrap();
+        let err = resources.to_vm_config(StartTime::now()).unwrap_err();
+        assert!(err.to_string().contains("boot-source"), "{err}");
     }
 
     #[test]

@@ -157,40 +157,6 @@ static inline void mmio_wr(const struct dev *d, u32 off, u32 val)
 /* ------------------------------------------------------------------------ */
 /* Command-line parsing                                                     */
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/*
- * Parses "0x<hex>" or "<decimal>" at *s; advances *s. Returns 1 on success
- * (at least one digit).
- */
-static int parse_num(const char **s, u64 *out)
-{
-	const char *p = *s;
-	u64 v = 0;
-	int digits = 0;
-
-	if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-		p += 2;
-		for (int h; (h = hexval(*p)) >= 0; p++, digits++)
-			v = (v << 4) | (u64)h;
-	} else {
-		for (; *p >= '0' && *p <= '9'; p++, digits++)
-			v = v * 10 + (u64)(*p - '0');
-	}
-	*s = p;
-	*out = v;
-	return digits > 0;
-}
-
 /* parse_num plus an optional K/M/G/T suffix (like Linux's memparse). */
 static int parse_size(const char **s, u64 *out)
 {
@@ -220,20 +186,6 @@ static int parse_size(const char **s, u64 *out)
 		(*s)++;
 	}
 	return 1;
-}
-
-/* Value of the first "key=<number>" token, or def if absent/malformed. */
-static u64 param(const char *key, u64 def)
-{
-	char val[TOKEN_CAP];
-	const char *p = val;
-	u64 v;
-
-	if (!cmdline_token(key, 0, val, sizeof(val)))
-		return def;
-	if (!parse_num(&p, &v) || *p)
-		return def;
-	return v;
 }
 
 /* Parses "<size>@<addr>:<irq>[:<id>]". */

@@ -12,6 +12,43 @@ typedef unsigned long u64;
 
 _Static_assert(sizeof(u64) == 8, "u64 must be 64-bit");
 
+/* Port I/O. */
+static inline void outb(u16 port, u8 val)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(val), "Nd"(port));
+}
+
+static inline void outw(u16 port, u16 val)
+{
+	__asm__ volatile("outw %0, %1" : : "a"(val), "Nd"(port));
+}
+
+static inline void outl(u16 port, u32 val)
+{
+	__asm__ volatile("outl %0, %1" : : "a"(val), "Nd"(port));
+}
+
+static inline u8 inb(u16 port)
+{
+	u8 val;
+	__asm__ volatile("inb %1, %0" : "=a"(val) : "Nd"(port));
+	return val;
+}
+
+static inline u16 inw(u16 port)
+{
+	u16 val;
+	__asm__ volatile("inw %1, %0" : "=a"(val) : "Nd"(port));
+	return val;
+}
+
+static inline u32 inl(u16 port)
+{
+	u32 val;
+	__asm__ volatile("inl %1, %0" : "=a"(val) : "Nd"(port));
+	return val;
+}
+
 /* libc replacements (main.c). */
 void *memset(void *dst, int c, unsigned long n);
 void *memcpy(void *dst, const void *src, unsigned long n);
@@ -38,8 +75,24 @@ int streq(const char *a, const char *b);
  */
 int cmdline_token(const char *key, u32 nth, char *out, int cap);
 
+/*
+ * Parses "0x<hex>" or "<decimal>" at *s; advances *s. Returns 1 on success
+ * (at least one digit).
+ */
+int parse_num(const char **s, u64 *out);
+
+/* Value of the first "key<number>" token (key includes the '='), or def if
+ * the token is absent or its value is not exactly one number. */
+u64 param(const char *key, u64 def);
+
+/* Busy loop of n iterations (6 instructions each). */
+void delay(u64 n);
+
 /* Block-device scenarios (blk.c): runs scenario name if it is one of them
  * and returns 1 (most of them never return), returns 0 otherwise. */
 int blk_scenario(const char *name);
+
+/* i8042 and unclaimed-I/O scenarios (io.c): same convention. */
+int io_scenario(const char *name);
 
 #endif

@@ -5,7 +5,8 @@
  * Runs in 64-bit long mode with identity-mapped low 4 GiB, interrupts off.
  * Output goes to COM1 as "key=value" lines (hex numbers, "\n" endings).
  * The scenario is chosen with "ember.test=NAME" on the kernel command line;
- * the blk-* (virtio-blk) scenarios live in blk.c.
+ * the blk-* (virtio-blk) scenarios live in blk.c, the i8042 and unclaimed
+ * I/O scenarios in io.c.
  *
  * Everything here must stay simple integer code: the target environment is
  * an instruction emulator without SSE/x87 and at about 1M instructions/s.
@@ -58,18 +59,6 @@ static inline u32 rd32(u64 addr)
 static inline u64 rd64(u64 addr)
 {
 	return *(const volatile u64_una *)addr;
-}
-
-static inline void outb(u16 port, u8 val)
-{
-	__asm__ volatile("outb %0, %1" : : "a"(val), "Nd"(port));
-}
-
-static inline u8 inb(u16 port)
-{
-	u8 val;
-	__asm__ volatile("inb %1, %0" : "=a"(val) : "Nd"(port));
-	return val;
 }
 
 static inline void cpuid(u32 leaf, u32 subleaf, u32 *a, u32 *b, u32 *c, u32 *d)
@@ -264,6 +253,51 @@ int streq(const char *a, const char *b)
 		b++;
 	}
 	return *a == *b;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int parse_num(const char **s, u64 *out)
+{
+	const char *p = *s;
+	u64 v = 0;
+	int digits = 0;
+
+	if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+		p += 2;
+		for (int h; (h = hexval(*p)) >= 0; p++, digits++)
+			v = (v << 4) | (u64)h;
+	} else {
+		for (; *p >= '0' && *p <= '9'; p++, digits++)
+			v = v * 10 + (u64)(*p - '0');
+	}
+	*s = p;
+	*out = v;
+	return digits > 0;
+}
+
+#define PARAM_CAP 80
+
+u64 param(const char *key, u64 def)
+{
+	char val[PARAM_CAP];
+	const char *p = val;
+	u64 v;
+
+	if (!cmdline_token(key, 0, val, sizeof(val)))
+		return def;
+	if (!parse_num(&p, &v) || *p)
+		return def;
+	return v;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -525,16 +559,47 @@ static void scenario_badinsn(void)
 	i8042_reset();
 }
 
+void delay(u64 n)
+{
+	for (volatile u64 d = 0; d < n; d++)
+		;
+}
+
+#define COUNT_DEFAULT_N 10
+#define COUNT_MAX_N 1000
+#define COUNT_DEFAULT_DELAY 200000
+
+static u64 count_delay(void)
+{
+	return param("count.delay=", COUNT_DEFAULT_DELAY);
+}
+
 static void scenario_count(void)
 {
-	for (u32 i = 0; i < 10; i++) {
+	u64 n = param("count.n=", COUNT_DEFAULT_N);
+	u64 wait = count_delay();
+
+	if (n > COUNT_MAX_N)
+		n = COUNT_MAX_N;
+	for (u64 i = 0; i < n; i++) {
 		con_puts("count=");
 		puthex(i);
 		con_putc('\n');
-		if (i < 9) {
-			for (volatile u32 d = 0; d < 200000; d++)
-				;
-		}
+		if (i + 1 < n)
+			delay(wait);
+	}
+}
+
+static void __attribute__((noreturn)) scenario_spin(void)
+{
+	u64 wait = count_delay();
+
+	con_puts("spin: running\n");
+	for (u64 tick = 0;; tick++) {
+		con_puts("tick=");
+		puthex(tick);
+		con_putc('\n');
+		delay(wait);
 	}
 }
 
@@ -573,8 +638,12 @@ void guest_main(u32 proto, u64 info)
 		scenario_badinsn();
 	} else if (streq(scenario, "count")) {
 		scenario_count();
+	} else if (streq(scenario, "spin")) {
+		scenario_spin();
 	} else if (blk_scenario(scenario)) {
 		/* blk-* scenarios (blk.c) */
+	} else if (io_scenario(scenario)) {
+		/* i8042 and unclaimed-I/O scenarios (io.c) */
 	} else {
 		con_puts("guest: unknown scenario ");
 		con_puts(scenario);

@@ -178,20 +178,8 @@ mod tests {
         assert_eq!(&payload[0x200..0x202], &[0xFA, 0xFC]);
     }
 
-    #[test]
-    fn images_contain_blk_scenarios() {
-        let names = [
-            "blk-info",
-            "blk-write",
-            "blk-read",
-            "blk-roundtrip",
-            "blk-flush",
-            "blk-id",
-            "blk-past-end",
-            "blk-reset",
-            "blk-multi",
-            "virtio_mmio.device=",
-        ];
+    /// Asserts that every image contains each string NUL-terminated.
+    fn assert_images_contain(names: &[&str]) {
         for (_, path) in all() {
             let img = read(path);
             for name in names {
@@ -202,6 +190,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn images_contain_blk_scenarios() {
+        assert_images_contain(&[
+            "blk-info",
+            "blk-write",
+            "blk-read",
+            "blk-roundtrip",
+            "blk-flush",
+            "blk-id",
+            "blk-past-end",
+            "blk-reset",
+            "blk-multi",
+            "virtio_mmio.device=",
+        ]);
+    }
+
+    #[test]
+    fn images_contain_core_scenarios() {
+        assert_images_contain(&[
+            "bootinfo",
+            "echo",
+            "boottimer",
+            "hlt",
+            "reset",
+            "badinsn",
+            "count",
+            "count.n=",
+            "count.delay=",
+            "spin",
+            "spin: running\n",
+        ]);
+    }
+
+    #[test]
+    fn images_contain_io_scenarios() {
+        assert_images_contain(&[
+            "keys",
+            "keys.max=",
+            "keys.idle=",
+            "keys.wait=",
+            "keys: ready\n",
+            "i8042-selftest",
+            "ioprobe",
+        ]);
     }
 
     #[test]

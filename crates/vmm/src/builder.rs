@@ -27,7 +27,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
 use crate::io::IoBuses;
 use crate::terminal::RawTerminal;
-use crate::vm::{Subscriber, Vm};
+use crate::vm::{DeviceHandles, Subscriber, Vm};
 use crate::{Error, Result};
 
 fn open(what: &'static str, path: &Path) -> Result<File> {
@@ -119,13 +119,10 @@ fn load_guest(
     })
 }
 
-/// The legacy devices and the buses they sit on.
+/// The legacy devices, the buses they sit on and their event-loop subscribers.
 struct Devices {
-    io: IoBuses,
-    serial: Arc<Mutex<Serial>>,
+    handles: DeviceHandles,
     subscribers: Vec<Subscriber>,
-    boot_timer: Arc<Mutex<BootTimer>>,
-    reset: EventTrigger,
     terminal: Option<RawTerminal>,
 }
 
@@ -161,21 +158,35 @@ fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
     }
 
     let reset = EventTrigger::new()?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(reset.try_clone()?)));
+    let keyboard_irq = EventTrigger::new()?;
+    vm.register_irqfd(keyboard_irq.event_fd(), legacy::I8042_IRQ)
+        .map_err(|source| Error::Kvm {
+            what: "KVM_IRQFD (i8042)",
+            source,
+        })?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(reset.try_clone()?, keyboard_irq)));
     let boot_timer = Arc::new(Mutex::new(BootTimer::new(config.start_time)));
 
     let mut pio = Bus::new();
     pio.insert(serial.clone(), legacy::COM1_PORT, legacy::COM1_PORT_COUNT)?;
-    pio.insert(i8042, legacy::I8042_PORT, legacy::I8042_PORT_COUNT)?;
+    pio.insert(i8042.clone(), legacy::I8042_PORT, legacy::I8042_PORT_COUNT)?;
     let mut mmio = Bus::new();
     mmio.insert(boot_timer.clone(), BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
 
     Ok(Devices {
-        io: IoBuses { pio, mmio },
-        serial,
+        handles: DeviceHandles {
+            io: Arc::new(IoBuses {
+                pio,
+                mmio,
+                counters: Default::default(),
+            }),
+            serial,
+            i8042,
+            boot_timer,
+            reset,
+            stop: EventTrigger::new()?,
+        },
         subscribers,
-        boot_timer,
-        reset,
         terminal,
     })
 }
@@ -226,12 +237,8 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         vcpus,
         vm_fd,
         kvm,
-        io: Arc::new(devices.io),
-        serial: devices.serial,
+        devices: devices.handles,
         subscribers: devices.subscribers,
-        boot_timer: devices.boot_timer,
-        reset: devices.reset,
-        stop: EventTrigger::new()?,
         terminal: devices.terminal,
         memory,
     })

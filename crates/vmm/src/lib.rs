@@ -1,15 +1,18 @@
 //! Ember's VMM: turns a [`VmConfig`] into a running microVM.
 //!
 //! [`builder::build`] validates the configuration, creates the KVM VM, guest
-//! memory, devices and vCPUs, and loads the kernel; [`Vm::run`] starts one
+//! memory, devices and vCPUs, and loads the kernel. [`Vm::run`] starts one
 //! thread per vCPU, runs the device event loop on the calling thread until the
 //! guest resets, powers off, fails, or a termination signal arrives, then stops
-//! and joins the vCPUs.
+//! and joins the vCPUs; [`Vm::start`] does the same on an event loop the caller
+//! owns (for an API server) and returns a [`RunningVm`] to pause, resume and
+//! inspect.
 
 pub mod builder;
 pub mod config;
 mod exit;
 mod io;
+pub mod metrics;
 pub mod signals;
 mod terminal;
 mod vcpu_threads;
@@ -18,7 +21,8 @@ mod vm;
 pub use builder::build;
 pub use config::{SerialInput, SerialOutput, VmConfig};
 pub use exit::{ExitReason, StopHandle};
-pub use vm::Vm;
+pub use metrics::MetricGroup;
+pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 
 pub use ember_devices::legacy::{BootTime, StartTime};
 
@@ -103,6 +107,15 @@ pub enum Error {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The vCPU threads did not do what was asked.
+    #[error("vCPU control: {0}")]
+    VcpuControl(&'static str),
+    /// The operation does not fit the VM's state.
+    #[error("{0}")]
+    InvalidState(&'static str),
+    /// A key sequence could not be injected.
+    #[error(transparent)]
+    Keyboard(#[from] ember_devices::legacy::i8042::BufferFull),
 }
 
 /// Result alias for this crate.

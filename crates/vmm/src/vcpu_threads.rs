@@ -1,13 +1,14 @@
 //! One thread per vCPU. Each runs its vCPU until the guest stops it or the VMM
-//! asks it to stop, then reports back through a channel and an eventfd.
-//! Stopping kicks every thread with the kick signal, repeating until each has
-//! left `KVM_RUN` (a kick that lands before a thread first enters the run loop
-//! would otherwise be lost), and gives up on a thread that never answers rather
-//! than hanging the VMM.
+//! asks it to pause or stop, and reports guest-initiated stops back through a
+//! channel and an eventfd. The VMM changes a thread's course by setting the
+//! requested state and kicking the thread out of `KVM_RUN` with the kick signal,
+//! repeating the kick until every thread has answered (a kick that lands before
+//! a thread first enters the run loop would otherwise be lost). A thread that
+//! never answers is left behind rather than hanging the VMM.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,10 @@ use vmm_sys_util::signal::Killable;
 use crate::io::IoBuses;
 use crate::{Error, Result};
 
-/// How often stop re-kicks threads still in `KVM_RUN`.
+/// How often a state change re-kicks threads that have not answered.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
-/// How long stop waits for a vCPU thread before leaving it behind.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a state change waits for the vCPU threads.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a vCPU thread says when it ends on its own.
 #[derive(Debug)]
@@ -31,11 +32,65 @@ pub(crate) struct VcpuReport {
     pub(crate) result: ember_cpu::Result<VcpuStop>,
 }
 
+/// What the VMM wants the vCPU threads to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug)]
+struct ControlState {
+    request: Request,
+    /// Threads parked because of a pause request.
+    parked: usize,
+}
+
+/// Shared between the VMM and the vCPU threads.
+#[derive(Debug)]
+struct Control {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+    /// Set when a thread's run loop ends, so the VMM stops waiting for it to park.
+    any_ended: AtomicBool,
+}
+
+impl Control {
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called by a kicked thread: parks while paused. Returns `false` when the
+    /// thread must end.
+    fn obey(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            match state.request {
+                Request::Run => return true,
+                Request::Stop => return false,
+                Request::Pause => {
+                    state.parked += 1;
+                    self.changed.notify_all();
+                    while state.request == Request::Pause {
+                        state = self
+                            .changed
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    state.parked -= 1;
+                    self.changed.notify_all();
+                }
+            }
+        }
+    }
+}
+
 /// The running vCPU threads.
 #[derive(Debug)]
 pub(crate) struct VcpuThreads {
     handles: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
     /// Disconnects when every thread has ended (each holds a sender).
     finished: Receiver<()>,
 }
@@ -43,16 +98,18 @@ pub(crate) struct VcpuThreads {
 fn run_vcpu(
     mut vcpu: Vcpu,
     io: &IoBuses,
-    stop: &AtomicBool,
+    control: &Control,
     reports: &Sender<VcpuReport>,
     wake: &EventTrigger,
 ) {
     let result = loop {
         match vcpu.run(io) {
-            Ok(VcpuStop::Kicked) if !stop.load(Ordering::SeqCst) => continue,
+            Ok(VcpuStop::Kicked) if control.obey() => continue,
             other => break other,
         }
     };
+    control.any_ended.store(true, Ordering::SeqCst);
+    control.changed.notify_all();
     if matches!(result, Ok(VcpuStop::Kicked)) {
         return;
     }
@@ -76,14 +133,21 @@ impl VcpuThreads {
         let (finished_tx, finished) = mpsc::channel();
         let mut threads = VcpuThreads {
             handles: Vec::with_capacity(vcpus.len()),
-            stop: Arc::new(AtomicBool::new(false)),
+            control: Arc::new(Control {
+                state: Mutex::new(ControlState {
+                    request: Request::Run,
+                    parked: 0,
+                }),
+                changed: Condvar::new(),
+                any_ended: AtomicBool::new(false),
+            }),
             finished,
         };
         for vcpu in vcpus {
             let name = format!("ember_vcpu{}", vcpu.index());
-            let (io, stop, reports, wake, alive) = (
+            let (io, control, reports, wake, alive) = (
                 io.clone(),
-                threads.stop.clone(),
+                threads.control.clone(),
                 reports.clone(),
                 wake.try_clone()?,
                 finished_tx.clone(),
@@ -91,7 +155,7 @@ impl VcpuThreads {
             let spawned = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
-                    run_vcpu(vcpu, &io, &stop, &reports, &wake);
+                    run_vcpu(vcpu, &io, &control, &reports, &wake);
                     drop(alive);
                 });
             match spawned {
@@ -106,17 +170,56 @@ impl VcpuThreads {
         Ok(threads)
     }
 
+    fn kick_running(&self) {
+        for handle in self.handles.iter().filter(|h| !h.is_finished()) {
+            if let Err(e) = handle.kill(kick_signal()) {
+                log::warn!("cannot kick a vCPU thread: {e}");
+            }
+        }
+    }
+
+    /// Pauses every vCPU: returns once all are parked outside `KVM_RUN`.
+    pub(crate) fn pause(&self) -> Result<()> {
+        self.control.lock().request = Request::Pause;
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            self.kick_running();
+            let state = self.control.lock();
+            let all_parked = state.parked == self.handles.len();
+            if all_parked || self.control.any_ended.load(Ordering::SeqCst) {
+                return if all_parked {
+                    Ok(())
+                } else {
+                    Err(Error::VcpuControl("a vCPU ended while pausing"))
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::VcpuControl("vCPUs did not pause in time"));
+            }
+            let wait = KICK_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
+            drop(
+                self.control
+                    .changed
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
+    }
+
+    /// Lets paused vCPUs run again.
+    pub(crate) fn resume(&self) {
+        self.control.lock().request = Request::Run;
+        self.control.changed.notify_all();
+    }
+
     /// Stops and joins every thread. Returns `false` if some thread did not
     /// stop in time and was left running (its vCPU may still use guest memory).
     pub(crate) fn stop(self) -> bool {
-        self.stop.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        self.control.lock().request = Request::Stop;
+        self.control.changed.notify_all();
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
         let all_ended = loop {
-            for handle in self.handles.iter().filter(|h| !h.is_finished()) {
-                if let Err(e) = handle.kill(kick_signal()) {
-                    log::warn!("cannot kick a vCPU thread: {e}");
-                }
-            }
+            self.kick_running();
             let wait = KICK_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
             match self.finished.recv_timeout(wait) {
                 Err(RecvTimeoutError::Disconnected) => break true,

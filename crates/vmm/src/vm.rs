@@ -1,12 +1,13 @@
-//! A built VM and its run: vCPU threads plus the device event loop on the
-//! calling thread, until something ends the VM.
+//! A built VM, and a running one: vCPU threads plus the device subscribers on
+//! an event loop the caller owns, with pause, resume, key injection, metrics
+//! and an orderly stop.
 
 use std::fmt;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ember_cpu::Vcpu;
-use ember_devices::legacy::{BootTimer, Serial};
+use ember_devices::legacy::{BootTimer, Serial, I8042};
 use ember_devices::trigger::EventTrigger;
 use ember_memory::GuestMemoryMmap;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -14,13 +15,31 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::exit::{ExitReason, ExitWatcher, StopHandle};
 use crate::io::IoBuses;
+use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
 use crate::{Error, Result};
 
 /// A subscriber of the device event loop.
-pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The event loop a VM's devices run on.
+pub type EventLoop = EventManager<Subscriber>;
+
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Devices the running VM keeps handles on.
+pub(crate) struct DeviceHandles {
+    pub(crate) io: Arc<IoBuses>,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
+    pub(crate) reset: EventTrigger,
+    pub(crate) stop: EventTrigger,
+}
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
 /// KVM maps.
@@ -28,12 +47,8 @@ pub struct Vm {
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) vm_fd: VmFd,
     pub(crate) kvm: Kvm,
-    pub(crate) io: Arc<IoBuses>,
-    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) devices: DeviceHandles,
     pub(crate) subscribers: Vec<Subscriber>,
-    pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
-    pub(crate) reset: EventTrigger,
-    pub(crate) stop: EventTrigger,
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) memory: GuestMemoryMmap,
 }
@@ -42,7 +57,7 @@ impl fmt::Debug for Vm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vm")
             .field("vcpus", &self.vcpus.len())
-            .field("io", &self.io)
+            .field("io", &self.devices.io)
             .finish_non_exhaustive()
     }
 }
@@ -50,12 +65,12 @@ impl fmt::Debug for Vm {
 impl Vm {
     /// The boot-timer device, to read the boot time after (or during) a run.
     pub fn boot_timer(&self) -> Arc<Mutex<BootTimer>> {
-        self.boot_timer.clone()
+        self.devices.boot_timer.clone()
     }
 
     /// A handle that stops this VM while it runs.
     pub fn stop_handle(&self) -> Result<StopHandle> {
-        Ok(StopHandle(self.stop.try_clone()?))
+        Ok(StopHandle(self.devices.stop.try_clone()?))
     }
 
     /// Guest memory.
@@ -68,75 +83,219 @@ impl Vm {
         &self.vm_fd
     }
 
-    /// The KVM system handle.
-    pub fn kvm(&self) -> &Kvm {
-        &self.kvm
-    }
-
-    /// Runs the VM until the guest resets or powers off, a vCPU fails, or (with
-    /// `termination`) SIGTERM/SIGINT arrives. vCPUs are stopped and joined, the
-    /// serial output flushed and the terminal restored before this returns.
-    pub fn run(self, termination: Option<&TerminationSignals>) -> Result<ExitReason> {
+    /// Starts the vCPUs and registers the devices on `event_loop`. The caller
+    /// runs the loop and checks [`RunningVm::take_outcome`] after each turn.
+    pub fn start(
+        self,
+        event_loop: &mut EventLoop,
+        termination: Option<&TerminationSignals>,
+    ) -> Result<RunningVm> {
         let Vm {
             vcpus,
             vm_fd,
             kvm,
-            io,
-            serial,
+            devices,
             subscribers,
-            boot_timer: _,
-            reset,
-            stop,
             terminal,
             memory,
         } = self;
-
-        let mut manager = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
         let (report_tx, report_rx) = mpsc::channel();
         let vcpu_event = EventTrigger::new()?;
         let watcher = Arc::new(Mutex::new(ExitWatcher::new(
-            reset,
-            stop,
+            devices.reset.try_clone()?,
+            devices.stop.try_clone()?,
             vcpu_event.try_clone()?,
             report_rx,
             termination
                 .map(TerminationSignals::try_clone_event)
                 .transpose()?,
         )));
-        manager.add_subscriber(watcher.clone());
+        event_loop.add_subscriber(watcher.clone());
         for subscriber in subscribers {
-            manager.add_subscriber(subscriber);
+            event_loop.add_subscriber(subscriber);
         }
+        let threads = VcpuThreads::start(vcpus, &devices.io, &report_tx, &vcpu_event)?;
+        Ok(RunningVm {
+            threads: Some(threads),
+            paused: false,
+            watcher,
+            devices,
+            terminal,
+            vm_fd: Some(vm_fd),
+            kvm: Some(kvm),
+            memory: Some(memory),
+        })
+    }
 
-        let threads = VcpuThreads::start(vcpus, &io, &report_tx, &vcpu_event)?;
+    /// Runs the VM on its own event loop until the guest resets or powers off,
+    /// a vCPU fails, or (with `termination`) SIGTERM/SIGINT arrives. vCPUs are
+    /// stopped and joined, the serial output flushed and the terminal restored
+    /// before this returns.
+    pub fn run(self, termination: Option<&TerminationSignals>) -> Result<ExitReason> {
+        let mut event_loop = EventLoop::new().map_err(Error::EventLoop)?;
+        let running = self.start(&mut event_loop, termination)?;
         let outcome = loop {
-            let settled = watcher
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take_outcome();
-            if let Some(outcome) = settled {
-                break outcome.map_err(Error::Cpu);
+            if let Some(outcome) = running.take_outcome() {
+                break outcome;
             }
-            if let Err(e) = manager.run() {
+            if let Err(e) = event_loop.run() {
                 break Err(Error::EventLoop(e));
             }
         };
+        running.shutdown();
+        outcome
+    }
+}
 
+/// The state of a started VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// vCPUs are running.
+    Running,
+    /// vCPUs are parked; guest state is kept.
+    Paused,
+}
+
+/// A started VM. Dropping it stops the vCPUs.
+pub struct RunningVm {
+    threads: Option<VcpuThreads>,
+    paused: bool,
+    watcher: Arc<Mutex<ExitWatcher>>,
+    devices: DeviceHandles,
+    terminal: Option<RawTerminal>,
+    vm_fd: Option<VmFd>,
+    kvm: Option<Kvm>,
+    memory: Option<GuestMemoryMmap>,
+}
+
+impl fmt::Debug for RunningVm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningVm")
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningVm {
+    /// How the VM ended, once it has (reported once).
+    pub fn take_outcome(&self) -> Option<Result<ExitReason>> {
+        lock(&self.watcher)
+            .take_outcome()
+            .map(|outcome| outcome.map_err(Error::Cpu))
+    }
+
+    /// Running or paused.
+    pub fn state(&self) -> RunState {
+        if self.paused {
+            RunState::Paused
+        } else {
+            RunState::Running
+        }
+    }
+
+    fn threads(&self) -> Result<&VcpuThreads> {
+        self.threads
+            .as_ref()
+            .ok_or(Error::InvalidState("the VM has stopped"))
+    }
+
+    /// Parks every vCPU outside `KVM_RUN`, keeping guest state.
+    pub fn pause(&mut self) -> Result<()> {
+        if !self.paused {
+            let result = self.threads()?.pause();
+            if result.is_err() {
+                self.threads()?.resume();
+                return result;
+            }
+            self.paused = true;
+            log::info!("VM paused");
+        }
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&mut self) -> Result<()> {
+        if self.paused {
+            self.threads()?.resume();
+            self.paused = false;
+            log::info!("VM resumed");
+        }
+        Ok(())
+    }
+
+    /// Injects Ctrl-Alt-Del into the i8042 for the guest to read.
+    pub fn send_ctrl_alt_del(&self) -> Result<()> {
+        lock(&self.devices.i8042).send_ctrl_alt_del()?;
+        Ok(())
+    }
+
+    /// A handle that stops this VM.
+    pub fn stop_handle(&self) -> Result<StopHandle> {
+        Ok(StopHandle(self.devices.stop.try_clone()?))
+    }
+
+    /// The boot-timer device.
+    pub fn boot_timer(&self) -> Arc<Mutex<BootTimer>> {
+        self.devices.boot_timer.clone()
+    }
+
+    /// Guest memory (while the VM exists).
+    pub fn memory(&self) -> Option<&GuestMemoryMmap> {
+        self.memory.as_ref()
+    }
+
+    /// Counters of the vCPUs and devices, grouped.
+    pub fn metrics(&self) -> Vec<MetricGroup> {
+        let serial = lock(&self.devices.serial).counters();
+        let i8042 = lock(&self.devices.i8042).counters();
+        vec![
+            MetricGroup::new("vcpu", self.devices.io.counters.snapshot()),
+            MetricGroup::new(
+                "uart",
+                vec![
+                    ("write_count", serial.bytes_out),
+                    ("missed_write_count", serial.bytes_lost),
+                    ("read_count", serial.bytes_in),
+                ],
+            ),
+            MetricGroup::new(
+                "i8042",
+                vec![
+                    ("reset_count", i8042.resets),
+                    ("keys_injected", i8042.keys_injected),
+                    ("missed_interrupts", i8042.missed_interrupts),
+                ],
+            ),
+        ]
+    }
+
+    /// Stops and joins the vCPUs, flushes the serial output and restores the
+    /// terminal.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        let Some(threads) = self.threads.take() else {
+            return;
+        };
+        threads.resume();
         let joined = threads.stop();
-        if let Err(e) = serial
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .flush_output()
-        {
+        if let Err(e) = lock(&self.devices.serial).flush_output() {
             log::warn!("cannot flush the serial output: {e}");
         }
-        drop(terminal);
-        drop(vm_fd);
-        drop(kvm);
+        self.terminal.take();
+        self.vm_fd.take();
+        self.kvm.take();
         if !joined {
             // A vCPU thread may still be in the guest: keep its memory mapped.
-            std::mem::forget(memory);
+            std::mem::forget(self.memory.take());
         }
-        outcome
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }

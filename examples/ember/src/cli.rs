@@ -10,8 +10,12 @@ use lexopt::prelude::*;
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
 Usage:
-  ember --config-file FILE [--no-api] [OPTIONS]
-      Boot the VM a Firecracker JSON config file describes.
+  ember [--api-sock PATH] [--config-file FILE] [OPTIONS]
+      Serve Ember's Firecracker-compatible REST API on a Unix socket (default
+      /run/ember.socket) and boot the VM it configures; with a config file, boot
+      that VM at once and keep serving the API.
+  ember --no-api --config-file FILE [OPTIONS]
+      Boot the VM a Firecracker JSON config file describes, without an API.
   ember run --kernel KERNEL [--initrd INITRD] [--cmdline CMDLINE] [--vcpus N]
             [--mem MIB] [OPTIONS] [-- GUEST ARGS...]
       Boot a kernel directly. Guest args go after \" -- \" on the kernel command line.
@@ -29,6 +33,9 @@ Options:
 
 Exit status: 0 when the guest resets or powers off, 1 on an error, 2 on bad usage,
 128+N when stopped by signal N.";
+
+/// API socket used when neither `--api-sock` nor `--no-api` is given.
+pub const DEFAULT_API_SOCKET: &str = "/run/ember.socket";
 
 /// Default kernel command line of `ember run`.
 pub const DEFAULT_RUN_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
@@ -68,8 +75,15 @@ pub enum Command {
     Help,
     /// Print the version.
     Version,
-    /// Boot from a config file.
+    /// Boot from a config file, without an API.
     ConfigFile(PathBuf),
+    /// Serve the API (and boot from a config file if one is given).
+    Api {
+        /// The socket path.
+        socket: PathBuf,
+        /// A config file to boot at once.
+        config_file: Option<PathBuf>,
+    },
     /// Boot from `ember run` arguments.
     Run(RunArgs),
 }
@@ -107,6 +121,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
     let mut logger = LoggerConfig::default();
     let mut kvm_device = None;
     let mut config_file = None;
+    let mut api_socket = None;
+    let mut no_api = false;
     let mut run = false;
     let (mut kernel, mut initrd, mut cmdline) = (None, None, None);
     let (mut vcpus, mut mem_mib) = (1u8, 128u64);
@@ -119,7 +135,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
         match arg {
             Value(word) if first && word == "run" => run = true,
             Long("config-file") if !run => config_file = Some(PathBuf::from(parser.value()?)),
-            Long("no-api") if !run => {}
+            Long("no-api") if !run => no_api = true,
+            Long("api-sock") if !run => api_socket = Some(PathBuf::from(parser.value()?)),
             Long("boot-timer") => {}
             Long("id") => logger.instance_id = string(parser.value()?, "--id")?,
             Long("log-path") => logger.path = Some(PathBuf::from(parser.value()?)),
@@ -168,12 +185,25 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             vcpus,
             mem_mib,
         })
-    } else if let Some(path) = config_file {
-        Command::ConfigFile(path)
+    } else if no_api {
+        match (config_file, api_socket) {
+            (Some(path), None) => Command::ConfigFile(path),
+            (_, Some(_)) => {
+                return Err(lexopt::Error::Custom(
+                    "--no-api and --api-sock contradict each other".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(lexopt::Error::Custom(
+                    "nothing to boot: --no-api needs --config-file FILE".into(),
+                ))
+            }
+        }
     } else {
-        return Err(lexopt::Error::Custom(
-            "nothing to boot: give --config-file FILE or use `ember run --kernel KERNEL`".into(),
-        ));
+        Command::Api {
+            socket: api_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
+            config_file,
+        }
     };
     Ok(Args {
         command,
@@ -208,6 +238,25 @@ mod tests {
     }
 
     #[test]
+    fn api_modes() {
+        assert_eq!(
+            args("--api-sock /tmp/a.sock").unwrap().command,
+            Command::Api {
+                socket: PathBuf::from("/tmp/a.sock"),
+                config_file: None
+            }
+        );
+        assert_eq!(
+            args("--config-file vm.json").unwrap().command,
+            Command::Api {
+                socket: PathBuf::from(DEFAULT_API_SOCKET),
+                config_file: Some(PathBuf::from("vm.json"))
+            }
+        );
+        assert!(args("--no-api --api-sock x --config-file f").is_err());
+    }
+
+    #[test]
     fn firecracker_flags() {
         let parsed =
             args("--config-file vm.json --no-api --boot-timer --id vm1 --show-level").unwrap();
@@ -222,7 +271,7 @@ mod tests {
     #[test]
     fn bad_usage_is_explained() {
         for (line, needle) in [
-            ("", "nothing to boot"),
+            ("--no-api", "nothing to boot"),
             ("run", "--kernel"),
             ("run --kernel k --vcpus 300", "at most 254"),
             ("run --kernel k --vcpus x", "not a number"),

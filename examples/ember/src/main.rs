@@ -3,11 +3,13 @@
 
 mod cli;
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use cli::{Args, Command};
+use ember_api::service::ServiceOptions;
 use ember_vmm::signals::TerminationSignals;
-use ember_vmm::{StartTime, VmConfig};
+use ember_vmm::{ExitReason, StartTime, VmConfig};
 
 /// Exit status for an error while building or running the VM.
 const EXIT_ERROR: u8 = 1;
@@ -28,7 +30,7 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
             config.start_time = start;
             config
         }
-        Command::Help | Command::Version => return Ok(None),
+        Command::Help | Command::Version | Command::Api { .. } => return Ok(None),
     };
     if let Some(device) = &args.kvm_device {
         config.kvm_device = device.clone();
@@ -36,14 +38,37 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
     Ok(Some(config))
 }
 
+/// Serves the API on `socket`, booting `config_file` at once if given.
+fn serve(args: &Args, socket: &Path, config_file: Option<&Path>) -> Result<ExitReason, String> {
+    let resources = config_file
+        .map(ember_api::config_file::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
+    let options = ServiceOptions {
+        socket: socket.to_owned(),
+        instance_id: args.logger.instance_id.clone(),
+        resources,
+    };
+    ember_api::service::run(options, Some(&signals)).map_err(|e| e.to_string())
+}
+
 fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
     ember_api::logger::configure(args.logger.clone()).map_err(|e| e.to_string())?;
-    let Some(config) = vm_config(args, start)? else {
-        return Ok(0);
+    let reason = if let Command::Api {
+        socket,
+        config_file,
+    } = &args.command
+    {
+        serve(args, socket, config_file.as_deref())?
+    } else {
+        let Some(config) = vm_config(args, start)? else {
+            return Ok(0);
+        };
+        let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
+        let vm = ember_vmm::build(config).map_err(|e| e.to_string())?;
+        vm.run(Some(&signals)).map_err(|e| e.to_string())?
     };
-    let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
-    let vm = ember_vmm::build(config).map_err(|e| e.to_string())?;
-    let reason = vm.run(Some(&signals)).map_err(|e| e.to_string())?;
     log::info!("VM stopped: {reason:?}");
     log::logger().flush();
     Ok(u8::try_from(reason.exit_code()).unwrap_or(EXIT_ERROR))

@@ -238,7 +238,7 @@ fn help_and_version() {
 #[test]
 fn bad_usage_exits_2() {
     for args in [
-        &[][..],
+        &["--no-api"][..],
         &["run"],
         &["--bogus"],
         &["run", "--kernel", "k", "--vcpus", "lots"],

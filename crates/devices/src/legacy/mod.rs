@@ -6,8 +6,8 @@ pub mod i8042;
 pub mod serial;
 
 pub use boot_timer::{BootTime, BootTimer, StartTime};
-pub use i8042::I8042;
-pub use serial::{Serial, SerialInput, StdinReader};
+pub use i8042::{I8042Counters, I8042};
+pub use serial::{Serial, SerialCounters, SerialInput, StdinReader};
 
 /// COM1 I/O port base.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -19,3 +19,5 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u64 = 0x60;
 /// Ports from the data port to the command port, inclusive.
 pub const I8042_PORT_COUNT: u64 = 5;
+/// i8042 keyboard interrupt line.
+pub const I8042_IRQ: u32 = 1;

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -18,26 +19,47 @@ use crate::Result;
 /// Most input bytes read from the host in one go (the UART FIFO is 64 bytes).
 const INPUT_CHUNK: usize = 64;
 
-/// Signals the input subscriber when the guest has emptied the receive FIFO.
-#[derive(Debug)]
-struct InputDrained(EventTrigger);
+/// Counters for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SerialCounters {
+    /// Bytes the guest wrote that reached the output.
+    pub bytes_out: u64,
+    /// Bytes the guest wrote that the output refused.
+    pub bytes_lost: u64,
+    /// Bytes of host input queued for the guest.
+    pub bytes_in: u64,
+}
 
-impl SerialEvents for InputDrained {
+/// UART events: counts output and tells the input subscriber when the guest has
+/// emptied the receive FIFO.
+#[derive(Debug)]
+struct UartEvents {
+    drained: EventTrigger,
+    bytes_out: AtomicU64,
+    bytes_lost: AtomicU64,
+}
+
+impl SerialEvents for UartEvents {
     fn buffer_read(&self) {}
-    fn out_byte(&self) {}
-    fn tx_lost_byte(&self) {}
+    fn out_byte(&self) {
+        self.bytes_out.fetch_add(1, Ordering::Relaxed);
+    }
+    fn tx_lost_byte(&self) {
+        self.bytes_lost.fetch_add(1, Ordering::Relaxed);
+    }
     fn in_buffer_empty(&self) {
-        if let Err(e) = self.0.trigger() {
+        if let Err(e) = self.drained.trigger() {
             log::warn!("serial: cannot signal drained input: {e}");
         }
     }
 }
 
-type Uart = vm_superio::Serial<EventTrigger, InputDrained, Box<dyn Write + Send>>;
+type Uart = vm_superio::Serial<EventTrigger, UartEvents, Box<dyn Write + Send>>;
 
 /// The COM1 device.
 pub struct Serial {
     uart: Uart,
+    bytes_in: u64,
 }
 
 impl fmt::Debug for Serial {
@@ -54,8 +76,24 @@ impl Serial {
         input_drained: EventTrigger,
         out: Box<dyn Write + Send>,
     ) -> Serial {
+        let events = UartEvents {
+            drained: input_drained,
+            bytes_out: AtomicU64::new(0),
+            bytes_lost: AtomicU64::new(0),
+        };
         Serial {
-            uart: vm_superio::Serial::with_events(interrupt, InputDrained(input_drained), out),
+            uart: vm_superio::Serial::with_events(interrupt, events, out),
+            bytes_in: 0,
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> SerialCounters {
+        let events = self.uart.events();
+        SerialCounters {
+            bytes_out: events.bytes_out.load(Ordering::Relaxed),
+            bytes_lost: events.bytes_lost.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in,
         }
     }
 
@@ -67,7 +105,10 @@ impl Serial {
     /// Queues `bytes` for the guest; returns how many fit.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         match self.uart.enqueue_raw_bytes(bytes) {
-            Ok(n) => n,
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                n
+            }
             Err(e) => {
                 log::debug!("serial: input not queued: {e:?}");
                 0
@@ -270,6 +311,7 @@ mod tests {
             serial.lock().unwrap().write(0, &[*b]);
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(serial.lock().unwrap().counters().bytes_out, 3);
     }
 
     #[test]
@@ -305,6 +347,7 @@ mod tests {
             }
         }
         assert_eq!(received, message);
+        assert_eq!(serial.lock().unwrap().counters().bytes_in, 200);
 
         drop(host);
         for _ in 0..3 {

@@ -1,0 +1,499 @@
+//! The VMM side of the API: the resources a client builds up before
+//! `InstanceStart`, the running VM after it, and the rule of which request is
+//! allowed when. It is a subscriber of the VMM thread's event loop, woken by
+//! the API thread's eventfd; starting the VM is done by the loop's owner
+//! ([`Controller::start_if_requested`]) because it adds subscribers to the loop.
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_vmm::signals::TerminationSignals;
+use ember_vmm::{EventLoop, ExitReason, MetricGroup, RunState, RunningVm, StartTime};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use serde::Serialize;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::logger::{self, parse_level, LoggerConfig};
+use crate::metrics::MetricsWriter;
+use crate::model::VmResources;
+use crate::request::{
+    Action, ApiRequest, ApiResponse, LoggerRequest, MachineConfigUpdate, MetricsRequest,
+    VmStateRequest,
+};
+use crate::server::ApiCounters;
+
+/// How often metrics are written once a destination is set.
+pub const METRICS_PERIOD: Duration = Duration::from_secs(60);
+
+/// `GET /` body.
+#[derive(Serialize)]
+struct InstanceInfo<'a> {
+    app_name: &'static str,
+    id: &'a str,
+    state: &'static str,
+    vmm_version: &'static str,
+}
+
+/// `GET /version` body.
+#[derive(Serialize)]
+struct VersionInfo {
+    firecracker_version: &'static str,
+    ember_version: &'static str,
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where the VM stands in its life.
+enum Phase {
+    /// Being configured.
+    Configuring,
+    /// `InstanceStart` received; the loop's owner starts the VM next.
+    Starting { reply: bool, start: StartTime },
+    /// Started.
+    Running(RunningVm),
+}
+
+/// The API's view of the VM, on the VMM thread.
+pub struct Controller {
+    instance_id: String,
+    resources: VmResources,
+    phase: Phase,
+    requests: Receiver<ApiRequest>,
+    responses: Sender<ApiResponse>,
+    wake: EventFd,
+    termination: Option<EventFd>,
+    terminated: Option<i32>,
+    metrics: Option<MetricsWriter>,
+    metrics_timer: Option<TimerFd>,
+    api_counters: Arc<ApiCounters>,
+    finished: Option<ember_vmm::Result<ExitReason>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pre_boot_only(what: &str) -> ApiResponse {
+    ApiResponse::bad_request(&format!(
+        "{what} is only allowed before the VM starts (InstanceStart was already sent)"
+    ))
+}
+
+fn post_boot_only(what: &str) -> ApiResponse {
+    ApiResponse::bad_request(&format!(
+        "{what} is only allowed once the VM is running (send InstanceStart first)"
+    ))
+}
+
+fn check_readable(path: &Path, what: &str) -> Result<(), ApiResponse> {
+    std::fs::File::open(path).map(drop).map_err(|e| {
+        ApiResponse::bad_request(&format!("cannot open the {what} {}: {e}", path.display()))
+    })
+}
+
+impl Controller {
+    /// A controller for instance `instance_id` with `resources` as the starting
+    /// configuration, talking to the API thread through the channels.
+    pub fn new(
+        instance_id: String,
+        resources: VmResources,
+        requests: Receiver<ApiRequest>,
+        responses: Sender<ApiResponse>,
+        wake: EventFd,
+        termination: Option<&TerminationSignals>,
+        api_counters: Arc<ApiCounters>,
+    ) -> ember_vmm::Result<Controller> {
+        Ok(Controller {
+            instance_id,
+            resources,
+            phase: Phase::Configuring,
+            requests,
+            responses,
+            wake,
+            termination: termination
+                .map(TerminationSignals::try_clone_event)
+                .transpose()?,
+            terminated: None,
+            metrics: None,
+            metrics_timer: None,
+            api_counters,
+            finished: None,
+        })
+    }
+
+    /// Starts the VM at the next turn of the loop, without an API client waiting
+    /// (for a config file given with the API socket).
+    pub fn request_start(&mut self) {
+        if matches!(self.phase, Phase::Configuring) {
+            self.phase = Phase::Starting {
+                reply: false,
+                start: StartTime::now(),
+            };
+        }
+    }
+
+    /// How the VMM ended, once it has: the VM stopped, the start failed for a
+    /// config-file boot, or a termination signal arrived before the start.
+    pub fn take_finished(&mut self) -> Option<ember_vmm::Result<ExitReason>> {
+        if let Some(done) = self.finished.take() {
+            return Some(done);
+        }
+        if let Phase::Running(vm) = &self.phase {
+            if let Some(outcome) = vm.take_outcome() {
+                self.flush_metrics();
+                return Some(outcome);
+            }
+        }
+        self.terminated
+            .take()
+            .map(|signal| Ok(ExitReason::Signal(signal)))
+    }
+
+    /// Builds and starts the VM if `InstanceStart` arrived, answering the client.
+    pub fn start_if_requested(
+        &mut self,
+        event_loop: &mut EventLoop,
+        termination: Option<&TerminationSignals>,
+    ) {
+        let Phase::Starting { reply, start } = self.phase else {
+            return;
+        };
+        let started = self
+            .resources
+            .to_vm_config(start)
+            .map_err(|e| e.to_string())
+            .and_then(|config| ember_vmm::build(config).map_err(|e| e.to_string()))
+            .and_then(|vm| vm.start(event_loop, termination).map_err(|e| e.to_string()));
+        let response = match started {
+            Ok(vm) => {
+                log::info!("VM started");
+                self.phase = Phase::Running(vm);
+                ApiResponse::no_content()
+            }
+            Err(message) => {
+                log::error!("cannot start the VM: {message}");
+                self.phase = Phase::Configuring;
+                if !reply {
+                    self.finished = Some(Err(ember_vmm::Error::InvalidState(
+                        "the VM failed to start",
+                    )));
+                }
+                ApiResponse::bad_request(&format!("cannot start the VM: {message}"))
+            }
+        };
+        if reply {
+            self.reply(response);
+        }
+    }
+
+    fn reply(&self, response: ApiResponse) {
+        if self.responses.send(response).is_err() {
+            log::warn!("the API thread is gone; a response was dropped");
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match &self.phase {
+            Phase::Configuring | Phase::Starting { .. } => "Not started",
+            Phase::Running(vm) => match vm.state() {
+                RunState::Running => "Running",
+                RunState::Paused => "Paused",
+            },
+        }
+    }
+
+    fn running(&mut self) -> Option<&mut RunningVm> {
+        match &mut self.phase {
+            Phase::Running(vm) => Some(vm),
+            _ => None,
+        }
+    }
+
+    fn configuring(&self) -> bool {
+        matches!(self.phase, Phase::Configuring)
+    }
+
+    /// Handles one request; `None` when the answer comes later (InstanceStart).
+    fn handle(&mut self, request: ApiRequest) -> Option<ApiResponse> {
+        let response = match request {
+            ApiRequest::GetInstanceInfo => ApiResponse::ok(&InstanceInfo {
+                app_name: "Ember",
+                id: &self.instance_id,
+                state: self.state_name(),
+                vmm_version: VERSION,
+            }),
+            ApiRequest::GetVersion => ApiResponse::ok(&VersionInfo {
+                firecracker_version: VERSION,
+                ember_version: VERSION,
+            }),
+            ApiRequest::GetMachineConfig => ApiResponse::ok(&self.resources.machine_config),
+            ApiRequest::GetVmConfig => ApiResponse::ok(&self.resources),
+            ApiRequest::PutMachineConfig(config) => {
+                if !self.configuring() {
+                    return Some(pre_boot_only("PUT /machine-config"));
+                }
+                match config.validate() {
+                    Ok(()) => {
+                        self.resources.machine_config = config;
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => ApiResponse::bad_request(&e.to_string()),
+                }
+            }
+            ApiRequest::PatchMachineConfig(update) => self.patch_machine_config(update),
+            ApiRequest::PutBootSource(source) => {
+                if !self.configuring() {
+                    return Some(pre_boot_only("PUT /boot-source"));
+                }
+                if let Err(response) = check_readable(&source.kernel_image_path, "kernel image") {
+                    return Some(response);
+                }
+                if let Some(initrd) = &source.initrd_path {
+                    if let Err(response) = check_readable(initrd, "initrd") {
+                        return Some(response);
+                    }
+                }
+                self.resources.boot_source = Some(source);
+                ApiResponse::no_content()
+            }
+            ApiRequest::PutDrive(_) => {
+                ApiResponse::bad_request("`drives` is not supported by this version of Ember")
+            }
+            ApiRequest::PatchDrive(_) => {
+                if self.configuring() {
+                    post_boot_only("PATCH /drives")
+                } else {
+                    ApiResponse::bad_request("`drives` is not supported by this version of Ember")
+                }
+            }
+            ApiRequest::NetworkInterface => ApiResponse::bad_request(
+                "`network-interfaces` is not supported by this version of Ember",
+            ),
+            ApiRequest::Vsock => {
+                ApiResponse::bad_request("`vsock` is not supported by this version of Ember")
+            }
+            ApiRequest::PutLogger(request) => self.put_logger(request),
+            ApiRequest::PutMetrics(request) => self.put_metrics(request),
+            ApiRequest::Action(action) => return self.action(action),
+            ApiRequest::PatchVm(state) => self.patch_vm(state),
+        };
+        Some(response)
+    }
+
+    fn patch_machine_config(&mut self, update: MachineConfigUpdate) -> ApiResponse {
+        if !self.configuring() {
+            return pre_boot_only("PATCH /machine-config");
+        }
+        let mut config = self.resources.machine_config.clone();
+        if let Some(vcpus) = update.vcpu_count {
+            config.vcpu_count = vcpus;
+        }
+        if let Some(mem) = update.mem_size_mib {
+            config.mem_size_mib = mem;
+        }
+        if let Some(smt) = update.smt {
+            config.smt = smt;
+        }
+        if let Some(track) = update.track_dirty_pages {
+            config.track_dirty_pages = track;
+        }
+        match config.validate() {
+            Ok(()) => {
+                self.resources.machine_config = config;
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::bad_request(&e.to_string()),
+        }
+    }
+
+    fn put_logger(&mut self, request: LoggerRequest) -> ApiResponse {
+        if !self.configuring() {
+            return pre_boot_only("PUT /logger");
+        }
+        let level = match request.level.as_deref().map(parse_level) {
+            Some(None) => {
+                return ApiResponse::bad_request(
+                    "invalid level: use Error, Warning, Info, Debug, Trace or Off",
+                )
+            }
+            Some(Some(level)) => level,
+            None => log::LevelFilter::Info,
+        };
+        let config = LoggerConfig {
+            instance_id: self.instance_id.clone(),
+            path: request.log_path,
+            level,
+            show_level: request.show_level.unwrap_or(false),
+            show_origin: request.show_log_origin.unwrap_or(false),
+        };
+        match logger::configure(config) {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::bad_request(&e.to_string()),
+        }
+    }
+
+    fn put_metrics(&mut self, request: MetricsRequest) -> ApiResponse {
+        if !self.configuring() {
+            return pre_boot_only("PUT /metrics");
+        }
+        if self.metrics.is_some() {
+            return ApiResponse::bad_request("metrics are already configured");
+        }
+        let writer = match MetricsWriter::open(&request.metrics_path) {
+            Ok(writer) => writer,
+            Err(e) => {
+                return ApiResponse::bad_request(&format!(
+                    "cannot open the metrics file {}: {e}",
+                    request.metrics_path.display()
+                ))
+            }
+        };
+        let armed = TimerFd::new().and_then(|mut timer| {
+            timer.reset(METRICS_PERIOD, Some(METRICS_PERIOD))?;
+            Ok(timer)
+        });
+        match armed {
+            Ok(timer) => {
+                self.metrics = Some(writer);
+                self.metrics_timer = Some(timer);
+                // The loop picks the timer up when this subscriber is next processed.
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::error(500, &format!("cannot arm the metrics timer: {e}")),
+        }
+    }
+
+    fn action(&mut self, action: Action) -> Option<ApiResponse> {
+        let response = match action {
+            Action::InstanceStart => {
+                if !self.configuring() {
+                    return Some(ApiResponse::bad_request(
+                        "InstanceStart: the VM is already running",
+                    ));
+                }
+                self.phase = Phase::Starting {
+                    reply: true,
+                    start: StartTime::now(),
+                };
+                return None;
+            }
+            Action::SendCtrlAltDel => match self.running() {
+                None => post_boot_only("SendCtrlAltDel"),
+                Some(vm) => match vm.send_ctrl_alt_del() {
+                    Ok(()) => ApiResponse::no_content(),
+                    Err(e) => ApiResponse::bad_request(&e.to_string()),
+                },
+            },
+            Action::FlushMetrics => {
+                if self.metrics.is_none() {
+                    ApiResponse::bad_request(
+                        "FlushMetrics: no metrics destination (PUT /metrics first)",
+                    )
+                } else {
+                    self.flush_metrics();
+                    ApiResponse::no_content()
+                }
+            }
+        };
+        Some(response)
+    }
+
+    fn patch_vm(&mut self, state: VmStateRequest) -> ApiResponse {
+        let Some(vm) = self.running() else {
+            return post_boot_only("PATCH /vm");
+        };
+        let result = match state {
+            VmStateRequest::Paused => vm.pause(),
+            VmStateRequest::Resumed => vm.resume(),
+        };
+        match result {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::error(500, &e.to_string()),
+        }
+    }
+
+    /// All counters: the VM's, the API's, and the log and metrics destinations'.
+    fn metric_groups(&self) -> Vec<MetricGroup> {
+        let mut groups = match &self.phase {
+            Phase::Running(vm) => vm.metrics(),
+            _ => Vec::new(),
+        };
+        groups.push(MetricGroup::new("api_server", self.api_counters.snapshot()));
+        groups.push(MetricGroup::new(
+            "logger",
+            vec![("missed_log_count", logger::missed_lines())],
+        ));
+        groups
+    }
+
+    fn flush_metrics(&mut self) {
+        let groups = self.metric_groups();
+        if let Some(writer) = &mut self.metrics {
+            writer.write(&groups);
+        }
+    }
+
+    fn on_requests(&mut self) {
+        let _ = self.wake.read();
+        while let Ok(request) = self.requests.try_recv() {
+            if let Some(response) = self.handle(request) {
+                self.reply(response);
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Controller {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.wake, EventSet::IN)) {
+            log::error!("API: cannot watch the request eventfd: {e:?}");
+        }
+        if let Some(termination) = &self.termination {
+            if let Err(e) = ops.add(Events::new(termination, EventSet::IN)) {
+                log::error!("API: cannot watch the termination eventfd: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == std::os::fd::AsRawFd::as_raw_fd(&self.wake) {
+            let had_timer = self.metrics_timer.is_some();
+            self.on_requests();
+            if !had_timer {
+                if let Some(timer) = &self.metrics_timer {
+                    if let Err(e) = ops.add(Events::new(timer, EventSet::IN)) {
+                        log::error!("metrics: cannot watch the timer: {e:?}");
+                    }
+                }
+            }
+        } else if self
+            .termination
+            .as_ref()
+            .is_some_and(|t| std::os::fd::AsRawFd::as_raw_fd(t) == fd)
+        {
+            if let Some(termination) = &self.termination {
+                let _ = termination.read();
+            }
+            if self.configuring() {
+                self.terminated = Some(ember_vmm::signals::last_signal().unwrap_or(libc::SIGTERM));
+            }
+        } else if self
+            .metrics_timer
+            .as_ref()
+            .is_some_and(|t| std::os::fd::AsRawFd::as_raw_fd(t) == fd)
+        {
+            if let Some(timer) = &mut self.metrics_timer {
+                let _ = timer.wait();
+            }
+            self.flush_metrics();
+        }
+    }
+}

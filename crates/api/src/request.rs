@@ -1,0 +1,179 @@
+//! What an API client can ask for, parsed and typed, and what it gets back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{BootSource, Drive, MachineConfig};
+
+/// `PATCH /machine-config`: any subset of the machine configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    /// New vCPU count.
+    pub vcpu_count: Option<u8>,
+    /// New memory size.
+    pub mem_size_mib: Option<u64>,
+    /// New SMT setting.
+    pub smt: Option<bool>,
+    /// New dirty-page tracking setting.
+    pub track_dirty_pages: Option<bool>,
+}
+
+/// `PUT /logger`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerRequest {
+    /// Log file or FIFO.
+    pub log_path: Option<std::path::PathBuf>,
+    /// `Error`, `Warning`, `Info`, `Debug`, `Trace` or `Off`.
+    pub level: Option<String>,
+    /// Show each line's level.
+    pub show_level: Option<bool>,
+    /// Show each line's source location.
+    pub show_log_origin: Option<bool>,
+    /// Accepted for compatibility: Ember logs all modules.
+    pub module: Option<String>,
+}
+
+/// `PUT /metrics`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsRequest {
+    /// Metrics file or FIFO.
+    pub metrics_path: std::path::PathBuf,
+}
+
+/// `PUT /actions`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Action {
+    /// Build and start the VM.
+    InstanceStart,
+    /// Inject Ctrl-Alt-Del through the i8042.
+    SendCtrlAltDel,
+    /// Write a metrics line now.
+    FlushMetrics,
+}
+
+/// `PUT /actions` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// The action.
+    pub action_type: Action,
+}
+
+/// `PATCH /vm` states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum VmStateRequest {
+    /// Pause the vCPUs.
+    Paused,
+    /// Resume the vCPUs.
+    Resumed,
+}
+
+/// `PATCH /vm` body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmPatch {
+    /// The state to move to.
+    pub state: VmStateRequest,
+}
+
+/// `PATCH /drives/{id}` body.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    /// The drive, which must match the path.
+    pub drive_id: String,
+    /// New backing file.
+    pub path_on_host: Option<std::path::PathBuf>,
+    /// New rate limiter.
+    pub rate_limiter: Option<crate::model::RateLimiter>,
+}
+
+/// A parsed API request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiRequest {
+    /// `GET /`.
+    GetInstanceInfo,
+    /// `GET /version`.
+    GetVersion,
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `PUT /machine-config`.
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigUpdate),
+    /// `PUT /boot-source`.
+    PutBootSource(BootSource),
+    /// `PUT /drives/{id}`.
+    PutDrive(Drive),
+    /// `PATCH /drives/{id}`.
+    PatchDrive(DriveUpdate),
+    /// `PUT /network-interfaces/{id}` or `PATCH` of one.
+    NetworkInterface,
+    /// `PUT /vsock`.
+    Vsock,
+    /// `PUT /logger`.
+    PutLogger(LoggerRequest),
+    /// `PUT /metrics`.
+    PutMetrics(MetricsRequest),
+    /// `PUT /actions`.
+    Action(Action),
+    /// `PATCH /vm`.
+    PatchVm(VmStateRequest),
+    /// `GET /vm/config`.
+    GetVmConfig,
+}
+
+/// An answer to a request: an HTTP status and an optional JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// JSON body.
+    pub body: Option<String>,
+}
+
+/// The body of an error response.
+#[derive(Serialize)]
+struct Fault<'a> {
+    fault_message: &'a str,
+}
+
+impl ApiResponse {
+    /// 204 No Content.
+    pub fn no_content() -> ApiResponse {
+        ApiResponse {
+            status: 204,
+            body: None,
+        }
+    }
+
+    /// 200 OK with `value` as JSON.
+    pub fn ok(value: &impl Serialize) -> ApiResponse {
+        match serde_json::to_string(value) {
+            Ok(body) => ApiResponse {
+                status: 200,
+                body: Some(body),
+            },
+            Err(e) => ApiResponse::error(500, &format!("cannot serialize the response: {e}")),
+        }
+    }
+
+    /// An error with `{"fault_message": ...}`.
+    pub fn error(status: u16, message: &str) -> ApiResponse {
+        let body = serde_json::to_string(&Fault {
+            fault_message: message,
+        })
+        .unwrap_or_else(|_| String::from("{\"fault_message\":\"error\"}"));
+        ApiResponse {
+            status,
+            body: Some(body),
+        }
+    }
+
+    /// 400 Bad Request with `message`.
+    pub fn bad_request(message: &str) -> ApiResponse {
+        ApiResponse::error(400, message)
+    }
+}

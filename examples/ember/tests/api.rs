@@ -1,0 +1,696 @@
+//! The REST API end to end: an `ember --api-sock` process driven by an
+//! in-process HTTP client and by curl, configuring, booting, pausing and
+//! resuming test guests, and answering every kind of bad request with a 4xx and
+//! a clear fault_message while it keeps serving.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ember_test_guests::{ELF64_PATH, PVH_PATH};
+
+const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// An HTTP response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+
+    fn fault(&self) -> String {
+        self.json()["fault_message"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Reads one HTTP response from `stream`.
+fn read_reply(stream: &mut UnixStream) -> Reply {
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    Reply {
+        status,
+        body: String::from_utf8(body).unwrap(),
+    }
+}
+
+/// Sends raw bytes on a new connection and reads the reply.
+fn raw(socket: &Path, bytes: &[u8]) -> Reply {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(bytes).unwrap();
+    read_reply(&mut stream)
+}
+
+/// Sends one request with a JSON body (if any).
+fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Reply {
+    let body = body.unwrap_or("");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    raw(socket, format!("{head}{body}").as_bytes())
+}
+
+/// An `ember --api-sock` process with its serial output collected.
+struct Ember {
+    child: Child,
+    socket: PathBuf,
+    output: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Ember {
+    fn start(extra: &[&str]) -> Ember {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut child = Command::new(EMBER)
+            .arg("--api-sock")
+            .arg(&socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        let sink = output.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let deadline = Instant::now() + DEADLINE;
+        while UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "the API socket never accepted");
+            assert!(child.try_wait().unwrap().is_none(), "ember exited early");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ember {
+            child,
+            socket,
+            output,
+            _dir: dir,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        request(&self.socket, method, path, body)
+    }
+
+    /// Asserts a 204 for the request.
+    fn ok(&self, method: &str, path: &str, body: &str) {
+        let reply = self.call(method, path, Some(body));
+        assert_eq!(reply.status, 204, "{method} {path}: {}", reply.body);
+    }
+
+    fn boot(&self, kernel: &str, cmdline: &str, vcpus: u8) {
+        self.ok(
+            "PUT",
+            "/boot-source",
+            &format!(r#"{{"kernel_image_path": "{kernel}", "boot_args": "{cmdline}"}}"#),
+        );
+        self.ok(
+            "PUT",
+            "/machine-config",
+            &format!(r#"{{"vcpu_count": {vcpus}, "mem_size_mib": 64}}"#),
+        );
+        self.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.output().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared in:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "ember did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn state(&self) -> String {
+        self.call("GET", "/", None).json()["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.output().matches(needle).count()
+    }
+}
+
+impl Drop for Ember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn configure_and_boot_entirely_over_the_api() {
+    let mut ember = Ember::start(&[]);
+    let info = ember.call("GET", "/", None);
+    assert_eq!(info.status, 200);
+    assert_eq!(info.json()["state"], "Not started");
+    assert_eq!(info.json()["app_name"], "Ember");
+    assert_eq!(ember.call("GET", "/version", None).status, 200);
+    ember.boot(PVH_PATH, "console=ttyS0 ember.test=bootinfo", 2);
+    ember.wait_for("guest: done");
+    assert_eq!(ember.wait_exit(), 0);
+    assert!(
+        ember.output().contains("mptable cpus=0x2"),
+        "{}",
+        ember.output()
+    );
+    assert!(!ember.socket.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn vm_config_reflects_what_was_put() {
+    let ember = Ember::start(&[]);
+    ember.ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{ELF64_PATH}", "boot_args": "a=b"}}"#),
+    );
+    ember.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 3, "mem_size_mib": 96}"#,
+    );
+    ember.ok("PATCH", "/machine-config", r#"{"mem_size_mib": 80}"#);
+    let config = ember.call("GET", "/vm/config", None).json();
+    assert_eq!(config["boot-source"]["boot_args"], "a=b");
+    assert_eq!(config["machine-config"]["vcpu_count"], 3);
+    assert_eq!(config["machine-config"]["mem_size_mib"], 80);
+    let machine = ember.call("GET", "/machine-config", None).json();
+    assert_eq!(machine["mem_size_mib"], 80);
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_continues_it() {
+    let ember = Ember::start(&[]);
+    ember.boot(
+        ELF64_PATH,
+        "console=ttyS0 ember.test=spin count.delay=20000",
+        2,
+    );
+    ember.wait_for("tick=0x2\n");
+    assert_eq!(ember.state(), "Running");
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(ember.state(), "Paused");
+    let frozen = ember.count("tick=");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(ember.count("tick="), frozen, "ticks while paused");
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    ember.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert_eq!(ember.state(), "Running");
+    ember.wait_for(&format!("tick={:#x}\n", frozen + 2));
+}
+
+#[test]
+fn ctrl_alt_del_reaches_the_guests_i8042() {
+    let mut ember = Ember::start(&[]);
+    ember.boot(PVH_PATH, "console=ttyS0 ember.test=keys", 1);
+    ember.wait_for("keys: ready");
+    ember.ok("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    ember.wait_for("keys: done count=0xb");
+    let keys: Vec<String> = ember
+        .output()
+        .lines()
+        .filter_map(|l| l.strip_prefix("key=").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        keys,
+        ["0x14", "0x11", "0xe0", "0x71", "0xe0", "0xf0", "0x71", "0xf0", "0x11", "0xf0", "0x14"]
+    );
+    assert_eq!(ember.wait_exit(), 0);
+}
+
+#[test]
+fn metrics_and_logs_go_where_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ember.log");
+    let metrics = dir.path().join("metrics.json");
+    let mut ember = Ember::start(&[]);
+    ember.ok(
+        "PUT",
+        "/logger",
+        &format!(r#"{{"log_path": "{}", "level": "Debug", "show_level": true, "show_log_origin": true}}"#, log.display()),
+    );
+    ember.ok(
+        "PUT",
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    );
+    ember.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    ember.boot(ELF64_PATH, "console=ttyS0 ember.test=boottimer", 1);
+    assert_eq!(ember.wait_exit(), 0);
+
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("guest-boot-time-us="), "{log_text}");
+    assert!(log_text.contains(":INFO:"), "{log_text}");
+    assert!(log_text.contains(".rs:"), "origin shown: {log_text}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "one line on FlushMetrics, one at exit: {lines:?}"
+    );
+    let last = lines.last().unwrap();
+    assert!(last["vcpu"]["exit_io_out"].as_u64().unwrap() > 10);
+    assert!(last["uart"]["write_count"].as_u64().unwrap() > 10);
+    assert!(last["api_server"]["put_count"].as_u64().unwrap() >= 6);
+    assert_eq!(last["i8042"]["reset_count"], 1);
+    assert_eq!(last["metrics"]["missed_metrics_count"], 0);
+}
+
+#[test]
+fn a_log_fifo_nobody_reads_counts_lost_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("log.fifo");
+    let metrics = dir.path().join("metrics.json");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let mut ember = Ember::start(&[]);
+    ember.ok(
+        "PUT",
+        "/logger",
+        &format!(r#"{{"log_path": "{}", "level": "Trace"}}"#, fifo.display()),
+    );
+    ember.ok(
+        "PUT",
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    );
+    // Each failing request logs a line: far more than a pipe holds.
+    let long_path = "/x".repeat(2000);
+    for _ in 0..60 {
+        let reply = ember.call(
+            "PUT",
+            "/boot-source",
+            Some(&format!(r#"{{"kernel_image_path": "{long_path}"}}"#)),
+        );
+        assert_eq!(reply.status, 400);
+    }
+    ember.boot(ELF64_PATH, "console=ttyS0 ember.test=reset", 1);
+    assert_eq!(ember.wait_exit(), 0);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(
+        last["logger"]["missed_log_count"].as_u64().unwrap() > 0,
+        "{last}"
+    );
+}
+
+#[test]
+fn curl_drives_the_api() {
+    let ember = Ember::start(&[]);
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&ember.socket)
+            .args(args)
+            .output()
+            .expect("curl is needed for this test");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_owned(), body.to_owned())
+    };
+    let (code, body) = curl(&["http://localhost/"]);
+    assert_eq!(code, "200");
+    assert!(body.contains("\"Not started\""), "{body}");
+    let (code, _) = curl(&[
+        "-X",
+        "PUT",
+        "http://localhost/machine-config",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"vcpu_count": 2, "mem_size_mib": 128}"#,
+    ]);
+    assert_eq!(code, "204");
+    let (code, body) = curl(&[
+        "-X",
+        "PUT",
+        "http://localhost/machine-config",
+        "-d",
+        "{broken",
+    ]);
+    assert_eq!(code, "400");
+    assert!(body.contains("fault_message"), "{body}");
+    let (code, body) = curl(&["http://localhost/machine-config"]);
+    assert_eq!(code, "200");
+    assert!(body.contains("\"vcpu_count\":2"), "{body}");
+}
+
+#[test]
+fn bad_requests_get_400_and_the_vmm_keeps_serving() {
+    let ember = Ember::start(&[]);
+    let bad = |method: &str, path: &str, body: Option<&str>, needle: &str| {
+        let reply = ember.call(method, path, body);
+        assert_eq!(reply.status, 400, "{method} {path}: {}", reply.body);
+        let fault = reply.fault();
+        assert!(
+            fault.contains(needle),
+            "{method} {path}: {fault:?} lacks {needle:?}"
+        );
+    };
+    bad(
+        "PUT",
+        "/machine-config",
+        Some("{\"vcpu_count\": 2,"),
+        "invalid JSON body",
+    );
+    bad(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 2, "mem_size_mib": 8, "x": 1}"#),
+        "unknown field `x`",
+    );
+    bad(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": true, "mem_size_mib": 8}"#),
+        "invalid type",
+    );
+    bad(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 0, "mem_size_mib": 8}"#),
+        "vcpu_count",
+    );
+    bad("DELETE", "/machine-config", None, "invalid request method");
+    bad("POST", "/actions", Some("{}"), "invalid request method");
+    bad(
+        "PATCH",
+        "/boot-source",
+        Some("{}"),
+        "invalid request method and/or path",
+    );
+    bad(
+        "GET",
+        "/no/such/path",
+        None,
+        "invalid request method and/or path",
+    );
+    bad(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "Detonate"}"#),
+        "unknown variant",
+    );
+    bad(
+        "PATCH",
+        "/vm",
+        Some(r#"{"state": "Paused"}"#),
+        "only allowed once the VM is running",
+    );
+    bad(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+        "only allowed once the VM is running",
+    );
+    bad(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+        "no metrics destination",
+    );
+    bad(
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#),
+        "cannot open the kernel image /nonexistent/vmlinux",
+    );
+    bad(
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path": "{ELF64_PATH}", "initrd_path": "/nonexistent/initrd"}}"#
+        )),
+        "cannot open the initrd",
+    );
+    bad(
+        "PUT",
+        "/logger",
+        Some(r#"{"log_path": "/nonexistent/dir/log"}"#),
+        "cannot open log file",
+    );
+    bad(
+        "PUT",
+        "/metrics",
+        Some(r#"{"metrics_path": "/nonexistent/dir/m"}"#),
+        "cannot open the metrics file",
+    );
+    bad(
+        "PUT",
+        "/drives/rootfs",
+        Some(
+            r#"{"drive_id": "other", "path_on_host": "/x", "is_root_device": true, "is_read_only": true}"#,
+        ),
+        "`rootfs`",
+    );
+
+    // A body over the size limit.
+    let huge = format!(r#"{{"kernel_image_path": "{}"}}"#, "a".repeat(60_000));
+    let reply = ember.call("PUT", "/boot-source", Some(&huge));
+    assert!((400..500).contains(&reply.status), "{reply:?}");
+
+    // A body without a Content-Length: the body is not taken as one.
+    let reply = raw(
+        &ember.socket,
+        b"PUT /machine-config HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{\"vcpu_count\": 2, \"mem_size_mib\": 64}",
+    );
+    assert_eq!(reply.status, 400, "{reply:?}");
+
+    // Starting without a kernel fails, and the VMM stays configurable.
+    let reply = ember.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(reply.status, 400);
+    assert!(reply.fault().contains("boot-source"), "{}", reply.fault());
+    assert_eq!(ember.state(), "Not started");
+    // A file that is not a kernel fails at start, also without harm.
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), vec![0x42u8; 4096]).unwrap();
+    ember.ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}"}}"#, junk.path().display()),
+    );
+    let reply = ember.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.fault().contains("not a kernel image"),
+        "{}",
+        reply.fault()
+    );
+
+    assert_eq!(ember.call("GET", "/", None).status, 200, "still serving");
+}
+
+#[test]
+fn wrong_state_and_double_start() {
+    let ember = Ember::start(&[]);
+    ember.boot(ELF64_PATH, "console=ttyS0 ember.test=hlt", 1);
+    ember.wait_for("hlt: parked");
+    for (method, path, body) in [
+        ("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+        ),
+        ("PATCH", "/machine-config", r#"{"vcpu_count": 2}"#),
+        (
+            "PUT",
+            "/boot-source",
+            &format!(r#"{{"kernel_image_path": "{ELF64_PATH}"}}"#),
+        ),
+        ("PUT", "/logger", r#"{"level": "Info"}"#),
+    ] {
+        let reply = ember.call(method, path, Some(body));
+        assert_eq!(reply.status, 400, "{method} {path}");
+        let fault = reply.fault();
+        assert!(
+            fault.contains("already") || fault.contains("only allowed before"),
+            "{fault}"
+        );
+    }
+    assert_eq!(ember.state(), "Running");
+}
+
+#[test]
+fn a_stalled_client_does_not_block_others() {
+    let ember = Ember::start(&[]);
+    let mut stalled = UnixStream::connect(&ember.socket).unwrap();
+    stalled
+        .write_all(b"PUT /machine-config HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"vcpu")
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(ember.call("GET", "/", None).status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(stalled);
+    assert_eq!(ember.call("GET", "/", None).status, 200);
+}
+
+#[test]
+fn many_clients_at_once() {
+    let ember = Ember::start(&[]);
+    let socket = ember.socket.clone();
+    let threads: Vec<_> = (0..32)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for j in 0..10 {
+                    let mem = 64 + i * 10 + j;
+                    let reply = request(
+                        &socket,
+                        "PATCH",
+                        "/machine-config",
+                        Some(&format!(r#"{{"mem_size_mib": {mem}}}"#)),
+                    );
+                    assert_eq!(reply.status, 204, "{reply:?}");
+                    assert_eq!(request(&socket, "GET", "/", None).status, 200);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let metrics = ember.call("GET", "/machine-config", None).json();
+    assert!(metrics["mem_size_mib"].as_u64().unwrap() >= 64);
+}
+
+#[test]
+fn config_file_with_api_boots_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vm.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{ELF64_PATH}", "boot_args": "ember.test=spin count.delay=20000"}},
+                "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}}}}"#
+        ),
+    )
+    .unwrap();
+    let ember = Ember::start(&["--config-file", config.to_str().unwrap()]);
+    ember.wait_for("tick=0x1");
+    assert_eq!(ember.state(), "Running");
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(ember.state(), "Paused");
+}
+
+#[test]
+fn socket_paths_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, "precious").unwrap();
+    let out = Command::new(EMBER)
+        .arg("--api-sock")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+
+    // A socket left behind by a dead process is replaced.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let mut child = Command::new(EMBER)
+        .arg("--api-sock")
+        .arg(&stale)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while request_ok(&stale).is_none() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    assert!(!stale.exists(), "removed on exit");
+}
+
+fn request_ok(socket: &Path) -> Option<u16> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").ok()?;
+    Some(read_reply(&mut stream).status)
+}
