@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_vmm::signals::TerminationSignals;
-use ember_vmm::{EventLoop, ExitReason, MetricGroup, RunState, RunningVm, StartTime};
+use ember_vmm::{BucketUpdate, EventLoop, ExitReason, MetricGroup, RunState, RunningVm, StartTime};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
@@ -18,10 +18,10 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::MetricsWriter;
-use crate::model::VmResources;
+use crate::model::{TokenBucket, VmResources};
 use crate::request::{
-    Action, ApiRequest, ApiResponse, LoggerRequest, MachineConfigUpdate, MetricsRequest,
-    VmStateRequest,
+    Action, ApiRequest, ApiResponse, DriveUpdate, LoggerRequest, MachineConfigUpdate,
+    MetricsRequest, VmStateRequest,
 };
 use crate::server::ApiCounters;
 
@@ -263,16 +263,19 @@ impl Controller {
                 self.resources.boot_source = Some(source);
                 ApiResponse::no_content()
             }
-            ApiRequest::PutDrive(_) => {
-                ApiResponse::bad_request("`drives` is not supported by this version of Ember")
-            }
-            ApiRequest::PatchDrive(_) => {
-                if self.configuring() {
-                    post_boot_only("PATCH /drives")
-                } else {
-                    ApiResponse::bad_request("`drives` is not supported by this version of Ember")
+            ApiRequest::PutDrive(drive) => {
+                if !self.configuring() {
+                    return Some(pre_boot_only("PUT /drives"));
+                }
+                if let Err(response) = check_readable(&drive.path_on_host, "drive") {
+                    return Some(response);
+                }
+                match self.resources.put_drive(drive) {
+                    Ok(()) => ApiResponse::no_content(),
+                    Err(e) => ApiResponse::bad_request(&e.to_string()),
                 }
             }
+            ApiRequest::PatchDrive(update) => self.patch_drive(update),
             ApiRequest::NetworkInterface => ApiResponse::bad_request(
                 "`network-interfaces` is not supported by this version of Ember",
             ),
@@ -311,6 +314,50 @@ impl Controller {
             }
             Err(e) => ApiResponse::bad_request(&e.to_string()),
         }
+    }
+
+    fn patch_drive(&mut self, update: DriveUpdate) -> ApiResponse {
+        let Some(vm) = self.running() else {
+            return post_boot_only("PATCH /drives");
+        };
+        let block = match vm.drive(&update.drive_id) {
+            Ok(block) => block,
+            Err(e) => return ApiResponse::bad_request(&e.to_string()),
+        };
+        let mut block = block
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(path) = &update.path_on_host {
+            if let Err(e) = block.swap_backing_file(path) {
+                return ApiResponse::bad_request(&format!("drive `{}`: {e}", update.drive_id));
+            }
+            log::info!("drive {} now backed by {}", update.drive_id, path.display());
+        }
+        if let Some(limiter) = update.rate_limiter {
+            let to_update = |bucket: Option<TokenBucket>| {
+                bucket.map_or(BucketUpdate::Keep, |b| {
+                    BucketUpdate::Set(b.to_bucket_config())
+                })
+            };
+            block.update_rate_limiter(to_update(limiter.bandwidth), to_update(limiter.ops));
+        }
+        drop(block);
+        if let Some(drive) = self
+            .resources
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == update.drive_id)
+        {
+            if let Some(path) = update.path_on_host {
+                drive.path_on_host = path;
+            }
+            if let Some(limiter) = update.rate_limiter {
+                let current = drive.rate_limiter.get_or_insert_with(Default::default);
+                current.bandwidth = limiter.bandwidth.or(current.bandwidth);
+                current.ops = limiter.ops.or(current.ops);
+            }
+        }
+        ApiResponse::no_content()
     }
 
     fn put_logger(&mut self, request: LoggerRequest) -> ApiResponse {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use ember_vmm::{StartTime, VmConfig};
+use ember_vmm::{BlockConfig, BucketConfig, DriveConfig, StartTime, VmConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -177,6 +177,72 @@ pub struct VmResources {
     pub cpu_config: Option<serde_json::Value>,
 }
 
+impl TokenBucket {
+    /// The bucket as the rate limiter takes it.
+    pub fn to_bucket_config(self) -> BucketConfig {
+        BucketConfig {
+            size: self.size,
+            one_time_burst: self.one_time_burst.unwrap_or(0),
+            refill_time_ms: self.refill_time,
+        }
+    }
+}
+
+impl From<CacheType> for ember_vmm::CacheType {
+    fn from(cache: CacheType) -> Self {
+        match cache {
+            CacheType::Unsafe => ember_vmm::CacheType::Unsafe,
+            CacheType::Writeback => ember_vmm::CacheType::Writeback,
+        }
+    }
+}
+
+impl Drive {
+    /// Refuses what a drive cannot be.
+    pub fn validate(&self) -> Result<()> {
+        let id_ok = !self.drive_id.is_empty()
+            && self.drive_id.len() <= 64
+            && self
+                .drive_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !id_ok {
+            return Err(Error::InvalidValue {
+                field: "drives.drive_id",
+                reason: format!(
+                    "`{}`: use 1 to 64 letters, digits, `_` or `-`",
+                    self.drive_id
+                ),
+            });
+        }
+        if self
+            .io_engine
+            .as_deref()
+            .is_some_and(|engine| engine != "Sync")
+        {
+            return Err(Error::Unsupported("drives.io_engine other than Sync"));
+        }
+        Ok(())
+    }
+
+    /// The drive as the VMM takes it.
+    pub fn to_drive_config(&self) -> DriveConfig {
+        let limiter = self.rate_limiter.unwrap_or_default();
+        DriveConfig {
+            block: BlockConfig {
+                drive_id: self.drive_id.clone(),
+                path: self.path_on_host.clone(),
+                read_only: self.is_read_only,
+                cache_type: self.cache_type.into(),
+                bandwidth: limiter.bandwidth.map(TokenBucket::to_bucket_config),
+                ops: limiter.ops.map(TokenBucket::to_bucket_config),
+            },
+            is_root_device: self.is_root_device,
+            partuuid: self.partuuid.clone(),
+        }
+    }
+}
+
 impl MachineConfig {
     /// Refuses settings Ember cannot honour.
     pub fn validate(&self) -> Result<()> {
@@ -226,10 +292,43 @@ impl VmResources {
         if let Some((name, _)) = unsupported.iter().find(|(_, value)| value.is_some()) {
             return Err(Error::Unsupported(name));
         }
-        if !self.drives.is_empty() {
-            return Err(Error::Unsupported("drives"));
+        for drive in &self.drives {
+            drive.validate()?;
+        }
+        if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
+            return Err(Error::InvalidValue {
+                field: "drives.is_root_device",
+                reason: "only one drive can be the root device".into(),
+            });
+        }
+        for (i, drive) in self.drives.iter().enumerate() {
+            if self.drives[..i]
+                .iter()
+                .any(|d| d.drive_id == drive.drive_id)
+            {
+                return Err(Error::InvalidValue {
+                    field: "drives.drive_id",
+                    reason: format!("`{}` is used by two drives", drive.drive_id),
+                });
+            }
         }
         self.machine_config.validate()
+    }
+
+    /// Adds `drive`, or replaces the drive with the same id.
+    pub fn put_drive(&mut self, drive: Drive) -> Result<()> {
+        let mut drives = self.drives.clone();
+        match drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+            Some(existing) => *existing = drive,
+            None => drives.push(drive),
+        }
+        let candidate = VmResources {
+            drives,
+            ..self.clone()
+        };
+        candidate.validate()?;
+        self.drives = candidate.drives;
+        Ok(())
     }
 
     /// The VM configuration these resources describe, serial on stdio.
@@ -247,6 +346,7 @@ impl VmResources {
         config.initrd = boot_source.initrd_path.clone();
         config.vcpu_count = self.machine_config.vcpu_count;
         config.mem_size_mib = self.machine_config.mem_size_mib;
+        config.drives = self.drives.iter().map(Drive::to_drive_config).collect();
         config.start_time = start_time;
         Ok(config)
     }
@@ -354,6 +454,58 @@ mod tests {
             parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}"#).unwrap();
         let err = resources.to_vm_config(StartTime::now()).unwrap_err();
         assert!(err.to_string().contains("boot-source"), "{err}");
+    }
+
+    fn drive(id: &str, root: bool) -> Drive {
+        Drive {
+            drive_id: id.into(),
+            path_on_host: format!("/img/{id}").into(),
+            is_root_device: root,
+            is_read_only: false,
+            partuuid: None,
+            cache_type: CacheType::Unsafe,
+            rate_limiter: None,
+            io_engine: None,
+        }
+    }
+
+    #[test]
+    fn drives_become_vmm_drives() {
+        let mut resources = parse(r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
+        resources.put_drive(drive("rootfs", true)).unwrap();
+        let mut limited = drive("data", false);
+        limited.rate_limiter = Some(RateLimiter {
+            bandwidth: None,
+            ops: Some(TokenBucket {
+                size: 100,
+                one_time_burst: Some(10),
+                refill_time: 1000,
+            }),
+        });
+        limited.cache_type = CacheType::Writeback;
+        resources.put_drive(limited).unwrap();
+        let config = resources.to_vm_config(StartTime::now()).unwrap();
+        assert_eq!(config.drives.len(), 2);
+        assert!(config.drives[0].is_root_device);
+        let data = &config.drives[1].block;
+        assert_eq!(data.cache_type, ember_vmm::CacheType::Writeback);
+        assert_eq!(data.ops.unwrap().one_time_burst, 10);
+        assert!(data.bandwidth.is_none());
+    }
+
+    #[test]
+    fn drive_rules() {
+        let mut resources = VmResources::default();
+        resources.put_drive(drive("a", true)).unwrap();
+        assert!(resources.put_drive(drive("b", true)).is_err(), "two roots");
+        resources.put_drive(drive("a", false)).unwrap();
+        resources.put_drive(drive("b", true)).unwrap();
+        assert_eq!(resources.drives.len(), 2, "replaced by id");
+        assert!(resources.put_drive(drive("bad/id", false)).is_err());
+        assert!(resources.put_drive(drive("", false)).is_err());
+        let mut async_io = drive("c", false);
+        async_io.io_engine = Some("Async".into());
+        assert!(resources.put_drive(async_io).is_err());
     }
 
     #[test]

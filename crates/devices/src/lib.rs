@@ -4,6 +4,7 @@
 //! - [`legacy`]: the PC devices a microVM keeps: COM1 (8250 UART), the i8042 reset
 //!   line, and the boot-timer device.
 //! - [`trigger`]: interrupt and event lines backed by eventfds.
+//! - [`virtio`]: the virtio-mmio transport and virtio devices (block).
 //!
 //! Devices never see KVM: they raise interrupts through eventfds (which the VMM
 //! registers as irqfds) and register their own fds with an `event-manager` loop.
@@ -11,6 +12,7 @@
 pub mod bus;
 pub mod legacy;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, ByteRegisters};
 
@@ -38,6 +40,37 @@ pub enum Error {
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// A virtio queue could not be created or rebuilt.
+    #[error("virtio queue: {0}")]
+    VirtioQueue(virtio_queue::Error),
+    /// A virtio device has a different number of queue eventfds than queues.
+    #[error("virtio device has {queues} queues but {events} queue eventfds")]
+    QueueEventCount {
+        /// Number of queues.
+        queues: usize,
+        /// Number of eventfds.
+        events: usize,
+    },
+    /// A virtio queue the driver enabled does not fit in guest memory.
+    #[error("virtio queue {0} does not fit in guest memory")]
+    InvalidQueue(usize),
+    /// A virtio queue the device needs was not enabled by the driver.
+    #[error("virtio queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// The driver activated a virtio device that is already active.
+    #[error("virtio device is already active")]
+    AlreadyActive,
+    /// A block device's backing file cannot be opened or sized.
+    #[error("block backing file {}: {error}", path.display())]
+    BackingFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// A rate limiter could not be created.
+    #[error("rate limiter: {0}")]
+    RateLimiter(ember_ratelimit::Error),
 }
 
 /// Result alias for this crate.

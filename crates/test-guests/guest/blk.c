@@ -566,16 +566,64 @@ static void scenario_write(struct dev *d, const struct params *p)
 	con_putc('\n');
 }
 
+/*
+ * Reads blk.count sectors at blk.sector, blk.repeat times (default once, for
+ * rate-limit tests); prints the first failing status (or 0) and the last data.
+ */
 static void scenario_read(struct dev *d, const struct params *p)
 {
-	u8 st = read_into(d, buf_r[0], 0xA5, p);
+	u64 repeat = param("blk.repeat=", 1);
+	u8 st = 0;
 
+	if (repeat < 1)
+		repeat = 1;
+	for (u64 i = 0; i < repeat; i++) {
+		u8 one = read_into(d, buf_r[0], 0xA5, p);
+		if (st == 0)
+			st = one;
+	}
 	con_puts("blk-read");
 	kv("status", st);
 	kv("sum", fnv1a(buf_r[0], p->count * SECTOR_SIZE));
 	con_puts(" head=");
 	put_hexbytes(buf_r[0], 16);
+	if (repeat > 1)
+		kv("repeat", repeat);
 	con_putc('\n');
+}
+
+/* One line of blk-rescan: the capacity and the hash of the sectors read. */
+static void rescan_report(struct dev *d, const struct params *p, u64 phase)
+{
+	u8 st = read_into(d, buf_r[0], 0xA5, p);
+
+	con_puts("blk-rescan");
+	kv("phase", phase);
+	kv("status", st);
+	kv("capacity", config_u64(d, 0));
+	kv("sum", fnv1a(buf_r[0], p->count * SECTOR_SIZE));
+	con_putc('\n');
+}
+
+/*
+ * Reads, then waits (up to blk.wait polls, default 20,000,000) for the device's
+ * configuration generation to change -- the host swapped the backing file --
+ * and reads again.
+ */
+static void scenario_rescan(struct dev *d, const struct params *p)
+{
+	u64 polls = param("blk.wait=", 20000000);
+	u32 generation = mmio_rd(d, VM_CONFIG_GENERATION);
+
+	rescan_report(d, p, 1);
+	con_puts("blk-rescan: waiting\n");
+	while (polls-- && mmio_rd(d, VM_CONFIG_GENERATION) == generation)
+		;
+	if (mmio_rd(d, VM_CONFIG_GENERATION) == generation) {
+		con_puts("blk-rescan: no change\n");
+		return;
+	}
+	rescan_report(d, p, 2);
 }
 
 static void scenario_roundtrip(struct dev *d, const struct params *p)
@@ -646,7 +694,7 @@ int blk_scenario(const char *name)
 	static const char *const names[] = {
 		"blk-info",  "blk-multi",    "blk-write", "blk-read",
 		"blk-roundtrip", "blk-flush", "blk-id", "blk-past-end",
-		"blk-reset",
+		"blk-reset", "blk-rescan",
 	};
 	u32 which = 0;
 	struct params p;
@@ -688,6 +736,9 @@ int blk_scenario(const char *name)
 		break;
 	case 7:
 		scenario_past_end(d);
+		break;
+	case 9:
+		scenario_rescan(d, &p);
 		break;
 	default:
 		scenario_reset(d, &p);

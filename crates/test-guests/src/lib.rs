@@ -203,6 +203,8 @@ mod tests {
             "blk-id",
             "blk-past-end",
             "blk-reset",
+            "blk-rescan",
+            "blk.repeat=",
             "blk-multi",
             "virtio_mmio.device=",
         ]);

@@ -27,6 +27,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
 use crate::io::IoBuses;
 use crate::terminal::RawTerminal;
+use crate::virtio_devices::{attach_drives, extend_cmdline};
 use crate::vm::{DeviceHandles, Subscriber, Vm};
 use crate::{Error, Result};
 
@@ -65,6 +66,7 @@ fn check_vcpu_count(kvm: Option<&Kvm>, count: u8) -> Result<()> {
 /// Loads the kernel, initrd and boot structures; returns how to enter the kernel.
 fn load_guest(
     config: &VmConfig,
+    cmdline: &str,
     layout: &MemoryLayout,
     memory: &GuestMemoryMmap,
     mut kernel_file: File,
@@ -97,7 +99,7 @@ fn load_guest(
         memory,
         &kernel,
         &BootInfo {
-            cmdline: &config.cmdline,
+            cmdline,
             e820: &e820,
             initrd,
         },
@@ -121,7 +123,12 @@ fn load_guest(
 
 /// The legacy devices, the buses they sit on and their event-loop subscribers.
 struct Devices {
-    handles: DeviceHandles,
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<Serial>>,
+    i8042: Arc<Mutex<I8042>>,
+    boot_timer: Arc<Mutex<BootTimer>>,
+    reset: EventTrigger,
     subscribers: Vec<Subscriber>,
     terminal: Option<RawTerminal>,
 }
@@ -174,18 +181,12 @@ fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
     mmio.insert(boot_timer.clone(), BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
 
     Ok(Devices {
-        handles: DeviceHandles {
-            io: Arc::new(IoBuses {
-                pio,
-                mmio,
-                counters: Default::default(),
-            }),
-            serial,
-            i8042,
-            boot_timer,
-            reset,
-            stop: EventTrigger::new()?,
-        },
+        pio,
+        mmio,
+        serial,
+        i8042,
+        boot_timer,
+        reset,
         subscribers,
         terminal,
     })
@@ -216,8 +217,18 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
     // could not be stopped).
     unsafe { register_with_kvm(&vm_fd, &memory) }?;
 
-    let entry = load_guest(&config, &layout, &memory, kernel_file, initrd_file)?;
-    let devices = create_devices(&vm_fd, &mut config)?;
+    let mut devices = create_devices(&vm_fd, &mut config)?;
+    let virtio = attach_drives(&vm_fd, &memory, &mut devices.mmio, &config.drives)?;
+    let cmdline = extend_cmdline(&config.cmdline, &virtio.cmdline);
+    let entry = load_guest(
+        &config,
+        &cmdline,
+        &layout,
+        &memory,
+        kernel_file,
+        initrd_file,
+    )?;
+    devices.subscribers.extend(virtio.subscribers);
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -237,7 +248,19 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         vcpus,
         vm_fd,
         kvm,
-        devices: devices.handles,
+        devices: DeviceHandles {
+            io: Arc::new(IoBuses {
+                pio: devices.pio,
+                mmio: devices.mmio,
+                counters: Default::default(),
+            }),
+            serial: devices.serial,
+            i8042: devices.i8042,
+            boot_timer: devices.boot_timer,
+            reset: devices.reset,
+            stop: EventTrigger::new()?,
+            drives: virtio.drives,
+        },
         subscribers: devices.subscribers,
         terminal: devices.terminal,
         memory,

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use ember_devices::legacy::StartTime;
+use ember_devices::virtio::block::BlockConfig;
 
 /// Default KVM device.
 pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
@@ -70,6 +71,18 @@ impl fmt::Debug for SerialInput {
     }
 }
 
+/// A block device and how the guest should treat it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// The device itself: id, backing file, read-only, cache type, rate limits.
+    pub block: BlockConfig,
+    /// Whether the guest's root file system is on this drive (`root=` is added to
+    /// the command line and the drive becomes `/dev/vda`).
+    pub is_root_device: bool,
+    /// The root partition's UUID, when the root is a partition of this drive.
+    pub partuuid: Option<String>,
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug)]
 pub struct VmConfig {
@@ -85,6 +98,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// The KVM device to open.
     pub kvm_device: PathBuf,
+    /// Block devices, in the order the guest sees them (the root drive first).
+    pub drives: Vec<DriveConfig>,
     /// Serial output.
     pub serial_output: SerialOutput,
     /// Serial input.
@@ -103,6 +118,7 @@ impl VmConfig {
             initrd: None,
             cmdline: cmdline.into(),
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
+            drives: Vec::new(),
             serial_output: SerialOutput::Stdout,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),

@@ -16,15 +16,19 @@ pub mod metrics;
 pub mod signals;
 mod terminal;
 mod vcpu_threads;
+mod virtio_devices;
 mod vm;
 
 pub use builder::build;
-pub use config::{SerialInput, SerialOutput, VmConfig};
+pub use config::{DriveConfig, SerialInput, SerialOutput, VmConfig};
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
+pub use virtio_devices::SharedBlock;
 pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 
 pub use ember_devices::legacy::{BootTime, StartTime};
+pub use ember_devices::virtio::block::{BlockConfig, CacheType};
+pub use ember_ratelimit::{BucketConfig, BucketUpdate};
 
 use std::path::PathBuf;
 
@@ -116,6 +120,20 @@ pub enum Error {
     /// A key sequence could not be injected.
     #[error(transparent)]
     Keyboard(#[from] ember_devices::legacy::i8042::BufferFull),
+    /// The configuration is inconsistent.
+    #[error("invalid VM configuration: {0}")]
+    InvalidConfig(String),
+    /// A drive could not be set up or changed.
+    #[error("drive `{id}`: {source}")]
+    Drive {
+        /// The drive id.
+        id: String,
+        /// What went wrong.
+        source: ember_devices::Error,
+    },
+    /// No drive has this id.
+    #[error("no drive `{0}`")]
+    UnknownDrive(String),
 }
 
 /// Result alias for this crate.

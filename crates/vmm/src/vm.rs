@@ -19,6 +19,7 @@ use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
+use crate::virtio_devices::SharedBlock;
 use crate::{Error, Result};
 
 /// A subscriber of the device event loop.
@@ -39,6 +40,7 @@ pub(crate) struct DeviceHandles {
     pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
     pub(crate) reset: EventTrigger,
     pub(crate) stop: EventTrigger,
+    pub(crate) drives: Vec<(String, SharedBlock)>,
 }
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
@@ -244,11 +246,41 @@ impl RunningVm {
         self.memory.as_ref()
     }
 
+    /// The block device with id `drive_id`.
+    pub fn drive(&self, drive_id: &str) -> Result<SharedBlock> {
+        self.devices
+            .drives
+            .iter()
+            .find(|(id, _)| id == drive_id)
+            .map(|(_, block)| block.clone())
+            .ok_or_else(|| Error::UnknownDrive(drive_id.to_owned()))
+    }
+
     /// Counters of the vCPUs and devices, grouped.
     pub fn metrics(&self) -> Vec<MetricGroup> {
         let serial = lock(&self.devices.serial).counters();
         let i8042 = lock(&self.devices.i8042).counters();
-        vec![
+        let drives = self.devices.drives.iter().map(|(id, block)| {
+            let c = lock(block).counters();
+            MetricGroup::new(
+                format!("block_{id}"),
+                vec![
+                    ("requests", c.requests),
+                    ("read_count", c.reads),
+                    ("write_count", c.writes),
+                    ("flush_count", c.flushes),
+                    ("sync_count", c.syncs),
+                    ("read_bytes", c.read_bytes),
+                    ("write_bytes", c.write_bytes),
+                    ("io_errors", c.io_errors),
+                    ("unsupported", c.unsupported),
+                    ("invalid_chains", c.invalid_chains),
+                    ("throttled", c.throttled),
+                    ("event_errors", c.event_errors),
+                ],
+            )
+        });
+        let mut groups = vec![
             MetricGroup::new("vcpu", self.devices.io.counters.snapshot()),
             MetricGroup::new(
                 "uart",
@@ -266,7 +298,9 @@ impl RunningVm {
                     ("missed_interrupts", i8042.missed_interrupts),
                 ],
             ),
-        ]
+        ];
+        groups.extend(drives);
+        groups
     }
 
     /// Stops and joins the vCPUs, flushes the serial output and restores the

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use ember_api::logger::{parse_level, LoggerConfig};
+use ember_vmm::{BlockConfig, CacheType, DriveConfig};
 use lexopt::prelude::*;
 
 /// Usage text printed by `--help`.
@@ -17,8 +18,10 @@ Usage:
   ember --no-api --config-file FILE [OPTIONS]
       Boot the VM a Firecracker JSON config file describes, without an API.
   ember run --kernel KERNEL [--initrd INITRD] [--cmdline CMDLINE] [--vcpus N]
-            [--mem MIB] [OPTIONS] [-- GUEST ARGS...]
+            [--mem MIB] [--drive SPEC]... [OPTIONS] [-- GUEST ARGS...]
       Boot a kernel directly. Guest args go after \" -- \" on the kernel command line.
+      SPEC is PATH[,ro][,root][,id=ID][,cache=unsafe|writeback][,partuuid=UUID]:
+      a virtio block device backed by PATH (ids default to drive0, drive1, ...).
 
 Options:
   --id ID              Instance id shown in logs (default anonymous-instance)
@@ -55,6 +58,37 @@ pub struct RunArgs {
     pub vcpus: u8,
     /// Memory in MiB.
     pub mem_mib: u64,
+    /// Block devices.
+    pub drives: Vec<DriveConfig>,
+}
+
+/// Parses a `--drive` value; `index` names drives without an `id=`.
+pub fn parse_drive(spec: &str, index: usize) -> Result<DriveConfig, String> {
+    let mut parts = spec.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| format!("--drive {spec}: the backing file comes first"))?;
+    let mut drive = DriveConfig {
+        block: BlockConfig {
+            drive_id: format!("drive{index}"),
+            path: PathBuf::from(path),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "ro" => drive.block.read_only = true,
+            None if option == "root" => drive.is_root_device = true,
+            Some(("id", id)) if !id.is_empty() => drive.block.drive_id = id.to_owned(),
+            Some(("cache", "unsafe")) => drive.block.cache_type = CacheType::Unsafe,
+            Some(("cache", "writeback")) => drive.block.cache_type = CacheType::Writeback,
+            Some(("partuuid", uuid)) if !uuid.is_empty() => drive.partuuid = Some(uuid.to_owned()),
+            _ => return Err(format!("--drive {spec}: unknown option `{option}`")),
+        }
+    }
+    Ok(drive)
 }
 
 impl RunArgs {
@@ -126,6 +160,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
     let mut run = false;
     let (mut kernel, mut initrd, mut cmdline) = (None, None, None);
     let (mut vcpus, mut mem_mib) = (1u8, 128u64);
+    let mut drives = Vec::new();
     let mut guest_args = Vec::new();
     let mut help = false;
     let mut version = false;
@@ -161,6 +196,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
                 })?;
             }
             Long("mem") if run => mem_mib = number(&mut parser, "--mem", "not a size in MiB")?,
+            Long("drive") if run => {
+                let spec = string(parser.value()?, "--drive")?;
+                drives.push(
+                    parse_drive(&spec, drives.len())
+                        .map_err(|e| lexopt::Error::Custom(e.into()))?,
+                );
+            }
             Value(word) if run => guest_args.push(string(word, "guest argument")?),
             Long("help") | Short('h') => help = true,
             Long("version") | Short('V') => version = true,
@@ -184,6 +226,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             guest_args,
             vcpus,
             mem_mib,
+            drives,
         })
     } else if no_api {
         match (config_file, api_socket) {
@@ -266,6 +309,30 @@ mod tests {
         );
         assert_eq!(parsed.logger.instance_id, "vm1");
         assert!(parsed.logger.show_level);
+    }
+
+    #[test]
+    fn drive_specs() {
+        let drive = parse_drive("/img/root.ext4,ro,root,cache=writeback", 0).unwrap();
+        assert_eq!(drive.block.drive_id, "drive0");
+        assert!(drive.block.read_only && drive.is_root_device);
+        assert_eq!(drive.block.cache_type, CacheType::Writeback);
+        let drive = parse_drive("d.img,id=data,partuuid=ab-01", 3).unwrap();
+        assert_eq!(
+            (drive.block.drive_id.as_str(), drive.partuuid.as_deref()),
+            ("data", Some("ab-01"))
+        );
+        assert!(parse_drive(",ro", 0).unwrap_err().contains("backing file"));
+        assert!(parse_drive("x,rw", 0)
+            .unwrap_err()
+            .contains("unknown option `rw`"));
+        assert!(parse_drive("x,cache=fast", 0).is_err());
+        let parsed = args("run --kernel k --drive a.img,root --drive b.img").unwrap();
+        let Command::Run(run) = parsed.command else {
+            panic!("run")
+        };
+        assert_eq!(run.drives.len(), 2);
+        assert_eq!(run.drives[1].block.drive_id, "drive1");
     }
 
     #[test]

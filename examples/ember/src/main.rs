@@ -27,6 +27,7 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
             config.initrd = run.initrd.clone();
             config.vcpu_count = run.vcpus;
             config.mem_size_mib = run.mem_mib;
+            config.drives = run.drives.clone();
             config.start_time = start;
             config
         }

@@ -694,3 +694,119 @@ fn request_ok(socket: &Path) -> Option<u16> {
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").ok()?;
     Some(read_reply(&mut stream).status)
 }
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn disk(dir: &Path, name: &str, sectors: usize, byte: u8) -> PathBuf {
+    let path = dir.join(name);
+    let bytes: Vec<u8> = (0..sectors * 512).map(|i| byte ^ (i % 253) as u8).collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn put_drive(ember: &Ember, id: &str, path: &Path, extra: &str) {
+    ember.ok(
+        "PUT",
+        &format!("/drives/{id}"),
+        &format!(
+            r#"{{"drive_id": "{id}", "path_on_host": "{}", "is_root_device": false, "is_read_only": true{extra}}}"#,
+            path.display()
+        ),
+    );
+}
+
+#[test]
+fn swapping_a_drive_while_running_shows_the_new_content_after_a_rescan() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = disk(dir.path(), "first.img", 16, 0x11);
+    let second = disk(dir.path(), "second.img", 40, 0x77);
+    let ember = Ember::start(&[]);
+    put_drive(&ember, "data", &first, "");
+    let reply = ember.call(
+        "PATCH",
+        "/drives/data",
+        Some(&format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+            second.display()
+        )),
+    );
+    assert_eq!(reply.status, 400, "PATCH before start");
+    assert!(reply
+        .fault()
+        .contains("only allowed once the VM is running"));
+    ember.boot(ELF64_PATH, "console=ttyS0 ember.test=blk-rescan", 1);
+    ember.wait_for("blk-rescan: waiting");
+    let reply = ember.call("PATCH", "/drives/nope", Some(r#"{"drive_id": "nope"}"#));
+    assert!(
+        reply.fault().contains("no drive `nope`"),
+        "{}",
+        reply.fault()
+    );
+    ember.ok(
+        "PATCH",
+        "/drives/data",
+        &format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+            second.display()
+        ),
+    );
+    ember.wait_for("phase=0x2");
+    let output = ember.output();
+    let phase = |n: &str| {
+        output
+            .lines()
+            .find(|l| l.starts_with("blk-rescan") && l.contains(&format!("phase={n}")))
+            .unwrap()
+            .to_owned()
+    };
+    let sum = |path: &Path| format!("sum={:#x}", fnv1a(&std::fs::read(path).unwrap()[..512]));
+    assert!(
+        phase("0x1").contains("capacity=0x10") && phase("0x1").contains(&sum(&first)),
+        "{output}"
+    );
+    assert!(
+        phase("0x2").contains("capacity=0x28") && phase("0x2").contains(&sum(&second)),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_rate_limiter_is_updated_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = disk(dir.path(), "disk.img", 8, 0x33);
+    let mut ember = Ember::start(&[]);
+    // One request a second: 40 reads would take more than half a minute.
+    put_drive(
+        &ember,
+        "slow",
+        &image,
+        r#", "rate_limiter": {"ops": {"size": 1, "refill_time": 1000}}"#,
+    );
+    ember.boot(
+        ELF64_PATH,
+        "console=ttyS0 ember.test=blk-read blk.repeat=40",
+        1,
+    );
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !ember.output().contains("blk-read status"),
+        "still throttled"
+    );
+    ember.ok(
+        "PATCH",
+        "/drives/slow",
+        r#"{"drive_id": "slow", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#,
+    );
+    ember.wait_for("blk-read status=0x0");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ember.wait_exit(), 0);
+}

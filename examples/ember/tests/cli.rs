@@ -452,3 +452,39 @@ fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+#[test]
+fn drives_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = temp_file(dir.path(), "disk.img", &vec![0u8; 64 * 512]);
+    let spec = format!("{},id=data", image.display());
+    let out = ember(&[
+        "run",
+        "--kernel",
+        ELF64_PATH,
+        "--cmdline",
+        "ember.test=blk-write blk.sector=0x2 blk.seed=0x5",
+        "--drive",
+        &spec,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("blk-write status=0x0"),
+        "{}",
+        stdout(&out)
+    );
+    let file = std::fs::read(&image).unwrap();
+    assert!(file[2 * 512..3 * 512].iter().any(|b| *b != 0), "written");
+    assert_error(
+        &ember(&[
+            "run",
+            "--kernel",
+            ELF64_PATH,
+            "--drive",
+            "/nonexistent/disk.img",
+        ]),
+        "drive `drive0`: block backing file /nonexistent/disk.img",
+    );
+    let bad = ember(&["run", "--kernel", ELF64_PATH, "--drive", "x.img,turbo"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

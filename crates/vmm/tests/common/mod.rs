@@ -16,7 +16,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ember_vmm::{build, BootTime, ExitReason, SerialInput, SerialOutput, VmConfig};
+use ember_vmm::{
+    build, BootTime, DriveConfig, EventLoop, ExitReason, MetricGroup, SerialInput, SerialOutput,
+    VmConfig,
+};
 
 /// Longest a test guest may run (the emulator runs ~1M instructions/s).
 pub const GUEST_DEADLINE: Duration = Duration::from_secs(120);
@@ -46,9 +49,20 @@ pub struct Run {
     pub result: ember_vmm::Result<ExitReason>,
     pub output: String,
     pub boot_time: Option<BootTime>,
+    pub metrics: Vec<MetricGroup>,
 }
 
 impl Run {
+    /// Counter `name` of metric group `group`.
+    pub fn metric(&self, group: &str, name: &str) -> u64 {
+        self.metrics
+            .iter()
+            .find(|g| g.name == group)
+            .and_then(|g| g.counters.iter().find(|(n, _)| *n == name))
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no metric {group}.{name} in {:?}", self.metrics))
+    }
+
     /// The value of `key` on the first line starting with `prefix`.
     pub fn field(&self, prefix: &str, key: &str) -> Option<String> {
         self.output
@@ -109,6 +123,7 @@ pub struct Guest {
     pub mem_mib: u64,
     pub initrd: Option<PathBuf>,
     pub input: SerialInput,
+    pub drives: Vec<DriveConfig>,
 }
 
 impl Guest {
@@ -120,7 +135,20 @@ impl Guest {
             mem_mib: 128,
             initrd: None,
             input: SerialInput::None,
+            drives: Vec::new(),
         }
+    }
+
+    /// Adds `args` to the command line.
+    pub fn args(mut self, args: &str) -> Guest {
+        self.cmdline.push(' ');
+        self.cmdline.push_str(args);
+        self
+    }
+
+    pub fn drive(mut self, drive: DriveConfig) -> Guest {
+        self.drives.push(drive);
+        self
     }
 
     pub fn vcpus(mut self, vcpus: u8) -> Guest {
@@ -149,6 +177,7 @@ impl Guest {
         config.mem_size_mib = self.mem_mib;
         config.initrd = self.initrd;
         config.serial_input = self.input;
+        config.drives = self.drives;
         config.serial_output = SerialOutput::Writer(Box::new(capture.clone()));
         config
     }
@@ -161,7 +190,8 @@ impl Guest {
     }
 }
 
-/// Runs a built VM, stopping it after `deadline`.
+/// Runs a built VM, stopping it after `deadline`; the metrics are read just
+/// before the VM is torn down.
 pub fn run_vm(vm: ember_vmm::Vm, capture: &Capture, deadline: Duration) -> Run {
     let timer = vm.boot_timer();
     let stop = vm.stop_handle().unwrap();
@@ -171,7 +201,16 @@ pub fn run_vm(vm: ember_vmm::Vm, capture: &Capture, deadline: Duration) -> Run {
             stop.stop().unwrap();
         }
     });
-    let result = vm.run(None);
+    let mut event_loop = EventLoop::new().unwrap();
+    let running = vm.start(&mut event_loop, None).unwrap();
+    let result = loop {
+        if let Some(outcome) = running.take_outcome() {
+            break outcome;
+        }
+        event_loop.run().unwrap();
+    };
+    let metrics = running.metrics();
+    running.shutdown();
     drop(done_tx);
     watchdog.join().unwrap();
     let boot_time = timer.lock().unwrap().boot_time();
@@ -179,5 +218,6 @@ pub fn run_vm(vm: ember_vmm::Vm, capture: &Capture, deadline: Duration) -> Run {
         result,
         output: capture.text(),
         boot_time,
+        metrics,
     }
 }

@@ -1,0 +1,547 @@
+//! The virtio-block device: configuration space, activation and reset, the
+//! request loop with rate limiting, and its event-loop subscription.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ember_ratelimit::{BucketConfig, BucketUpdate, RateLimiter, TokenType};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::disk::Disk;
+use super::request::{self, ParsedChain, Request, RequestType};
+use super::{BlockCounters, BlockState, CacheType, SECTOR_SIZE};
+use crate::virtio::{feature_bit, GuestMemoryHandle, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::{Error, Result};
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most data buffers in one request (`seg_max`): a chain also needs a header
+/// and a status descriptor.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Length of the GET_ID string.
+pub const ID_BYTES: usize = 20;
+
+const QUEUE_MAX_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Configuration space: capacity (le64), size_max (le32, not offered), seg_max (le32).
+const CONFIG_LEN: usize = 16;
+const CONFIG_SEG_MAX_OFFSET: usize = 12;
+
+/// A request's completion status, with the virtio values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Status {
+    Ok = 0,
+    IoErr = 1,
+    Unsupported = 2,
+}
+
+/// How a drive is set up, with the fields of Firecracker's `drives` object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The drive's ID; its first 20 bytes answer GET_ID.
+    pub drive_id: String,
+    /// The backing file or host block device.
+    pub path: PathBuf,
+    /// Refuse writes and offer `VIRTIO_BLK_F_RO`.
+    pub read_only: bool,
+    /// What FLUSH does.
+    pub cache_type: CacheType,
+    /// Bandwidth limit, in bytes.
+    pub bandwidth: Option<BucketConfig>,
+    /// Operations limit.
+    pub ops: Option<BucketConfig>,
+}
+
+/// What the device holds between DRIVER_OK and reset.
+struct Active<M> {
+    mem: M,
+    queue: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    acked_features: u64,
+}
+
+/// A virtio-block device.
+///
+/// Register it with the event loop (it is a [`MutEventSubscriber`]: it watches
+/// its queue eventfd and its rate limiter's timer) and give it to an
+/// [`crate::virtio::MmioTransport`]; share it as `Arc<Mutex<Block<M>>>`.
+pub struct Block<M> {
+    drive_id: String,
+    id: [u8; ID_BYTES],
+    disk: Disk,
+    cache_type: CacheType,
+    avail_features: u64,
+    config_generation: u32,
+    queue_evts: [EventFd; 1],
+    rate_limiter: RateLimiter,
+    counters: BlockCounters,
+    active: Option<Active<M>>,
+}
+
+impl<M> fmt::Debug for Block<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Block")
+            .field("drive_id", &self.drive_id)
+            .field("disk", &self.disk)
+            .field("active", &self.active.is_some())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: GuestMemoryHandle> Block<M> {
+    /// Opens the backing file and builds an inactive device.
+    pub fn new(config: BlockConfig) -> Result<Block<M>> {
+        let disk = Disk::open(&config.path, config.read_only)?;
+        let mut avail_features = feature_bit(VIRTIO_F_VERSION_1)
+            | feature_bit(VIRTIO_RING_F_EVENT_IDX)
+            | feature_bit(VIRTIO_BLK_F_FLUSH)
+            | feature_bit(VIRTIO_BLK_F_SEG_MAX);
+        if config.read_only {
+            avail_features |= feature_bit(VIRTIO_BLK_F_RO);
+        }
+        let mut id = [0u8; ID_BYTES];
+        let id_len = config.drive_id.len().min(ID_BYTES);
+        id[..id_len].copy_from_slice(&config.drive_id.as_bytes()[..id_len]);
+        Ok(Block {
+            drive_id: config.drive_id,
+            id,
+            disk,
+            cache_type: config.cache_type,
+            avail_features,
+            config_generation: 0,
+            queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
+            rate_limiter: RateLimiter::new(config.bandwidth, config.ops)
+                .map_err(Error::RateLimiter)?,
+            counters: BlockCounters::default(),
+            active: None,
+        })
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> BlockCounters {
+        self.counters
+    }
+
+    /// The device's state as plain data.
+    pub fn state(&self) -> BlockState {
+        BlockState {
+            drive_id: self.drive_id.clone(),
+            path: self.disk.path().to_path_buf(),
+            read_only: self.disk.read_only(),
+            cache_type: self.cache_type,
+            capacity_sectors: self.disk.sectors(),
+            avail_features: self.avail_features,
+            acked_features: self.active.as_ref().map_or(0, |a| a.acked_features),
+            config_generation: self.config_generation,
+            queue: self.active.as_ref().map(|a| a.queue.state()),
+            rate_limiter: self.rate_limiter.state(),
+            counters: self.counters,
+        }
+    }
+
+    /// Changes the rate limits (see [`RateLimiter::update_buckets`]).
+    pub fn update_rate_limiter(&mut self, bandwidth: BucketUpdate, ops: BucketUpdate) {
+        self.rate_limiter.update_buckets(bandwidth, ops);
+    }
+
+    /// Replaces the backing file by `path`, opened with the drive's read-only
+    /// setting. The capacity is recomputed and, if the driver is attached, it
+    /// gets a configuration-change interrupt. On error the old file stays.
+    pub fn swap_backing_file(&mut self, path: &Path) -> Result<()> {
+        self.disk = Disk::open(path, self.disk.read_only())?;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if let Some(active) = &self.active {
+            if let Err(e) = active.interrupt.trigger(InterruptKind::Config) {
+                log::warn!(
+                    "block {}: cannot signal the config change: {e}",
+                    self.drive_id
+                );
+                self.counters.event_errors += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn config_space(&self) -> [u8; CONFIG_LEN] {
+        let mut config = [0u8; CONFIG_LEN];
+        config[..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
+        config[CONFIG_SEG_MAX_OFFSET..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config
+    }
+
+    fn on_queue_event(&mut self) {
+        if let Err(e) = self.queue_evts[0].read() {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                log::warn!("block {}: cannot read the queue event: {e}", self.drive_id);
+                self.counters.event_errors += 1;
+            }
+        }
+        if self.active.is_none() {
+            self.counters.ignored_notifications += 1;
+            return;
+        }
+        // A throttled device waits for its timer, not for the guest.
+        if !self.rate_limiter.is_blocked() {
+            self.process_queue();
+        }
+    }
+
+    fn on_rate_limiter_event(&mut self) {
+        match self.rate_limiter.event_handler() {
+            Ok(()) => self.process_queue(),
+            Err(e) => log::debug!("block {}: {e}", self.drive_id),
+        }
+    }
+
+    fn process_queue(&mut self) {
+        // The active part is taken out while the queue is drained so the rest
+        // of the device can be borrowed freely; it always goes back.
+        if let Some(mut active) = self.active.take() {
+            self.drain(&mut active);
+            self.active = Some(active);
+        }
+    }
+
+    /// Completes every available request, stopping early only when the rate
+    /// limiter refuses one (which then stays at the head of the queue), and
+    /// interrupts the driver once at the end if it wants to be.
+    fn drain(&mut self, active: &mut Active<M>) {
+        let Active {
+            mem,
+            queue,
+            interrupt,
+            ..
+        } = active;
+        let mut used_any = false;
+        // Set after a pass that found nothing although the ring said otherwise.
+        let mut stalled = false;
+        loop {
+            if let Err(e) = queue.disable_notification(&*mem) {
+                self.event_error(format_args!("cannot disable notifications: {e}"));
+            }
+            let mut progressed = false;
+            let mut throttled = false;
+            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+                let head = chain.head_index();
+                let parsed = request::parse(&*mem, chain, SEG_MAX as usize);
+                if !self.admit(&parsed) {
+                    queue.go_to_previous_position();
+                    throttled = true;
+                    break;
+                }
+                let len = self.complete(&*mem, parsed);
+                if let Err(e) = queue.add_used(&*mem, head, len) {
+                    self.event_error(format_args!("cannot return descriptor {head}: {e}"));
+                }
+                progressed = true;
+                used_any = true;
+            }
+            // While throttled, notifications stay off: the timer resumes the
+            // device. If the limiter could not arm its timer, the guest's next
+            // notification has to, so notifications go back on.
+            if throttled && self.rate_limiter.is_blocked() {
+                break;
+            }
+            match queue.enable_notification(&*mem) {
+                // Work arrived while notifications were off: go again. A
+                // second pass in a row that finds nothing means the driver
+                // published more entries than the queue holds: the ring is
+                // broken and spinning on it would not help.
+                Ok(true) if !throttled && (progressed || !stalled) => stalled = !progressed,
+                Ok(true) if !throttled => {
+                    log::warn!("block {}: invalid available ring index", self.drive_id);
+                    self.counters.invalid_chains += 1;
+                    break;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    self.event_error(format_args!("cannot enable notifications: {e}"));
+                    break;
+                }
+            }
+        }
+        if used_any {
+            match queue.needs_notification(&*mem) {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(e) = interrupt.trigger(InterruptKind::Used) {
+                        self.event_error(format_args!("cannot interrupt the driver: {e}"));
+                    }
+                }
+                Err(e) => self.event_error(format_args!("cannot read used_event: {e}")),
+            }
+        }
+    }
+
+    fn event_error(&mut self, what: fmt::Arguments) {
+        log::warn!("block {}: {what}", self.drive_id);
+        self.counters.event_errors += 1;
+    }
+
+    /// Charges the rate limiter for a request: one operation, and its data
+    /// bytes for reads and writes. All or nothing.
+    fn admit(&mut self, parsed: &ParsedChain) -> bool {
+        let bytes = match &parsed.request {
+            Ok(req) if matches!(req.kind, RequestType::In | RequestType::Out) => req.data_len,
+            _ => 0,
+        };
+        if !self.rate_limiter.consume(1, TokenType::Ops) {
+            self.counters.throttled += 1;
+            return false;
+        }
+        if bytes > 0 && !self.rate_limiter.consume(bytes, TokenType::Bytes) {
+            self.rate_limiter.manual_replenish(1, TokenType::Ops);
+            self.counters.throttled += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Executes a parsed chain and writes its status; returns the used length
+    /// (bytes written to device-writable buffers).
+    fn complete(&mut self, mem: &M, parsed: ParsedChain) -> u32 {
+        self.counters.requests += 1;
+        let (status, data_written) = match &parsed.request {
+            Ok(req) => self.execute(mem, req),
+            Err(e) => {
+                log::debug!("block {}: malformed request: {e:?}", self.drive_id);
+                self.counters.invalid_chains += 1;
+                (Status::IoErr, 0)
+            }
+        };
+        let Some(at) = parsed.status else {
+            return 0;
+        };
+        match mem.write_obj(status as u8, at) {
+            Ok(()) => data_written.saturating_add(1),
+            Err(e) => {
+                self.event_error(format_args!("cannot write a request status: {e}"));
+                0
+            }
+        }
+    }
+
+    /// Performs a well-formed request; returns its status and the data bytes
+    /// written to guest memory.
+    fn execute(&mut self, mem: &M, req: &Request) -> (Status, u32) {
+        let result = match req.kind {
+            RequestType::In => self.read(mem, req),
+            RequestType::Out => self.write(mem, req),
+            RequestType::Flush => self.flush(),
+            RequestType::GetId => self.get_id(mem, req),
+            RequestType::Unsupported(kind) => {
+                log::debug!("block {}: unsupported request type {kind}", self.drive_id);
+                self.counters.unsupported += 1;
+                return (Status::Unsupported, 0);
+            }
+        };
+        result.unwrap_or_else(|e| {
+            log::debug!(
+                "block {}: {:?} request failed: {e}",
+                self.drive_id,
+                req.kind
+            );
+            self.counters.io_errors += 1;
+            (Status::IoErr, 0)
+        })
+    }
+
+    /// The byte offset of a read or write, if it is whole sectors within the disk.
+    fn byte_range(&self, req: &Request) -> io::Result<u64> {
+        let invalid = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes at sector {} do not fit in {} sectors",
+                    req.data_len,
+                    req.sector,
+                    self.disk.sectors()
+                ),
+            )
+        };
+        if !req.data_len.is_multiple_of(SECTOR_SIZE) {
+            return Err(invalid());
+        }
+        let offset = req.sector.checked_mul(SECTOR_SIZE).ok_or_else(invalid)?;
+        let end = offset.checked_add(req.data_len).ok_or_else(invalid)?;
+        if end > self.disk.sectors() * SECTOR_SIZE {
+            return Err(invalid());
+        }
+        Ok(offset)
+    }
+
+    fn read(&mut self, mem: &M, req: &Request) -> io::Result<(Status, u32)> {
+        let offset = self.byte_range(req)?;
+        self.disk.read_to(mem, offset, &req.data)?;
+        self.counters.reads += 1;
+        self.counters.read_bytes += req.data_len;
+        Ok((Status::Ok, u32::try_from(req.data_len).unwrap_or(u32::MAX)))
+    }
+
+    fn write(&mut self, mem: &M, req: &Request) -> io::Result<(Status, u32)> {
+        if self.disk.read_only() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "write to a read-only drive",
+            ));
+        }
+        let offset = self.byte_range(req)?;
+        self.disk.write_from(mem, offset, &req.data)?;
+        self.counters.writes += 1;
+        self.counters.write_bytes += req.data_len;
+        Ok((Status::Ok, 0))
+    }
+
+    fn flush(&mut self) -> io::Result<(Status, u32)> {
+        if self.cache_type == CacheType::Writeback && !self.disk.read_only() {
+            self.disk.sync()?;
+            self.counters.syncs += 1;
+        }
+        self.counters.flushes += 1;
+        Ok((Status::Ok, 0))
+    }
+
+    fn get_id(&mut self, mem: &M, req: &Request) -> io::Result<(Status, u32)> {
+        let mut left = &self.id[..];
+        let mut written = 0u32;
+        for seg in &req.data {
+            let n = left.len().min(seg.len as usize);
+            mem.write_slice(&left[..n], seg.addr)
+                .map_err(io::Error::other)?;
+            left = &left[n..];
+            written += u32::try_from(n).unwrap_or(0);
+        }
+        self.counters.get_ids += 1;
+        Ok((Status::Ok, written))
+    }
+}
+
+impl<M: GuestMemoryHandle> VirtioDevice<M> for Block<M> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_MAX_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config_space();
+        data.fill(0);
+        let available = usize::try_from(offset)
+            .ok()
+            .and_then(|start| config.get(start..))
+            .unwrap_or(&[]);
+        let n = available.len().min(data.len());
+        data[..n].copy_from_slice(&available[..n]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "block {}: {}-byte write to read-only config at {offset:#x} ignored",
+            self.drive_id,
+            data.len()
+        );
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.config_generation
+    }
+
+    fn activate(
+        &mut self,
+        mem: M,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        acked_features: u64,
+    ) -> Result<()> {
+        if self.active.is_some() {
+            return Err(Error::AlreadyActive);
+        }
+        let queue = queues
+            .into_iter()
+            .next()
+            .filter(|q| q.ready())
+            .ok_or(Error::QueueNotReady(0))?;
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+            acked_features,
+        });
+        // Requests made available before DRIVER_OK get picked up by the event loop.
+        if let Err(e) = self.queue_evts[0].write(1) {
+            self.event_error(format_args!("cannot kick the queue: {e}"));
+        }
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+impl<M: GuestMemoryHandle> MutEventSubscriber for Block<M> {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.queue_evts[0], EventSet::IN)) {
+            log::error!(
+                "block {}: cannot watch the queue event: {e:?}",
+                self.drive_id
+            );
+        }
+        if let Err(e) = ops.add(Events::new(&self.rate_limiter, EventSet::IN)) {
+            log::error!(
+                "block {}: cannot watch the rate limiter: {e:?}",
+                self.drive_id
+            );
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.queue_evts[0].as_raw_fd() {
+            self.on_queue_event();
+        } else if fd == self.rate_limiter.as_raw_fd() {
+            self.on_rate_limiter_event();
+        } else {
+            log::debug!("block {}: event on unknown fd {fd}", self.drive_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+
+    use super::*;
+
+    #[test]
+    fn status_values_match_the_spec() {
+        assert_eq!(Status::Ok as u32, VIRTIO_BLK_S_OK);
+        assert_eq!(Status::IoErr as u32, VIRTIO_BLK_S_IOERR);
+        assert_eq!(Status::Unsupported as u32, VIRTIO_BLK_S_UNSUPP);
+    }
+}

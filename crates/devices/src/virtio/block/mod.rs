@@ -1,0 +1,22 @@
+//! virtio-block: a disk image (regular file or host block device) behind one
+//! request queue, with optional rate limiting.
+//!
+//! - [`Block`]: the device ([`crate::virtio::VirtioDevice`] and event-manager
+//!   subscriber).
+//! - `request`: descriptor chains to requests, validated against guest memory.
+//! - `disk`: the backing file, with positional I/O into guest memory.
+//! - [`BlockState`], [`BlockCounters`]: the device's state as plain data.
+
+mod device;
+mod disk;
+mod request;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use device::{Block, BlockConfig, ID_BYTES, QUEUE_SIZE, SEG_MAX};
+pub use disk::CacheType;
+pub use state::{BlockCounters, BlockState};
+
+/// Bytes per sector: the unit of the capacity and of request offsets.
+pub const SECTOR_SIZE: u64 = 512;

@@ -1,0 +1,34 @@
+//! Virtio 1.x (modern) devices on the virtio-mmio transport.
+//!
+//! - [`mmio`]: the MMIO register interface a guest driver sees ([`MmioTransport`]).
+//! - [`block`]: the virtio-block device.
+//! - [`VirtioDevice`] is the contract between the two; [`VirtioInterrupt`] is how
+//!   a device interrupts the driver.
+//!
+//! Devices are generic over the guest memory handle (any [`GuestMemoryHandle`],
+//! such as `vm_memory::GuestMemoryMmap`), never a KVM VM, so tests and fuzzers
+//! drive them on plain memory.
+
+pub mod block;
+mod device;
+mod interrupt;
+pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_utils;
+
+pub use device::VirtioDevice;
+pub use interrupt::{InterruptKind, IrqTrigger, VirtioInterrupt};
+pub use mmio::{cmdline_entry, MmioTransport, MmioTransportState};
+
+use vm_memory::GuestMemory;
+
+/// Guest memory as a virtio device holds it: a cheap-to-clone handle that can
+/// move to the event-loop thread. Implemented for every such type.
+pub trait GuestMemoryHandle: GuestMemory + Clone + Send + 'static {}
+
+impl<T: GuestMemory + Clone + Send + 'static> GuestMemoryHandle for T {}
+
+/// The feature mask for feature bit number `bit` (as `virtio_bindings` defines them).
+pub const fn feature_bit(bit: u32) -> u64 {
+    1 << bit
+}
