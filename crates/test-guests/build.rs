@@ -84,24 +84,37 @@ fn main() {
     let obj = |src: &str| compile(&gcc, &guest_dir, &out_dir, src);
     let head = obj("head64.S");
     let pvh = obj("pvh.S");
-    let core = obj("main.c");
-    let blk = obj("blk.c");
-    let io = obj("io.c");
+    // Every C file in guest/ is part of the C core shared by all images.
+    let mut c_sources: Vec<String> = fs::read_dir(&guest_dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", guest_dir.display()))
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", guest_dir.display()))
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".c"))
+        .collect();
+    c_sources.sort();
+    let core: Vec<PathBuf> = c_sources.iter().map(|src| obj(src)).collect();
 
     let elf64 = out_dir.join("guest-elf64");
+    let linux64_objects: Vec<&Path> = std::iter::once(head.as_path())
+        .chain(core.iter().map(PathBuf::as_path))
+        .collect();
     link(
         &gcc,
         &guest_dir.join("linux64.ld"),
-        &[&head, &core, &blk, &io],
+        &linux64_objects,
         &elf64,
     );
     let pvh_img = out_dir.join("guest-pvh");
-    link(
-        &gcc,
-        &guest_dir.join("pvh.ld"),
-        &[&head, &pvh, &core, &blk, &io],
-        &pvh_img,
-    );
+    let pvh_objects: Vec<&Path> = [head.as_path(), pvh.as_path()]
+        .into_iter()
+        .chain(core.iter().map(PathBuf::as_path))
+        .collect();
+    link(&gcc, &guest_dir.join("pvh.ld"), &pvh_objects, &pvh_img);
 
     let elf = read(&elf64);
     check_entry(&elf, &elf64);

@@ -95,4 +95,10 @@ int blk_scenario(const char *name);
 /* i8042 and unclaimed-I/O scenarios (io.c): same convention. */
 int io_scenario(const char *name);
 
+/* Runs the net-* scenario `name` (net.c); returns 0 if it is not one. */
+int net_scenario(const char *name);
+
+/* Runs the vsock-* scenario `name` (vsock.c); returns 0 if it is not one. */
+int vsock_scenario(const char *name);
+
 #endif

@@ -644,6 +644,10 @@ void guest_main(u32 proto, u64 info)
 		/* blk-* scenarios (blk.c) */
 	} else if (io_scenario(scenario)) {
 		/* i8042 and unclaimed-I/O scenarios (io.c) */
+	} else if (net_scenario(scenario)) {
+		/* net-* scenarios (net.c) */
+	} else if (vsock_scenario(scenario)) {
+		/* vsock-* scenarios (vsock.c) */
 	} else {
 		con_puts("guest: unknown scenario ");
 		con_puts(scenario);
