@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ember_vmm::seccomp::Filters;
 use ember_vmm::signals::TerminationSignals;
 use ember_vmm::{BucketUpdate, EventLoop, ExitReason, MetricGroup, RunState, RunningVm, StartTime};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -23,7 +24,7 @@ use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, LoggerRequest, MachineConfigUpdate,
     MetricsRequest, VmStateRequest,
 };
-use crate::server::ApiCounters;
+use crate::server::{ApiCounters, ApiEnd};
 
 /// How often metrics are written once a destination is set.
 pub const METRICS_PERIOD: Duration = Duration::from_secs(60);
@@ -69,6 +70,7 @@ pub struct Controller {
     metrics: Option<MetricsWriter>,
     metrics_timer: Option<TimerFd>,
     api_counters: Arc<ApiCounters>,
+    seccomp: Option<Filters>,
     finished: Option<ember_vmm::Result<ExitReason>>,
 }
 
@@ -104,19 +106,19 @@ impl Controller {
     pub fn new(
         instance_id: String,
         resources: VmResources,
-        requests: Receiver<ApiRequest>,
-        responses: Sender<ApiResponse>,
-        wake: EventFd,
+        api: ApiEnd,
         termination: Option<&TerminationSignals>,
         api_counters: Arc<ApiCounters>,
+        seccomp: Option<Filters>,
     ) -> ember_vmm::Result<Controller> {
         Ok(Controller {
             instance_id,
             resources,
             phase: Phase::Configuring,
-            requests,
-            responses,
-            wake,
+            requests: api.requests,
+            responses: api.responses,
+            wake: api.wake,
+            seccomp,
             termination: termination
                 .map(TerminationSignals::try_clone_event)
                 .transpose()?,
@@ -169,7 +171,10 @@ impl Controller {
             .resources
             .to_vm_config(start)
             .map_err(|e| e.to_string())
-            .and_then(|config| ember_vmm::build(config).map_err(|e| e.to_string()))
+            .and_then(|mut config| {
+                config.seccomp = self.seccomp.clone();
+                ember_vmm::build(config).map_err(|e| e.to_string())
+            })
             .and_then(|vm| vm.start(event_loop, termination).map_err(|e| e.to_string()));
         let response = match started {
             Ok(vm) => {

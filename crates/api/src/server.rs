@@ -16,6 +16,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use dbs_uhttp::{Body, HttpServer, MediaType, Request, Response, StatusCode, Version};
+use ember_vmm::seccomp::{self, BpfProgram};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::request::{ApiRequest, ApiResponse};
@@ -128,14 +129,52 @@ fn http_response(answer: ApiResponse) -> Response {
     response
 }
 
-/// Serves requests on `listener` until the VMM side goes away.
-pub fn serve(listener: UnixListener, vmm: VmmChannel, counters: Arc<ApiCounters>) -> Result<()> {
+/// The VMM thread's end of the channel to the API thread.
+#[derive(Debug)]
+pub struct ApiEnd {
+    /// Requests from the API thread.
+    pub requests: Receiver<ApiRequest>,
+    /// Answers, one per request, in order.
+    pub responses: Sender<ApiResponse>,
+    /// Becomes readable when a request is waiting.
+    pub wake: EventFd,
+}
+
+/// The two ends of a new API channel.
+pub fn channel() -> Result<(VmmChannel, ApiEnd)> {
+    let (request_tx, request_rx) = std::sync::mpsc::channel();
+    let (response_tx, response_rx) = std::sync::mpsc::channel();
+    let wake = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(Error::Io)?;
+    let vmm = VmmChannel {
+        requests: request_tx,
+        responses: response_rx,
+        wake: wake.try_clone().map_err(Error::Io)?,
+    };
+    let api = ApiEnd {
+        requests: request_rx,
+        responses: response_tx,
+        wake,
+    };
+    Ok((vmm, api))
+}
+
+/// Serves requests on `listener` until the VMM side goes away. With `filter`,
+/// the thread installs that seccomp filter once its socket and epoll exist.
+pub fn serve(
+    listener: UnixListener,
+    vmm: VmmChannel,
+    counters: Arc<ApiCounters>,
+    filter: Option<&BpfProgram>,
+) -> Result<()> {
     let mut server = HttpServer::new_from_fd(listener.into_raw_fd())
         .map_err(|e| Error::ApiServer(format!("{e:?}")))?;
     server.set_payload_max_size(MAX_PAYLOAD_SIZE);
     server
         .start_server()
         .map_err(|e| Error::ApiServer(format!("{e:?}")))?;
+    if let Some(program) = filter {
+        seccomp::apply(program).map_err(|e| Error::ApiServer(format!("seccomp: {e}")))?;
+    }
     loop {
         let requests = match server.requests() {
             Ok(requests) => requests,

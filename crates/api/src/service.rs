@@ -3,16 +3,16 @@
 //! ends or a termination signal arrives before it starts.
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use ember_vmm::seccomp::{Filters, ThreadKind};
 use ember_vmm::signals::TerminationSignals;
 use ember_vmm::{EventLoop, ExitReason};
 use event_manager::SubscriberOps;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::controller::Controller;
 use crate::model::VmResources;
-use crate::server::{self, ApiCounters, VmmChannel};
+use crate::server::{self, ApiCounters};
 use crate::{Error, Result};
 
 /// How to run the API service.
@@ -24,6 +24,8 @@ pub struct ServiceOptions {
     pub instance_id: String,
     /// Resources from a config file: the VM starts at once when given.
     pub resources: Option<VmResources>,
+    /// Seccomp filters for the API, VMM and vCPU threads; `None` runs unfiltered.
+    pub seccomp: Option<Filters>,
 }
 
 /// Serves the API and runs the VM it configures; returns how the VM ended.
@@ -32,20 +34,17 @@ pub fn run(
     termination: Option<&TerminationSignals>,
 ) -> Result<ExitReason> {
     let (listener, _socket_guard) = server::bind(&options.socket)?;
-    let (request_tx, request_rx) = mpsc::channel();
-    let (response_tx, response_rx) = mpsc::channel();
-    let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
+    let (channel, api_end) = server::channel()?;
     let counters = Arc::new(ApiCounters::default());
-    let channel = VmmChannel {
-        requests: request_tx,
-        responses: response_rx,
-        wake: wake.try_clone().map_err(Error::Io)?,
-    };
     let thread_counters = counters.clone();
+    let api_filter = options
+        .seccomp
+        .as_ref()
+        .and_then(|filters| filters.get(&ThreadKind::Api).cloned());
     std::thread::Builder::new()
         .name("ember_api".into())
         .spawn(move || {
-            if let Err(e) = server::serve(listener, channel, thread_counters) {
+            if let Err(e) = server::serve(listener, channel, thread_counters, api_filter.as_ref()) {
                 log::error!("API server stopped: {e}");
             }
         })
@@ -55,11 +54,10 @@ pub fn run(
     let controller = Arc::new(Mutex::new(Controller::new(
         options.instance_id,
         options.resources.unwrap_or_default(),
-        request_rx,
-        response_tx,
-        wake,
+        api_end,
         termination,
         counters,
+        options.seccomp,
     )?));
     if start_now {
         controller

@@ -71,6 +71,17 @@ pub enum Error {
     /// A rate limiter could not be created.
     #[error("rate limiter: {0}")]
     RateLimiter(ember_ratelimit::Error),
+    /// A TAP interface cannot be opened or configured.
+    #[error("TAP interface {name}: {error}")]
+    Tap {
+        /// The interface's name.
+        name: String,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// A guest MAC address is multicast or all zeroes.
+    #[error("invalid guest MAC address {0}: it must be a unicast address")]
+    InvalidMac(String),
 }
 
 /// Result alias for this crate.

@@ -211,6 +211,24 @@ mod tests {
     }
 
     #[test]
+    fn images_contain_net_scenarios() {
+        assert_images_contain(&[
+            "net-info",
+            "net-send",
+            "net-recv",
+            "net-echo",
+            "net.dev=",
+            "net.len=",
+            "net.repeat=",
+            "net.count=",
+            "net.wait=",
+            "net-recv: ready\n",
+            "net-echo: ready\n",
+            "ember-net-test",
+        ]);
+    }
+
+    #[test]
     fn images_contain_core_scenarios() {
         assert_images_contain(&[
             "bootinfo",

@@ -263,6 +263,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         },
         subscribers: devices.subscribers,
         terminal: devices.terminal,
+        seccomp: config.seccomp.take(),
         memory,
     })
 }

@@ -106,6 +106,8 @@ pub struct VmConfig {
     pub serial_input: SerialInput,
     /// When the start request arrived, for the boot timer.
     pub start_time: StartTime,
+    /// Seccomp filters for the VMM and vCPU threads; `None` runs unfiltered.
+    pub seccomp: Option<ember_jailer::seccomp::Filters>,
 }
 
 impl VmConfig {
@@ -122,6 +124,7 @@ impl VmConfig {
             serial_output: SerialOutput::Stdout,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),
+            seccomp: None,
         }
     }
 }

@@ -44,7 +44,7 @@ impl ExitReason {
 }
 
 /// The end of a VM run: a reason, or the error a vCPU stopped with.
-pub(crate) type Outcome = Result<ExitReason, ember_cpu::Error>;
+pub(crate) type Outcome = crate::Result<ExitReason>;
 
 /// Watches everything that can end the VM and keeps the first outcome.
 pub(crate) struct ExitWatcher {

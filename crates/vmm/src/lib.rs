@@ -28,6 +28,7 @@ pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 
 pub use ember_devices::legacy::{BootTime, StartTime};
 pub use ember_devices::virtio::block::{BlockConfig, CacheType};
+pub use ember_jailer::seccomp;
 pub use ember_ratelimit::{BucketConfig, BucketUpdate};
 
 use std::path::PathBuf;
@@ -134,6 +135,14 @@ pub enum Error {
     /// No drive has this id.
     #[error("no drive `{0}`")]
     UnknownDrive(String),
+    /// A seccomp filter could not be installed.
+    #[error("seccomp ({thread} thread): {source}")]
+    Seccomp {
+        /// The thread kind.
+        thread: &'static str,
+        /// What failed.
+        source: ember_jailer::Error,
+    },
 }
 
 /// Result alias for this crate.

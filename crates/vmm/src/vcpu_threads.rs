@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ember_cpu::vcpu::{install_kick_handler, kick_signal};
 use ember_cpu::{Vcpu, VcpuStop};
 use ember_devices::trigger::EventTrigger;
+use ember_jailer::seccomp::{self, BpfProgram};
 use vmm_sys_util::signal::Killable;
 
 use crate::io::IoBuses;
@@ -29,7 +30,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct VcpuReport {
     pub(crate) index: u8,
-    pub(crate) result: ember_cpu::Result<VcpuStop>,
+    pub(crate) result: Result<VcpuStop>,
 }
 
 /// What the VMM wants the vCPU threads to do.
@@ -101,12 +102,22 @@ fn run_vcpu(
     control: &Control,
     reports: &Sender<VcpuReport>,
     wake: &EventTrigger,
+    filter: Option<&BpfProgram>,
 ) {
-    let result = loop {
-        match vcpu.run(io) {
-            Ok(VcpuStop::Kicked) if control.obey() => continue,
-            other => break other,
-        }
+    let installed = filter.map_or(Ok(()), |program| {
+        seccomp::apply(program).map_err(|source| Error::Seccomp {
+            thread: "vcpu",
+            source,
+        })
+    });
+    let result = match installed {
+        Err(e) => Err(e),
+        Ok(()) => loop {
+            match vcpu.run(io) {
+                Ok(VcpuStop::Kicked) if control.obey() => continue,
+                other => break other.map_err(Error::Cpu),
+            }
+        },
     };
     control.any_ended.store(true, Ordering::SeqCst);
     control.changed.notify_all();
@@ -128,6 +139,7 @@ impl VcpuThreads {
         io: &Arc<IoBuses>,
         reports: &Sender<VcpuReport>,
         wake: &EventTrigger,
+        filter: Option<&BpfProgram>,
     ) -> Result<VcpuThreads> {
         install_kick_handler()?;
         let (finished_tx, finished) = mpsc::channel();
@@ -145,17 +157,18 @@ impl VcpuThreads {
         };
         for vcpu in vcpus {
             let name = format!("ember_vcpu{}", vcpu.index());
-            let (io, control, reports, wake, alive) = (
+            let (io, control, reports, wake, alive, filter) = (
                 io.clone(),
                 threads.control.clone(),
                 reports.clone(),
                 wake.try_clone()?,
                 finished_tx.clone(),
+                filter.cloned(),
             );
             let spawned = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
-                    run_vcpu(vcpu, &io, &control, &reports, &wake);
+                    run_vcpu(vcpu, &io, &control, &reports, &wake, filter.as_ref());
                     drop(alive);
                 });
             match spawned {

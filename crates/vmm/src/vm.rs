@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use ember_cpu::Vcpu;
 use ember_devices::legacy::{BootTimer, Serial, I8042};
 use ember_devices::trigger::EventTrigger;
+use ember_jailer::seccomp::{self, Filters, ThreadKind};
 use ember_memory::GuestMemoryMmap;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
@@ -52,6 +53,7 @@ pub struct Vm {
     pub(crate) devices: DeviceHandles,
     pub(crate) subscribers: Vec<Subscriber>,
     pub(crate) terminal: Option<RawTerminal>,
+    pub(crate) seccomp: Option<Filters>,
     pub(crate) memory: GuestMemoryMmap,
 }
 
@@ -87,6 +89,11 @@ impl Vm {
 
     /// Starts the vCPUs and registers the devices on `event_loop`. The caller
     /// runs the loop and checks [`RunningVm::take_outcome`] after each turn.
+    ///
+    /// With seccomp filters configured, each vCPU thread installs the `vcpu`
+    /// filter before it first enters the guest, and the calling thread (the
+    /// VMM thread) installs the `vmm` filter once the vCPUs are running: from
+    /// then on it must not use system calls the filter refuses.
     pub fn start(
         self,
         event_loop: &mut EventLoop,
@@ -99,6 +106,7 @@ impl Vm {
             devices,
             subscribers,
             terminal,
+            seccomp,
             memory,
         } = self;
         let (report_tx, report_rx) = mpsc::channel();
@@ -116,8 +124,15 @@ impl Vm {
         for subscriber in subscribers {
             event_loop.add_subscriber(subscriber);
         }
-        let threads = VcpuThreads::start(vcpus, &devices.io, &report_tx, &vcpu_event)?;
-        Ok(RunningVm {
+        let filter = |kind| seccomp.as_ref().and_then(|f| f.get(&kind));
+        let threads = VcpuThreads::start(
+            vcpus,
+            &devices.io,
+            &report_tx,
+            &vcpu_event,
+            filter(ThreadKind::Vcpu),
+        )?;
+        let running = RunningVm {
             threads: Some(threads),
             paused: false,
             watcher,
@@ -126,7 +141,14 @@ impl Vm {
             vm_fd: Some(vm_fd),
             kvm: Some(kvm),
             memory: Some(memory),
-        })
+        };
+        if let Some(program) = filter(ThreadKind::Vmm) {
+            seccomp::apply(program).map_err(|source| Error::Seccomp {
+                thread: "vmm",
+                source,
+            })?;
+        }
+        Ok(running)
     }
 
     /// Runs the VM on its own event loop until the guest resets or powers off,
@@ -181,9 +203,7 @@ impl fmt::Debug for RunningVm {
 impl RunningVm {
     /// How the VM ended, once it has (reported once).
     pub fn take_outcome(&self) -> Option<Result<ExitReason>> {
-        lock(&self.watcher)
-            .take_outcome()
-            .map(|outcome| outcome.map_err(Error::Cpu))
+        lock(&self.watcher).take_outcome()
     }
 
     /// Running or paused.

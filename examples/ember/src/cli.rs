@@ -31,11 +31,14 @@ Options:
   --show-log-origin    Show each log line's source file and line
   --boot-timer         Accepted for Firecracker compatibility: the boot timer is always on
   --kvm-device PATH    KVM device to open (default /dev/kvm)
+  --seccomp-filter FILE  Per-thread seccomp filters from a JSON file (seccompiler's
+                       format, thread names vmm, vcpu, api) instead of the built-in ones
+  --no-seccomp         Run without seccomp filters (they are on by default)
   --version            Print the version
   --help               Print this help
 
 Exit status: 0 when the guest resets or powers off, 1 on an error, 2 on bad usage,
-128+N when stopped by signal N.";
+128+N when stopped by signal N, 159 when a thread breaks its seccomp filter.";
 
 /// API socket used when neither `--api-sock` nor `--no-api` is given.
 pub const DEFAULT_API_SOCKET: &str = "/run/ember.socket";
@@ -102,6 +105,18 @@ impl RunArgs {
     }
 }
 
+/// Which seccomp filters to install.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum SeccompChoice {
+    /// The built-in filters.
+    #[default]
+    BuiltIn,
+    /// Filters from a JSON file.
+    File(PathBuf),
+    /// None.
+    Off,
+}
+
 /// What to do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -131,6 +146,8 @@ pub struct Args {
     pub logger: LoggerConfig,
     /// KVM device.
     pub kvm_device: Option<PathBuf>,
+    /// Seccomp filters.
+    pub seccomp: SeccompChoice,
 }
 
 fn string(value: OsString, flag: &str) -> Result<String, lexopt::Error> {
@@ -154,6 +171,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
     let mut parser = lexopt::Parser::from_args(args);
     let mut logger = LoggerConfig::default();
     let mut kvm_device = None;
+    let mut seccomp = SeccompChoice::BuiltIn;
+    let mut seccomp_flags = 0;
     let mut config_file = None;
     let mut api_socket = None;
     let mut no_api = false;
@@ -184,6 +203,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             Long("show-level") => logger.show_level = true,
             Long("show-log-origin") => logger.show_origin = true,
             Long("kvm-device") => kvm_device = Some(PathBuf::from(parser.value()?)),
+            Long("seccomp-filter") => {
+                seccomp = SeccompChoice::File(PathBuf::from(parser.value()?));
+                seccomp_flags += 1;
+            }
+            Long("no-seccomp") => {
+                seccomp = SeccompChoice::Off;
+                seccomp_flags += 1;
+            }
             Long("kernel") if run => kernel = Some(PathBuf::from(parser.value()?)),
             Long("initrd") if run => initrd = Some(PathBuf::from(parser.value()?)),
             Long("cmdline") if run => cmdline = Some(string(parser.value()?, "--cmdline")?),
@@ -211,6 +238,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
         first = false;
     }
 
+    if seccomp_flags > 1 {
+        return Err(lexopt::Error::Custom(
+            "give at most one of --seccomp-filter and --no-seccomp".into(),
+        ));
+    }
     let command = if help {
         Command::Help
     } else if version {
@@ -252,6 +284,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
         command,
         logger,
         kvm_device,
+        seccomp,
     })
 }
 
@@ -297,6 +330,26 @@ mod tests {
             }
         );
         assert!(args("--no-api --api-sock x --config-file f").is_err());
+    }
+
+    #[test]
+    fn seccomp_flags() {
+        assert_eq!(
+            args("run --kernel k").unwrap().seccomp,
+            SeccompChoice::BuiltIn
+        );
+        assert_eq!(
+            args("run --kernel k --no-seccomp").unwrap().seccomp,
+            SeccompChoice::Off
+        );
+        assert_eq!(
+            args("--seccomp-filter f.json --api-sock s")
+                .unwrap()
+                .seccomp,
+            SeccompChoice::File(PathBuf::from("f.json"))
+        );
+        let err = args("run --kernel k --no-seccomp --seccomp-filter f").unwrap_err();
+        assert!(err.to_string().contains("at most one"), "{err}");
     }
 
     #[test]

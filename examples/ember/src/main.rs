@@ -6,8 +6,9 @@ mod cli;
 use std::path::Path;
 use std::process::ExitCode;
 
-use cli::{Args, Command};
+use cli::{Args, Command, SeccompChoice};
 use ember_api::service::ServiceOptions;
+use ember_vmm::seccomp;
 use ember_vmm::signals::TerminationSignals;
 use ember_vmm::{ExitReason, StartTime, VmConfig};
 
@@ -39,6 +40,28 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
     Ok(Some(config))
 }
 
+/// The seccomp filters the command line asks for.
+fn seccomp_filters(choice: &SeccompChoice) -> Result<Option<seccomp::Filters>, String> {
+    let filters = match choice {
+        SeccompChoice::Off => return Ok(None),
+        SeccompChoice::BuiltIn => seccomp::default_filters().map_err(|e| e.to_string())?,
+        SeccompChoice::File(path) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| format!("cannot open seccomp filter file {}: {e}", path.display()))?;
+            seccomp::filters_from_json(file)
+                .map_err(|e| format!("seccomp filter file {}: {e}", path.display()))?
+        }
+    };
+    for (kind, program) in &filters {
+        log::debug!(
+            "seccomp: {} filter of {} instructions",
+            kind.name(),
+            program.len()
+        );
+    }
+    Ok(Some(filters))
+}
+
 /// Serves the API on `socket`, booting `config_file` at once if given.
 fn serve(args: &Args, socket: &Path, config_file: Option<&Path>) -> Result<ExitReason, String> {
     let resources = config_file
@@ -50,6 +73,7 @@ fn serve(args: &Args, socket: &Path, config_file: Option<&Path>) -> Result<ExitR
         socket: socket.to_owned(),
         instance_id: args.logger.instance_id.clone(),
         resources,
+        seccomp: seccomp_filters(&args.seccomp)?,
     };
     ember_api::service::run(options, Some(&signals)).map_err(|e| e.to_string())
 }
@@ -63,9 +87,10 @@ fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
     {
         serve(args, socket, config_file.as_deref())?
     } else {
-        let Some(config) = vm_config(args, start)? else {
+        let Some(mut config) = vm_config(args, start)? else {
             return Ok(0);
         };
+        config.seccomp = seccomp_filters(&args.seccomp)?;
         let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
         let vm = ember_vmm::build(config).map_err(|e| e.to_string())?;
         vm.run(Some(&signals)).map_err(|e| e.to_string())?

@@ -13,8 +13,9 @@ pub mod block;
 mod device;
 mod interrupt;
 pub mod mmio;
-#[cfg(test)]
-pub(crate) mod test_utils;
+pub mod net;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 pub use device::VirtioDevice;
 pub use interrupt::{InterruptKind, IrqTrigger, VirtioInterrupt};

@@ -1,5 +1,8 @@
 //! Test helpers playing the guest driver: a split virtqueue laid out in plain
 //! guest memory, and register accesses to a virtio-mmio transport.
+//!
+//! Compiled for this crate's tests and, with the `test-utils` feature, for
+//! other crates' tests and benchmarks. Helpers panic on misuse.
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
@@ -19,17 +22,17 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::bus::BusDevice;
 
 /// Guest memory as the tests use it.
-pub(crate) type Mem = GuestMemoryMmap<()>;
+pub type Mem = GuestMemoryMmap<()>;
 
 /// Descriptor flag: another descriptor follows.
-pub(crate) const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+pub const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 /// Descriptor flag: the device writes this buffer.
-pub(crate) const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+pub const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 /// Descriptor flag: the buffer is a table of descriptors.
-pub(crate) const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+pub const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
 /// Guest memory made of `(start, len)` ranges.
-pub(crate) fn memory(ranges: &[(u64, usize)]) -> Mem {
+pub fn memory(ranges: &[(u64, usize)]) -> Mem {
     let ranges: Vec<_> = ranges
         .iter()
         .map(|&(start, len)| (GuestAddress(start), len))
@@ -38,7 +41,7 @@ pub(crate) fn memory(ranges: &[(u64, usize)]) -> Mem {
 }
 
 /// Writes one 16-byte split descriptor at `table + 16 * index`.
-pub(crate) fn write_desc(
+pub fn write_desc(
     mem: &Mem,
     table: GuestAddress,
     index: u16,
@@ -53,19 +56,22 @@ pub(crate) fn write_desc(
 
 /// The driver's side of a split virtqueue in guest memory.
 #[derive(Debug)]
-pub(crate) struct GuestQueue {
+pub struct GuestQueue {
     mem: Mem,
     size: u16,
-    pub(crate) desc: GuestAddress,
-    pub(crate) avail: GuestAddress,
-    pub(crate) used: GuestAddress,
+    /// The descriptor table.
+    pub desc: GuestAddress,
+    /// The available ring (driver area).
+    pub avail: GuestAddress,
+    /// The used ring (device area).
+    pub used: GuestAddress,
     avail_idx: u16,
 }
 
 impl GuestQueue {
     /// A queue of `size` entries whose descriptor table starts at `base`
     /// (16-byte aligned), followed by the available and used rings.
-    pub(crate) fn new(mem: &Mem, base: u64, size: u16) -> GuestQueue {
+    pub fn new(mem: &Mem, base: u64, size: u16) -> GuestQueue {
         let avail = base + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4);
         let queue = GuestQueue {
@@ -84,18 +90,18 @@ impl GuestQueue {
     }
 
     /// The queue size.
-    pub(crate) fn size(&self) -> u16 {
+    pub fn size(&self) -> u16 {
         self.size
     }
 
     /// Writes descriptor `index`.
-    pub(crate) fn set_desc(&self, index: u16, desc: (u64, u32, u16, u16)) {
+    pub fn set_desc(&self, index: u16, desc: (u64, u32, u16, u16)) {
         write_desc(&self.mem, self.desc, index, desc);
     }
 
     /// Writes `descs` (address, length, flags) at consecutive indices from
     /// `first`, links them with NEXT, and makes the chain available.
-    pub(crate) fn add_chain(&mut self, first: u16, descs: &[(u64, u32, u16)]) -> u16 {
+    pub fn add_chain(&mut self, first: u16, descs: &[(u64, u32, u16)]) -> u16 {
         for (i, &(addr, len, flags)) in descs.iter().enumerate() {
             let index = first + i as u16;
             let last = i + 1 == descs.len();
@@ -111,7 +117,7 @@ impl GuestQueue {
     }
 
     /// Puts `head` in the next available-ring slot and bumps the index.
-    pub(crate) fn publish(&mut self, head: u16) {
+    pub fn publish(&mut self, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
         self.mem
             .write_obj(head.to_le(), GuestAddress(self.avail.0 + 4 + 2 * slot))
@@ -120,7 +126,7 @@ impl GuestQueue {
     }
 
     /// Writes the available ring's index as is.
-    pub(crate) fn set_avail_idx(&mut self, idx: u16) {
+    pub fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;
         self.mem
             .write_obj(idx.to_le(), GuestAddress(self.avail.0 + 2))
@@ -128,24 +134,31 @@ impl GuestQueue {
     }
 
     /// Writes `used_event` (in the available ring, after the ring).
-    pub(crate) fn set_used_event(&self, value: u16) {
+    pub fn set_used_event(&self, value: u16) {
         let at = self.avail.0 + 4 + 2 * u64::from(self.size);
         self.mem.write_obj(value.to_le(), GuestAddress(at)).unwrap();
     }
 
     /// The used ring's flags (`VRING_USED_F_NO_NOTIFY`: the device does not
     /// want notifications).
-    pub(crate) fn used_flags(&self) -> u16 {
+    pub fn used_flags(&self) -> u16 {
         u16::from_le(self.mem.read_obj(self.used).unwrap())
     }
 
+    /// `avail_event` (after the used ring's elements): with EVENT_IDX, the
+    /// device wants a notification once the available index passes it.
+    pub fn avail_event(&self) -> u16 {
+        let at = self.used.0 + 4 + 8 * u64::from(self.size);
+        u16::from_le(self.mem.read_obj(GuestAddress(at)).unwrap())
+    }
+
     /// The used ring's index.
-    pub(crate) fn used_idx(&self) -> u16 {
+    pub fn used_idx(&self) -> u16 {
         u16::from_le(self.mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap())
     }
 
     /// Used-ring element `i`: (descriptor head, length written).
-    pub(crate) fn used_elem(&self, i: u16) -> (u32, u32) {
+    pub fn used_elem(&self, i: u16) -> (u32, u32) {
         let at = self.used.0 + 4 + 8 * u64::from(i % self.size);
         let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
@@ -153,7 +166,7 @@ impl GuestQueue {
     }
 
     /// The device-side queue a transport would build for this layout.
-    pub(crate) fn device_queue(&self, max_size: u16) -> Queue {
+    pub fn device_queue(&self, max_size: u16) -> Queue {
         let mut q = Queue::new(max_size).unwrap();
         q.try_set_size(self.size).unwrap();
         q.try_set_desc_table_address(self.desc).unwrap();
@@ -165,26 +178,26 @@ impl GuestQueue {
 }
 
 /// Writes a 32-bit register.
-pub(crate) fn write_reg(dev: &mut impl BusDevice, reg: u32, value: u32) {
+pub fn write_reg(dev: &mut impl BusDevice, reg: u32, value: u32) {
     dev.write(u64::from(reg), &value.to_le_bytes());
 }
 
 /// Reads a 32-bit register.
-pub(crate) fn read_reg(dev: &mut impl BusDevice, reg: u32) -> u32 {
+pub fn read_reg(dev: &mut impl BusDevice, reg: u32) -> u32 {
     let mut bytes = [0u8; 4];
     dev.read(u64::from(reg), &mut bytes);
     u32::from_le_bytes(bytes)
 }
 
 /// Sets `bits` in the status register, as a driver does (read, or, write).
-pub(crate) fn add_status(dev: &mut impl BusDevice, bits: u32) {
+pub fn add_status(dev: &mut impl BusDevice, bits: u32) {
     let status = read_reg(dev, VIRTIO_MMIO_STATUS);
     write_reg(dev, VIRTIO_MMIO_STATUS, status | bits);
 }
 
 /// ACKNOWLEDGE, DRIVER, accept `features`, FEATURES_OK; returns the status
 /// read back (FEATURES_OK is clear if the device refused the features).
-pub(crate) fn negotiate(dev: &mut impl BusDevice, features: u64) -> u32 {
+pub fn negotiate(dev: &mut impl BusDevice, features: u64) -> u32 {
     add_status(dev, VIRTIO_CONFIG_S_ACKNOWLEDGE);
     add_status(dev, VIRTIO_CONFIG_S_DRIVER);
     for sel in 0..2 {
@@ -200,7 +213,7 @@ pub(crate) fn negotiate(dev: &mut impl BusDevice, features: u64) -> u32 {
 }
 
 /// Programs queue `index` with `queue`'s size and addresses and enables it.
-pub(crate) fn setup_queue(dev: &mut impl BusDevice, index: u32, queue: &GuestQueue) {
+pub fn setup_queue(dev: &mut impl BusDevice, index: u32, queue: &GuestQueue) {
     write_reg(dev, VIRTIO_MMIO_QUEUE_SEL, index);
     write_reg(dev, VIRTIO_MMIO_QUEUE_NUM, u32::from(queue.size()));
     for (low, high, addr) in [

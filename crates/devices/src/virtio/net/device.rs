@@ -1,0 +1,472 @@
+//! The virtio-net device: features and configuration space, activation and
+//! reset, rate limits, and its event-loop subscription. The data paths are
+//! in `rx` and `tx`.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use ember_ratelimit::{RateLimiter, TokenType};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemory;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::config::{check_mac, offload_features, probe_offloads, random_mac, tap_offloads};
+use super::rx::{Rx, RxIo};
+use super::tx::{Tx, TxIo};
+use super::{
+    DisplayMac, MacAddr, NetConfig, NetCounters, NetState, RateLimiterConfig, RateLimiterUpdate,
+    Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
+};
+use crate::virtio::{feature_bit, GuestMemoryHandle, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::{Error, Result};
+
+const QUEUE_MAX_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+/// Configuration space: mac (6 bytes), status (le16).
+const CONFIG_LEN: usize = 8;
+
+/// What the device holds between DRIVER_OK and reset.
+pub(super) struct Active<M> {
+    pub(super) mem: M,
+    pub(super) rx_queue: Queue,
+    pub(super) tx_queue: Queue,
+    pub(super) interrupt: Arc<dyn VirtioInterrupt>,
+    pub(super) acked_features: u64,
+    /// The TAP offloads set for the accepted features.
+    pub(super) tap_offloads: u32,
+}
+
+/// A virtio-net device on a TAP interface.
+///
+/// Register it with the event loop (it is a [`MutEventSubscriber`]: it
+/// watches its two queue eventfds, the TAP and its two rate limiters'
+/// timers, all registered once in `init`) and give it to an
+/// [`crate::virtio::MmioTransport`]; share it as `Arc<Mutex<Net<M>>>`.
+/// Queue 0 ([`super::RX_QUEUE`]) receives, queue 1 ([`super::TX_QUEUE`])
+/// transmits.
+pub struct Net<M> {
+    iface_id: String,
+    tap: Tap,
+    mac: MacAddr,
+    avail_features: u64,
+    tap_offloads_supported: u32,
+    config_generation: u32,
+    queue_evts: [EventFd; 2],
+    rx: Rx,
+    tx: Tx,
+    counters: NetCounters,
+    active: Option<Active<M>>,
+}
+
+impl<M> fmt::Debug for Net<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net")
+            .field("iface_id", &self.iface_id)
+            .field("tap", &self.tap.if_name())
+            .field("mac", &DisplayMac(&self.mac))
+            .field("active", &self.active.is_some())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+fn limiter(config: &RateLimiterConfig) -> Result<RateLimiter> {
+    RateLimiter::new(config.bandwidth, config.ops).map_err(Error::RateLimiter)
+}
+
+/// Charges `limiter` for one frame of `bytes` bytes: one operation and the
+/// bytes, all or nothing.
+pub(super) fn admit(limiter: &mut RateLimiter, bytes: usize) -> bool {
+    if !limiter.consume(1, TokenType::Ops) {
+        return false;
+    }
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    if !limiter.consume(bytes, TokenType::Bytes) {
+        limiter.manual_replenish(1, TokenType::Ops);
+        return false;
+    }
+    true
+}
+
+/// Interrupts the driver if it wants to know about the buffers just used.
+pub(super) fn signal_used<M: GuestMemory>(
+    iface: &str,
+    mem: &M,
+    queue: &mut Queue,
+    interrupt: &dyn VirtioInterrupt,
+    counters: &mut NetCounters,
+) {
+    match queue.needs_notification(mem) {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(e) = interrupt.trigger(InterruptKind::Used) {
+                log::warn!("net {iface}: cannot interrupt the driver: {e}");
+                counters.event_errors += 1;
+            }
+        }
+        Err(e) => {
+            log::warn!("net {iface}: cannot read used_event: {e}");
+            counters.event_errors += 1;
+        }
+    }
+}
+
+impl<M: GuestMemoryHandle> Net<M> {
+    /// Opens the TAP interface, probes the offloads it supports and builds
+    /// an inactive device. Offloads are offered to the driver only if the
+    /// TAP supports them.
+    pub fn new(config: NetConfig) -> Result<Net<M>> {
+        let tap = Tap::open(&config.host_dev_name)?;
+        let tap_error = |error| Error::Tap {
+            name: config.host_dev_name.clone(),
+            error,
+        };
+        let hdr_len = i32::try_from(VNET_HDR_LEN).unwrap_or(i32::MAX);
+        tap.set_vnet_hdr_size(hdr_len).map_err(tap_error)?;
+        let tap_offloads_supported = probe_offloads(|flags| tap.set_offload(flags).is_ok());
+        let mac = match config.guest_mac {
+            Some(mac) => check_mac(mac)?,
+            None => random_mac(&config.iface_id),
+        };
+        let avail_features = feature_bit(VIRTIO_F_VERSION_1)
+            | feature_bit(VIRTIO_RING_F_EVENT_IDX)
+            | feature_bit(VIRTIO_NET_F_MAC)
+            | feature_bit(VIRTIO_NET_F_STATUS)
+            | offload_features(tap_offloads_supported);
+        let event = || EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd);
+        Ok(Net {
+            iface_id: config.iface_id,
+            tap,
+            mac,
+            avail_features,
+            tap_offloads_supported,
+            config_generation: 0,
+            queue_evts: [event()?, event()?],
+            rx: Rx::new(limiter(&config.rx_rate_limiter)?),
+            tx: Tx::new(limiter(&config.tx_rate_limiter)?),
+            counters: NetCounters::default(),
+            active: None,
+        })
+    }
+
+    /// The interface's ID.
+    pub fn iface_id(&self) -> &str {
+        &self.iface_id
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    /// The TAP interface.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> NetCounters {
+        self.counters
+    }
+
+    /// The device's state as plain data.
+    pub fn state(&self) -> NetState {
+        let active = self.active.as_ref();
+        NetState {
+            iface_id: self.iface_id.clone(),
+            host_dev_name: self.tap.if_name().to_owned(),
+            mac: self.mac,
+            avail_features: self.avail_features,
+            acked_features: active.map_or(0, |a| a.acked_features),
+            tap_offloads_supported: self.tap_offloads_supported,
+            tap_offloads: active.map_or(0, |a| a.tap_offloads),
+            config_generation: self.config_generation,
+            rx_queue: active.map(|a| a.rx_queue.state()),
+            tx_queue: active.map(|a| a.tx_queue.state()),
+            rx_pending_len: self.rx.pending_len(),
+            rx_rate_limiter: self.rx.limiter.state(),
+            tx_rate_limiter: self.tx.limiter.state(),
+            counters: self.counters,
+        }
+    }
+
+    /// Changes the rate limits of each direction (see
+    /// [`RateLimiter::update_buckets`]). A direction held back by its old
+    /// limits is retried at once under the new ones.
+    pub fn update_rate_limiters(&mut self, rx: RateLimiterUpdate, tx: RateLimiterUpdate) {
+        self.rx.limiter.update_buckets(rx.bandwidth, rx.ops);
+        self.tx.limiter.update_buckets(tx.bandwidth, tx.ops);
+    }
+
+    fn config_space(&self) -> [u8; CONFIG_LEN] {
+        let mut config = [0u8; CONFIG_LEN];
+        config[..6].copy_from_slice(&self.mac);
+        let status = u16::try_from(VIRTIO_NET_S_LINK_UP).unwrap_or(1);
+        config[6..].copy_from_slice(&status.to_le_bytes());
+        config
+    }
+
+    fn event_error(&mut self, what: fmt::Arguments) {
+        log::warn!("net {}: {what}", self.iface_id);
+        self.counters.event_errors += 1;
+    }
+
+    /// Consumes a queue eventfd's count; `false` if the device is inactive
+    /// (the notification is then ignored).
+    fn take_queue_event(&mut self, queue: usize) -> bool {
+        if let Err(e) = self.queue_evts[queue].read() {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                self.event_error(format_args!("cannot read queue {queue}'s event: {e}"));
+            }
+        }
+        if self.active.is_none() {
+            self.counters.ignored_notifications += 1;
+            return false;
+        }
+        true
+    }
+
+    fn on_rx_queue_event(&mut self, ops: &mut EventOps) {
+        self.counters.rx_queue_events += 1;
+        // A throttled receive path waits for its timer, not for the guest.
+        if self.take_queue_event(RX_QUEUE) && !self.rx.limiter.is_blocked() {
+            self.process_rx(ops);
+        }
+    }
+
+    fn on_tx_queue_event(&mut self) {
+        self.counters.tx_queue_events += 1;
+        if self.take_queue_event(TX_QUEUE) && !self.tx.limiter.is_blocked() {
+            self.process_tx();
+        }
+    }
+
+    fn on_tap_event(&mut self, events: EventSet, ops: &mut EventOps) {
+        self.counters.tap_events += 1;
+        if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+            // The interface is gone (or the TAP broke): the condition stays,
+            // so the TAP must leave the event loop or it would spin.
+            log::error!(
+                "net {}: TAP {} reports an error; no more frames will be received",
+                self.iface_id,
+                self.tap.if_name()
+            );
+            self.counters.rx_tap_errors += 1;
+            self.rx.detach(&self.tap, ops, &mut self.counters);
+            return;
+        }
+        if self.active.is_none() {
+            self.counters.ignored_notifications += 1;
+            self.rx
+                .set_polling(&self.tap, ops, false, &mut self.counters);
+            return;
+        }
+        self.process_rx(ops);
+    }
+
+    fn on_rx_limiter_event(&mut self, ops: &mut EventOps) {
+        match self.rx.limiter.event_handler() {
+            Ok(()) if self.active.is_some() => self.process_rx(ops),
+            Ok(()) => {}
+            Err(e) => log::debug!("net {}: receive limiter: {e}", self.iface_id),
+        }
+    }
+
+    fn on_tx_limiter_event(&mut self) {
+        match self.tx.limiter.event_handler() {
+            Ok(()) if self.active.is_some() => self.process_tx(),
+            Ok(()) => {}
+            Err(e) => log::debug!("net {}: transmit limiter: {e}", self.iface_id),
+        }
+    }
+
+    fn process_rx(&mut self, ops: &mut EventOps) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let io = RxIo {
+            iface: &self.iface_id,
+            tap: &self.tap,
+            mem: &active.mem,
+            queue: &mut active.rx_queue,
+            interrupt: active.interrupt.as_ref(),
+            guest_csum: active.acked_features & feature_bit(VIRTIO_NET_F_GUEST_CSUM) != 0,
+            counters: &mut self.counters,
+        };
+        self.rx.process(io, ops);
+    }
+
+    fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let io = TxIo {
+            iface: &self.iface_id,
+            tap: &self.tap,
+            mem: &active.mem,
+            queue: &mut active.tx_queue,
+            interrupt: active.interrupt.as_ref(),
+            kick: &self.queue_evts[TX_QUEUE],
+            counters: &mut self.counters,
+        };
+        self.tx.process(io);
+    }
+}
+
+impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_MAX_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config_space();
+        data.fill(0);
+        let available = usize::try_from(offset)
+            .ok()
+            .and_then(|start| config.get(start..))
+            .unwrap_or(&[]);
+        let n = available.len().min(data.len());
+        data[..n].copy_from_slice(&available[..n]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The MAC is read-only once VIRTIO_F_VERSION_1 is negotiated.
+        log::debug!(
+            "net {}: {}-byte write to read-only config at {offset:#x} ignored",
+            self.iface_id,
+            data.len()
+        );
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.config_generation
+    }
+
+    fn activate(
+        &mut self,
+        mem: M,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        acked_features: u64,
+    ) -> Result<()> {
+        if self.active.is_some() {
+            return Err(Error::AlreadyActive);
+        }
+        let mut queues = queues.into_iter();
+        let rx_queue = queues
+            .next()
+            .filter(|q| q.ready())
+            .ok_or(Error::QueueNotReady(RX_QUEUE))?;
+        let tx_queue = queues
+            .next()
+            .filter(|q| q.ready())
+            .ok_or(Error::QueueNotReady(TX_QUEUE))?;
+        let offloads = tap_offloads(acked_features) & self.tap_offloads_supported;
+        self.tap.set_offload(offloads).map_err(|error| Error::Tap {
+            name: self.tap.if_name().to_owned(),
+            error,
+        })?;
+        self.active = Some(Active {
+            mem,
+            rx_queue,
+            tx_queue,
+            interrupt,
+            acked_features,
+            tap_offloads: offloads,
+        });
+        // Buffers made available before DRIVER_OK get picked up by the event
+        // loop; the receive side also starts watching the TAP from there.
+        for queue in [RX_QUEUE, TX_QUEUE] {
+            if let Err(e) = self.queue_evts[queue].write(1) {
+                self.event_error(format_args!("cannot kick queue {queue}: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        if self.rx.drop_pending() {
+            self.counters.rx_dropped += 1;
+        }
+        if let Err(e) = self.tap.set_offload(0) {
+            log::warn!("net {}: cannot clear the TAP offloads: {e}", self.iface_id);
+        }
+    }
+}
+
+impl<M: GuestMemoryHandle> MutEventSubscriber for Net<M> {
+    fn init(&mut self, ops: &mut EventOps) {
+        let watched = [
+            (
+                "the receive queue event",
+                self.queue_evts[RX_QUEUE].as_raw_fd(),
+                EventSet::IN,
+            ),
+            (
+                "the transmit queue event",
+                self.queue_evts[TX_QUEUE].as_raw_fd(),
+                EventSet::IN,
+            ),
+            (
+                "the receive limiter",
+                self.rx.limiter.as_raw_fd(),
+                EventSet::IN,
+            ),
+            (
+                "the transmit limiter",
+                self.tx.limiter.as_raw_fd(),
+                EventSet::IN,
+            ),
+            // Registered without readiness interest: the receive path turns
+            // it on when it has buffers to fill (see `Rx::set_polling`).
+            ("the TAP", self.tap.as_raw_fd(), EventSet::empty()),
+        ];
+        for (what, fd, events) in watched {
+            if let Err(e) = ops.add(Events::new_raw(fd, events)) {
+                log::error!("net {}: cannot watch {what}: {e:?}", self.iface_id);
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.queue_evts[RX_QUEUE].as_raw_fd() {
+            self.on_rx_queue_event(ops);
+        } else if fd == self.queue_evts[TX_QUEUE].as_raw_fd() {
+            self.on_tx_queue_event();
+        } else if fd == self.tap.as_raw_fd() {
+            self.on_tap_event(events.event_set(), ops);
+        } else if fd == self.rx.limiter.as_raw_fd() {
+            self.on_rx_limiter_event(ops);
+        } else if fd == self.tx.limiter.as_raw_fd() {
+            self.on_tx_limiter_event();
+        } else {
+            log::debug!("net {}: event on unknown fd {fd}", self.iface_id);
+        }
+    }
+}

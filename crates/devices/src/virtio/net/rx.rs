@@ -1,0 +1,336 @@
+//! The receive path: frames read from the TAP into the driver's receive
+//! buffers.
+//!
+//! The TAP is watched for readability only while the device can take a
+//! frame. A frame is read into a host buffer (so its length is known before
+//! any guest memory is touched), charged to the rate limiter, and copied
+//! into the chain at the head of the receive queue, header and frame
+//! together (no mergeable buffers). When the queue is empty the frame stays
+//! in the host buffer, the TAP is no longer watched, and the driver's next
+//! notification of the receive queue resumes the path: no busy loop. When
+//! the limiter refuses the frame, its timer resumes the path instead.
+
+use std::io;
+
+use ember_ratelimit::RateLimiter;
+use event_manager::{EventOps, EventSet, Events};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemory;
+
+use super::chain::{self, Direction, Segment};
+use super::device::{admit, signal_used};
+use super::{NetCounters, Tap, MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::VirtioInterrupt;
+
+/// Most frames handled per event; the level-triggered TAP brings the
+/// device back for the rest.
+pub(super) const RX_BUDGET: usize = 64;
+
+/// The host buffer holds the largest frame plus one byte, so that a frame
+/// the kernel had to truncate is recognised as too big.
+const RX_BUF_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN + 1;
+
+/// Offset of `num_buffers` in the virtio-net header.
+const NUM_BUFFERS_OFFSET: usize = 10;
+
+/// A frame in the host buffer, waiting for a receive buffer.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    /// Length with the virtio-net header.
+    len: usize,
+    /// Whether the rate limiter already let it through.
+    admitted: bool,
+}
+
+/// What a read from the TAP gave.
+enum Read {
+    /// A frame, now pending.
+    Frame(Pending),
+    /// Nothing queued.
+    Empty,
+    /// An error (counted).
+    Failed,
+}
+
+/// What happened to the pending frame.
+enum Delivery {
+    Delivered,
+    TooBig,
+    /// The queue ran out of chains; `consumed`: after returning unusable ones.
+    NoBuffer {
+        consumed: bool,
+    },
+}
+
+/// The receive path's own state.
+pub(super) struct Rx {
+    pub(super) limiter: RateLimiter,
+    buf: Box<[u8]>,
+    pending: Option<Pending>,
+    segs: Vec<Segment>,
+    /// Whether the TAP is watched for readability.
+    polling: bool,
+    /// Whether the TAP left the event loop for good (it reported an error).
+    detached: bool,
+}
+
+/// What the receive path works with while the device is active.
+pub(super) struct RxIo<'a, M> {
+    pub(super) iface: &'a str,
+    pub(super) tap: &'a Tap,
+    pub(super) mem: &'a M,
+    pub(super) queue: &'a mut Queue,
+    pub(super) interrupt: &'a dyn VirtioInterrupt,
+    /// Whether the driver accepted `VIRTIO_NET_F_GUEST_CSUM`.
+    pub(super) guest_csum: bool,
+    pub(super) counters: &'a mut NetCounters,
+}
+
+impl Rx {
+    pub(super) fn new(limiter: RateLimiter) -> Rx {
+        Rx {
+            limiter,
+            buf: vec![0u8; RX_BUF_LEN].into_boxed_slice(),
+            pending: None,
+            segs: Vec::new(),
+            polling: false,
+            detached: false,
+        }
+    }
+
+    /// The length of the frame waiting in the host buffer, if any.
+    pub(super) fn pending_len(&self) -> Option<usize> {
+        self.pending.map(|p| p.len)
+    }
+
+    /// Forgets the waiting frame (device reset); whether there was one.
+    pub(super) fn drop_pending(&mut self) -> bool {
+        self.pending.take().is_some()
+    }
+
+    /// Watches the TAP for readability, or stops.
+    pub(super) fn set_polling(
+        &mut self,
+        tap: &Tap,
+        ops: &mut EventOps,
+        on: bool,
+        counters: &mut NetCounters,
+    ) {
+        if self.polling == on || self.detached {
+            return;
+        }
+        let events = if on { EventSet::IN } else { EventSet::empty() };
+        match ops.modify(Events::new(tap, events)) {
+            Ok(()) => self.polling = on,
+            Err(e) => {
+                log::warn!("net: cannot change the TAP's event registration: {e:?}");
+                counters.event_errors += 1;
+            }
+        }
+    }
+
+    /// Takes the TAP out of the event loop for good.
+    pub(super) fn detach(&mut self, tap: &Tap, ops: &mut EventOps, counters: &mut NetCounters) {
+        if self.detached {
+            return;
+        }
+        if let Err(e) = ops.remove(Events::empty(tap)) {
+            log::warn!("net: cannot remove the TAP from the event loop: {e:?}");
+            counters.event_errors += 1;
+        }
+        self.detached = true;
+        self.polling = false;
+    }
+
+    /// Moves frames from the TAP to the guest until the TAP is empty, the
+    /// guest has no buffer, the limiter says stop or the budget is spent;
+    /// interrupts the driver once at the end if it wants to be.
+    pub(super) fn process<M: GuestMemory>(&mut self, mut io: RxIo<'_, M>, ops: &mut EventOps) {
+        let mut used = false;
+        // Set when the queue yielded nothing but then claimed to have
+        // buffers, until a chain is taken from it.
+        let mut rechecked = false;
+        let mut budget = RX_BUDGET;
+        loop {
+            if budget == 0 {
+                // More frames may be queued: the level-triggered TAP brings
+                // the device back after the other event sources had a turn.
+                self.set_polling(io.tap, ops, true, io.counters);
+                break;
+            }
+            budget -= 1;
+            let pending = match self.pending {
+                Some(pending) => pending,
+                None => match self.read_frame(&mut io) {
+                    Read::Frame(pending) => pending,
+                    Read::Empty => {
+                        self.set_polling(io.tap, ops, true, io.counters);
+                        break;
+                    }
+                    Read::Failed => {
+                        // Reading again at once would most likely fail
+                        // again: the next notification of the receive queue
+                        // retries.
+                        self.set_polling(io.tap, ops, false, io.counters);
+                        break;
+                    }
+                },
+            };
+            if !pending.admitted {
+                if !admit(&mut self.limiter, pending.len - VNET_HDR_LEN) {
+                    io.counters.rx_throttled += 1;
+                    self.set_polling(io.tap, ops, false, io.counters);
+                    break;
+                }
+                self.pending = Some(Pending {
+                    admitted: true,
+                    ..pending
+                });
+            }
+            match self.deliver(&mut io, pending.len, &mut used) {
+                Delivery::Delivered => {
+                    rechecked = false;
+                    io.counters.rx_frames += 1;
+                    io.counters.rx_bytes += (pending.len - VNET_HDR_LEN) as u64;
+                    self.pending = None;
+                }
+                Delivery::TooBig => {
+                    log::debug!(
+                        "net {}: {}-byte frame does not fit the receive buffer; dropped",
+                        io.iface,
+                        pending.len - VNET_HDR_LEN
+                    );
+                    io.counters.rx_too_big += 1;
+                    self.pending = None;
+                    rechecked = false;
+                }
+                Delivery::NoBuffer { consumed } => {
+                    // Each check also tells the driver (EVENT_IDX) from which
+                    // index on to notify: it is redone after chains were
+                    // taken, so that index is the current one.
+                    if consumed {
+                        rechecked = false;
+                    }
+                    if !rechecked && self.buffers_arrived(&mut io) {
+                        rechecked = true;
+                        continue;
+                    }
+                    if rechecked {
+                        // The ring said there were buffers, twice, and had
+                        // none: its index is beyond what the queue holds.
+                        log::warn!("net {}: invalid receive ring index", io.iface);
+                        io.counters.rx_malformed += 1;
+                    }
+                    io.counters.rx_no_buffer += 1;
+                    self.set_polling(io.tap, ops, false, io.counters);
+                    break;
+                }
+            }
+        }
+        if used {
+            signal_used(io.iface, io.mem, io.queue, io.interrupt, io.counters);
+        }
+    }
+
+    /// Reads the next frame from the TAP into the host buffer.
+    fn read_frame<M>(&mut self, io: &mut RxIo<'_, M>) -> Read {
+        loop {
+            match io.tap.read(&mut self.buf) {
+                Ok(len) if len < VNET_HDR_LEN => {
+                    log::debug!("net {}: {len}-byte read from the TAP dropped", io.iface);
+                    io.counters.rx_dropped += 1;
+                }
+                Ok(len) => {
+                    let pending = Pending {
+                        len,
+                        admitted: false,
+                    };
+                    self.pending = Some(pending);
+                    return Read::Frame(pending);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Empty,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("net {}: cannot read from the TAP: {e}", io.iface);
+                    io.counters.rx_tap_errors += 1;
+                    return Read::Failed;
+                }
+            }
+        }
+    }
+
+    /// Re-enables queue notifications (so that the driver's next buffer
+    /// wakes the device) and tells whether buffers arrived meanwhile.
+    fn buffers_arrived<M: GuestMemory>(&mut self, io: &mut RxIo<'_, M>) -> bool {
+        match io.queue.enable_notification(io.mem) {
+            Ok(arrived) => arrived,
+            Err(e) => {
+                log::warn!("net {}: cannot enable notifications: {e}", io.iface);
+                io.counters.event_errors += 1;
+                false
+            }
+        }
+    }
+
+    /// Copies the pending frame (`len` bytes with its header) into the chain
+    /// at the head of the queue. Unusable chains are returned with length 0
+    /// on the way; a usable one too small for the frame stays at the head.
+    fn deliver<M: GuestMemory>(
+        &mut self,
+        io: &mut RxIo<'_, M>,
+        len: usize,
+        used: &mut bool,
+    ) -> Delivery {
+        if len > VNET_HDR_LEN + MAX_FRAME_LEN {
+            return Delivery::TooBig;
+        }
+        self.prepare_header(io.guest_csum);
+        let frame = &self.buf[..len];
+        let mut consumed = false;
+        loop {
+            let Some(chain) = io.queue.pop_descriptor_chain(io.mem) else {
+                return Delivery::NoBuffer { consumed };
+            };
+            let head = chain.head_index();
+            let result =
+                chain::collect(io.mem, chain, Direction::Writable, u64::MAX, &mut self.segs);
+            let written = match result {
+                Ok(capacity) if capacity < VNET_HDR_LEN as u64 => Err(chain::ChainError::TooShort),
+                Ok(capacity) if capacity < len as u64 => {
+                    io.queue.go_to_previous_position();
+                    return Delivery::TooBig;
+                }
+                Ok(_) => chain::scatter(io.mem, &self.segs, frame).map(|()| len),
+                Err(e) => Err(e),
+            };
+            let used_len = match written {
+                Ok(n) => u32::try_from(n).unwrap_or(0),
+                Err(e) => {
+                    log::debug!("net {}: unusable receive chain {head}: {e:?}", io.iface);
+                    io.counters.rx_malformed += 1;
+                    0
+                }
+            };
+            if let Err(e) = io.queue.add_used(io.mem, head, used_len) {
+                log::warn!("net {}: cannot return descriptor {head}: {e}", io.iface);
+                io.counters.event_errors += 1;
+            }
+            *used = true;
+            if written.is_ok() {
+                return Delivery::Delivered;
+            }
+            consumed = true;
+        }
+    }
+
+    /// Makes the header in the host buffer what the driver may see:
+    /// `num_buffers` is 1, and without `GUEST_CSUM` there is no checksum or
+    /// segmentation information (the TAP offloads are off then, so there is
+    /// none to lose).
+    fn prepare_header(&mut self, guest_csum: bool) {
+        if !guest_csum {
+            self.buf[..NUM_BUFFERS_OFFSET].fill(0);
+        }
+        self.buf[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+    }
+}

@@ -1,0 +1,235 @@
+//! A jail: built on the host by [`Jail::prepare`], entered and handed to the
+//! program by [`Jail::exec`]. Both record what they create in one undo list,
+//! which takes everything back if any step fails.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
+
+use crate::args::JailConfig;
+use crate::cgroup::Cgroups;
+use crate::dirs::Dir;
+use crate::process::{self, Launch, Stage};
+use crate::undo::Undo;
+use crate::{mount_ns, sys, Error, Result};
+
+/// Device nodes made in the jail: path below `dev`, name, major and minor.
+const DEVICES: [(&str, &std::ffi::CStr, (u32, u32)); 3] = [
+    ("dev", c"kvm", (10, 232)),
+    ("dev", c"urandom", (1, 9)),
+    ("dev/net", c"tun", (10, 200)),
+];
+
+/// The jailer process is left holding this when the program runs in a child
+/// it forked (`--new-pid-ns`, or `--daemonize` from a process-group leader):
+/// the program has started and the caller should exit with status 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forked {
+    /// The child's pid, as seen by the caller.
+    pub pid: i32,
+}
+
+/// A jail built on the host, ready to be entered.
+#[derive(Debug)]
+pub struct Jail {
+    config: JailConfig,
+    root: Dir,
+    cgroups: Option<Cgroups>,
+    dev_null: Option<OwnedFd>,
+    program: CString,
+    argv: Vec<CString>,
+    undo: Undo,
+}
+
+fn cstring(text: OsString) -> Result<CString> {
+    CString::new(text.into_vec())
+        .map_err(|_| Error::Usage("an argument contains a NUL byte".to_owned()))
+}
+
+impl Jail {
+    /// Builds the jail on the host: the directory tree
+    /// `<chroot-base>/<exec-name>/<id>/root` (directories that already exist
+    /// are reused), the program hard-linked or copied into it, the device
+    /// nodes `dev/kvm`, `dev/net/tun` and `dev/urandom` and the directories
+    /// `dev`, `dev/net`, `run` and the root itself owned by the jail's user
+    /// with mode 0700, then the cgroups with their values. On error, all of it
+    /// is removed again.
+    pub fn prepare(config: JailConfig) -> Result<Jail> {
+        let mut undo = Undo::new();
+        let base = Dir::create_all(config.chroot_base(), &mut undo)?;
+        let (exec_dir, _) = base.subdir(config.exec_name(), 0o755, &mut undo)?;
+        let (id_dir, _) = exec_dir.subdir(OsStr::new(config.id()), 0o755, &mut undo)?;
+        let (root, _) = id_dir.subdir(OsStr::new("root"), 0o700, &mut undo)?;
+        root.place_exec(config.exec_name(), config.exec_file(), &mut undo)?;
+
+        let owner = (config.uid(), config.gid());
+        let (dev, _) = root.subdir(OsStr::new("dev"), 0o700, &mut undo)?;
+        let (net, _) = dev.subdir(OsStr::new("net"), 0o700, &mut undo)?;
+        for (dir, name, numbers) in DEVICES {
+            let dir = if dir == "dev" { &dev } else { &net };
+            dir.mknod(name, numbers, owner, 0o600, &mut undo)?;
+        }
+        let (run, _) = root.subdir(OsStr::new("run"), 0o700, &mut undo)?;
+        for dir in [&net, &dev, &run, &root] {
+            dir.own(owner.0, owner.1, 0o700, &mut undo)?;
+        }
+
+        let cgroups = match config.cgroups() {
+            Some(plan) => Some(plan.create(&mut undo)?),
+            None => None,
+        };
+        let dev_null = if config.daemonize() {
+            let fd =
+                sys::open_at(None, c"/dev/null", libc::O_RDWR, 0).map_err(|source| Error::Fs {
+                    action: "open",
+                    path: "/dev/null".into(),
+                    source,
+                })?;
+            Some(fd)
+        } else {
+            None
+        };
+
+        let mut program = OsString::from("/");
+        program.push(config.exec_name());
+        let program = cstring(program)?;
+        let mut argv = vec![program.clone()];
+        for arg in config.exec_args() {
+            argv.push(cstring(arg.clone())?);
+        }
+        Ok(Jail {
+            config,
+            root,
+            cgroups,
+            dev_null,
+            program,
+            argv,
+            undo,
+        })
+    }
+
+    /// The jail's root directory on the host.
+    pub fn root_path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &JailConfig {
+        &self.config
+    }
+
+    /// Enters the jail and executes the program in it, in this order: every
+    /// descriptor but 0, 1 and 2 is marked close-on-exec; a new mount
+    /// namespace is entered and `pivot_root` makes the jail its root; the
+    /// process joins its cgroups and network namespace and sets its resource
+    /// limits; with `--daemonize` it starts a new session; with
+    /// `--new-pid-ns` it forks the program's process as PID 1 of a new PID
+    /// namespace (writing its pid to `/<exec-name>.pid` in the jail); finally
+    /// the standard streams go to `/dev/null` when daemonizing, privileges
+    /// drop to the jail's gid and uid, and the program is executed.
+    ///
+    /// Without a fork this returns only on failure. With one, the parent
+    /// returns [`Forked`] once the child has executed the program, or the
+    /// child's error. Either way, a failure removes everything the jail
+    /// created. Call it from a single-threaded process.
+    pub fn exec(mut self) -> Result<Forked> {
+        process::close_inherited_on_exec()?;
+        mount_ns::enter(&self.root)?;
+        if let Some(cgroups) = self.cgroups.take() {
+            cgroups.attach(&mut self.undo)?;
+        }
+        if let Some(netns) = self.config.netns() {
+            netns.join()?;
+        }
+        for limit in self.config.resource_limits() {
+            limit.apply()?;
+        }
+        let mut setsid_in_child = false;
+        if self.config.daemonize() {
+            match sys::setsid() {
+                Ok(()) => {}
+                // A process-group leader cannot start a session: a child can.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => setsid_in_child = true,
+                Err(source) => {
+                    return Err(Error::Sys {
+                        call: "setsid",
+                        source,
+                    })
+                }
+            }
+        }
+        if self.config.new_pid_ns() {
+            sys::unshare(libc::CLONE_NEWPID).map_err(|source| Error::Sys {
+                call: "unshare(CLONE_NEWPID)",
+                source,
+            })?;
+        }
+        let launch = Launch {
+            uid: self.config.uid(),
+            gid: self.config.gid(),
+            dev_null: self.dev_null.as_ref().map(AsFd::as_fd),
+            program: &self.program,
+            argv: &self.argv,
+        };
+        if !self.config.new_pid_ns() && !setsid_in_child {
+            let (stage, source) = process::drop_privileges_and_exec(&launch);
+            return Err(Error::Sys {
+                call: stage.call_failing_with(&source),
+                source,
+            });
+        }
+
+        let (report, report_child) = sys::pipe().map_err(|source| Error::Sys {
+            call: "pipe2",
+            source,
+        })?;
+        let child = sys::fork().map_err(|source| Error::Sys {
+            call: "fork",
+            source,
+        })?;
+        let Some(pid) = child else {
+            // The child never returns: it executes the program or reports why
+            // it could not and exits, leaving the undo to the parent.
+            drop(report);
+            if setsid_in_child {
+                if let Err(e) = sys::setsid() {
+                    process::report_and_exit(report_child, Stage::Setsid, &e);
+                }
+            }
+            let (stage, error) = process::drop_privileges_and_exec(&launch);
+            process::report_and_exit(report_child, stage, &error);
+        };
+        drop(report_child);
+        if self.config.new_pid_ns() {
+            let mut name = self.config.exec_name().to_owned();
+            name.push(".pid");
+            let written = self
+                .root
+                .create_file(&name, pid.to_string().as_bytes(), &mut self.undo);
+            if let Err(e) = written {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::wait(pid);
+                return Err(e);
+            }
+        }
+        match process::read_report(&report) {
+            Ok(None) => {
+                std::mem::take(&mut self.undo).commit();
+                Ok(Forked { pid })
+            }
+            Ok(Some((stage, source))) => {
+                let _ = sys::wait(pid);
+                Err(Error::Child {
+                    call: stage.call_failing_with(&source),
+                    source,
+                })
+            }
+            Err(e) => {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::wait(pid);
+                Err(e)
+            }
+        }
+    }
+}

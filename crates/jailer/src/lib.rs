@@ -1,0 +1,173 @@
+//! Jailing a microVM monitor and filtering its system calls.
+//!
+//! This crate does what Firecracker's jailer does, as a library another VMM can
+//! reuse step by step:
+//!
+//! 1. [`JailerArgs::validate`] checks every input (ids, paths, cgroup keys,
+//!    resource limits, the network namespace) and creates nothing;
+//! 2. [`Jail::prepare`] builds the jail on the host: the
+//!    `<chroot-base>/<exec-name>/<id>/root` tree with the exec file and the
+//!    `/dev/kvm`, `/dev/net/tun` and `/dev/urandom` nodes, and the cgroups with
+//!    their values;
+//! 3. [`Jail::exec`] enters it (new mount namespace, `pivot_root`, cgroups,
+//!    network namespace, resource limits, optional new session and PID
+//!    namespace), drops to the unprivileged uid/gid and executes the program.
+//!
+//! Every step records what it created in an [`Undo`] list, so a failure at
+//! any point, including a failed `execve`, leaves nothing behind.
+//!
+//! The [`seccomp`] module holds the per-thread system-call allow-lists of the
+//! `ember` VMM and installs them.
+
+pub mod args;
+pub mod cgroup;
+mod dirs;
+mod jail;
+mod mount_ns;
+mod mountinfo;
+pub mod netns;
+mod process;
+pub mod rlimit;
+pub mod seccomp;
+mod sys;
+pub mod undo;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use args::{JailConfig, JailerArgs};
+pub use jail::{Forked, Jail};
+pub use undo::Undo;
+
+/// Everything that can go wrong while validating, building or entering a jail,
+/// or while compiling and installing seccomp filters.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line cannot be parsed.
+    #[error("{0}")]
+    Usage(String),
+    /// A required argument is missing.
+    #[error("missing required argument --{0}")]
+    MissingArgument(&'static str),
+    /// The jail id is empty, too long or has characters other than
+    /// `[A-Za-z0-9-]`.
+    #[error("invalid --id {0:?}: use 1 to 64 characters among A-Z, a-z, 0-9 and '-'")]
+    InvalidId(String),
+    /// A `--uid` or `--gid` value is not a decimal id.
+    #[error("invalid --{flag} {value:?}: not a numeric id below 4294967295")]
+    InvalidNumericId {
+        /// `uid` or `gid`.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A path given on the command line cannot be used.
+    #[error("--{flag} {path}: {source}")]
+    BadPath {
+        /// The flag that named the path.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why it cannot be used.
+        source: io::Error,
+    },
+    /// A path has the wrong type or properties.
+    #[error("--{flag} {path}: {reason}")]
+    Unsuitable {
+        /// The flag that named the path.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Something the jail must create already exists.
+    #[error("{0} already exists; remove it or pick another --id")]
+    AlreadyExists(PathBuf),
+    /// A `--cgroup`, `--cgroup-version` or `--parent-cgroup` value is invalid.
+    #[error("invalid --{flag} {value:?}: {reason}")]
+    InvalidCgroupArg {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No cgroup hierarchy offers a controller a `--cgroup` key needs.
+    #[error("cgroup v{version}: controller {controller:?} is not available{detail}")]
+    CgroupUnavailable {
+        /// The cgroup version in use.
+        version: u8,
+        /// The controller.
+        controller: String,
+        /// Where it was looked for.
+        detail: String,
+    },
+    /// A `--resource-limit` value is invalid.
+    #[error("invalid --resource-limit {value:?}: {reason}")]
+    InvalidResourceLimit {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A file-system operation while building or removing the jail failed.
+    #[error("cannot {action} {path}: {source}")]
+    Fs {
+        /// What was being done.
+        action: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A value could not be written into a cgroup file.
+    #[error("cannot write {value:?} to {path}: {source}")]
+    CgroupWrite {
+        /// The value.
+        value: String,
+        /// The cgroup file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A system call needed to enter the jail failed.
+    #[error("{call} failed: {source}")]
+    Sys {
+        /// The call, with its salient arguments.
+        call: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// The forked child (new PID namespace or daemon) failed before it could
+    /// execute the program.
+    #[error("in the jailed child: {call} failed: {source}")]
+    Child {
+        /// The call that failed in the child.
+        call: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// The seccomp filter file is not valid JSON in the expected format, or
+    /// names an unknown system call.
+    #[error("seccomp filter: {0}")]
+    SeccompCompile(seccompiler::Error),
+    /// The seccomp filter file lacks a filter for a thread kind.
+    #[error(
+        "seccomp filter: no filter for thread kind {0:?} (need \"vmm\", \"vcpu\" and \"api\")"
+    )]
+    SeccompMissingThread(&'static str),
+    /// The seccomp filter file has a filter for an unknown thread kind.
+    #[error("seccomp filter: unknown thread kind {0:?} (expected \"vmm\", \"vcpu\" or \"api\")")]
+    SeccompUnknownThread(String),
+    /// The seccomp filter file could not be read.
+    #[error("seccomp filter: cannot read it: {0}")]
+    SeccompRead(io::Error),
+    /// A seccomp filter could not be installed.
+    #[error("cannot install the seccomp filter: {0}")]
+    SeccompInstall(seccompiler::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,46 @@
+//! `ember-jailer`: starts a program (normally `ember`) inside a jail, with
+//! Firecracker's jailer flags. The work is done by the ember-jailer library;
+//! this is argument handling, exit codes and one-line errors.
+
+use std::process::ExitCode;
+
+use ember_jailer::args::{Command, USAGE};
+use ember_jailer::{Jail, JailerArgs};
+
+/// Exit status when jailing failed after validation (nothing is left behind).
+const EXIT_ERROR: u8 = 1;
+/// Exit status when the command line is refused (nothing was done).
+const EXIT_USAGE: u8 = 2;
+
+fn fail(code: u8, error: &ember_jailer::Error) -> ExitCode {
+    eprintln!(
+        "ember-jailer: error: {}",
+        error.to_string().replace('\n', " ")
+    );
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let args = match JailerArgs::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Jail(args)) => args,
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("ember-jailer {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    let config = match args.validate() {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    // `exec` replaces this process with the program, or returns once a forked
+    // child has started it, or fails having removed everything it created.
+    match Jail::prepare(config).and_then(Jail::exec) {
+        Ok(_forked) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_ERROR, &e),
+    }
+}

@@ -1,0 +1,268 @@
+//! The jailer binary's failures: refused command lines create nothing (exit
+//! 2), and a failure part-way, even after entering the jail, removes the
+//! jail's directories and cgroups again (exit 1). Errors are one line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use common::*;
+
+fn assert_one_line_error(stderr: &str, expected: &str) {
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("ember-jailer: error: "), "{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in {stderr}"
+    );
+}
+
+#[test]
+fn refused_command_lines_exit_2_and_create_nothing() {
+    require_root();
+    let base = Base::new();
+    let scratch = base.scratch().to_str().unwrap().to_owned();
+    let missing = format!("{scratch}/missing");
+    let long_id = "x".repeat(65);
+    fn good(id: &str) -> Vec<&str> {
+        vec!["--id", id, "--exec-file", PROBE, "--uid", "1", "--gid", "1"]
+    }
+    let with = |extra: &[&'static str]| {
+        let mut args = good("ok");
+        args.extend_from_slice(extra);
+        args
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (good("a/b"), "invalid --id"),
+        (good(&long_id), "invalid --id"),
+        (
+            vec![
+                "--id",
+                "ok",
+                "--exec-file",
+                PROBE,
+                "--uid",
+                "nobody",
+                "--gid",
+                "1",
+            ],
+            "invalid --uid",
+        ),
+        (
+            vec![
+                "--id",
+                "ok",
+                "--exec-file",
+                &missing,
+                "--uid",
+                "1",
+                "--gid",
+                "1",
+            ],
+            "No such file",
+        ),
+        (
+            vec![
+                "--id",
+                "ok",
+                "--exec-file",
+                &scratch,
+                "--uid",
+                "1",
+                "--gid",
+                "1",
+            ],
+            "not a regular file",
+        ),
+        (
+            vec!["--id", "ok", "--uid", "1", "--gid", "1"],
+            "missing required argument --exec-file",
+        ),
+        (with(&["--cgroup", "devices.allow=a"]), "only cpu.*"),
+        (with(&["--resource-limit", "fsize:1"]), "fsize=N"),
+        (
+            with(&["--netns", "/proc/self/status"]),
+            "not a namespace file",
+        ),
+        (with(&["--cgroup-version", "3"]), "must be 1 or 2"),
+        (with(&["--uid", "2"]), "--uid given twice"),
+        (with(&["--bogus"]), "bogus"),
+        (with(&["stray"]), "unexpected argument"),
+    ];
+    for (args, expected) in cases {
+        let mut command = std::process::Command::new(JAILER);
+        command
+            .args(&args)
+            .arg("--chroot-base-dir")
+            .arg(base.path());
+        let (code, _, stderr) = run(command);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_one_line_error(&stderr, expected);
+        assert!(!base.exists(), "{args:?} created the chroot base");
+    }
+}
+
+#[test]
+fn a_chroot_base_that_is_a_file_is_refused() {
+    require_root();
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let (code, _, stderr) = run({
+        let mut command = std::process::Command::new(JAILER);
+        command
+            .args([
+                "--id",
+                "x",
+                "--exec-file",
+                PROBE,
+                "--uid",
+                "1",
+                "--gid",
+                "1",
+            ])
+            .arg("--chroot-base-dir")
+            .arg(&file);
+        command
+    });
+    assert_eq!(code, 2);
+    assert_one_line_error(&stderr, "not a directory");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_failed_cgroup_write_leaves_nothing_behind() {
+    require_root();
+    let (version, mount) = pids_hierarchy();
+    let base = Base::new();
+    let parent = unique("ember-test-badwrite");
+    let id = unique("badwrite");
+    let _cleanup = CgroupCleanup::new(&mount, &parent, &id);
+    let flags = [
+        "--cgroup-version",
+        version,
+        "--parent-cgroup",
+        &parent,
+        "--cgroup",
+        "pids.max=lots",
+    ];
+    let (code, _, stderr) = run(base.command(&id, &flags, &[]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_one_line_error(&stderr, "cannot write \"lots\"");
+    assert!(!base.exists(), "the jail tree was left behind");
+    assert!(
+        !mount.join(&parent).exists(),
+        "the cgroups were left behind"
+    );
+}
+
+/// A file that passes validation (executable, regular) but that `execve`
+/// refuses, so the jailer fails at its very last step.
+fn not_a_program(base: &Base) -> PathBuf {
+    let path = base.scratch().join("not-a-program");
+    std::fs::write(&path, b"no interpreter line\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn a_failed_exec_inside_the_jail_leaves_nothing_behind() {
+    require_root();
+    let (version, mount) = pids_hierarchy();
+    let base = Base::new();
+    let exec = not_a_program(&base);
+    let parent = unique("ember-test-badexec");
+    let flags = [
+        "--cgroup-version",
+        version,
+        "--parent-cgroup",
+        &parent,
+        "--cgroup",
+        "pids.max=10",
+        "--resource-limit",
+        "fsize=100000",
+    ];
+    let id = unique("badexec");
+    let _cleanup = CgroupCleanup::new(&mount, &parent, &id);
+    let (code, _, stderr) = run(base.command_for(exec.to_str().unwrap(), &id, &flags, &[]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_one_line_error(
+        &stderr,
+        "execve of the jailed program failed: Exec format error",
+    );
+    assert!(!base.exists(), "the jail tree was left behind");
+    assert!(
+        !mount.join(&parent).exists(),
+        "the cgroups were left behind"
+    );
+}
+
+#[test]
+fn a_failed_exec_in_a_new_pid_namespace_leaves_nothing_behind() {
+    require_root();
+    let base = Base::new();
+    let exec = not_a_program(&base);
+    let id = unique("badexec-pidns");
+    let (code, _, stderr) =
+        run(base.command_for(exec.to_str().unwrap(), &id, &["--new-pid-ns"], &[]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_one_line_error(
+        &stderr,
+        "in the jailed child: execve of the jailed program failed",
+    );
+    assert!(
+        !base.exists(),
+        "the jail tree (or the pid file) was left behind"
+    );
+}
+
+#[test]
+fn a_dynamically_linked_program_fails_with_a_hint_and_leaves_nothing() {
+    require_root();
+    let base = Base::new();
+    // The jailer itself is dynamically linked; the jail has no ld.so.
+    let (code, _, stderr) = run(base.command_for(JAILER, &unique("dynamic"), &[], &[]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_one_line_error(&stderr, "build it statically");
+    assert!(!base.exists());
+}
+
+#[test]
+fn an_existing_jail_is_reused_but_a_leftover_program_is_refused() {
+    require_root();
+    let base = Base::new();
+    let id = unique("reuse");
+    let root = base.root(&id);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("vm-config.json"), b"{}").unwrap();
+    let (code, _, stderr) = run(base.command(&id, &[], &[]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        root.join("vm-config.json").exists(),
+        "the operator's files stay"
+    );
+    let (code, _, stderr) = run(base.command(&id, &[], &[]));
+    assert_eq!(code, 2);
+    assert_one_line_error(&stderr, "already exists");
+}
+
+#[test]
+fn help_and_version() {
+    let (code, stdout, _) = run({
+        let mut command = std::process::Command::new(JAILER);
+        command.arg("--help");
+        command
+    });
+    assert_eq!(code, 0);
+    assert!(stdout.contains("--exec-file PATH"), "{stdout}");
+    let (code, stdout, _) = run({
+        let mut command = std::process::Command::new(JAILER);
+        command.arg("--version");
+        command
+    });
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("ember-jailer "), "{stdout}");
+}

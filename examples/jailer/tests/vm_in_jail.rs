@@ -1,0 +1,178 @@
+//! A test-guest VM inside the jail: `ember` jailed by `ember-jailer` as an
+//! unprivileged user, with its seccomp filters on, boots a guest to completion;
+//! while a guest is parked, the process shows the jail as its only mount, the
+//! unprivileged ids, and a seccomp filter on every thread.
+//!
+//! `ember` is the sibling binary built by `cargo test --workspace`. It is
+//! dynamically linked, so the test copies its ELF interpreter and libraries
+//! (as `ldd` lists them) into the jail first; production jails should run a
+//! statically linked `ember` instead (see crates/jailer/README.md).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{require_root, unique, Base, GID, JAILER, UID};
+
+/// The `ember` binary next to this test's `ember-jailer`.
+fn ember_binary() -> PathBuf {
+    let path = Path::new(JAILER).with_file_name("ember");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p ember` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// Copies `ember`'s ELF interpreter and shared libraries into `root`.
+fn copy_libraries(ember: &Path, root: &Path) {
+    let out = Command::new("ldd").arg(ember).output().expect("ldd runs");
+    assert!(out.status.success(), "ldd failed");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let file = line
+            .split_whitespace()
+            .find(|word| word.starts_with('/'))
+            .map(PathBuf::from);
+        let Some(file) = file else { continue };
+        let target = root.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+}
+
+/// A jail for `id` prepared with the libraries and the test guest.
+fn prepare(base: &Base, id: &str) -> PathBuf {
+    let ember = ember_binary();
+    let root = base.path().join("ember").join(id).join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    copy_libraries(&ember, &root);
+    std::fs::copy(ember_test_guests::PVH_PATH, root.join("guest")).unwrap();
+    root
+}
+
+fn jailed_ember(base: &Base, id: &str, scenario: &str) -> Command {
+    let ember = ember_binary();
+    let mut command = Command::new(JAILER);
+    command
+        .args(["--id", id, "--exec-file", ember.to_str().unwrap()])
+        .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
+        .arg("--chroot-base-dir")
+        .arg(base.path())
+        .args([
+            "--", "run", "--kernel", "/guest", "--vcpus", "2", "--mem", "64",
+        ])
+        .args(["--cmdline", &format!("console=ttyS0 ember.test={scenario}")])
+        .stdin(Stdio::null());
+    command
+}
+
+#[test]
+fn a_test_guest_runs_to_completion_in_the_jail() {
+    require_root();
+    let base = Base::new();
+    let id = unique("done");
+    prepare(&base, &id);
+    let out = jailed_ember(&base, &id, "bootinfo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("mptable cpus=0x2"), "{stdout}");
+    assert!(stdout.contains("guest: done"), "{stdout}");
+}
+
+#[test]
+fn the_jailed_vmm_is_unprivileged_confined_and_filtered() {
+    require_root();
+    let base = Base::new();
+    let id = unique("parked");
+    let root = prepare(&base, &id);
+    let mut child = jailed_ember(&base, &id, "hlt")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.map(|l| l.contains("hlt: parked")).unwrap_or(false)),
+        "the guest never parked"
+    );
+    let pid = child.id();
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+    };
+    assert_eq!(ids("Uid:"), vec![UID.to_string(); 4], "{status}");
+    assert_eq!(ids("Gid:"), vec![GID.to_string(); 4], "{status}");
+
+    let mountinfo = std::fs::read_to_string(proc_dir.join("mountinfo")).unwrap();
+    assert_eq!(
+        mountinfo.lines().count(),
+        1,
+        "only the jail is mounted:\n{mountinfo}"
+    );
+    let fields: Vec<&str> = mountinfo.split_whitespace().collect();
+    assert_eq!(fields[4], "/", "mounted as the root: {mountinfo}");
+    // Field 3 is the mounted directory within its file system: the jail.
+    let jail_suffix = root.strip_prefix(base.scratch()).unwrap();
+    assert!(
+        Path::new(fields[3]).ends_with(jail_suffix),
+        "{} is not the jail {}",
+        fields[3],
+        root.display()
+    );
+
+    let mut filtered = Vec::new();
+    for task in std::fs::read_dir(proc_dir.join("task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        if name.starts_with("kvm") {
+            continue; // KVM's own kernel workers are counted as the process's threads
+        }
+        let task_status = std::fs::read_to_string(task.join("status")).unwrap();
+        let mode = task_status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(str::trim)
+            .unwrap();
+        assert_eq!(mode, "2", "thread {name} has no seccomp filter");
+        filtered.push(name);
+    }
+    filtered.sort();
+    assert_eq!(filtered, ["ember", "ember_vcpu0", "ember_vcpu1"]);
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the jailed VMM did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
