@@ -23,9 +23,23 @@ pub fn load(path: &Path) -> Result<VmResources> {
         )));
     }
     let text = std::fs::read_to_string(path).map_err(read_err)?;
-    let resources: VmResources =
-        serde_json::from_str(&text).map_err(|source| Error::ParseConfig {
+    parse(&text).map_err(|e| match e {
+        Error::ParseConfig { source, .. } => Error::ParseConfig {
             path: path.to_owned(),
+            source,
+        },
+        other => other,
+    })
+}
+
+/// Parses and validates the text of a config file: what [`load`] does once the
+/// file is read (also the entry point of the `config_file` fuzz target).
+/// Malformed JSON is an [`Error::ParseConfig`] with an empty path, which
+/// [`load`] replaces by the file's.
+pub fn parse(text: &str) -> Result<VmResources> {
+    let resources: VmResources =
+        serde_json::from_str(text).map_err(|source| Error::ParseConfig {
+            path: std::path::PathBuf::new(),
             source,
         })?;
     resources.validate()?;

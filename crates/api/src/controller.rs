@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use ember_vmm::seccomp::Filters;
 use ember_vmm::signals::TerminationSignals;
-use ember_vmm::{BucketUpdate, EventLoop, ExitReason, MetricGroup, RunState, RunningVm, StartTime};
+use ember_vmm::{
+    BucketUpdate, EventLoop, ExitReason, MetricGroup, RateLimiterUpdate, RunState, RunningVm,
+    StartTime,
+};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
@@ -19,10 +22,10 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::MetricsWriter;
-use crate::model::{TokenBucket, VmResources};
+use crate::model::{RateLimiter, TokenBucket, VmResources};
 use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, LoggerRequest, MachineConfigUpdate,
-    MetricsRequest, VmStateRequest,
+    MetricsRequest, NetworkInterfaceUpdate, VmStateRequest,
 };
 use crate::server::{ApiCounters, ApiEnd};
 
@@ -281,11 +284,27 @@ impl Controller {
                 }
             }
             ApiRequest::PatchDrive(update) => self.patch_drive(update),
-            ApiRequest::NetworkInterface => ApiResponse::bad_request(
-                "`network-interfaces` is not supported by this version of Ember",
-            ),
-            ApiRequest::Vsock => {
-                ApiResponse::bad_request("`vsock` is not supported by this version of Ember")
+            ApiRequest::PutNetworkInterface(iface) => {
+                if !self.configuring() {
+                    return Some(pre_boot_only("PUT /network-interfaces"));
+                }
+                match self.resources.put_network_interface(iface) {
+                    Ok(()) => ApiResponse::no_content(),
+                    Err(e) => ApiResponse::bad_request(&e.to_string()),
+                }
+            }
+            ApiRequest::PatchNetworkInterface(update) => self.patch_network_interface(update),
+            ApiRequest::PutVsock(vsock) => {
+                if !self.configuring() {
+                    return Some(pre_boot_only("PUT /vsock"));
+                }
+                match vsock.to_vsock_config() {
+                    Ok(_) => {
+                        self.resources.vsock = Some(vsock);
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => ApiResponse::bad_request(&e.to_string()),
+                }
             }
             ApiRequest::PutLogger(request) => self.put_logger(request),
             ApiRequest::PutMetrics(request) => self.put_metrics(request),
@@ -361,6 +380,43 @@ impl Controller {
                 current.bandwidth = limiter.bandwidth.or(current.bandwidth);
                 current.ops = limiter.ops.or(current.ops);
             }
+        }
+        ApiResponse::no_content()
+    }
+
+    fn patch_network_interface(&mut self, update: NetworkInterfaceUpdate) -> ApiResponse {
+        let Some(vm) = self.running() else {
+            return post_boot_only("PATCH /network-interfaces");
+        };
+        let net = match vm.net(&update.iface_id) {
+            Ok(net) => net,
+            Err(e) => return ApiResponse::bad_request(&e.to_string()),
+        };
+        let to_update = |limiter: Option<RateLimiter>| {
+            let bucket = |b: Option<TokenBucket>| {
+                b.map_or(BucketUpdate::Keep, |b| {
+                    BucketUpdate::Set(b.to_bucket_config())
+                })
+            };
+            limiter.map_or(RateLimiterUpdate::KEEP, |l| RateLimiterUpdate {
+                bandwidth: bucket(l.bandwidth),
+                ops: bucket(l.ops),
+            })
+        };
+        net.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .update_rate_limiters(
+                to_update(update.rx_rate_limiter),
+                to_update(update.tx_rate_limiter),
+            );
+        if let Some(iface) = self
+            .resources
+            .network_interfaces
+            .iter_mut()
+            .find(|i| i.iface_id == update.iface_id)
+        {
+            iface.rx_rate_limiter = update.rx_rate_limiter.or(iface.rx_rate_limiter);
+            iface.tx_rate_limiter = update.tx_rate_limiter.or(iface.tx_rate_limiter);
         }
         ApiResponse::no_content()
     }

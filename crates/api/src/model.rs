@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use ember_vmm::{BlockConfig, BucketConfig, DriveConfig, StartTime, VmConfig};
+use ember_vmm::{
+    BlockConfig, BucketConfig, DriveConfig, MacAddr, NetConfig, RateLimiterConfig, StartTime,
+    VmConfig, VsockConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -133,6 +136,123 @@ pub struct Drive {
     pub io_engine: Option<String>,
 }
 
+/// One entry of `network-interfaces`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// Unique interface name.
+    pub iface_id: String,
+    /// The host TAP device.
+    pub host_dev_name: String,
+    /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Limits on traffic to the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// Limits on traffic from the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// The `vsock` object: Firecracker's hybrid vsock over a Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u32,
+    /// The Unix socket host clients connect to; guest connections to port P go
+    /// to `<uds_path>_<P>`.
+    pub uds_path: PathBuf,
+    /// Accepted for compatibility with older Firecracker clients; unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
+impl Vsock {
+    /// The device as the VMM takes it.
+    pub fn to_vsock_config(&self) -> Result<VsockConfig> {
+        if self.guest_cid < 3 {
+            return Err(Error::InvalidValue {
+                field: "vsock.guest_cid",
+                reason: format!("{}: CIDs below 3 are reserved", self.guest_cid),
+            });
+        }
+        Ok(VsockConfig {
+            guest_cid: u64::from(self.guest_cid),
+            uds_path: self.uds_path.clone(),
+        })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<MacAddr> {
+    let invalid = || Error::InvalidValue {
+        field: "network-interfaces.guest_mac",
+        reason: format!("`{text}` is not a MAC address like 06:00:ac:10:00:02"),
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(invalid)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
+    }
+    if parts.next().is_some() {
+        return Err(invalid());
+    }
+    Ok(mac)
+}
+
+impl RateLimiter {
+    /// The limits as the devices take them.
+    pub fn to_config(self) -> RateLimiterConfig {
+        RateLimiterConfig {
+            bandwidth: self.bandwidth.map(TokenBucket::to_bucket_config),
+            ops: self.ops.map(TokenBucket::to_bucket_config),
+        }
+    }
+}
+
+/// Checks a user-chosen id: 1 to 64 letters, digits, `_` or `-`.
+fn check_id(id: &str, field: &'static str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidValue {
+            field,
+            reason: format!("`{id}`: use 1 to 64 letters, digits, `_` or `-`"),
+        })
+    }
+}
+
+impl NetworkInterface {
+    /// The interface as the VMM takes it.
+    pub fn to_net_config(&self) -> Result<NetConfig> {
+        check_id(&self.iface_id, "network-interfaces.iface_id")?;
+        if self.host_dev_name.is_empty() || self.host_dev_name.len() > 15 {
+            return Err(Error::InvalidValue {
+                field: "network-interfaces.host_dev_name",
+                reason: format!(
+                    "`{}`: a TAP device name has 1 to 15 bytes",
+                    self.host_dev_name
+                ),
+            });
+        }
+        Ok(NetConfig {
+            iface_id: self.iface_id.clone(),
+            host_dev_name: self.host_dev_name.clone(),
+            guest_mac: self.guest_mac.as_deref().map(parse_mac).transpose()?,
+            rx_rate_limiter: self.rx_rate_limiter.unwrap_or_default().to_config(),
+            tx_rate_limiter: self.tx_rate_limiter.unwrap_or_default().to_config(),
+        })
+    }
+}
+
 /// The whole VM as a Firecracker config file describes it (and as the API
 /// builds it up before `InstanceStart`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -151,13 +271,14 @@ pub struct VmResources {
     /// Block devices.
     #[serde(default)]
     pub drives: Vec<Drive>,
-    /// Firecracker resources Ember does not provide yet; refused when present.
-    #[serde(rename = "network-interfaces", default, skip_serializing)]
-    pub network_interfaces: Option<serde_json::Value>,
-    /// See `network_interfaces`.
-    #[serde(default, skip_serializing)]
-    pub vsock: Option<serde_json::Value>,
-    /// See `network_interfaces`.
+    /// Network interfaces.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// The vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    /// Firecracker resources Ember does not provide in a config file yet;
+    /// refused when present.
     #[serde(default, skip_serializing)]
     pub logger: Option<serde_json::Value>,
     /// See `network_interfaces`.
@@ -200,21 +321,7 @@ impl From<CacheType> for ember_vmm::CacheType {
 impl Drive {
     /// Refuses what a drive cannot be.
     pub fn validate(&self) -> Result<()> {
-        let id_ok = !self.drive_id.is_empty()
-            && self.drive_id.len() <= 64
-            && self
-                .drive_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !id_ok {
-            return Err(Error::InvalidValue {
-                field: "drives.drive_id",
-                reason: format!(
-                    "`{}`: use 1 to 64 letters, digits, `_` or `-`",
-                    self.drive_id
-                ),
-            });
-        }
+        check_id(&self.drive_id, "drives.drive_id")?;
         if self
             .io_engine
             .as_deref()
@@ -280,8 +387,6 @@ impl VmResources {
     /// Refuses resources Ember cannot provide yet.
     pub fn validate(&self) -> Result<()> {
         let unsupported = [
-            ("network-interfaces", &self.network_interfaces),
-            ("vsock", &self.vsock),
             ("logger", &self.logger),
             ("metrics", &self.metrics),
             ("mmds-config", &self.mmds_config),
@@ -294,6 +399,28 @@ impl VmResources {
         }
         for drive in &self.drives {
             drive.validate()?;
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.to_vsock_config()?;
+        }
+        for (i, iface) in self.network_interfaces.iter().enumerate() {
+            iface.to_net_config()?;
+            let earlier = &self.network_interfaces[..i];
+            if earlier.iter().any(|other| other.iface_id == iface.iface_id) {
+                return Err(Error::InvalidValue {
+                    field: "network-interfaces.iface_id",
+                    reason: format!("`{}` is used by two interfaces", iface.iface_id),
+                });
+            }
+            if earlier
+                .iter()
+                .any(|other| other.host_dev_name == iface.host_dev_name)
+            {
+                return Err(Error::InvalidValue {
+                    field: "network-interfaces.host_dev_name",
+                    reason: format!("`{}` is used by two interfaces", iface.host_dev_name),
+                });
+            }
         }
         if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
             return Err(Error::InvalidValue {
@@ -313,6 +440,22 @@ impl VmResources {
             }
         }
         self.machine_config.validate()
+    }
+
+    /// Adds `iface`, or replaces the interface with the same id.
+    pub fn put_network_interface(&mut self, iface: NetworkInterface) -> Result<()> {
+        let mut candidate = self.clone();
+        match candidate
+            .network_interfaces
+            .iter_mut()
+            .find(|i| i.iface_id == iface.iface_id)
+        {
+            Some(existing) => *existing = iface,
+            None => candidate.network_interfaces.push(iface),
+        }
+        candidate.validate()?;
+        self.network_interfaces = candidate.network_interfaces;
+        Ok(())
     }
 
     /// Adds `drive`, or replaces the drive with the same id.
@@ -347,6 +490,16 @@ impl VmResources {
         config.vcpu_count = self.machine_config.vcpu_count;
         config.mem_size_mib = self.machine_config.mem_size_mib;
         config.drives = self.drives.iter().map(Drive::to_drive_config).collect();
+        config.vsock = self
+            .vsock
+            .as_ref()
+            .map(Vsock::to_vsock_config)
+            .transpose()?;
+        config.net_interfaces = self
+            .network_interfaces
+            .iter()
+            .map(NetworkInterface::to_net_config)
+            .collect::<Result<_>>()?;
         config.start_time = start_time;
         Ok(config)
     }
@@ -440,12 +593,22 @@ mod tests {
         ));
 
         let resources =
-            parse(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {}}"#).unwrap();
+            parse(r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": {}}"#).unwrap();
         let err = resources.validate().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "`vsock` is not supported by this version of Ember"
+            "`balloon` is not supported by this version of Ember"
         );
+        let resources = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "vsock": {"guest_cid": 2, "uds_path": "/tmp/v.sock"}}"#,
+        )
+        .unwrap();
+        assert!(resources
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("reserved"));
     }
 
     #[test]

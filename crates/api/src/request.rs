@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BootSource, Drive, MachineConfig};
+use crate::model::{BootSource, Drive, MachineConfig, NetworkInterface};
 
 /// `PATCH /machine-config`: any subset of the machine configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -90,6 +90,18 @@ pub struct DriveUpdate {
     pub rate_limiter: Option<crate::model::RateLimiter>,
 }
 
+/// `PATCH /network-interfaces/{id}` body.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    /// The interface, which must match the path.
+    pub iface_id: String,
+    /// New limits on traffic to the guest.
+    pub rx_rate_limiter: Option<crate::model::RateLimiter>,
+    /// New limits on traffic from the guest.
+    pub tx_rate_limiter: Option<crate::model::RateLimiter>,
+}
+
 /// A parsed API request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ApiRequest {
@@ -109,10 +121,12 @@ pub enum ApiRequest {
     PutDrive(Drive),
     /// `PATCH /drives/{id}`.
     PatchDrive(DriveUpdate),
-    /// `PUT /network-interfaces/{id}` or `PATCH` of one.
-    NetworkInterface,
+    /// `PUT /network-interfaces/{id}`.
+    PutNetworkInterface(NetworkInterface),
+    /// `PATCH /network-interfaces/{id}`.
+    PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /vsock`.
-    Vsock,
+    PutVsock(crate::model::Vsock),
     /// `PUT /logger`.
     PutLogger(LoggerRequest),
     /// `PUT /metrics`.

@@ -4,10 +4,10 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::model::{BootSource, Drive, MachineConfig};
+use crate::model::{BootSource, Drive, MachineConfig, NetworkInterface, Vsock};
 use crate::request::{
     ActionRequest, ApiRequest, ApiResponse, DriveUpdate, LoggerRequest, MachineConfigUpdate,
-    MetricsRequest, VmPatch,
+    MetricsRequest, NetworkInterfaceUpdate, VmPatch,
 };
 
 /// HTTP methods the API serves.
@@ -115,10 +115,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PatchMachineConfig(json::<MachineConfigUpdate>(body, &what)?)
         }
         (Put, "/boot-source") => ApiRequest::PutBootSource(json::<BootSource>(body, &what)?),
-        (Put, "/vsock") => {
-            json::<serde_json::Value>(body, &what)?;
-            ApiRequest::Vsock
-        }
+        (Put, "/vsock") => ApiRequest::PutVsock(json::<Vsock>(body, &what)?),
         (Put, "/logger") => ApiRequest::PutLogger(json::<LoggerRequest>(body, &what)?),
         (Put, "/metrics") => ApiRequest::PutMetrics(json::<MetricsRequest>(body, &what)?),
         (Put, "/actions") => ApiRequest::Action(json::<ActionRequest>(body, &what)?.action_type),
@@ -145,9 +142,17 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             )?;
             ApiRequest::PatchDrive(update)
         }
-        (Put | Patch, p) if path_id(p, "/network-interfaces/").is_some() => {
-            json::<serde_json::Value>(body, &what)?;
-            ApiRequest::NetworkInterface
+        (Put, p) if path_id(p, "/network-interfaces/").is_some() => {
+            let iface = json::<NetworkInterface>(body, &what)?;
+            let id = path_id(p, "/network-interfaces/").unwrap_or("");
+            same_id(id, &iface.iface_id, "iface_id")?;
+            ApiRequest::PutNetworkInterface(iface)
+        }
+        (Patch, p) if path_id(p, "/network-interfaces/").is_some() => {
+            let update = json::<NetworkInterfaceUpdate>(body, &what)?;
+            let id = path_id(p, "/network-interfaces/").unwrap_or("");
+            same_id(id, &update.iface_id, "iface_id")?;
+            ApiRequest::PatchNetworkInterface(update)
         }
         _ => {
             return Err(ApiResponse::bad_request(&format!(

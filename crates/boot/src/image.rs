@@ -169,7 +169,8 @@ fn inspect_elf<F: Read + Seek>(file: &mut F, file_len: u64) -> Result<ImageInfo>
             return Err(truncated(file_end));
         }
         match p_type {
-            PT_LOAD if memsz > 0 => {
+            // linux-loader copies `filesz` bytes even when `memsz` is 0.
+            PT_LOAD if memsz > 0 || filesz > 0 => {
                 let seg_end = paddr
                     .checked_add(memsz.max(filesz))
                     .ok_or_else(|| Error::BadElf("segment address overflows".into()))?;
@@ -358,6 +359,21 @@ pub(crate) mod tests {
             inspect(&mut Cursor::new(pvh)).unwrap().format,
             ImageFormat::ElfPvh
         );
+    }
+
+    /// Found by the `kernel_image` fuzz target: a PT_LOAD with file bytes
+    /// but `p_memsz` 0 was left out of the load range, yet linux-loader copies
+    /// its bytes (here to guest address 0).
+    #[test]
+    fn load_segments_with_only_file_bytes_count() {
+        let mut image = elf(&[0x90; 64], 0x10_0000, 0x2000, 0x10_0000, Some(0x10_0010));
+        // Turn the note into a PT_LOAD of its 20 bytes at address 0, memsz 0.
+        let ph = ELF64_HEADER_SIZE + ELF64_PHDR_SIZE;
+        image[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        image[ph + 0x18..ph + 0x20].copy_from_slice(&0u64.to_le_bytes());
+        image[ph + 0x28..ph + 0x30].copy_from_slice(&0u64.to_le_bytes());
+        let info = inspect(&mut Cursor::new(image)).unwrap();
+        assert_eq!((info.load_start, info.load_end), (0, 0x10_2000));
     }
 
     #[test]

@@ -63,12 +63,19 @@ where
     match info.format {
         ImageFormat::Elf | ImageFormat::ElfPvh => {
             let loaded = Elf::load(mem, None, image, himem)?;
+            // PVH only for a note `inspect` found inside its note segment:
+            // linux-loader also reads notes past the end of the segment.
             let (protocol, entry) = match loaded.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => (BootProtocol::Pvh, addr),
+                PvhBootCapability::PvhEntryPresent(addr) if info.format == ImageFormat::ElfPvh => {
+                    (BootProtocol::Pvh, addr)
+                }
                 _ => (BootProtocol::Linux64, loaded.kernel_load),
             };
             Ok(LoadedKernel {
-                format: info.format,
+                format: match protocol {
+                    BootProtocol::Pvh => ImageFormat::ElfPvh,
+                    BootProtocol::Linux64 => ImageFormat::Elf,
+                },
                 protocol,
                 entry,
                 end: loaded.kernel_end.max(info.load_end),
@@ -121,6 +128,39 @@ mod tests {
         assert_eq!(k.protocol, BootProtocol::Pvh);
         assert_eq!(k.entry, GuestAddress(0x10_0010));
         assert_eq!(k.format, ImageFormat::ElfPvh);
+    }
+
+    /// Found by the `kernel_image` fuzz target: a PVH note past the end of
+    /// its (1-byte) note segment made linux-loader enter the kernel through
+    /// PVH while Ember reported, and checked, a plain ELF kernel.
+    #[test]
+    fn pvh_note_outside_its_segment_is_ignored() {
+        let m = mem(4);
+        let mut image = elf(&[0xf4; 32], 0x10_0000, 32, 0x10_0000, Some(0x10_0010));
+        // The note's program header is the second one; its p_filesz is at +0x20.
+        let filesz = 64 + 56 + 0x20;
+        image[filesz..filesz + 8].copy_from_slice(&1u64.to_le_bytes());
+        let k = load_kernel(&m, &mut Cursor::new(image), 4 << 20).unwrap();
+        assert_eq!(k.protocol, BootProtocol::Linux64);
+        assert_eq!(k.format, ImageFormat::Elf);
+        assert_eq!(k.entry, GuestAddress(0x10_0000));
+    }
+
+    /// Found by the `kernel_image` fuzz target: a PT_LOAD with file bytes
+    /// but `p_memsz` 0 at address 0 was loaded over the boot structures.
+    #[test]
+    fn file_only_segment_below_1mib_is_refused_before_loading() {
+        let m = mem(4);
+        let mut image = elf(&[0xf4; 32], 0x10_0000, 32, 0x10_0000, Some(0x10_0010));
+        let ph = 64 + 56;
+        image[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        image[ph + 0x18..ph + 0x20].copy_from_slice(&0u64.to_le_bytes()); // p_paddr
+        image[ph + 0x28..ph + 0x30].copy_from_slice(&0u64.to_le_bytes()); // p_memsz
+        let err = load_kernel(&m, &mut Cursor::new(image), 4 << 20).unwrap_err();
+        assert!(matches!(err, Error::BadElf(_)), "{err}");
+        let mut page0 = [0xffu8; 20];
+        m.read_slice(&mut page0, GuestAddress(0)).unwrap();
+        assert_eq!(page0, [0; 20]);
     }
 
     #[test]

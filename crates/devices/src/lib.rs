@@ -71,6 +71,20 @@ pub enum Error {
     /// A rate limiter could not be created.
     #[error("rate limiter: {0}")]
     RateLimiter(ember_ratelimit::Error),
+    /// A vsock guest CID is reserved (below 3) or too large for a guest.
+    #[error("invalid vsock guest CID {0}: it must be at least 3 and below 0xffffffff")]
+    InvalidVsockCid(u64),
+    /// A vsock device's Unix socket cannot be created.
+    #[error("vsock socket {}: {error}", path.display())]
+    VsockSocket {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// A vsock device's timer cannot be created.
+    #[error("vsock timer: {0}")]
+    VsockTimer(std::io::Error),
     /// A TAP interface cannot be opened or configured.
     #[error("TAP interface {name}: {error}")]
     Tap {

@@ -259,6 +259,23 @@ mod tests {
     }
 
     #[test]
+    fn images_contain_vsock_scenarios() {
+        assert_images_contain(&[
+            "vsock-info",
+            "vsock-connect",
+            "vsock-listen",
+            "vsock.port=",
+            "vsock.msg=",
+            "vsock.len=",
+            "vsock.wait=",
+            "vsock.linger=",
+            "vsock.src=",
+            "vsock.dev=",
+            "hello from the guest\n",
+        ]);
+    }
+
+    #[test]
     fn bzimage_payload_matches_elf64() {
         let img = read(BZIMAGE_PATH);
         let elf = read(ELF64_PATH);

@@ -27,7 +27,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
 use crate::io::IoBuses;
 use crate::terminal::RawTerminal;
-use crate::virtio_devices::{attach_drives, extend_cmdline};
+use crate::virtio_devices::{attach_devices, extend_cmdline, DeviceConfigs};
 use crate::vm::{DeviceHandles, Subscriber, Vm};
 use crate::{Error, Result};
 
@@ -218,7 +218,16 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
     unsafe { register_with_kvm(&vm_fd, &memory) }?;
 
     let mut devices = create_devices(&vm_fd, &mut config)?;
-    let virtio = attach_drives(&vm_fd, &memory, &mut devices.mmio, &config.drives)?;
+    let virtio = attach_devices(
+        &vm_fd,
+        &memory,
+        &mut devices.mmio,
+        DeviceConfigs {
+            drives: &config.drives,
+            nets: &config.net_interfaces,
+            vsock: config.vsock.as_ref(),
+        },
+    )?;
     let cmdline = extend_cmdline(&config.cmdline, &virtio.cmdline);
     let entry = load_guest(
         &config,
@@ -260,6 +269,8 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
             reset: devices.reset,
             stop: EventTrigger::new()?,
             drives: virtio.drives,
+            nets: virtio.nets,
+            vsock: virtio.vsock,
         },
         subscribers: devices.subscribers,
         terminal: devices.terminal,

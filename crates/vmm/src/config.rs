@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use ember_devices::legacy::StartTime;
 use ember_devices::virtio::block::BlockConfig;
+use ember_devices::virtio::net::NetConfig;
+use ember_devices::virtio::vsock::VsockConfig;
 
 /// Default KVM device.
 pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
@@ -100,6 +102,10 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// Block devices, in the order the guest sees them (the root drive first).
     pub drives: Vec<DriveConfig>,
+    /// Network interfaces backed by TAP devices.
+    pub net_interfaces: Vec<NetConfig>,
+    /// The vsock device (Firecracker's hybrid vsock over a Unix socket).
+    pub vsock: Option<VsockConfig>,
     /// Serial output.
     pub serial_output: SerialOutput,
     /// Serial input.
@@ -121,6 +127,8 @@ impl VmConfig {
             cmdline: cmdline.into(),
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
             drives: Vec::new(),
+            net_interfaces: Vec::new(),
+            vsock: None,
             serial_output: SerialOutput::Stdout,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),

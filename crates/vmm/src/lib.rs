@@ -23,11 +23,13 @@ pub use builder::build;
 pub use config::{DriveConfig, SerialInput, SerialOutput, VmConfig};
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
-pub use virtio_devices::SharedBlock;
+pub use virtio_devices::{SharedBlock, SharedNet};
 pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 
 pub use ember_devices::legacy::{BootTime, StartTime};
 pub use ember_devices::virtio::block::{BlockConfig, CacheType};
+pub use ember_devices::virtio::net::{MacAddr, NetConfig, RateLimiterConfig, RateLimiterUpdate};
+pub use ember_devices::virtio::vsock::VsockConfig;
 pub use ember_jailer::seccomp;
 pub use ember_ratelimit::{BucketConfig, BucketUpdate};
 
@@ -135,6 +137,20 @@ pub enum Error {
     /// No drive has this id.
     #[error("no drive `{0}`")]
     UnknownDrive(String),
+    /// A network interface could not be set up.
+    #[error("network interface `{id}`: {source}")]
+    NetworkInterface {
+        /// The interface id.
+        id: String,
+        /// What went wrong.
+        source: ember_devices::Error,
+    },
+    /// No network interface has this id.
+    #[error("no network interface `{0}`")]
+    UnknownNetworkInterface(String),
+    /// The vsock device could not be set up.
+    #[error("vsock: {0}")]
+    Vsock(ember_devices::Error),
     /// A seccomp filter could not be installed.
     #[error("seccomp ({thread} thread): {source}")]
     Seccomp {

@@ -5,10 +5,13 @@
 use std::sync::{Arc, Mutex};
 
 use ember_devices::virtio::block::Block;
-use ember_devices::virtio::{cmdline_entry, MmioTransport};
+use ember_devices::virtio::net::{Net, NetConfig};
+use ember_devices::virtio::vsock::{Vsock, VsockConfig};
+use ember_devices::virtio::{cmdline_entry, MmioTransport, VirtioDevice};
 use ember_devices::Bus;
 use ember_memory::layout::{IRQ_MAX, VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use ember_memory::GuestMemoryMmap;
+use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 
 use crate::config::DriveConfig;
@@ -21,6 +24,12 @@ const QUEUE_NOTIFY: u64 = ember_devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
 /// A block device as the running VM keeps it.
 pub type SharedBlock = Arc<Mutex<Block<GuestMemoryMmap>>>;
 
+/// A network device as the running VM keeps it.
+pub type SharedNet = Arc<Mutex<Net<GuestMemoryMmap>>>;
+
+/// The vsock device as the running VM keeps it.
+pub type SharedVsock = Arc<Mutex<Vsock<GuestMemoryMmap>>>;
+
 /// What attaching the virtio devices produced.
 #[derive(Default)]
 pub(crate) struct VirtioDevices {
@@ -30,6 +39,58 @@ pub(crate) struct VirtioDevices {
     pub(crate) subscribers: Vec<Subscriber>,
     /// Block devices by drive id.
     pub(crate) drives: Vec<(String, SharedBlock)>,
+    /// Network devices by interface id.
+    pub(crate) nets: Vec<(String, SharedNet)>,
+    /// The vsock device.
+    pub(crate) vsock: Option<SharedVsock>,
+}
+
+/// Places virtio devices one after another in the MMIO windows.
+struct Placer<'a> {
+    vm: &'a VmFd,
+    memory: &'a GuestMemoryMmap,
+    mmio: &'a mut Bus,
+    irqs: std::ops::RangeInclusive<u32>,
+    devices: VirtioDevices,
+}
+
+impl Placer<'_> {
+    /// Puts `device` behind a transport in the next window, with its queue
+    /// notifications as ioeventfds, its interrupt as an irqfd, its entry on the
+    /// command line and the device on the event loop.
+    fn attach<D>(&mut self, device: Arc<Mutex<D>>) -> Result<()>
+    where
+        D: VirtioDevice<GuestMemoryMmap> + MutEventSubscriber + Send + 'static,
+    {
+        let Some(irq) = self.irqs.next() else {
+            let slots = IRQ_MAX - VIRTIO_IRQ_BASE + 1;
+            return Err(Error::InvalidConfig(format!(
+                "too many virtio devices: at most {slots} fit"
+            )));
+        };
+        let base = VIRTIO_MMIO_START + u64::from(irq - VIRTIO_IRQ_BASE) * VIRTIO_MMIO_SIZE;
+        let transport = MmioTransport::new(self.memory.clone(), device.clone())?;
+        for (queue, event) in transport.queue_events().iter().enumerate() {
+            let datamatch = u32::try_from(queue).unwrap_or(u32::MAX);
+            self.vm
+                .register_ioevent(event, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), datamatch)
+                .map_err(|source| Error::Kvm {
+                    what: "KVM_IOEVENTFD (virtio queue)",
+                    source,
+                })?;
+        }
+        self.vm
+            .register_irqfd(transport.interrupt_event().event_fd(), irq)
+            .map_err(|source| Error::Kvm {
+                what: "KVM_IRQFD (virtio)",
+                source,
+            })?;
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+        self.devices.cmdline.push(cmdline_entry(base, irq));
+        self.devices.subscribers.push(device);
+        Ok(())
+    }
 }
 
 /// The kernel command-line arguments that make `drive` the root file system.
@@ -66,53 +127,87 @@ pub(crate) fn guest_order(drives: &[DriveConfig]) -> Result<Vec<&DriveConfig>> {
     Ok(ordered)
 }
 
-/// Creates the block devices and puts them on `mmio`.
-pub(crate) fn attach_drives(
+/// The virtio devices of a VM.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeviceConfigs<'a> {
+    pub(crate) drives: &'a [DriveConfig],
+    pub(crate) nets: &'a [NetConfig],
+    pub(crate) vsock: Option<&'a VsockConfig>,
+}
+
+/// Creates the virtio devices (drives, root first, then network interfaces,
+/// then vsock) and puts them on `mmio`.
+pub(crate) fn attach_devices(
     vm: &VmFd,
     memory: &GuestMemoryMmap,
     mmio: &mut Bus,
-    drives: &[DriveConfig],
+    configs: DeviceConfigs<'_>,
 ) -> Result<VirtioDevices> {
-    let ordered = guest_order(drives)?;
-    let slots = (IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
-    if ordered.len() > slots {
-        return Err(Error::InvalidConfig(format!(
-            "{} virtio devices requested; at most {slots} fit",
-            ordered.len()
-        )));
-    }
-    let mut devices = VirtioDevices::default();
-    for (irq, drive) in (VIRTIO_IRQ_BASE..=IRQ_MAX).zip(ordered) {
-        let base = VIRTIO_MMIO_START + u64::from(irq - VIRTIO_IRQ_BASE) * VIRTIO_MMIO_SIZE;
+    let DeviceConfigs {
+        drives,
+        nets,
+        vsock,
+    } = configs;
+    let mut placer = Placer {
+        vm,
+        memory,
+        mmio,
+        irqs: VIRTIO_IRQ_BASE..=IRQ_MAX,
+        devices: VirtioDevices::default(),
+    };
+    for drive in guest_order(drives)? {
         let block: SharedBlock = Arc::new(Mutex::new(Block::new(drive.block.clone()).map_err(
             |source| Error::Drive {
                 id: drive.block.drive_id.clone(),
                 source,
             },
         )?));
-        let transport = MmioTransport::new(memory.clone(), block.clone())?;
-        for (queue, event) in transport.queue_events().iter().enumerate() {
-            let datamatch = u32::try_from(queue).unwrap_or(u32::MAX);
-            vm.register_ioevent(event, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), datamatch)
-                .map_err(|source| Error::Kvm {
-                    what: "KVM_IOEVENTFD (virtio queue)",
-                    source,
-                })?;
-        }
-        vm.register_irqfd(transport.interrupt_event().event_fd(), irq)
-            .map_err(|source| Error::Kvm {
-                what: "KVM_IRQFD (virtio)",
-                source,
-            })?;
-        mmio.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
         if drive.is_root_device {
-            devices.cmdline.push(root_args(drive));
+            placer.devices.cmdline.push(root_args(drive));
         }
-        devices.cmdline.push(cmdline_entry(base, irq));
-        devices.subscribers.push(block.clone());
-        devices.drives.push((drive.block.drive_id.clone(), block));
+        placer.attach(block.clone())?;
+        placer
+            .devices
+            .drives
+            .push((drive.block.drive_id.clone(), block));
     }
-    Ok(devices)
+    check_unique(
+        nets.iter().map(|n| n.iface_id.as_str()),
+        "network interface id",
+    )?;
+    check_unique(nets.iter().map(|n| n.host_dev_name.as_str()), "TAP device")?;
+    for config in nets {
+        let net: SharedNet = Arc::new(Mutex::new(Net::new(config.clone()).map_err(|source| {
+            Error::NetworkInterface {
+                id: config.iface_id.clone(),
+                source,
+            }
+        })?));
+        placer.attach(net.clone())?;
+        placer.devices.nets.push((config.iface_id.clone(), net));
+    }
+    if let Some(config) = vsock {
+        let device: SharedVsock = Arc::new(Mutex::new(
+            Vsock::new(config.clone()).map_err(Error::Vsock)?,
+        ));
+        placer.attach(device.clone())?;
+        placer.devices.vsock = Some(device);
+    }
+    Ok(placer.devices)
+}
+
+/// Refuses a name used twice.
+fn check_unique<'a>(names: impl Iterator<Item = &'a str>, what: &str) -> Result<()> {
+    let mut seen: Vec<&str> = Vec::new();
+    for name in names {
+        if seen.contains(&name) {
+            return Err(Error::InvalidConfig(format!(
+                "{what} `{name}` is used twice"
+            )));
+        }
+        seen.push(name);
+    }
+    Ok(())
 }
 
 /// `cmdline` with `extra` inserted before the guest's init arguments (" -- ...").

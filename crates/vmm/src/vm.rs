@@ -20,7 +20,7 @@ use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
-use crate::virtio_devices::SharedBlock;
+use crate::virtio_devices::{SharedBlock, SharedNet, SharedVsock};
 use crate::{Error, Result};
 
 /// A subscriber of the device event loop.
@@ -42,6 +42,8 @@ pub(crate) struct DeviceHandles {
     pub(crate) reset: EventTrigger,
     pub(crate) stop: EventTrigger,
     pub(crate) drives: Vec<(String, SharedBlock)>,
+    pub(crate) nets: Vec<(String, SharedNet)>,
+    pub(crate) vsock: Option<SharedVsock>,
 }
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
@@ -276,6 +278,16 @@ impl RunningVm {
             .ok_or_else(|| Error::UnknownDrive(drive_id.to_owned()))
     }
 
+    /// The network device with id `iface_id`.
+    pub fn net(&self, iface_id: &str) -> Result<SharedNet> {
+        self.devices
+            .nets
+            .iter()
+            .find(|(id, _)| id == iface_id)
+            .map(|(_, net)| net.clone())
+            .ok_or_else(|| Error::UnknownNetworkInterface(iface_id.to_owned()))
+    }
+
     /// Counters of the vCPUs and devices, grouped.
     pub fn metrics(&self) -> Vec<MetricGroup> {
         let serial = lock(&self.devices.serial).counters();
@@ -320,6 +332,48 @@ impl RunningVm {
             ),
         ];
         groups.extend(drives);
+        groups.extend(self.devices.nets.iter().map(|(id, net)| {
+            let c = lock(net).counters();
+            MetricGroup::new(
+                format!("net_{id}"),
+                vec![
+                    ("rx_frames", c.rx_frames),
+                    ("rx_bytes", c.rx_bytes),
+                    ("rx_no_buffer", c.rx_no_buffer),
+                    ("rx_too_big", c.rx_too_big),
+                    ("rx_dropped", c.rx_dropped),
+                    ("rx_malformed", c.rx_malformed),
+                    ("rx_tap_errors", c.rx_tap_errors),
+                    ("rx_throttled", c.rx_throttled),
+                    ("tx_frames", c.tx_frames),
+                    ("tx_bytes", c.tx_bytes),
+                    ("tx_malformed", c.tx_malformed),
+                    ("tx_tap_errors", c.tx_tap_errors),
+                    ("tx_throttled", c.tx_throttled),
+                ],
+            )
+        }));
+        if let Some(vsock) = &self.devices.vsock {
+            let c = lock(vsock).counters();
+            groups.push(MetricGroup::new(
+                "vsock",
+                vec![
+                    ("conns_opened", c.conns_opened),
+                    ("conns_closed", c.conns_closed),
+                    ("conns_refused", c.conns_refused),
+                    ("rx_packets", c.rx_packets),
+                    ("tx_packets", c.tx_packets),
+                    ("rx_bytes", c.rx_bytes),
+                    ("tx_bytes", c.tx_bytes),
+                    ("rsts_sent", c.rsts_sent),
+                    ("malformed_packets", c.malformed_packets),
+                    ("credit_violations", c.credit_violations),
+                    ("credit_stalls", c.credit_stalls),
+                    ("connections", c.connections),
+                    ("buffered_bytes", c.buffered_bytes),
+                ],
+            ));
+        }
         groups
     }
 

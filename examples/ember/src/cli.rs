@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use ember_api::logger::{parse_level, LoggerConfig};
-use ember_vmm::{BlockConfig, CacheType, DriveConfig};
+use ember_vmm::{BlockConfig, CacheType, DriveConfig, NetConfig, VsockConfig};
 use lexopt::prelude::*;
 
 /// Usage text printed by `--help`.
@@ -22,6 +22,10 @@ Usage:
       Boot a kernel directly. Guest args go after \" -- \" on the kernel command line.
       SPEC is PATH[,ro][,root][,id=ID][,cache=unsafe|writeback][,partuuid=UUID]:
       a virtio block device backed by PATH (ids default to drive0, drive1, ...).
+      --net tap=NAME[,mac=MAC][,id=ID] adds a virtio-net interface on TAP device NAME
+      (ids default to net0, net1, ...; a random local MAC without mac=).
+      --vsock cid=N,uds=PATH adds a vsock device: host clients connect to PATH and
+      send \"CONNECT <port>\\n\"; guest connections to port P go to PATH_P.
 
 Options:
   --id ID              Instance id shown in logs (default anonymous-instance)
@@ -63,6 +67,58 @@ pub struct RunArgs {
     pub mem_mib: u64,
     /// Block devices.
     pub drives: Vec<DriveConfig>,
+    /// Network interfaces.
+    pub nets: Vec<NetConfig>,
+    /// The vsock device.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// Parses a `--vsock` value.
+pub fn parse_vsock(spec: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for option in spec.split(',') {
+        match option.split_once('=') {
+            Some(("cid", n)) => {
+                cid = Some(
+                    n.parse::<u64>()
+                        .map_err(|_| format!("--vsock {spec}: cid `{n}` is not a number"))?,
+                )
+            }
+            Some(("uds", path)) if !path.is_empty() => uds = Some(PathBuf::from(path)),
+            _ => return Err(format!("--vsock {spec}: unknown option `{option}`")),
+        }
+    }
+    match (cid, uds) {
+        (Some(guest_cid), Some(uds_path)) => Ok(VsockConfig {
+            guest_cid,
+            uds_path,
+        }),
+        _ => Err(format!("--vsock {spec}: give both cid=N and uds=PATH")),
+    }
+}
+
+/// Parses a `--net` value; `index` names interfaces without an `id=`.
+pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig, String> {
+    let mut net = NetConfig {
+        iface_id: format!("net{index}"),
+        ..Default::default()
+    };
+    for option in spec.split(',') {
+        match option.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => net.host_dev_name = name.to_owned(),
+            Some(("id", id)) if !id.is_empty() => net.iface_id = id.to_owned(),
+            Some(("mac", mac)) => {
+                net.guest_mac = Some(
+                    ember_api::model::parse_mac(mac).map_err(|e| format!("--net {spec}: {e}"))?,
+                )
+            }
+            _ => return Err(format!("--net {spec}: unknown option `{option}`")),
+        }
+    }
+    if net.host_dev_name.is_empty() {
+        return Err(format!("--net {spec}: give the TAP device with tap=NAME"));
+    }
+    Ok(net)
 }
 
 /// Parses a `--drive` value; `index` names drives without an `id=`.
@@ -180,6 +236,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
     let (mut kernel, mut initrd, mut cmdline) = (None, None, None);
     let (mut vcpus, mut mem_mib) = (1u8, 128u64);
     let mut drives = Vec::new();
+    let mut nets = Vec::new();
+    let mut vsock = None;
     let mut guest_args = Vec::new();
     let mut help = false;
     let mut version = false;
@@ -223,6 +281,16 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
                 })?;
             }
             Long("mem") if run => mem_mib = number(&mut parser, "--mem", "not a size in MiB")?,
+            Long("net") if run => {
+                let spec = string(parser.value()?, "--net")?;
+                nets.push(
+                    parse_net(&spec, nets.len()).map_err(|e| lexopt::Error::Custom(e.into()))?,
+                );
+            }
+            Long("vsock") if run => {
+                let spec = string(parser.value()?, "--vsock")?;
+                vsock = Some(parse_vsock(&spec).map_err(|e| lexopt::Error::Custom(e.into()))?);
+            }
             Long("drive") if run => {
                 let spec = string(parser.value()?, "--drive")?;
                 drives.push(
@@ -259,6 +327,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             vcpus,
             mem_mib,
             drives,
+            nets,
+            vsock,
         })
     } else if no_api {
         match (config_file, api_socket) {
@@ -362,6 +432,40 @@ mod tests {
         );
         assert_eq!(parsed.logger.instance_id, "vm1");
         assert!(parsed.logger.show_level);
+    }
+
+    #[test]
+    fn vsock_specs() {
+        let vsock = parse_vsock("cid=7,uds=/tmp/v.sock").unwrap();
+        assert_eq!(
+            (vsock.guest_cid, vsock.uds_path),
+            (7, PathBuf::from("/tmp/v.sock"))
+        );
+        assert!(parse_vsock("cid=7").unwrap_err().contains("both"));
+        assert!(parse_vsock("cid=x,uds=/a")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_vsock("port=1")
+            .unwrap_err()
+            .contains("unknown option"));
+    }
+
+    #[test]
+    fn net_specs() {
+        let net = parse_net("tap=tap0,mac=06:00:00:00:00:01", 0).unwrap();
+        assert_eq!(
+            (net.iface_id.as_str(), net.host_dev_name.as_str()),
+            ("net0", "tap0")
+        );
+        assert_eq!(net.guest_mac, Some([6, 0, 0, 0, 0, 1]));
+        assert_eq!(parse_net("id=eth1,tap=t1", 3).unwrap().iface_id, "eth1");
+        assert!(parse_net("mac=06:00:00:00:00:01", 0)
+            .unwrap_err()
+            .contains("tap=NAME"));
+        assert!(parse_net("tap=t,mac=zz", 0).unwrap_err().contains("MAC"));
+        assert!(parse_net("tap=t,fast", 0)
+            .unwrap_err()
+            .contains("unknown option"));
     }
 
     #[test]

@@ -29,6 +29,8 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
             config.vcpu_count = run.vcpus;
             config.mem_size_mib = run.mem_mib;
             config.drives = run.drives.clone();
+            config.net_interfaces = run.nets.clone();
+            config.vsock = run.vsock.clone();
             config.start_time = start;
             config
         }

@@ -810,3 +810,69 @@ fn a_rate_limiter_is_updated_live() {
     );
     assert_eq!(ember.wait_exit(), 0);
 }
+
+#[path = "../../../crates/devices/src/virtio/net/tests/host.rs"]
+mod host;
+
+#[test]
+fn network_interfaces_over_the_api() {
+    // ember starts from a thread in a private network namespace, so it and its
+    // TAP live there.
+    host::in_netns(|| {
+        let ember = Ember::start(&[]);
+        let bad = ember.call(
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id": "eth0", "host_dev_name": "ember-api0", "guest_mac": "zz:00"}"#),
+        );
+        assert!(bad.fault().contains("not a MAC address"), "{}", bad.fault());
+        let bad = ember.call(
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id": "eth9", "host_dev_name": "ember-api0"}"#),
+        );
+        assert!(bad.fault().contains("`eth0`"), "{}", bad.fault());
+        ember.ok(
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "ember-api0", "guest_mac": "06:00:ac:10:00:02",
+                "rx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}"#,
+        );
+        let early = ember.call(
+            "PATCH",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 5, "refill_time": 100}}}"#),
+        );
+        assert!(early
+            .fault()
+            .contains("only allowed once the VM is running"));
+        ember.boot(ELF64_PATH, "console=ttyS0 ember.test=net-recv", 1);
+        let port = host::HostPort::new("ember-api0");
+        ember.wait_for("net-recv: ready");
+        ember.ok(
+            "PATCH",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1000000, "refill_time": 100}}}"#,
+        );
+        let unknown = ember.call(
+            "PATCH",
+            "/network-interfaces/eth7",
+            Some(r#"{"iface_id": "eth7"}"#),
+        );
+        assert!(
+            unknown.fault().contains("no network interface `eth7`"),
+            "{}",
+            unknown.fault()
+        );
+        let mut frame = vec![0x42u8; 80];
+        frame[..6].copy_from_slice(&[0x06, 0x00, 0xac, 0x10, 0x00, 0x02]);
+        frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+        let config = ember.call("GET", "/vm/config", None).json();
+        assert_eq!(
+            config["network-interfaces"][0]["guest_mac"],
+            "06:00:ac:10:00:02"
+        );
+        port.send(&frame);
+        ember.wait_for("net-recv len=0x50 ethertype=0x88b5");
+    });
+}

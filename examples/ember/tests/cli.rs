@@ -488,3 +488,72 @@ fn drives_on_the_command_line() {
     let bad = ember(&["run", "--kernel", ELF64_PATH, "--drive", "x.img,turbo"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn vsock_both_ways_with_seccomp_on() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let spec = format!("cid=9,uds={}", uds.display());
+
+    // Guest to host: a listener at <uds>_5000 answers.
+    let listener = UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream).write_all(b"ack\n").unwrap();
+        line
+    });
+    let out = ember(&[
+        "run",
+        "--kernel",
+        ELF64_PATH,
+        "--vsock",
+        &spec,
+        "--cmdline",
+        "ember.test=vsock-connect vsock.port=5000",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("vsock-connect status=ok reply=ack"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(server.join().unwrap(), "hello from the guest\n");
+
+    // Host to guest: CONNECT to a guest listener.
+    let mut child = Command::new(EMBER)
+        .args(["run", "--kernel", PVH_PATH, "--vsock", &spec])
+        .args([
+            "--cmdline",
+            "ember.test=vsock-listen vsock.port=77 vsock.len=4",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l
+        .map(|l| l.contains("vsock-listen: ready"))
+        .unwrap_or(false)));
+    let mut stream = UnixStream::connect(&uds).unwrap();
+    stream.write_all(b"CONNECT 77\n").unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ok = String::new();
+    reader.read_line(&mut ok).unwrap();
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    stream.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    std::io::Read::read_exact(&mut reader, &mut echo).unwrap();
+    assert_eq!(&echo, b"PING");
+    drop((stream, reader));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -16,6 +16,7 @@ pub mod mmio;
 pub mod net;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
+pub mod vsock;
 
 pub use device::VirtioDevice;
 pub use interrupt::{InterruptKind, IrqTrigger, VirtioInterrupt};

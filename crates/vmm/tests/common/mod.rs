@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ember_vmm::{
-    build, BootTime, DriveConfig, EventLoop, ExitReason, MetricGroup, SerialInput, SerialOutput,
-    VmConfig,
+    build, BootTime, DriveConfig, EventLoop, ExitReason, MetricGroup, NetConfig, SerialInput,
+    SerialOutput, VmConfig, VsockConfig,
 };
 
 /// Longest a test guest may run (the emulator runs ~1M instructions/s).
@@ -124,6 +124,8 @@ pub struct Guest {
     pub initrd: Option<PathBuf>,
     pub input: SerialInput,
     pub drives: Vec<DriveConfig>,
+    pub nets: Vec<NetConfig>,
+    pub vsock: Option<VsockConfig>,
 }
 
 impl Guest {
@@ -136,7 +138,19 @@ impl Guest {
             initrd: None,
             input: SerialInput::None,
             drives: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
         }
+    }
+
+    pub fn vsock(mut self, vsock: VsockConfig) -> Guest {
+        self.vsock = Some(vsock);
+        self
+    }
+
+    pub fn net(mut self, net: NetConfig) -> Guest {
+        self.nets.push(net);
+        self
     }
 
     /// Adds `args` to the command line.
@@ -178,6 +192,8 @@ impl Guest {
         config.initrd = self.initrd;
         config.serial_input = self.input;
         config.drives = self.drives;
+        config.net_interfaces = self.nets;
+        config.vsock = self.vsock;
         config.serial_output = SerialOutput::Writer(Box::new(capture.clone()));
         config
     }

@@ -1,0 +1,474 @@
+//! The virtio-vsock device: configuration space, activation and reset, the TX
+//! and RX queue loops, and its event-loop subscription.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::muxer::Muxer;
+use super::packet::{parse_tx, RxBuffer};
+use super::timer::DeadlineTimer;
+use super::{Limits, VsockCounters, VsockState, MAX_PKT_LEN};
+use crate::virtio::{feature_bit, GuestMemoryHandle, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::{Error, Result};
+
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the RX queue (device to guest).
+pub const RX_QUEUE: usize = 0;
+/// Index of the TX queue (guest to device).
+pub const TX_QUEUE: usize = 1;
+/// Index of the event queue (device events; this device sends none).
+pub const EVENT_QUEUE: usize = 2;
+
+const QUEUE_MAX_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+
+/// How a vsock device is set up, with the fields of Firecracker's `vsock`
+/// object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID: at least 3 (0 to 2 are reserved) and below
+    /// 0xffff_ffff (`VMADDR_CID_ANY`).
+    pub guest_cid: u64,
+    /// The host-side Unix socket the device listens on (it must not exist);
+    /// guest connections to host port P go to `<uds_path>_<P>`.
+    pub uds_path: PathBuf,
+}
+
+/// What the device holds between DRIVER_OK and reset.
+struct Active<M> {
+    mem: M,
+    rx: Queue,
+    tx: Queue,
+    event: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    acked_features: u64,
+}
+
+/// A virtio-vsock device with Firecracker's hybrid Unix-socket back-end.
+///
+/// Register it with the event loop (it is a [`MutEventSubscriber`]: it
+/// watches its three queue eventfds, a wake-up eventfd, its deadline timer,
+/// the listening socket and every connection's stream) and give it to an
+/// [`crate::virtio::MmioTransport`]; share it as `Arc<Mutex<Vsock<M>>>`.
+pub struct Vsock<M> {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    /// Device and inode of the socket file the device created.
+    socket_id: Option<(u64, u64)>,
+    avail_features: u64,
+    queue_evts: [EventFd; 3],
+    /// Wakes the event loop after a reset, to close the streams.
+    wake: EventFd,
+    timer: DeadlineTimer,
+    muxer: Muxer,
+    /// Packet data on its way between guest memory and a stream.
+    scratch: Vec<u8>,
+    rx_stalled: bool,
+    active: Option<Active<M>>,
+}
+
+impl<M> fmt::Debug for Vsock<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vsock")
+            .field("guest_cid", &self.guest_cid)
+            .field("uds_path", &self.uds_path)
+            .field("active", &self.active.is_some())
+            .field("counters", &self.muxer.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> Drop for Vsock<M> {
+    fn drop(&mut self) {
+        // Remove the socket file, unless something else replaced it.
+        let ours = std::fs::symlink_metadata(&self.uds_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == self.socket_id {
+            let _ = std::fs::remove_file(&self.uds_path);
+        }
+    }
+}
+
+fn new_eventfd() -> Result<EventFd> {
+    EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)
+}
+
+impl<M: GuestMemoryHandle> Vsock<M> {
+    /// Checks the CID, binds the Unix socket and builds an inactive device.
+    pub fn new(config: VsockConfig) -> Result<Vsock<M>> {
+        if config.guest_cid < 3 || config.guest_cid >= u64::from(u32::MAX) {
+            return Err(Error::InvalidVsockCid(config.guest_cid));
+        }
+        let socket_error = |error| Error::VsockSocket {
+            path: config.uds_path.clone(),
+            error,
+        };
+        let muxer = Muxer::new(config.guest_cid, &config.uds_path, Limits::default())
+            .map_err(socket_error)?;
+        let socket_id = std::fs::symlink_metadata(&config.uds_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Ok(Vsock {
+            guest_cid: config.guest_cid,
+            uds_path: config.uds_path,
+            socket_id,
+            avail_features: feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_RING_F_EVENT_IDX),
+            queue_evts: [new_eventfd()?, new_eventfd()?, new_eventfd()?],
+            wake: new_eventfd()?,
+            timer: DeadlineTimer::new().map_err(Error::VsockTimer)?,
+            muxer,
+            scratch: vec![0; MAX_PKT_LEN as usize],
+            rx_stalled: false,
+            active: None,
+        })
+    }
+
+    /// The guest's CID.
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    /// The listening socket's path.
+    pub fn uds_path(&self) -> &Path {
+        &self.uds_path
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> VsockCounters {
+        self.muxer.counters
+    }
+
+    /// The device's state as plain data (live connections are not part of it).
+    pub fn state(&self) -> VsockState {
+        let active = self.active.as_ref();
+        VsockState {
+            guest_cid: self.guest_cid,
+            uds_path: self.uds_path.clone(),
+            avail_features: self.avail_features,
+            acked_features: active.map_or(0, |a| a.acked_features),
+            queues: active.map_or_else(Vec::new, |a| {
+                vec![a.rx.state(), a.tx.state(), a.event.state()]
+            }),
+            counters: self.muxer.counters,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.muxer.set_limits(limits);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn rx_backlog(&self) -> usize {
+        self.muxer.rx_backlog()
+    }
+
+    fn event_error(&mut self, what: fmt::Arguments) {
+        log::warn!("vsock {}: {what}", self.guest_cid);
+        self.muxer.counters.event_errors += 1;
+    }
+
+    fn on_queue_event(&mut self, queue: usize, now: Instant) {
+        if let Err(e) = self.queue_evts[queue].read() {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                self.event_error(format_args!("cannot read queue {queue}'s event: {e}"));
+            }
+        }
+        let Some(mut active) = self.active.take() else {
+            self.muxer.counters.ignored_notifications += 1;
+            return;
+        };
+        // RX buffers are used after every event; event-queue buffers are
+        // kept (the device sends no events).
+        if queue == TX_QUEUE {
+            self.drain_tx(&mut active, now);
+        }
+        self.active = Some(active);
+    }
+
+    /// Takes every packet the guest sent; each descriptor goes back at once
+    /// (the data is written to the host or buffered within the credit).
+    fn drain_tx(&mut self, active: &mut Active<M>, now: Instant) {
+        let Active {
+            mem, tx, interrupt, ..
+        } = active;
+        let mut used_any = false;
+        // Set after a pass that found nothing although the ring said otherwise.
+        let mut stalled = false;
+        loop {
+            if let Err(e) = tx.disable_notification(&*mem) {
+                self.event_error(format_args!("cannot disable TX notifications: {e}"));
+            }
+            let mut progressed = false;
+            while let Some(chain) = tx.pop_descriptor_chain(&*mem) {
+                let head = chain.head_index();
+                match parse_tx(&*mem, chain, &mut self.scratch) {
+                    Ok(hdr) => self.muxer.on_guest_packet(&hdr, &self.scratch, now),
+                    Err(e) => {
+                        log::debug!("vsock {}: bad TX chain: {e:?}", self.guest_cid);
+                        self.muxer.on_malformed(e.header.as_ref());
+                    }
+                }
+                if let Err(e) = tx.add_used(&*mem, head, 0) {
+                    self.event_error(format_args!("cannot return TX descriptor {head}: {e}"));
+                }
+                progressed = true;
+                used_any = true;
+            }
+            match tx.enable_notification(&*mem) {
+                Ok(true) if progressed || !stalled => stalled = !progressed,
+                Ok(true) => {
+                    log::warn!("vsock {}: invalid TX available index", self.guest_cid);
+                    self.muxer.counters.malformed_packets += 1;
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    self.event_error(format_args!("cannot enable TX notifications: {e}"));
+                    break;
+                }
+            }
+        }
+        // The scratch buffer may have grown to a packet: keep it at its size.
+        self.scratch.resize(MAX_PKT_LEN as usize, 0);
+        if used_any {
+            self.signal_used(tx, mem, interrupt.as_ref());
+        }
+    }
+
+    /// Gives the guest the packets due, as long as it has RX buffers.
+    fn fill_rx(&mut self, active: &mut Active<M>, now: Instant) {
+        let Active {
+            mem, rx, interrupt, ..
+        } = active;
+        let mut used_any = false;
+        let mut rechecked = false;
+        while self.muxer.has_rx_work() {
+            let Some(chain) = rx.pop_descriptor_chain(&*mem) else {
+                // Ask to be notified of new buffers; some may have come meanwhile.
+                match rx.enable_notification(&*mem) {
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.event_error(format_args!("cannot enable RX notifications: {e}")),
+                }
+                if !self.rx_stalled {
+                    self.rx_stalled = true;
+                    self.muxer.counters.rx_buffer_stalls += 1;
+                }
+                break;
+            };
+            rechecked = false;
+            let head = chain.head_index();
+            let buffer = match RxBuffer::parse(&*mem, chain) {
+                Ok(buffer) => buffer,
+                Err(e) => {
+                    log::debug!("vsock {}: bad RX chain: {e:?}", self.guest_cid);
+                    self.muxer.counters.malformed_packets += 1;
+                    if let Err(e) = rx.add_used(&*mem, head, 0) {
+                        self.event_error(format_args!("cannot return RX descriptor {head}: {e}"));
+                    }
+                    used_any = true;
+                    continue;
+                }
+            };
+            let room = buffer.data_capacity();
+            let Some((hdr, len)) = self.muxer.next_rx(room, &mut self.scratch, now) else {
+                // Nothing can be sent now: the buffer stays available.
+                rx.go_to_previous_position();
+                break;
+            };
+            self.rx_stalled = false;
+            let written = match buffer.write(&*mem, &hdr, &self.scratch[..len]) {
+                Some(n) => n,
+                None => {
+                    self.event_error(format_args!("cannot write a packet to RX buffer {head}"));
+                    0
+                }
+            };
+            if let Err(e) = rx.add_used(&*mem, head, written) {
+                self.event_error(format_args!("cannot return RX descriptor {head}: {e}"));
+            }
+            used_any = true;
+        }
+        if used_any {
+            self.signal_used(rx, mem, interrupt.as_ref());
+        }
+    }
+
+    fn signal_used(&mut self, queue: &mut Queue, mem: &M, interrupt: &dyn VirtioInterrupt) {
+        match queue.needs_notification(mem) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = interrupt.trigger(InterruptKind::Used) {
+                    self.event_error(format_args!("cannot interrupt the driver: {e}"));
+                }
+            }
+            Err(e) => self.event_error(format_args!("cannot read used_event: {e}")),
+        }
+    }
+}
+
+impl<M: GuestMemoryHandle> VirtioDevice<M> for Vsock<M> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_MAX_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let config = self.guest_cid.to_le_bytes();
+        data.fill(0);
+        let available = usize::try_from(offset)
+            .ok()
+            .and_then(|start| config.get(start..))
+            .unwrap_or(&[]);
+        let n = available.len().min(data.len());
+        data[..n].copy_from_slice(&available[..n]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "vsock {}: {}-byte write to read-only config at {offset:#x} ignored",
+            self.guest_cid,
+            data.len()
+        );
+    }
+
+    fn config_generation(&self) -> u32 {
+        0
+    }
+
+    fn activate(
+        &mut self,
+        mem: M,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        acked_features: u64,
+    ) -> Result<()> {
+        if self.active.is_some() {
+            return Err(Error::AlreadyActive);
+        }
+        let mut queues = queues.into_iter();
+        let mut next = |index: usize, required: bool| match queues.next() {
+            Some(q) if q.ready() || !required => Ok(q),
+            _ => Err(Error::QueueNotReady(index)),
+        };
+        let rx = next(RX_QUEUE, true)?;
+        let tx = next(TX_QUEUE, true)?;
+        // The event queue is never used: a driver that leaves it out is fine.
+        let event = next(EVENT_QUEUE, false)?;
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            event,
+            interrupt,
+            acked_features,
+        });
+        self.rx_stalled = false;
+        // Packets sent before DRIVER_OK, and host requests made before the
+        // driver was up, get processed by the event loop.
+        for queue in [TX_QUEUE, RX_QUEUE] {
+            if let Err(e) = self.queue_evts[queue].write(1) {
+                self.event_error(format_args!("cannot kick queue {queue}: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.rx_stalled = false;
+        self.muxer.reset();
+        // The streams of dropped connections are closed on the event loop,
+        // which owns the epoll set.
+        if let Err(e) = self.wake.write(1) {
+            self.event_error(format_args!("cannot wake the event loop: {e}"));
+        }
+    }
+}
+
+impl<M: GuestMemoryHandle> MutEventSubscriber for Vsock<M> {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (queue, evt) in self.queue_evts.iter().enumerate() {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                log::error!(
+                    "vsock {}: cannot watch queue {queue}: {e:?}",
+                    self.guest_cid
+                );
+            }
+        }
+        if let Err(e) = ops.add(Events::new(&self.wake, EventSet::IN)) {
+            log::error!(
+                "vsock {}: cannot watch the wake-up event: {e:?}",
+                self.guest_cid
+            );
+        }
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            log::error!("vsock {}: cannot watch the timer: {e:?}", self.guest_cid);
+        }
+        if let Err(e) = self.muxer.register_listener(ops) {
+            log::error!("vsock {}: cannot watch the listener: {e:?}", self.guest_cid);
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        let now = Instant::now();
+        if let Some(queue) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
+            self.on_queue_event(queue, now);
+        } else if fd == self.wake.as_raw_fd() {
+            if let Err(e) = self.wake.read() {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    self.event_error(format_args!("cannot read the wake-up event: {e}"));
+                }
+            }
+        } else if fd == self.timer.as_raw_fd() {
+            if let Err(e) = self.timer.acknowledge() {
+                self.event_error(format_args!("cannot read the timer: {e}"));
+            }
+            self.muxer.expire(now);
+        } else {
+            self.muxer.on_fd_event(fd, events.event_set(), now);
+        }
+        if let Some(mut active) = self.active.take() {
+            self.fill_rx(&mut active, now);
+            self.active = Some(active);
+        }
+        self.muxer.sync(ops);
+        if let Err(e) = self.timer.set(self.muxer.next_deadline(), now) {
+            self.event_error(format_args!("cannot arm the timer: {e}"));
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! virtio-net end to end on KVM: the test guest's driver sends and receives
+//! Ethernet frames through TAP devices. Each test runs in a private network
+//! namespace (see the devices crate's net test helpers, shared here).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
+
+mod common;
+#[path = "../../devices/src/virtio/net/tests/host.rs"]
+mod host;
+
+use std::time::{Duration, Instant};
+
+use common::{fnv1a, hex, run_vm, Capture, Guest};
+use ember_test_guests::{ELF64_PATH, PVH_PATH};
+use ember_vmm::{build, NetConfig};
+use host::{in_netns, HostPort};
+
+const MAC_A: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
+const MAC_B: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x03];
+
+fn iface(id: &str, tap: &str, mac: [u8; 6]) -> NetConfig {
+    NetConfig {
+        iface_id: id.into(),
+        host_dev_name: tap.into(),
+        guest_mac: Some(mac),
+        ..Default::default()
+    }
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Receives the next test frame on `port` on another thread (in the same
+/// network namespace) while the VM runs: the TAP disappears with the VM.
+fn receive_while_running(port: HostPort) -> std::thread::JoinHandle<Option<Vec<u8>>> {
+    std::thread::spawn(move || port.recv_within(common::GUEST_DEADLINE).ok().flatten())
+}
+
+/// The frame the guest's `net-send` builds.
+fn guest_frame(mac: [u8; 6], len: usize) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    frame.extend_from_slice(b"ember-net-test");
+    frame.extend((28..len).map(|i| i as u8));
+    frame
+}
+
+#[test]
+fn a_frame_the_guest_sends_arrives_on_the_tap_byte_for_byte() {
+    in_netns(|| {
+        let capture = Capture::default();
+        let guest = Guest::new(ELF64_PATH, "net-send")
+            .args("net.len=200")
+            .net(iface("eth0", "ember-tx0", MAC_A));
+        let vm = build(guest.config(&capture)).unwrap();
+        let received = receive_while_running(HostPort::new("ember-tx0"));
+        let run = run_vm(vm, &capture, common::GUEST_DEADLINE);
+        run.assert_clean_reset();
+        let expected = guest_frame(MAC_A, 200);
+        assert_eq!(
+            run.field("net-send", "status").as_deref(),
+            Some("0x0"),
+            "{}",
+            run.output
+        );
+        assert_eq!(
+            hex(&run.field("net-send", "sum").unwrap()),
+            u64::from(fnv1a(&expected))
+        );
+        assert_eq!(received.join().unwrap(), Some(expected));
+        assert_eq!(run.metric("net_eth0", "tx_frames"), 1);
+        assert_eq!(run.metric("net_eth0", "tx_bytes"), 200);
+    });
+}
+
+#[test]
+fn a_frame_written_to_the_tap_arrives_in_the_guest() {
+    in_netns(|| {
+        let capture = Capture::default();
+        let guest = Guest::new(PVH_PATH, "net-recv")
+            .args("net.count=2")
+            .net(iface("eth0", "ember-rx0", MAC_A));
+        let vm = build(guest.config(&capture)).unwrap();
+        let port = HostPort::new("ember-rx0");
+        let mut frame = vec![0u8; 300];
+        frame[..6].copy_from_slice(&MAC_A);
+        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x09]);
+        frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+        for (i, byte) in frame.iter_mut().enumerate().skip(14) {
+            *byte = (i * 5 + 1) as u8;
+        }
+        // The first frame waits in the TAP until the guest posts buffers; the
+        // second is sent once the guest says it is ready.
+        port.send(&frame);
+        let watcher = capture.clone();
+        let second = frame.clone();
+        let sender = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !watcher.text().contains("net-recv: ready") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            port.send(&second);
+        });
+        let run = run_vm(vm, &capture, common::GUEST_DEADLINE);
+        sender.join().unwrap();
+        run.assert_clean_reset();
+        let received = run.lines("net-recv len=");
+        assert_eq!(received.len(), 2, "{}", run.output);
+        for line in received {
+            assert_eq!(common::value_of(line, "len").as_deref(), Some("0x12c"));
+            assert_eq!(
+                common::value_of(line, "ethertype").as_deref(),
+                Some("0x88b5")
+            );
+            assert_eq!(
+                hex(&common::value_of(line, "sum").unwrap()),
+                u64::from(fnv1a(&frame))
+            );
+            assert_eq!(
+                common::value_of(line, "vhdr").as_deref(),
+                Some("000000000000000000000100")
+            );
+        }
+        assert_eq!(run.metric("net_eth0", "rx_frames"), 2);
+    });
+}
+
+#[test]
+fn two_interfaces_with_their_macs_in_config_space() {
+    in_netns(|| {
+        let capture = Capture::default();
+        let guest = Guest::new(ELF64_PATH, "net-info")
+            .net(iface("eth0", "ember-a0", MAC_A))
+            .net(iface("eth1", "ember-b0", MAC_B));
+        let run = run_vm(
+            build(guest.config(&capture)).unwrap(),
+            &capture,
+            common::GUEST_DEADLINE,
+        );
+        run.assert_clean_reset();
+        let lines = run.lines("net dev=");
+        assert_eq!(lines.len(), 2, "{}", run.output);
+        assert_eq!(common::value_of(lines[0], "mac"), Some(mac_text(MAC_A)));
+        assert_eq!(common::value_of(lines[1], "mac"), Some(mac_text(MAC_B)));
+        assert_eq!(common::value_of(lines[1], "irq").as_deref(), Some("0x6"));
+
+        let capture = Capture::default();
+        let guest = Guest::new(ELF64_PATH, "net-send")
+            .args("net.dev=1")
+            .net(iface("eth0", "ember-a1", MAC_A))
+            .net(iface("eth1", "ember-b1", MAC_B));
+        let vm = build(guest.config(&capture)).unwrap();
+        let port_a = HostPort::new("ember-a1");
+        let received = receive_while_running(HostPort::new("ember-b1"));
+        let run = run_vm(vm, &capture, common::GUEST_DEADLINE);
+        run.assert_clean_reset();
+        assert_eq!(received.join().unwrap(), Some(guest_frame(MAC_B, 64)));
+        assert_eq!(
+            run.metric("net_eth0", "tx_frames"),
+            0,
+            "nothing on the other interface"
+        );
+        drop(port_a);
+    });
+}
+
+#[test]
+fn a_missing_tap_name_or_a_bad_mac_is_a_clear_error() {
+    in_netns(|| {
+        let mut bad = iface("eth0", "this-name-is-way-too-long", MAC_A);
+        let err = build(
+            Guest::new(ELF64_PATH, "net-info")
+                .net(bad.clone())
+                .config(&Capture::default()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("network interface `eth0`"), "{err}");
+        bad.host_dev_name = "ember-m0".into();
+        bad.guest_mac = Some([0x01, 0, 0, 0, 0, 1]);
+        let err = build(
+            Guest::new(ELF64_PATH, "net-info")
+                .net(bad)
+                .config(&Capture::default()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unicast"), "{err}");
+    });
+}
