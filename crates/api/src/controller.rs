@@ -22,10 +22,10 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::MetricsWriter;
-use crate::model::{RateLimiter, TokenBucket, VmResources};
+use crate::model::{Logger, Metrics, RateLimiter, TokenBucket, VmResources};
 use crate::request::{
-    Action, ApiRequest, ApiResponse, DriveUpdate, LoggerRequest, MachineConfigUpdate,
-    MetricsRequest, NetworkInterfaceUpdate, VmStateRequest,
+    Action, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate, NetworkInterfaceUpdate,
+    VmStateRequest,
 };
 use crate::server::{ApiCounters, ApiEnd};
 
@@ -73,8 +73,17 @@ pub struct Controller {
     metrics: Option<MetricsWriter>,
     metrics_timer: Option<TimerFd>,
     api_counters: Arc<ApiCounters>,
-    seccomp: Option<Filters>,
+    overrides: VmOverrides,
     finished: Option<ember_vmm::Result<ExitReason>>,
+}
+
+/// Settings from the command line applied to every VM the controller builds.
+#[derive(Debug, Default)]
+pub struct VmOverrides {
+    /// Seccomp filters for the VMM, vCPU (and API) threads; `None` runs unfiltered.
+    pub seccomp: Option<Filters>,
+    /// The KVM device to open instead of `/dev/kvm`.
+    pub kvm_device: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -112,7 +121,7 @@ impl Controller {
         api: ApiEnd,
         termination: Option<&TerminationSignals>,
         api_counters: Arc<ApiCounters>,
-        seccomp: Option<Filters>,
+        overrides: VmOverrides,
     ) -> ember_vmm::Result<Controller> {
         Ok(Controller {
             instance_id,
@@ -121,7 +130,7 @@ impl Controller {
             requests: api.requests,
             responses: api.responses,
             wake: api.wake,
-            seccomp,
+            overrides,
             termination: termination
                 .map(TerminationSignals::try_clone_event)
                 .transpose()?,
@@ -134,12 +143,12 @@ impl Controller {
     }
 
     /// Starts the VM at the next turn of the loop, without an API client waiting
-    /// (for a config file given with the API socket).
-    pub fn request_start(&mut self) {
+    /// (for a config file), timing the boot from `start`.
+    pub fn request_start(&mut self, start: StartTime) {
         if matches!(self.phase, Phase::Configuring) {
             self.phase = Phase::Starting {
                 reply: false,
-                start: StartTime::now(),
+                start,
             };
         }
     }
@@ -175,7 +184,10 @@ impl Controller {
             .to_vm_config(start)
             .map_err(|e| e.to_string())
             .and_then(|mut config| {
-                config.seccomp = self.seccomp.clone();
+                config.seccomp = self.overrides.seccomp.clone();
+                if let Some(device) = &self.overrides.kvm_device {
+                    config.kvm_device = device.clone();
+                }
                 ember_vmm::build(config).map_err(|e| e.to_string())
             })
             .and_then(|vm| vm.start(event_loop, termination).map_err(|e| e.to_string()));
@@ -421,7 +433,7 @@ impl Controller {
         ApiResponse::no_content()
     }
 
-    fn put_logger(&mut self, request: LoggerRequest) -> ApiResponse {
+    fn put_logger(&mut self, request: Logger) -> ApiResponse {
         if !self.configuring() {
             return pre_boot_only("PUT /logger");
         }
@@ -436,18 +448,36 @@ impl Controller {
         };
         let config = LoggerConfig {
             instance_id: self.instance_id.clone(),
-            path: request.log_path,
+            path: request.log_path.clone(),
             level,
             show_level: request.show_level.unwrap_or(false),
             show_origin: request.show_log_origin.unwrap_or(false),
         };
         match logger::configure(config) {
-            Ok(()) => ApiResponse::no_content(),
+            Ok(()) => {
+                self.resources.logger = Some(request);
+                ApiResponse::no_content()
+            }
             Err(e) => ApiResponse::bad_request(&e.to_string()),
         }
     }
 
-    fn put_metrics(&mut self, request: MetricsRequest) -> ApiResponse {
+    /// Applies the `logger` and `metrics` objects of a config file, as if
+    /// they had come through the API. Returns the first refusal.
+    pub fn apply_config_file_settings(&mut self) -> std::result::Result<(), String> {
+        let responses = [
+            self.resources.logger.clone().map(|l| self.put_logger(l)),
+            self.resources.metrics.clone().map(|m| self.put_metrics(m)),
+        ];
+        for response in responses.into_iter().flatten() {
+            if response.status >= 400 {
+                return Err(response.body.unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    fn put_metrics(&mut self, request: Metrics) -> ApiResponse {
         if !self.configuring() {
             return pre_boot_only("PUT /metrics");
         }
@@ -471,6 +501,7 @@ impl Controller {
             Ok(timer) => {
                 self.metrics = Some(writer);
                 self.metrics_timer = Some(timer);
+                self.resources.metrics = Some(request);
                 // The loop picks the timer up when this subscriber is next processed.
                 ApiResponse::no_content()
             }
@@ -566,6 +597,11 @@ impl MutEventSubscriber for Controller {
         if let Some(termination) = &self.termination {
             if let Err(e) = ops.add(Events::new(termination, EventSet::IN)) {
                 log::error!("API: cannot watch the termination eventfd: {e:?}");
+            }
+        }
+        if let Some(timer) = &self.metrics_timer {
+            if let Err(e) = ops.add(Events::new(timer, EventSet::IN)) {
+                log::error!("metrics: cannot watch the timer: {e:?}");
             }
         }
     }

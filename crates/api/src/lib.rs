@@ -77,6 +77,9 @@ pub enum Error {
     /// The VMM failed.
     #[error(transparent)]
     Vmm(#[from] ember_vmm::Error),
+    /// The config file's `logger` or `metrics` object was refused.
+    #[error("config file: {0}")]
+    ConfigFileSettings(String),
 }
 
 /// Result alias for this crate.

@@ -155,6 +155,35 @@ pub struct NetworkInterface {
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
+/// The `logger` object (`PUT /logger`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// Log file or FIFO; standard error when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    /// `Error`, `Warning`, `Info`, `Debug`, `Trace` or `Off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Show each line's level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Show each line's source location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    /// Accepted for compatibility: Ember logs all modules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// The `metrics` object (`PUT /metrics`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Metrics file or FIFO.
+    pub metrics_path: PathBuf,
+}
+
 /// The `vsock` object: Firecracker's hybrid vsock over a Unix socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,23 +306,22 @@ pub struct VmResources {
     /// The vsock device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
-    /// Firecracker resources Ember does not provide in a config file yet;
-    /// refused when present.
-    #[serde(default, skip_serializing)]
-    pub logger: Option<serde_json::Value>,
-    /// See `network_interfaces`.
-    #[serde(default, skip_serializing)]
-    pub metrics: Option<serde_json::Value>,
-    /// See `network_interfaces`.
+    /// Where and how to log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    /// Where to write metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// Firecracker resources Ember does not provide yet; refused when present.
     #[serde(rename = "mmds-config", default, skip_serializing)]
     pub mmds_config: Option<serde_json::Value>,
-    /// See `network_interfaces`.
+    /// See `mmds_config`.
     #[serde(default, skip_serializing)]
     pub balloon: Option<serde_json::Value>,
-    /// See `network_interfaces`.
+    /// See `mmds_config`.
     #[serde(default, skip_serializing)]
     pub entropy: Option<serde_json::Value>,
-    /// See `network_interfaces`.
+    /// See `mmds_config`.
     #[serde(rename = "cpu-config", default, skip_serializing)]
     pub cpu_config: Option<serde_json::Value>,
 }
@@ -387,8 +415,6 @@ impl VmResources {
     /// Refuses resources Ember cannot provide yet.
     pub fn validate(&self) -> Result<()> {
         let unsupported = [
-            ("logger", &self.logger),
-            ("metrics", &self.metrics),
             ("mmds-config", &self.mmds_config),
             ("balloon", &self.balloon),
             ("entropy", &self.entropy),

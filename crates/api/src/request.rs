@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BootSource, Drive, MachineConfig, NetworkInterface};
+use crate::model::{BootSource, Drive, Logger, MachineConfig, Metrics, NetworkInterface};
 
 /// `PATCH /machine-config`: any subset of the machine configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -16,30 +16,6 @@ pub struct MachineConfigUpdate {
     pub smt: Option<bool>,
     /// New dirty-page tracking setting.
     pub track_dirty_pages: Option<bool>,
-}
-
-/// `PUT /logger`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoggerRequest {
-    /// Log file or FIFO.
-    pub log_path: Option<std::path::PathBuf>,
-    /// `Error`, `Warning`, `Info`, `Debug`, `Trace` or `Off`.
-    pub level: Option<String>,
-    /// Show each line's level.
-    pub show_level: Option<bool>,
-    /// Show each line's source location.
-    pub show_log_origin: Option<bool>,
-    /// Accepted for compatibility: Ember logs all modules.
-    pub module: Option<String>,
-}
-
-/// `PUT /metrics`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsRequest {
-    /// Metrics file or FIFO.
-    pub metrics_path: std::path::PathBuf,
 }
 
 /// `PUT /actions`.
@@ -128,9 +104,9 @@ pub enum ApiRequest {
     /// `PUT /vsock`.
     PutVsock(crate::model::Vsock),
     /// `PUT /logger`.
-    PutLogger(LoggerRequest),
+    PutLogger(Logger),
     /// `PUT /metrics`.
-    PutMetrics(MetricsRequest),
+    PutMetrics(Metrics),
     /// `PUT /actions`.
     Action(Action),
     /// `PATCH /vm`.

@@ -4,10 +4,10 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::model::{BootSource, Drive, MachineConfig, NetworkInterface, Vsock};
+use crate::model::{BootSource, Drive, Logger, MachineConfig, Metrics, NetworkInterface, Vsock};
 use crate::request::{
-    ActionRequest, ApiRequest, ApiResponse, DriveUpdate, LoggerRequest, MachineConfigUpdate,
-    MetricsRequest, NetworkInterfaceUpdate, VmPatch,
+    ActionRequest, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate,
+    NetworkInterfaceUpdate, VmPatch,
 };
 
 /// HTTP methods the API serves.
@@ -116,8 +116,8 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
         }
         (Put, "/boot-source") => ApiRequest::PutBootSource(json::<BootSource>(body, &what)?),
         (Put, "/vsock") => ApiRequest::PutVsock(json::<Vsock>(body, &what)?),
-        (Put, "/logger") => ApiRequest::PutLogger(json::<LoggerRequest>(body, &what)?),
-        (Put, "/metrics") => ApiRequest::PutMetrics(json::<MetricsRequest>(body, &what)?),
+        (Put, "/logger") => ApiRequest::PutLogger(json::<Logger>(body, &what)?),
+        (Put, "/metrics") => ApiRequest::PutMetrics(json::<Metrics>(body, &what)?),
         (Put, "/actions") => ApiRequest::Action(json::<ActionRequest>(body, &what)?.action_type),
         (Patch, "/vm") => ApiRequest::PatchVm(json::<VmPatch>(body, &what)?.state),
         (Get, "/vm/config") => {

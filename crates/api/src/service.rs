@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ember_vmm::seccomp::{Filters, ThreadKind};
+use ember_vmm::seccomp::ThreadKind;
 use ember_vmm::signals::TerminationSignals;
-use ember_vmm::{EventLoop, ExitReason};
+use ember_vmm::{EventLoop, ExitReason, StartTime};
 use event_manager::SubscriberOps;
 
-use crate::controller::Controller;
+use crate::controller::{Controller, VmOverrides};
 use crate::model::VmResources;
 use crate::server::{self, ApiCounters};
 use crate::{Error, Result};
@@ -18,14 +18,16 @@ use crate::{Error, Result};
 /// How to run the API service.
 #[derive(Debug)]
 pub struct ServiceOptions {
-    /// The API socket path.
-    pub socket: PathBuf,
+    /// The API socket path; `None` runs a config file's VM without an API.
+    pub socket: Option<PathBuf>,
+    /// When the start request arrived (process start for a config-file boot).
+    pub start_time: StartTime,
     /// Instance id for `GET /` and logs.
     pub instance_id: String,
     /// Resources from a config file: the VM starts at once when given.
     pub resources: Option<VmResources>,
-    /// Seccomp filters for the API, VMM and vCPU threads; `None` runs unfiltered.
-    pub seccomp: Option<Filters>,
+    /// Settings applied to the VM (seccomp filters, KVM device).
+    pub overrides: VmOverrides,
 }
 
 /// Serves the API and runs the VM it configures; returns how the VM ended.
@@ -33,22 +35,30 @@ pub fn run(
     options: ServiceOptions,
     termination: Option<&TerminationSignals>,
 ) -> Result<ExitReason> {
-    let (listener, _socket_guard) = server::bind(&options.socket)?;
     let (channel, api_end) = server::channel()?;
     let counters = Arc::new(ApiCounters::default());
-    let thread_counters = counters.clone();
-    let api_filter = options
-        .seccomp
-        .as_ref()
-        .and_then(|filters| filters.get(&ThreadKind::Api).cloned());
-    std::thread::Builder::new()
-        .name("ember_api".into())
-        .spawn(move || {
-            if let Err(e) = server::serve(listener, channel, thread_counters, api_filter.as_ref()) {
-                log::error!("API server stopped: {e}");
-            }
-        })
-        .map_err(Error::Io)?;
+    let _socket_guard = match &options.socket {
+        Some(socket) => {
+            let (listener, guard) = server::bind(socket)?;
+            let thread_counters = counters.clone();
+            let api_filter = options
+                .overrides
+                .seccomp
+                .as_ref()
+                .and_then(|filters| filters.get(&ThreadKind::Api).cloned());
+            std::thread::Builder::new()
+                .name("ember_api".into())
+                .spawn(move || {
+                    let filter = api_filter.as_ref();
+                    if let Err(e) = server::serve(listener, channel, thread_counters, filter) {
+                        log::error!("API server stopped: {e}");
+                    }
+                })
+                .map_err(Error::Io)?;
+            Some(guard)
+        }
+        None => None,
+    };
 
     let start_now = options.resources.is_some();
     let controller = Arc::new(Mutex::new(Controller::new(
@@ -57,13 +67,14 @@ pub fn run(
         api_end,
         termination,
         counters,
-        options.seccomp,
+        options.overrides,
     )?));
     if start_now {
+        let mut controller = controller.lock().unwrap_or_else(PoisonError::into_inner);
         controller
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .request_start();
+            .apply_config_file_settings()
+            .map_err(Error::ConfigFileSettings)?;
+        controller.request_start(options.start_time);
     }
     let mut event_loop =
         EventLoop::new().map_err(|e| Error::Vmm(ember_vmm::Error::EventLoop(e)))?;

@@ -81,6 +81,34 @@ impl Dir {
         &self.path
     }
 
+    /// Records in `undo` that the entry `name` (host path `path`) was
+    /// created here, so that it is removed again.
+    fn record_created(&self, name: CString, is_dir: bool, path: PathBuf, undo: &mut Undo) {
+        undo.push(Step::Remove {
+            dir: self.fd.clone(),
+            name,
+            is_dir,
+            path,
+        });
+    }
+
+    /// Creates the regular file `name` (host path `path`), which must not
+    /// exist and is never reached through a symbolic link, with permission
+    /// bits `mode` less the umask, and records it.
+    fn create_new(
+        &self,
+        name: CString,
+        path: &Path,
+        mode: u32,
+        undo: &mut Undo,
+    ) -> Result<OwnedFd> {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        let file =
+            sys::open_at(Some(self.fd()), &name, flags, mode).map_err(fs_error("create", path))?;
+        self.record_created(name, false, path.to_owned(), undo);
+        Ok(file)
+    }
+
     /// Opens sub-directory `name`, creating it with `mode` (less the umask) if
     /// it does not exist; the flag tells whether it was created. An existing
     /// entry that is not a directory, or is a symbolic link, is an error.
@@ -93,12 +121,7 @@ impl Dir {
             Err(e) => return Err(fs_error("create directory", &path)(e)),
         };
         if created {
-            undo.push(Step::Remove {
-                dir: self.fd.clone(),
-                name: cname.clone(),
-                is_dir: true,
-                path: path.clone(),
-            });
+            self.record_created(cname.clone(), true, path.clone(), undo);
         }
         let fd = sys::open_at(Some(self.fd()), &cname, DIR_FLAGS, 0).map_err(fs_error(
             "open directory (it must not be a symbolic link)",
@@ -126,12 +149,7 @@ impl Dir {
         let path = self.path.join(OsStr::from_bytes(name.to_bytes()));
         sys::mknod_char_at(self.fd(), name, 0o600, major, minor)
             .map_err(fs_error("create device node", &path))?;
-        undo.push(Step::Remove {
-            dir: self.fd.clone(),
-            name: name.to_owned(),
-            is_dir: false,
-            path: path.clone(),
-        });
+        self.record_created(name.to_owned(), false, path.clone(), undo);
         sys::chown_chmod_at(self.fd(), name, owner.0, owner.1, mode)
             .map_err(fs_error("set owner and mode of", &path))
     }
@@ -145,12 +163,7 @@ impl Dir {
         let csource = name_of(source.as_os_str(), source)?;
         match sys::link_at(&csource, self.fd(), &cname) {
             Ok(()) => {
-                undo.push(Step::Remove {
-                    dir: self.fd.clone(),
-                    name: cname,
-                    is_dir: false,
-                    path,
-                });
+                self.record_created(cname, false, path, undo);
                 return Ok(());
             }
             Err(e)
@@ -160,15 +173,7 @@ impl Dir {
                 ) => {}
             Err(e) => return Err(fs_error("hard-link the exec file to", &path)(e)),
         }
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-        let target = sys::open_at(Some(self.fd()), &cname, flags, 0o700)
-            .map_err(fs_error("create", &path))?;
-        undo.push(Step::Remove {
-            dir: self.fd.clone(),
-            name: cname,
-            is_dir: false,
-            path: path.clone(),
-        });
+        let target = self.create_new(cname, &path, 0o700, undo)?;
         let mut input = File::open(source).map_err(fs_error("open", source))?;
         let mode = input
             .metadata()
@@ -207,15 +212,7 @@ impl Dir {
     pub(crate) fn create_file(&self, name: &OsStr, contents: &[u8], undo: &mut Undo) -> Result<()> {
         let path = self.path.join(name);
         let cname = name_of(name, &path)?;
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-        let file = sys::open_at(Some(self.fd()), &cname, flags, 0o644)
-            .map_err(fs_error("create", &path))?;
-        undo.push(Step::Remove {
-            dir: self.fd.clone(),
-            name: cname,
-            is_dir: false,
-            path: path.clone(),
-        });
+        let file = self.create_new(cname, &path, 0o644, undo)?;
         sys::write_all(file.as_fd(), contents).map_err(fs_error("write", &path))
     }
 }

@@ -184,6 +184,12 @@ impl Jail {
             call: "pipe2",
             source,
         })?;
+        // The child waits on `go` until the parent has recorded its pid, so the
+        // program never runs before its pid file exists.
+        let (go_child, go) = sys::pipe().map_err(|source| Error::Sys {
+            call: "pipe2",
+            source,
+        })?;
         let child = sys::fork().map_err(|source| Error::Sys {
             call: "fork",
             source,
@@ -192,6 +198,13 @@ impl Jail {
             // The child never returns: it executes the program or reports why
             // it could not and exits, leaving the undo to the parent.
             drop(report);
+            drop(go);
+            let mut signal = [0u8; 1];
+            if !matches!(sys::read(go_child.as_fd(), &mut signal), Ok(1)) {
+                // The parent gave up (or died) before letting the child go.
+                sys::exit_now(1);
+            }
+            drop(go_child);
             if setsid_in_child {
                 if let Err(e) = sys::setsid() {
                     process::report_and_exit(report_child, Stage::Setsid, &e);
@@ -201,6 +214,7 @@ impl Jail {
             process::report_and_exit(report_child, stage, &error);
         };
         drop(report_child);
+        drop(go_child);
         if self.config.new_pid_ns() {
             let mut name = self.config.exec_name().to_owned();
             name.push(".pid");
@@ -213,6 +227,15 @@ impl Jail {
                 return Err(e);
             }
         }
+        if let Err(source) = sys::write_all(go.as_fd(), b"g") {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::wait(pid);
+            return Err(Error::Sys {
+                call: "starting the forked child",
+                source,
+            });
+        }
+        drop(go);
         match process::read_report(&report) {
             Ok(None) => {
                 std::mem::take(&mut self.undo).commit();

@@ -1,5 +1,6 @@
 /*
- * C-only declarations shared by the guest's C files (main.c, blk.c).
+ * C-only declarations shared by the guest's C files (virtio.h adds the
+ * virtio-mmio driver core of blk.c, net.c and vsock.c).
  * guest.h stays assembler-safe; this header is not included from .S files.
  */
 #ifndef EMBER_CORE_H
@@ -79,6 +80,9 @@ int cmdline_token(const char *key, u32 nth, char *out, int cap);
  * Parses "0x<hex>" or "<decimal>" at *s; advances *s. Returns 1 on success
  * (at least one digit).
  */
+/* The value of hexadecimal digit `c`, or -1. */
+int hexval(char c);
+
 int parse_num(const char **s, u64 *out);
 
 /* Value of the first "key<number>" token (key includes the '='), or def if

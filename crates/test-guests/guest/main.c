@@ -255,7 +255,7 @@ int streq(const char *a, const char *b)
 	return *a == *b;
 }
 
-static int hexval(char c)
+int hexval(char c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';

@@ -5,53 +5,16 @@
  * or from the host (CID 2), with credit-based flow control.
  *
  * Devices are discovered from "virtio_mmio.device=<size>@<addr>:<irq>[:<id>]"
- * command-line tokens like blk.c does; the i-th token is device i.
- * Everything runs with interrupts disabled: the driver notifies the device
+ * command-line tokens by virtio.c, as for blk.c; the i-th token is device
+ * i. Everything runs with interrupts disabled: the driver notifies the device
  * and polls the used rings with bounded spins. Rings and buffers live in
  * .bss (guest-physical == virtual).
  *
  * Integer code only, short loops, no division: see main.c.
  */
-#include "core.h"
+#include "virtio.h"
 
-/* virtio-mmio registers (virtio 1.x, section 4.2.2). */
-#define VM_MAGIC 0x000
-#define VM_VERSION 0x004
-#define VM_DEVICE_ID 0x008
-#define VM_DEVICE_FEATURES 0x010
-#define VM_DEVICE_FEATURES_SEL 0x014
-#define VM_DRIVER_FEATURES 0x020
-#define VM_DRIVER_FEATURES_SEL 0x024
-#define VM_QUEUE_SEL 0x030
-#define VM_QUEUE_NUM_MAX 0x034
-#define VM_QUEUE_NUM 0x038
-#define VM_QUEUE_READY 0x044
-#define VM_QUEUE_NOTIFY 0x050
-#define VM_INTERRUPT_STATUS 0x060
-#define VM_INTERRUPT_ACK 0x064
-#define VM_STATUS 0x070
-#define VM_QUEUE_DESC_LOW 0x080
-#define VM_QUEUE_DESC_HIGH 0x084
-#define VM_QUEUE_DRIVER_LOW 0x090
-#define VM_QUEUE_DRIVER_HIGH 0x094
-#define VM_QUEUE_DEVICE_LOW 0x0a0
-#define VM_QUEUE_DEVICE_HIGH 0x0a4
-#define VM_CONFIG_GENERATION 0x0fc
-#define VM_CONFIG 0x100
-
-#define VIRTIO_MAGIC 0x74726976u /* "virt" */
 #define VIRTIO_ID_VSOCK 19
-
-#define ST_ACKNOWLEDGE 1u
-#define ST_DRIVER 2u
-#define ST_DRIVER_OK 4u
-#define ST_FEATURES_OK 8u
-#define ST_NEEDS_RESET 64u
-#define ST_FAILED 128u
-#define F_HI_VERSION_1 (1u << 0) /* bit 32 */
-
-#define VIRTQ_DESC_F_NEXT 1
-#define VIRTQ_DESC_F_WRITE 2
 
 /* virtio-vsock (virtio 1.x, section 5.10). */
 #define HOST_CID 2
@@ -70,63 +33,19 @@
 #define RXQ 0
 #define TXQ 1
 #define EVQ 2
-#define QSZ 8		/* RX and TX queue size */
 #define EVQ_BUFS 2	/* event buffers posted */
 #define RX_DATA 512	/* data bytes per RX buffer */
 #define BUF_ALLOC 4096	/* receive buffer advertised to the host */
 #define MSG_MAX 128	/* vsock.msg bytes */
 #define REPLY_MAX 64	/* vsock-connect reply bytes kept */
 #define LISTEN_MAX 256	/* vsock-listen bytes kept */
-#define MAX_DEVS 32
 #define TOKEN_CAP 400
 #define SPINS_TX 2000000u
 #define WAIT_DEFAULT 3000000u
 #define LISTEN_WAIT_DEFAULT 10000000u
 
-#define barrier() __asm__ volatile("" : : : "memory")
-
 /* ------------------------------------------------------------------------ */
-/* Virtqueues and buffers                                                   */
-
-struct virtq_desc {
-	u64 addr;
-	u32 len;
-	u16 flags;
-	u16 next;
-};
-
-struct virtq_avail {
-	u16 flags;
-	u16 idx;
-	u16 ring[QSZ];
-	u16 used_event;
-};
-
-struct virtq_used_elem {
-	u32 id;
-	u32 len;
-};
-
-struct virtq_used {
-	u16 flags;
-	u16 idx;
-	struct virtq_used_elem ring[QSZ];
-	u16 avail_event;
-};
-
-struct vq {
-	struct virtq_desc desc[QSZ];
-	struct virtq_avail avail __attribute__((aligned(64)));
-	struct virtq_used used __attribute__((aligned(64)));
-} __attribute__((aligned(4096)));
-
-/* The driver's view of one queue. */
-struct ring {
-	struct vq *vq;
-	u16 size;
-	u16 avail_idx;
-	u16 used_idx;
-};
+/* Packets and buffers                                                      */
 
 struct vsock_hdr {
 	u64 src_cid;
@@ -148,9 +67,7 @@ struct rx_buf {
 	u8 data[RX_DATA];
 } __attribute__((packed));
 
-static struct vq vqs[3];
-static struct ring rings[3];
-static struct rx_buf rx_bufs[QSZ] __attribute__((aligned(64)));
+static struct rx_buf rx_bufs[VIRTQ_MAX] __attribute__((aligned(64)));
 static u8 ev_bufs[EVQ_BUFS][8] __attribute__((aligned(64)));
 static struct vsock_hdr tx_hdr __attribute__((aligned(64)));
 static u8 tx_data[LISTEN_MAX] __attribute__((aligned(64)));
@@ -161,268 +78,54 @@ static u8 rx_data[RX_DATA];
 static u32 rx_len;
 
 /* ------------------------------------------------------------------------ */
-/* Devices                                                                  */
-
-struct dev {
-	u32 index;
-	int is_vsock;
-	u64 size;
-	u64 base;
-	u32 irq;
-	u64 cid;
-};
-
-static struct dev devs[MAX_DEVS];
-static u32 ndevs;
-
-static inline u32 mmio_rd(const struct dev *d, u32 off)
-{
-	return *(const volatile u32 *)(d->base + off);
-}
-
-static inline void mmio_wr(const struct dev *d, u32 off, u32 val)
-{
-	*(volatile u32 *)(d->base + off) = val;
-}
-
-/* parse_num plus an optional K/M/G suffix (like Linux's memparse). */
-static int parse_size(const char **s, u64 *out)
-{
-	if (!parse_num(s, out))
-		return 0;
-	int shift = 0;
-	if (**s == 'K' || **s == 'k')
-		shift = 10;
-	else if (**s == 'M' || **s == 'm')
-		shift = 20;
-	else if (**s == 'G' || **s == 'g')
-		shift = 30;
-	if (shift) {
-		*out <<= shift;
-		(*s)++;
-	}
-	return 1;
-}
-
-/* Parses "<size>@<addr>:<irq>[:<id>]". */
-static int parse_device(const char *s, struct dev *d)
-{
-	u64 irq, id;
-
-	if (!parse_size(&s, &d->size) || *s++ != '@')
-		return 0;
-	if (!parse_num(&s, &d->base) || *s++ != ':')
-		return 0;
-	if (*s < '0' || *s > '9' || !parse_num(&s, &irq) || irq == 0 ||
-	    irq > 0xFFFFFFFFu)
-		return 0;
-	d->irq = (u32)irq;
-	if (*s == ':') {
-		s++;
-		if (!parse_num(&s, &id))
-			return 0;
-	}
-	return *s == 0;
-}
-
-/* Collects the virtio_mmio.device= tokens and probes the usable ones. */
-static void discover(void)
-{
-	char val[80];
-
-	ndevs = 0;
-	while (ndevs < MAX_DEVS &&
-	       cmdline_token("virtio_mmio.device=", ndevs, val, sizeof(val))) {
-		struct dev *d = &devs[ndevs];
-		memset(d, 0, sizeof(*d));
-		d->index = ndevs++;
-		if (!parse_device(val, d) || (d->base & 3) ||
-		    d->base + 0x200 > 0x100000000ul || d->base < 0x100000ul)
-			continue;
-		d->is_vsock = mmio_rd(d, VM_MAGIC) == VIRTIO_MAGIC &&
-			      mmio_rd(d, VM_DEVICE_ID) == VIRTIO_ID_VSOCK;
-	}
-}
-
-/* ------------------------------------------------------------------------ */
 /* Driver                                                                   */
 
-static void __attribute__((noreturn)) init_failed(struct dev *d, const char *step)
-{
-	u32 status = mmio_rd(d, VM_STATUS);
+/* The guest CID of the device initialised last. */
+static u64 guest_cid;
 
-	con_puts("vsock: init-failed");
-	kv("dev", d->index);
-	con_puts(" step=");
-	con_puts(step);
-	kv("status", status);
-	con_putc('\n');
-	mmio_wr(d, VM_STATUS, status | ST_FAILED);
-	done();
+static void read_cid(const struct virtio_dev *d)
+{
+	guest_cid = virtio_config_u64(d, 0);
 }
 
-static int dev_reset(struct dev *d)
+static const u16 queue_sizes[] = { VIRTQ_MAX, VIRTQ_MAX, 4 };
+
+/* RX and TX queues of up to 8 entries, EVENT up to 4, each at least 2;
+ * VERSION_1 only. */
+static const struct virtio_driver vsock_driver = {
+	.name = "vsock",
+	.device_id = VIRTIO_ID_VSOCK,
+	.every_token = 1,
+	.features = 0,
+	.required = 0,
+	.nqueues = 3,
+	.qsize = queue_sizes,
+	.qmin = 2,
+	.read_config = read_cid,
+};
+
+/* Initialises d, then posts every RX buffer and EVQ_BUFS event buffers. */
+static void vsock_init(struct virtio_dev *d)
 {
-	mmio_wr(d, VM_STATUS, 0);
-	for (u32 i = 0; i < 1000; i++) {
-		if (mmio_rd(d, VM_STATUS) == 0)
-			return 1;
-	}
-	return 0;
-}
-
-static void set_status(struct dev *d, u32 bits)
-{
-	mmio_wr(d, VM_STATUS, mmio_rd(d, VM_STATUS) | bits);
-}
-
-static u64 config_u64(struct dev *d, u32 off)
-{
-	u32 gen, lo, hi;
-	u32 tries = 0;
-
-	do {
-		gen = mmio_rd(d, VM_CONFIG_GENERATION);
-		lo = mmio_rd(d, VM_CONFIG + off);
-		hi = mmio_rd(d, VM_CONFIG + off + 4);
-	} while (gen != mmio_rd(d, VM_CONFIG_GENERATION) && ++tries < 10);
-	return ((u64)hi << 32) | lo;
-}
-
-static void ring_publish(struct dev *d, u32 q, u16 head)
-{
-	struct ring *r = &rings[q];
-
-	r->vq->avail.ring[r->avail_idx & (r->size - 1)] = head;
-	barrier();
-	r->avail_idx++;
-	*(volatile u16 *)&r->vq->avail.idx = r->avail_idx;
-	barrier();
-	mmio_wr(d, VM_QUEUE_NOTIFY, q);
-}
-
-/* Programs queue q with `want` entries (at most QueueNumMax, power of 2). */
-static void setup_queue(struct dev *d, u32 q, u16 want)
-{
-	struct ring *r = &rings[q];
-	struct vq *vq = &vqs[q];
-
-	mmio_wr(d, VM_QUEUE_SEL, q);
-	if (mmio_rd(d, VM_QUEUE_READY) != 0)
-		init_failed(d, "queue-busy");
-	u32 max = mmio_rd(d, VM_QUEUE_NUM_MAX);
-	u32 size = want;
-	while (size > max)
-		size >>= 1;
-	if (size < 2)
-		init_failed(d, "queue-max");
-	memset(vq, 0, sizeof(*vq));
-	r->vq = vq;
-	r->size = (u16)size;
-	r->avail_idx = 0;
-	r->used_idx = 0;
-	u64 desc = (u64)&vq->desc, avail = (u64)&vq->avail, used = (u64)&vq->used;
-	mmio_wr(d, VM_QUEUE_NUM, size);
-	mmio_wr(d, VM_QUEUE_DESC_LOW, (u32)desc);
-	mmio_wr(d, VM_QUEUE_DESC_HIGH, (u32)(desc >> 32));
-	mmio_wr(d, VM_QUEUE_DRIVER_LOW, (u32)avail);
-	mmio_wr(d, VM_QUEUE_DRIVER_HIGH, (u32)(avail >> 32));
-	mmio_wr(d, VM_QUEUE_DEVICE_LOW, (u32)used);
-	mmio_wr(d, VM_QUEUE_DEVICE_HIGH, (u32)(used >> 32));
-	mmio_wr(d, VM_QUEUE_READY, 1);
-	if (mmio_rd(d, VM_QUEUE_READY) != 1)
-		init_failed(d, "queue-ready");
-}
-
-/*
- * Full virtio 1.x initialisation: reset, ACKNOWLEDGE, DRIVER, VERSION_1
- * only, FEATURES_OK, the three queues, the guest CID, DRIVER_OK; then every
- * RX buffer and EVQ_BUFS event buffers are posted.
- */
-static void vsock_init(struct dev *d)
-{
-	if (mmio_rd(d, VM_MAGIC) != VIRTIO_MAGIC)
-		init_failed(d, "magic");
-	if (mmio_rd(d, VM_VERSION) != 2)
-		init_failed(d, "version");
-	if (mmio_rd(d, VM_DEVICE_ID) != VIRTIO_ID_VSOCK)
-		init_failed(d, "device-id");
-	if (!dev_reset(d))
-		init_failed(d, "reset");
-	set_status(d, ST_ACKNOWLEDGE);
-	set_status(d, ST_DRIVER);
-	mmio_wr(d, VM_DEVICE_FEATURES_SEL, 1);
-	if (!(mmio_rd(d, VM_DEVICE_FEATURES) & F_HI_VERSION_1))
-		init_failed(d, "features");
-	mmio_wr(d, VM_DRIVER_FEATURES_SEL, 0);
-	mmio_wr(d, VM_DRIVER_FEATURES, 0);
-	mmio_wr(d, VM_DRIVER_FEATURES_SEL, 1);
-	mmio_wr(d, VM_DRIVER_FEATURES, F_HI_VERSION_1);
-	set_status(d, ST_FEATURES_OK);
-	if (!(mmio_rd(d, VM_STATUS) & ST_FEATURES_OK))
-		init_failed(d, "features-ok");
-	setup_queue(d, RXQ, QSZ);
-	setup_queue(d, TXQ, QSZ);
-	setup_queue(d, EVQ, 4);
-	d->cid = config_u64(d, 0);
-	set_status(d, ST_DRIVER_OK);
-	u32 st = mmio_rd(d, VM_STATUS);
-	if ((st & (ST_NEEDS_RESET | ST_FAILED)) || !(st & ST_DRIVER_OK))
-		init_failed(d, "driver-ok");
-
-	struct ring *rx = &rings[RXQ];
-	for (u16 i = 0; i < rx->size; i++) {
-		rx->vq->desc[i].addr = (u64)&rx_bufs[i];
-		rx->vq->desc[i].len = sizeof(rx_bufs[i]);
-		rx->vq->desc[i].flags = VIRTQ_DESC_F_WRITE;
-		rx->vq->desc[i].next = 0;
-		ring_publish(d, RXQ, i);
-	}
-	struct ring *ev = &rings[EVQ];
-	for (u16 i = 0; i < EVQ_BUFS && i < ev->size; i++) {
-		ev->vq->desc[i].addr = (u64)&ev_bufs[i];
-		ev->vq->desc[i].len = sizeof(ev_bufs[i]);
-		ev->vq->desc[i].flags = VIRTQ_DESC_F_WRITE;
-		ev->vq->desc[i].next = 0;
-		ring_publish(d, EVQ, i);
-	}
-}
-
-static void ack_interrupt(struct dev *d)
-{
-	u32 isr = mmio_rd(d, VM_INTERRUPT_STATUS);
-
-	if (isr)
-		mmio_wr(d, VM_INTERRUPT_ACK, isr);
+	virtio_init(d);
+	for (u16 i = 0; i < virtio_rings[RXQ].size; i++)
+		virtq_post(RXQ, i, &rx_bufs[i], sizeof(rx_bufs[i]));
+	virtio_notify(d, RXQ);
+	for (u16 i = 0; i < EVQ_BUFS && i < virtio_rings[EVQ].size; i++)
+		virtq_post(EVQ, i, &ev_bufs[i], sizeof(ev_bufs[i]));
+	virtio_notify(d, EVQ);
 }
 
 /* Sends tx_hdr (and tx_data when tx_hdr.len > 0), waiting until it is used. */
-static void tx_send(struct dev *d)
+static void tx_send(struct virtio_dev *d)
 {
-	struct ring *r = &rings[TXQ];
-	struct virtq_desc *desc = r->vq->desc;
-
-	desc[0].addr = (u64)&tx_hdr;
-	desc[0].len = sizeof(tx_hdr);
-	desc[0].flags = tx_hdr.len ? VIRTQ_DESC_F_NEXT : 0;
-	desc[0].next = 1;
-	desc[1].addr = (u64)tx_data;
-	desc[1].len = tx_hdr.len;
-	desc[1].flags = 0;
-	desc[1].next = 0;
-	ring_publish(d, TXQ, 0);
-	u32 i;
-	for (i = 0; i < SPINS_TX; i++) {
-		if (*(volatile u16 *)&r->vq->used.idx != r->used_idx)
-			break;
-	}
-	if (i == SPINS_TX) {
+	virtq_desc(TXQ, 0, &tx_hdr, sizeof(tx_hdr),
+		   tx_hdr.len ? VIRTQ_DESC_F_NEXT : 0, 1);
+	virtq_desc(TXQ, 1, tx_data, tx_hdr.len, 0, 0);
+	if (!virtq_submit(d, TXQ, 0, SPINS_TX)) {
 		con_puts("vsock: tx-timeout\n");
 		done();
 	}
-	barrier();
-	r->used_idx++;
-	ack_interrupt(d);
 }
 
 /*
@@ -431,27 +134,12 @@ static void tx_send(struct dev *d)
  * Returns 0 on timeout. Packets not from the host to this guest's CID are
  * skipped.
  */
-static int rx_poll(struct dev *d, u64 *budget)
+static int rx_poll(struct virtio_dev *d, u64 *budget)
 {
-	struct ring *r = &rings[RXQ];
+	u32 id, len;
 
-	for (;;) {
-		volatile u16 *used_idx = &r->vq->used.idx;
-		u16 seen = r->used_idx;
-		u64 left = *budget;
-		while (*used_idx == seen) {
-			if (left == 0) {
-				*budget = 0;
-				return 0;
-			}
-			left--;
-		}
-		*budget = left;
-		barrier();
-		struct virtq_used_elem *e = &r->vq->used.ring[r->used_idx & (r->size - 1)];
-		u16 id = (u16)(e->id & (r->size - 1));
-		u32 len = e->len;
-		r->used_idx++;
+	while (virtq_wait_used(d, RXQ, budget, &id, &len)) {
+		id &= (u32)virtio_rings[RXQ].size - 1;
 		int ok = len >= sizeof(struct vsock_hdr);
 		if (ok) {
 			memcpy(&rx_hdr, &rx_bufs[id].hdr, sizeof(rx_hdr));
@@ -459,21 +147,21 @@ static int rx_poll(struct dev *d, u64 *budget)
 			if (rx_len > RX_DATA || rx_len > len - sizeof(struct vsock_hdr))
 				rx_len = 0;
 			memcpy(rx_data, rx_bufs[id].data, rx_len);
-			ok = rx_hdr.src_cid == HOST_CID && rx_hdr.dst_cid == d->cid &&
+			ok = rx_hdr.src_cid == HOST_CID && rx_hdr.dst_cid == guest_cid &&
 			     rx_hdr.type == TYPE_STREAM;
 		}
-		ring_publish(d, RXQ, id);
-		ack_interrupt(d);
+		virtq_publish(d, RXQ, (u16)id);
 		if (ok)
 			return 1;
 	}
+	return 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* One connection                                                           */
 
 struct conn {
-	struct dev *d;
+	struct virtio_dev *d;
 	u32 local_port;		/* guest side */
 	u32 peer_port;		/* host side */
 	u32 peer_buf_alloc;
@@ -485,10 +173,10 @@ struct conn {
 	int reset;		/* RST received */
 };
 
-static void send_raw(struct dev *d, u32 src_port, u32 dst_port, u16 op, u32 flags,
+static void send_raw(struct virtio_dev *d, u32 src_port, u32 dst_port, u16 op, u32 flags,
 		     u32 buf_alloc, u32 fwd_cnt, u32 len)
 {
-	tx_hdr.src_cid = d->cid;
+	tx_hdr.src_cid = guest_cid;
 	tx_hdr.dst_cid = HOST_CID;
 	tx_hdr.src_port = src_port;
 	tx_hdr.dst_port = dst_port;
@@ -509,7 +197,7 @@ static void conn_send(struct conn *c, u16 op, u32 flags, u32 len)
 }
 
 /* Answers a packet that belongs to no connection with an RST. */
-static void refuse_rx(struct dev *d)
+static void refuse_rx(struct virtio_dev *d)
 {
 	if (rx_hdr.op != OP_RST)
 		send_raw(d, rx_hdr.dst_port, rx_hdr.src_port, OP_RST, 0, 0, 0, 0);
@@ -613,35 +301,6 @@ static void conn_close(struct conn *c, const char *who, u64 wait)
 /* ------------------------------------------------------------------------ */
 /* Helpers for the scenarios                                                */
 
-static u32 fnv1a(const u8 *p, u32 n)
-{
-	u32 h = 0x811c9dc5u;
-
-	for (u32 i = 0; i < n; i++) {
-		h ^= p[i];
-		h *= 0x01000193u;
-	}
-	return h;
-}
-
-/* Bytes 0x21..0x7e as they are, anything else as '?'. */
-static void put_printable(const u8 *p, u32 n)
-{
-	for (u32 i = 0; i < n; i++)
-		con_putc(p[i] > 0x20 && p[i] < 0x7F ? (char)p[i] : '?');
-}
-
-static int hexdigit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /*
  * The vsock.msg bytes: the token's value with %XX escapes decoded (the
  * command line cannot hold spaces inside a token), at most MSG_MAX bytes;
@@ -660,7 +319,7 @@ static u32 message(u8 *out)
 	}
 	for (const char *p = val; *p && n < MSG_MAX; n++) {
 		int hi, lo;
-		if (p[0] == '%' && (hi = hexdigit(p[1])) >= 0 && (lo = hexdigit(p[2])) >= 0) {
+		if (p[0] == '%' && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0) {
 			out[n] = (u8)((hi << 4) | lo);
 			p += 3;
 		} else {
@@ -668,19 +327,6 @@ static u32 message(u8 *out)
 		}
 	}
 	return n;
-}
-
-/* The device selected by vsock.dev=N, or the first vsock device. */
-static struct dev *select_dev(void)
-{
-	u64 want = param("vsock.dev=", ~0ul);
-
-	for (u32 i = 0; i < ndevs; i++) {
-		if (devs[i].is_vsock && (want == ~0ul || want == i))
-			return &devs[i];
-	}
-	con_puts("vsock: none\n");
-	done();
 }
 
 static u32 port_param(void)
@@ -691,27 +337,18 @@ static u32 port_param(void)
 /* ------------------------------------------------------------------------ */
 /* Scenarios                                                                */
 
-static void scenario_info(void)
+/* vsock-info, for every vsock device (see virtio_each). */
+static void info_line(struct virtio_dev *d, void *arg)
 {
-	int any = 0;
-
-	for (u32 i = 0; i < ndevs; i++) {
-		struct dev *d = &devs[i];
-		if (!d->is_vsock)
-			continue;
-		any = 1;
-		vsock_init(d);
-		con_puts("vsock");
-		kv("dev", d->index);
-		kv("cid", d->cid);
-		con_putc('\n');
-		dev_reset(d);
-	}
-	if (!any)
-		con_puts("vsock: none\n");
+	(void)arg;
+	vsock_init(d);
+	con_puts("vsock");
+	kv("dev", d->index);
+	kv("cid", guest_cid);
+	con_putc('\n');
 }
 
-static void scenario_connect(struct dev *d)
+static void scenario_connect(struct virtio_dev *d)
 {
 	static u8 msg[MSG_MAX];
 	static u8 reply[REPLY_MAX];
@@ -773,7 +410,7 @@ static void scenario_connect(struct dev *d)
 	conn_close(&c, "vsock-connect", wait);
 }
 
-static void scenario_listen(struct dev *d)
+static void scenario_listen(struct virtio_dev *d)
 {
 	static u8 got[LISTEN_MAX];
 	u32 port = port_param();
@@ -846,19 +483,17 @@ int vsock_scenario(const char *name)
 		"vsock-connect",
 		"vsock-listen",
 	};
-	u32 which = 0;
+	int which = name_index(name, names, sizeof(names) / sizeof(names[0]));
 
-	while (which < sizeof(names) / sizeof(names[0]) && !streq(name, names[which]))
-		which++;
-	if (which == sizeof(names) / sizeof(names[0]))
+	if (which < 0)
 		return 0;
 
-	discover();
+	virtio_discover(&vsock_driver);
 	if (which == 0) {
-		scenario_info();
+		virtio_each(info_line, 0);
 		done();
 	}
-	struct dev *d = select_dev();
+	struct virtio_dev *d = virtio_select("vsock.dev=");
 	vsock_init(d);
 	if (which == 1)
 		scenario_connect(d);

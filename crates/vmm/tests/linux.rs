@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::{run_vm, Capture, GUEST_DEADLINE};
-use ember_vmm::{build, ExitReason, SerialInput, SerialOutput, VmConfig};
+use ember_vmm::{build, BlockConfig, DriveConfig, ExitReason, SerialInput, SerialOutput, VmConfig};
 
 fn guest_dir() -> PathBuf {
     assert_eq!(
@@ -74,6 +74,41 @@ fn check_linux_run(kernel: &str) {
         run.boot_time.is_some(),
         "the guest's init signalled the boot timer"
     );
+}
+
+#[test]
+#[ignore = "needs hardware virtualization: EMBER_LINUX_TESTS=1 ... -- --ignored"]
+fn linux_boots_from_a_virtio_root_drive() {
+    let dir = guest_dir();
+    let scratch = tempfile::tempdir().unwrap();
+    let rootfs = scratch.path().join("rootfs.ext4");
+    std::fs::copy(dir.join("rootfs.ext4"), &rootfs).unwrap();
+    let capture = Capture::default();
+    let mut config = VmConfig::new(
+        dir.join("vmlinux"),
+        "console=ttyS0 reboot=k panic=1 pci=off -- echo ember-root-ok; cat /proc/mounts",
+    );
+    config.drives = vec![DriveConfig {
+        block: BlockConfig {
+            drive_id: "rootfs".into(),
+            path: rootfs,
+            ..Default::default()
+        },
+        is_root_device: true,
+        partuuid: None,
+    }];
+    config.mem_size_mib = 256;
+    config.serial_input = SerialInput::None;
+    config.serial_output = SerialOutput::Writer(Box::new(capture.clone()));
+    let run = run_vm(build(config).unwrap(), &capture, GUEST_DEADLINE);
+    assert!(
+        matches!(run.result, Ok(ExitReason::Reset)),
+        "{:?}\n{}",
+        run.result,
+        run.output
+    );
+    assert!(run.output.contains("ember-root-ok"), "{}", run.output);
+    assert!(run.output.contains("/dev/vda / ext4"), "{}", run.output);
 }
 
 #[test]

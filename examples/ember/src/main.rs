@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use cli::{Args, Command, SeccompChoice};
+use ember_api::controller::VmOverrides;
 use ember_api::service::ServiceOptions;
 use ember_vmm::seccomp;
 use ember_vmm::signals::TerminationSignals;
@@ -20,9 +21,6 @@ const EXIT_USAGE: u8 = 2;
 /// The VM configuration for a boot command, or `None` for help and version.
 fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> {
     let mut config = match &args.command {
-        Command::ConfigFile(path) => ember_api::config_file::load(path)
-            .and_then(|resources| resources.to_vm_config(start))
-            .map_err(|e| e.to_string())?,
         Command::Run(run) => {
             let mut config = VmConfig::new(&run.kernel, run.full_cmdline());
             config.initrd = run.initrd.clone();
@@ -34,7 +32,9 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
             config.start_time = start;
             config
         }
-        Command::Help | Command::Version | Command::Api { .. } => return Ok(None),
+        Command::Help | Command::Version | Command::Api { .. } | Command::ConfigFile(_) => {
+            return Ok(None)
+        }
     };
     if let Some(device) = &args.kvm_device {
         config.kvm_device = device.clone();
@@ -65,17 +65,28 @@ fn seccomp_filters(choice: &SeccompChoice) -> Result<Option<seccomp::Filters>, S
 }
 
 /// Serves the API on `socket`, booting `config_file` at once if given.
-fn serve(args: &Args, socket: &Path, config_file: Option<&Path>) -> Result<ExitReason, String> {
+/// Serves the API on `socket` (none with `--no-api`), booting `config_file`
+/// at once if given.
+fn serve(
+    args: &Args,
+    socket: Option<&Path>,
+    config_file: Option<&Path>,
+    start: StartTime,
+) -> Result<ExitReason, String> {
     let resources = config_file
         .map(ember_api::config_file::load)
         .transpose()
         .map_err(|e| e.to_string())?;
     let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
     let options = ServiceOptions {
-        socket: socket.to_owned(),
+        socket: socket.map(Path::to_owned),
+        start_time: start,
         instance_id: args.logger.instance_id.clone(),
         resources,
-        seccomp: seccomp_filters(&args.seccomp)?,
+        overrides: VmOverrides {
+            seccomp: seccomp_filters(&args.seccomp)?,
+            kvm_device: args.kvm_device.clone(),
+        },
     };
     ember_api::service::run(options, Some(&signals)).map_err(|e| e.to_string())
 }
@@ -87,7 +98,9 @@ fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
         config_file,
     } = &args.command
     {
-        serve(args, socket, config_file.as_deref())?
+        serve(args, Some(socket), config_file.as_deref(), start)?
+    } else if let Command::ConfigFile(path) = &args.command {
+        serve(args, None, Some(path), start)?
     } else {
         let Some(mut config) = vm_config(args, start)? else {
             return Ok(0);

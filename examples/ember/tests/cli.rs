@@ -557,3 +557,49 @@ fn vsock_both_ways_with_seccomp_on() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn config_file_logger_and_metrics_objects_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("vm.log");
+    let metrics = dir.path().join("vm.metrics");
+    let config = temp_file(
+        dir.path(),
+        "vm.json",
+        format!(
+            r#"{{
+              "boot-source": {{"kernel_image_path": "{ELF64_PATH}", "boot_args": "ember.test=boottimer"}},
+              "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}},
+              "logger": {{"log_path": "{}", "level": "Info", "show_level": true}},
+              "metrics": {{"metrics_path": "{}"}}
+            }}"#,
+            log.display(),
+            metrics.display()
+        )
+        .as_bytes(),
+    );
+    let out = ember(&["--no-api", "--config-file", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains(":INFO] guest-boot-time-us="),
+        "{log_text}"
+    );
+    let last = std::fs::read_to_string(&metrics).unwrap();
+    let line: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    assert!(line["uart"]["write_count"].as_u64().unwrap() > 0, "{line}");
+
+    let bad = temp_file(
+        dir.path(),
+        "bad.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{ELF64_PATH}"}},
+                "metrics": {{"metrics_path": "/nonexistent/dir/m"}}}}"#
+        )
+        .as_bytes(),
+    );
+    assert_error(
+        &ember(&["--no-api", "--config-file", bad.to_str().unwrap()]),
+        "cannot open the metrics file /nonexistent/dir/m",
+    );
+}

@@ -12,28 +12,19 @@ use common::*;
 #[test]
 fn a_pids_limit_refuses_forks_and_the_program_is_in_the_cgroup() {
     require_root();
-    let (version, mount) = pids_hierarchy();
+    let cgroup = JailCgroup::pids("pids");
     let base = Base::new();
-    let id = unique("pids");
-    let parent = unique("ember-test-pids");
-    let _cleanup = CgroupCleanup::new(&mount, &parent, &id);
-    let flags = [
-        "--cgroup-version",
-        version,
-        "--parent-cgroup",
-        &parent,
-        "--cgroup",
-        "pids.max=4",
-    ];
-    let (child, report) = start_waiting(base.command(&id, &flags, &["--fork", "10", "--wait"]));
-    let leaf = mount.join(&parent).join(PROBE_NAME).join(&id);
+    let flags = cgroup.flags(&["pids.max=4"]);
+    let (child, report) =
+        start_waiting(base.command(&cgroup.id, &flags, &["--fork", "10", "--wait"]));
+    let leaf = cgroup.leaf();
     let read = |file: &str| std::fs::read_to_string(leaf.join(file)).unwrap();
     assert_eq!(read("pids.max").trim(), "4");
     let procs = read("cgroup.procs");
     let pid = child.id().to_string();
     assert!(procs.lines().any(|p| p == pid), "{pid} not in {procs}");
     let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let path = format!("/{parent}/{PROBE_NAME}/{id}");
+    let path = format!("/{}/{PROBE_NAME}/{}", cgroup.parent, cgroup.id);
     assert!(
         membership.lines().any(|l| l.ends_with(&path)),
         "{membership}"
@@ -64,22 +55,12 @@ fn new_cpuset_levels_get_usable_cpus_and_memory_nodes() {
             (version, mount, "pids.max=100")
         }
     };
+    let cgroup = JailCgroup::new("cpuset", version, mount);
     let base = Base::new();
-    let id = unique("cpuset");
-    let parent = unique("ember-test-cpuset");
-    let _cleanup = CgroupCleanup::new(&mount, &parent, &id);
-    let flags = [
-        "--cgroup-version",
-        version,
-        "--parent-cgroup",
-        &parent,
-        "--cgroup",
-        key,
-    ];
-    let (code, _, stderr) = run(base.command(&id, &flags, &[]));
+    let (code, _, stderr) = run(base.command(&cgroup.id, &cgroup.flags(&[key]), &[]));
     assert_eq!(code, 0, "{stderr}");
-    let leaf = mount.join(&parent).join(PROBE_NAME).join(&id);
     if version == "1" {
+        let leaf = cgroup.leaf();
         let read = |file: &str| std::fs::read_to_string(leaf.join(file)).unwrap();
         assert_eq!(read("cpuset.cpus").trim(), "0");
         assert!(

@@ -93,11 +93,8 @@ fn refused_command_lines_exit_2_and_create_nothing() {
         (with(&["stray"]), "unexpected argument"),
     ];
     for (args, expected) in cases {
-        let mut command = std::process::Command::new(JAILER);
-        command
-            .args(&args)
-            .arg("--chroot-base-dir")
-            .arg(base.path());
+        let mut command = jailer(&args);
+        command.arg("--chroot-base-dir").arg(base.path());
         let (code, _, stderr) = run(command);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert_one_line_error(&stderr, expected);
@@ -112,20 +109,17 @@ fn a_chroot_base_that_is_a_file_is_refused() {
     let file = scratch.path().join("file");
     std::fs::write(&file, b"").unwrap();
     let (code, _, stderr) = run({
-        let mut command = std::process::Command::new(JAILER);
-        command
-            .args([
-                "--id",
-                "x",
-                "--exec-file",
-                PROBE,
-                "--uid",
-                "1",
-                "--gid",
-                "1",
-            ])
-            .arg("--chroot-base-dir")
-            .arg(&file);
+        let mut command = jailer(&[
+            "--id",
+            "x",
+            "--exec-file",
+            PROBE,
+            "--uid",
+            "1",
+            "--gid",
+            "1",
+        ]);
+        command.arg("--chroot-base-dir").arg(&file);
         command
     });
     assert_eq!(code, 2);
@@ -136,27 +130,14 @@ fn a_chroot_base_that_is_a_file_is_refused() {
 #[test]
 fn a_failed_cgroup_write_leaves_nothing_behind() {
     require_root();
-    let (version, mount) = pids_hierarchy();
+    let cgroup = JailCgroup::pids("badwrite");
     let base = Base::new();
-    let parent = unique("ember-test-badwrite");
-    let id = unique("badwrite");
-    let _cleanup = CgroupCleanup::new(&mount, &parent, &id);
-    let flags = [
-        "--cgroup-version",
-        version,
-        "--parent-cgroup",
-        &parent,
-        "--cgroup",
-        "pids.max=lots",
-    ];
-    let (code, _, stderr) = run(base.command(&id, &flags, &[]));
+    let flags = cgroup.flags(&["pids.max=lots"]);
+    let (code, _, stderr) = run(base.command(&cgroup.id, &flags, &[]));
     assert_eq!(code, 1, "{stderr}");
     assert_one_line_error(&stderr, "cannot write \"lots\"");
     assert!(!base.exists(), "the jail tree was left behind");
-    assert!(
-        !mount.join(&parent).exists(),
-        "the cgroups were left behind"
-    );
+    cgroup.assert_removed();
 }
 
 /// A file that passes validation (executable, regular) but that `execve`
@@ -171,33 +152,19 @@ fn not_a_program(base: &Base) -> PathBuf {
 #[test]
 fn a_failed_exec_inside_the_jail_leaves_nothing_behind() {
     require_root();
-    let (version, mount) = pids_hierarchy();
+    let cgroup = JailCgroup::pids("badexec");
     let base = Base::new();
     let exec = not_a_program(&base);
-    let parent = unique("ember-test-badexec");
-    let flags = [
-        "--cgroup-version",
-        version,
-        "--parent-cgroup",
-        &parent,
-        "--cgroup",
-        "pids.max=10",
-        "--resource-limit",
-        "fsize=100000",
-    ];
-    let id = unique("badexec");
-    let _cleanup = CgroupCleanup::new(&mount, &parent, &id);
-    let (code, _, stderr) = run(base.command_for(exec.to_str().unwrap(), &id, &flags, &[]));
+    let mut flags = cgroup.flags(&["pids.max=10"]);
+    flags.extend(["--resource-limit", "fsize=100000"]);
+    let (code, _, stderr) = run(base.command_for(exec.to_str().unwrap(), &cgroup.id, &flags, &[]));
     assert_eq!(code, 1, "{stderr}");
     assert_one_line_error(
         &stderr,
         "execve of the jailed program failed: Exec format error",
     );
     assert!(!base.exists(), "the jail tree was left behind");
-    assert!(
-        !mount.join(&parent).exists(),
-        "the cgroups were left behind"
-    );
+    cgroup.assert_removed();
 }
 
 #[test]
@@ -251,18 +218,10 @@ fn an_existing_jail_is_reused_but_a_leftover_program_is_refused() {
 
 #[test]
 fn help_and_version() {
-    let (code, stdout, _) = run({
-        let mut command = std::process::Command::new(JAILER);
-        command.arg("--help");
-        command
-    });
+    let (code, stdout, _) = run(jailer(&["--help"]));
     assert_eq!(code, 0);
     assert!(stdout.contains("--exec-file PATH"), "{stdout}");
-    let (code, stdout, _) = run({
-        let mut command = std::process::Command::new(JAILER);
-        command.arg("--version");
-        command
-    });
+    let (code, stdout, _) = run(jailer(&["--version"]));
     assert_eq!(code, 0);
     assert!(stdout.starts_with("ember-jailer "), "{stdout}");
 }

@@ -58,17 +58,20 @@ fn prepare(base: &Base, id: &str) -> PathBuf {
 
 fn jailed_ember(base: &Base, id: &str, scenario: &str) -> Command {
     let ember = ember_binary();
-    let mut command = Command::new(JAILER);
-    command
-        .args(["--id", id, "--exec-file", ember.to_str().unwrap()])
-        .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
-        .arg("--chroot-base-dir")
-        .arg(base.path())
-        .args([
-            "--", "run", "--kernel", "/guest", "--vcpus", "2", "--mem", "64",
-        ])
-        .args(["--cmdline", &format!("console=ttyS0 ember.test={scenario}")])
-        .stdin(Stdio::null());
+    let cmdline = format!("console=ttyS0 ember.test={scenario}");
+    let args = [
+        "run",
+        "--kernel",
+        "/guest",
+        "--vcpus",
+        "2",
+        "--mem",
+        "64",
+        "--cmdline",
+        &cmdline,
+    ];
+    let mut command = base.command_for(ember.to_str().unwrap(), id, &[], &args);
+    command.stdin(Stdio::null());
     command
 }
 

@@ -60,11 +60,13 @@ pub struct BootTime {
     pub cpu_us: u64,
 }
 
-/// The device at 0xC000_0000.
+/// The device at 0xC000_0000. Only the first signal is logged (a guest that
+/// keeps writing cannot flood the log); later ones are counted.
 #[derive(Debug)]
 pub struct BootTimer {
     start: StartTime,
     signalled: Option<BootTime>,
+    repeated_signals: u64,
 }
 
 impl BootTimer {
@@ -73,7 +75,13 @@ impl BootTimer {
         BootTimer {
             start,
             signalled: None,
+            repeated_signals: 0,
         }
+    }
+
+    /// Signals after the first one.
+    pub fn repeated_signals(&self) -> u64 {
+        self.repeated_signals
     }
 
     /// The time of the first signal, if the guest has signalled.
@@ -91,6 +99,10 @@ impl BusDevice for BootTimer {
         if offset != 0 || data.first() != Some(&BOOT_SIGNAL) {
             return;
         }
+        if self.signalled.is_some() {
+            self.repeated_signals += 1;
+            return;
+        }
         let time = self.start.elapsed();
         log::info!(
             "guest-boot-time-us={} guest-boot-time-ms={} guest-boot-cpu-us={}",
@@ -98,7 +110,7 @@ impl BusDevice for BootTimer {
             time.wall_us / 1000,
             time.cpu_us
         );
-        self.signalled.get_or_insert(time);
+        self.signalled = Some(time);
     }
 }
 
@@ -118,7 +130,13 @@ mod tests {
         let first = timer.boot_time().unwrap();
         assert!(first.wall_us >= 2000, "{first:?}");
         timer.write(0, &[BOOT_SIGNAL, 0, 0, 0]);
+        timer.write(0, &[BOOT_SIGNAL]);
         assert_eq!(timer.boot_time(), Some(first), "first signal kept");
+        assert_eq!(
+            timer.repeated_signals(),
+            2,
+            "later ones counted, not logged"
+        );
         let mut data = [0xaa; 4];
         timer.read(0, &mut data);
         assert_eq!(data, [0; 4]);

@@ -305,6 +305,29 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
             (self.acked_features & !(0xffff_ffff << shift)) | (u64::from(value) << shift);
     }
 
+    /// The index of the selected queue, if the driver may set it up now
+    /// (after FEATURES_OK, before DRIVER_OK) and it exists; `what` names
+    /// the register written, for the log.
+    fn queue_to_set_up(&self, what: &str) -> Option<usize> {
+        if self.status != STATUS_QUEUE_SETUP {
+            log::warn!(
+                "virtio-mmio: queue {what} written in status {:#x}",
+                self.status
+            );
+            return None;
+        }
+        let index = usize::try_from(self.queue_sel)
+            .ok()
+            .filter(|&i| i < self.queues.len());
+        if index.is_none() {
+            log::warn!(
+                "virtio-mmio: queue {what} written for missing queue {}",
+                self.queue_sel
+            );
+        }
+        index
+    }
+
     /// Applies a queue set-up write to the selected queue, if the driver may
     /// change it now. A value the queue refuses (bad size or alignment) leaves
     /// the device needing a reset: the driver's view of the queue is wrong.
@@ -313,21 +336,10 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
         what: &str,
         change: impl FnOnce(&mut Queue) -> std::result::Result<(), virtio_queue::Error>,
     ) {
-        if self.status != STATUS_QUEUE_SETUP {
-            log::warn!(
-                "virtio-mmio: queue {what} written in status {:#x}",
-                self.status
-            );
-            return;
-        }
-        let index = self.queue_sel;
-        let Some(queue) = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.queues.get_mut(i))
-        else {
-            log::warn!("virtio-mmio: queue {what} written for missing queue {index}");
+        let Some(index) = self.queue_to_set_up(what) else {
             return;
         };
+        let queue = &mut self.queues[index];
         if queue.ready() {
             log::warn!("virtio-mmio: queue {what} written while queue {index} is ready");
             return;
@@ -341,20 +353,10 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
     /// QueueReady: 1 enables the selected queue if it lies in guest memory
     /// (otherwise it stays disabled and reads back 0); 0 disables it.
     fn write_queue_ready(&mut self, value: u32) {
-        if self.status != STATUS_QUEUE_SETUP {
-            log::warn!(
-                "virtio-mmio: QueueReady written in status {:#x}",
-                self.status
-            );
-            return;
-        }
-        let index = self.queue_sel;
-        let Some(queue) = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.queues.get_mut(i))
-        else {
+        let Some(index) = self.queue_to_set_up("ready") else {
             return;
         };
+        let queue = &mut self.queues[index];
         match value {
             0 => queue.set_ready(false),
             1 => {

@@ -1,15 +1,17 @@
 //! Virtio 1.x (modern) devices on the virtio-mmio transport.
 //!
 //! - [`mmio`]: the MMIO register interface a guest driver sees ([`MmioTransport`]).
-//! - [`block`]: the virtio-block device.
-//! - [`VirtioDevice`] is the contract between the two; [`VirtioInterrupt`] is how
-//!   a device interrupts the driver.
+//! - [`block`], [`net`], [`vsock`]: the devices; `common` holds what they
+//!   share (configuration reads, activation, queue events, interrupts).
+//! - [`VirtioDevice`] is the contract between the transport and a device;
+//!   [`VirtioInterrupt`] is how a device interrupts the driver.
 //!
 //! Devices are generic over the guest memory handle (any [`GuestMemoryHandle`],
 //! such as `vm_memory::GuestMemoryMmap`), never a KVM VM, so tests and fuzzers
 //! drive them on plain memory.
 
 pub mod block;
+mod common;
 mod device;
 mod interrupt;
 pub mod mmio;

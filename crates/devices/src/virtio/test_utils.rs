@@ -1,11 +1,17 @@
 //! Test helpers playing the guest driver: a split virtqueue laid out in plain
-//! guest memory, and register accesses to a virtio-mmio transport.
+//! guest memory, and register accesses to a virtio-mmio transport; and for
+//! the device harnesses: the event loop, guest buffers, rate-limit buckets.
 //!
 //! Compiled for this crate's tests and, with the `test-utils` feature, for
 //! other crates' tests and benchmarks. Helpers panic on misuse.
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ember_ratelimit::BucketConfig;
+use event_manager::{EventManager, MutEventSubscriber};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_FEATURES_OK,
 };
@@ -19,10 +25,14 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::{feature_bit, VirtioDevice};
 use crate::bus::BusDevice;
 
 /// Guest memory as the tests use it.
 pub type Mem = GuestMemoryMmap<()>;
+
+/// The event loop a device under test is registered with.
+pub type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 /// Descriptor flag: another descriptor follows.
 pub const NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -38,6 +48,76 @@ pub fn memory(ranges: &[(u64, usize)]) -> Mem {
         .map(|&(start, len)| (GuestAddress(start), len))
         .collect();
     GuestMemoryMmap::from_ranges(&ranges).unwrap()
+}
+
+/// `len` bytes of guest memory at `at`.
+pub fn guest_bytes(mem: &Mem, at: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    mem.read_slice(&mut buf, GuestAddress(at)).unwrap();
+    buf
+}
+
+/// Hands out guest buffers upwards from a start address, 16-byte aligned.
+#[derive(Debug)]
+pub struct Areas {
+    next: u64,
+}
+
+impl Areas {
+    /// Buffers from `start` up.
+    pub fn new(start: u64) -> Areas {
+        Areas { next: start }
+    }
+
+    /// The address of a fresh `len`-byte buffer.
+    pub fn take(&mut self, len: u32) -> u64 {
+        let at = self.next;
+        self.next = (at + u64::from(len).max(1)).next_multiple_of(16);
+        at
+    }
+}
+
+/// A rate-limit bucket of `size` tokens per `refill_time_ms`, plus a
+/// one-time burst.
+pub fn bucket(size: u64, one_time_burst: u64, refill_time_ms: u64) -> Option<BucketConfig> {
+    Some(BucketConfig {
+        size,
+        one_time_burst,
+        refill_time_ms,
+    })
+}
+
+/// Asserts that `features` has every feature bit of `bits`.
+pub fn assert_features(features: u64, bits: &[u32]) {
+    for &bit in bits {
+        assert_ne!(features & feature_bit(bit), 0, "bit {bit}");
+    }
+}
+
+/// Notifies queue `queue` of `device`, as the guest's QueueNotify write
+/// through an ioeventfd does (without running the event loop).
+pub fn notify_queue<D: VirtioDevice<Mem> + ?Sized>(device: &Mutex<D>, queue: usize) {
+    device.lock().unwrap().queue_events()[queue]
+        .write(1)
+        .unwrap();
+}
+
+/// Runs `manager` until `queue` has `n` used entries; returns the wake-ups
+/// that dispatched at least one event. Fails after `limit`.
+pub fn run_until_used(manager: &mut Manager, queue: &GuestQueue, n: u16, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    let mut wakeups = 0;
+    while queue.used_idx() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} used",
+            queue.used_idx()
+        );
+        if manager.run_with_timeout(50).unwrap() > 0 {
+            wakeups += 1;
+        }
+    }
+    wakeups
 }
 
 /// Writes one 16-byte split descriptor at `table + 16 * index`.

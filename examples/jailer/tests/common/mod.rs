@@ -36,6 +36,13 @@ pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
+/// The jailer binary with `args`.
+pub fn jailer(args: &[&str]) -> Command {
+    let mut command = Command::new(JAILER);
+    command.args(args);
+    command
+}
+
 /// A chroot base in a fresh temporary directory (not created yet, so a test
 /// can check that a failure leaves no trace of it).
 pub struct Base {
@@ -73,9 +80,8 @@ impl Base {
 
     /// [`Base::command`] for another program.
     pub fn command_for(&self, exec: &str, id: &str, flags: &[&str], args: &[&str]) -> Command {
-        let mut command = Command::new(JAILER);
+        let mut command = jailer(&["--id", id, "--exec-file", exec]);
         command
-            .args(["--id", id, "--exec-file", exec])
             .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
             .arg("--chroot-base-dir")
             .arg(self.path())
@@ -195,6 +201,74 @@ impl Drop for CgroupCleanup {
             // Best effort: a failed test may have left a process in it.
             let _ = std::fs::remove_dir(dir);
         }
+    }
+}
+
+/// A jail with its own cgroup, below a parent cgroup unique to this test
+/// process: its id and parent, where the cgroups go, and their clean-up.
+pub struct JailCgroup {
+    /// The jail id.
+    pub id: String,
+    /// The parent cgroup (`--parent-cgroup`).
+    pub parent: String,
+    /// The cgroup version (`--cgroup-version`).
+    pub version: &'static str,
+    /// The hierarchy's mount point.
+    pub mount: PathBuf,
+    _cleanup: CgroupCleanup,
+}
+
+impl JailCgroup {
+    /// Jail `name` (parent `ember-test-<name>`) in the pids hierarchy (see
+    /// [`pids_hierarchy`]).
+    pub fn pids(name: &str) -> JailCgroup {
+        let (version, mount) = pids_hierarchy();
+        JailCgroup::new(name, version, mount)
+    }
+
+    /// Jail `name` (parent `ember-test-<name>`) in the cgroup `version`
+    /// hierarchy mounted at `mount`.
+    pub fn new(name: &str, version: &'static str, mount: PathBuf) -> JailCgroup {
+        let id = unique(name);
+        let parent = unique(&format!("ember-test-{name}"));
+        let cleanup = CgroupCleanup::new(&mount, &parent, &id);
+        JailCgroup {
+            id,
+            parent,
+            version,
+            mount,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// The jailer flags for this cgroup, with one `--cgroup` per setting.
+    pub fn flags<'a>(&'a self, settings: &[&'a str]) -> Vec<&'a str> {
+        let mut flags = vec![
+            "--cgroup-version",
+            self.version,
+            "--parent-cgroup",
+            &self.parent,
+        ];
+        for setting in settings {
+            flags.extend(["--cgroup", *setting]);
+        }
+        flags
+    }
+
+    /// The jail's own cgroup directory.
+    pub fn leaf(&self) -> PathBuf {
+        self.mount
+            .join(&self.parent)
+            .join(PROBE_NAME)
+            .join(&self.id)
+    }
+
+    /// Checks that the jailer removed every cgroup it created.
+    pub fn assert_removed(&self) {
+        assert!(
+            !self.mount.join(&self.parent).exists(),
+            "the cgroups were left behind"
+        );
     }
 }
 

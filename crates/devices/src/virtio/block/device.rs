@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ember_ratelimit::{BucketConfig, BucketUpdate, RateLimiter, TokenType};
+use ember_ratelimit::{BucketConfig, BucketUpdate, RateLimiter};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -20,6 +20,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::disk::Disk;
 use super::request::{self, ParsedChain, Request, RequestType};
 use super::{BlockCounters, BlockState, CacheType, SECTOR_SIZE};
+use crate::virtio::common::{
+    admit, ignore_config_write, read_config_space, signal_used, ActivationQueues, DeviceEvents,
+};
 use crate::virtio::{feature_bit, GuestMemoryHandle, InterruptKind, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 
@@ -181,18 +184,8 @@ impl<M: GuestMemoryHandle> Block<M> {
     }
 
     fn on_queue_event(&mut self) {
-        if let Err(e) = self.queue_evts[0].read() {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                log::warn!("block {}: cannot read the queue event: {e}", self.drive_id);
-                self.counters.event_errors += 1;
-            }
-        }
-        if self.active.is_none() {
-            self.counters.ignored_notifications += 1;
-            return;
-        }
         // A throttled device waits for its timer, not for the guest.
-        if !self.rate_limiter.is_blocked() {
+        if self.take_queue_event(0) && !self.rate_limiter.is_blocked() {
             self.process_queue();
         }
     }
@@ -272,21 +265,10 @@ impl<M: GuestMemoryHandle> Block<M> {
             }
         }
         if used_any {
-            match queue.needs_notification(&*mem) {
-                Ok(false) => {}
-                Ok(true) => {
-                    if let Err(e) = interrupt.trigger(InterruptKind::Used) {
-                        self.event_error(format_args!("cannot interrupt the driver: {e}"));
-                    }
-                }
-                Err(e) => self.event_error(format_args!("cannot read used_event: {e}")),
-            }
+            signal_used(queue, &*mem, interrupt.as_ref(), &mut |what| {
+                self.event_error(what);
+            });
         }
-    }
-
-    fn event_error(&mut self, what: fmt::Arguments) {
-        log::warn!("block {}: {what}", self.drive_id);
-        self.counters.event_errors += 1;
     }
 
     /// Charges the rate limiter for a request: one operation, and its data
@@ -296,12 +278,7 @@ impl<M: GuestMemoryHandle> Block<M> {
             Ok(req) if matches!(req.kind, RequestType::In | RequestType::Out) => req.data_len,
             _ => 0,
         };
-        if !self.rate_limiter.consume(1, TokenType::Ops) {
-            self.counters.throttled += 1;
-            return false;
-        }
-        if bytes > 0 && !self.rate_limiter.consume(bytes, TokenType::Bytes) {
-            self.rate_limiter.manual_replenish(1, TokenType::Ops);
+        if !admit(&mut self.rate_limiter, bytes) {
             self.counters.throttled += 1;
             return false;
         }
@@ -445,22 +422,11 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Block<M> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_space();
-        data.fill(0);
-        let available = usize::try_from(offset)
-            .ok()
-            .and_then(|start| config.get(start..))
-            .unwrap_or(&[]);
-        let n = available.len().min(data.len());
-        data[..n].copy_from_slice(&available[..n]);
+        read_config_space(&self.config_space(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "block {}: {}-byte write to read-only config at {offset:#x} ignored",
-            self.drive_id,
-            data.len()
-        );
+        ignore_config_write(format_args!("block {}", self.drive_id), offset, data);
     }
 
     fn config_generation(&self) -> u32 {
@@ -474,14 +440,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Block<M> {
         interrupt: Arc<dyn VirtioInterrupt>,
         acked_features: u64,
     ) -> Result<()> {
-        if self.active.is_some() {
-            return Err(Error::AlreadyActive);
-        }
-        let queue = queues
-            .into_iter()
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(Error::QueueNotReady(0))?;
+        let queue = ActivationQueues::new(self.active.is_some(), queues)?.ready()?;
         self.active = Some(Active {
             mem,
             queue,
@@ -489,9 +448,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Block<M> {
             acked_features,
         });
         // Requests made available before DRIVER_OK get picked up by the event loop.
-        if let Err(e) = self.queue_evts[0].write(1) {
-            self.event_error(format_args!("cannot kick the queue: {e}"));
-        }
+        self.kick_queues(&[0]);
         Ok(())
     }
 
@@ -501,6 +458,17 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Block<M> {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+}
+
+impl<M: GuestMemoryHandle> DeviceEvents<M> for Block<M> {
+    fn event_error(&mut self, what: fmt::Arguments<'_>) {
+        log::warn!("block {}: {what}", self.drive_id);
+        self.counters.event_errors += 1;
+    }
+
+    fn count_ignored(&mut self) {
+        self.counters.ignored_notifications += 1;
     }
 }
 

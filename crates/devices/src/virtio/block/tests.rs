@@ -8,8 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ember_ratelimit::BucketConfig;
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::SubscriberOps;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
@@ -30,12 +29,11 @@ use super::*;
 use crate::bus::BusDevice;
 use crate::virtio::mmio::CONFIG_SPACE_OFFSET;
 use crate::virtio::test_utils::{
-    add_status, memory, negotiate, read_reg, setup_queue, write_desc, write_reg, GuestQueue, Mem,
-    INDIRECT, NEXT, WRITE,
+    add_status, assert_features, bucket, guest_bytes, memory, negotiate, notify_queue, read_reg,
+    run_until_used, setup_queue, write_desc, write_reg, Areas, GuestQueue, Manager, Mem, INDIRECT,
+    NEXT, WRITE,
 };
 use crate::virtio::{feature_bit, IrqTrigger, MmioTransport, VirtioDevice};
-
-type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 const MEM_SIZE: usize = 0x10_0000;
 const QUEUE_BASE: u64 = 0x1000;
@@ -62,7 +60,7 @@ struct Harness {
     irq: Arc<IrqTrigger>,
     file: tempfile::NamedTempFile,
     next_desc: u16,
-    next_area: u64,
+    areas: Areas,
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -99,7 +97,7 @@ impl Harness {
             irq: Arc::new(IrqTrigger::new().unwrap()),
             file,
             next_desc: 0,
-            next_area: AREA_START,
+            areas: Areas::new(AREA_START),
         }
     }
 
@@ -125,19 +123,23 @@ impl Harness {
     }
 
     fn area(&mut self, len: u32) -> u64 {
-        let at = self.next_area;
-        self.next_area = (at + u64::from(len).max(1)).next_multiple_of(16);
-        at
+        self.areas.take(len)
     }
 
-    /// Queues a chain: a 16-byte header, data buffers of the given lengths
-    /// and flags, and a 1-byte device-writable status.
-    fn request(&mut self, kind: u32, sector: u64, data: &[(u32, u16)]) -> Req {
+    /// A 16-byte request header of type `kind` for `sector`: its address.
+    fn header(&mut self, kind: u32, sector: u64) -> u64 {
         let hdr = self.area(16);
         self.mem.write_obj(kind.to_le(), GuestAddress(hdr)).unwrap();
         self.mem
             .write_obj(sector.to_le(), GuestAddress(hdr + 8))
             .unwrap();
+        hdr
+    }
+
+    /// Queues a chain: a 16-byte header, data buffers of the given lengths
+    /// and flags, and a 1-byte device-writable status.
+    fn request(&mut self, kind: u32, sector: u64, data: &[(u32, u16)]) -> Req {
+        let hdr = self.header(kind, sector);
         let data: Vec<(u64, u32, u16)> = data
             .iter()
             .map(|&(len, flags)| (self.area(len), len, flags))
@@ -178,28 +180,14 @@ impl Harness {
     /// Notifies the queue, as the guest's QueueNotify write through an
     /// ioeventfd does, and runs the event loop once.
     fn kick(&mut self) {
-        self.block.lock().unwrap().queue_events()[0]
-            .write(1)
-            .unwrap();
+        notify_queue(&self.block, 0);
         self.manager.run_with_timeout(1000).unwrap();
     }
 
     /// Runs the event loop until `n` requests are used; returns the number of
     /// loop wake-ups it took.
     fn run_until_used(&mut self, n: u16, limit: Duration) -> usize {
-        let deadline = Instant::now() + limit;
-        let mut wakeups = 0;
-        while self.gq.used_idx() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} used",
-                self.gq.used_idx()
-            );
-            if self.manager.run_with_timeout(100).unwrap() > 0 {
-                wakeups += 1;
-            }
-        }
-        wakeups
+        run_until_used(&mut self.manager, &self.gq, n, limit)
     }
 
     fn status(&self, req: &Req) -> u8 {
@@ -207,9 +195,7 @@ impl Harness {
     }
 
     fn guest_bytes(&self, at: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        self.mem.read_slice(&mut buf, GuestAddress(at)).unwrap();
-        buf
+        guest_bytes(&self.mem, at, len)
     }
 
     fn file_bytes(&self) -> Vec<u8> {
@@ -382,14 +368,15 @@ fn config_space_and_features() {
     let h = Harness::new(&[0u8; 3 * 512], |_| {});
     let block = h.block.lock().unwrap();
     let features = block.avail_features();
-    for bit in [
-        VIRTIO_F_VERSION_1,
-        VIRTIO_RING_F_EVENT_IDX,
-        VIRTIO_BLK_F_FLUSH,
-        VIRTIO_BLK_F_SEG_MAX,
-    ] {
-        assert_ne!(features & feature_bit(bit), 0, "bit {bit}");
-    }
+    assert_features(
+        features,
+        &[
+            VIRTIO_F_VERSION_1,
+            VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_SEG_MAX,
+        ],
+    );
     assert_eq!(features & feature_bit(VIRTIO_BLK_F_RO), 0);
     let mut config = [0xffu8; 20];
     block.read_config(0, &mut config);
@@ -516,11 +503,7 @@ fn state_reflects_the_device() {
     let mut h = Harness::new(&[0u8; 4 * 512], |c| {
         c.read_only = true;
         c.cache_type = CacheType::Writeback;
-        c.ops = Some(BucketConfig {
-            size: 100,
-            one_time_burst: 0,
-            refill_time_ms: 1000,
-        });
+        c.ops = bucket(100, 0, 1000);
     });
     h.read_req(0, &[512]);
     h.kick();
@@ -542,10 +525,7 @@ fn state_reflects_the_device() {
 #[test]
 fn looping_chains_are_completed_not_followed_forever() {
     let mut h = Harness::new(&[0u8; 4 * 512], |_| {});
-    let hdr = h.area(16);
-    h.mem
-        .write_obj(VIRTIO_BLK_T_IN.to_le(), GuestAddress(hdr))
-        .unwrap();
+    let hdr = h.header(VIRTIO_BLK_T_IN, 0);
     let data = h.area(512);
     let status = h.area(1);
     // 0 -> 1 -> 2 -> 0 -> ...
@@ -576,16 +556,10 @@ fn buffers_outside_guest_memory_are_never_touched() {
     let outside = MEM_SIZE as u64 + 0x1000;
     let straddling = MEM_SIZE as u64 - 256;
     // Data outside memory: write and read fail, the file is untouched.
-    let hdr = h.area(16);
-    h.mem
-        .write_obj(VIRTIO_BLK_T_OUT.to_le(), GuestAddress(hdr))
-        .unwrap();
+    let hdr = h.header(VIRTIO_BLK_T_OUT, 0);
     let status = h.area(1);
     h.chain(&[(hdr, 16, 0), (outside, 512, 0), (status, 1, WRITE)]);
-    let hdr2 = h.area(16);
-    h.mem
-        .write_obj(VIRTIO_BLK_T_IN.to_le(), GuestAddress(hdr2))
-        .unwrap();
+    let hdr2 = h.header(VIRTIO_BLK_T_IN, 0);
     let status2 = h.area(1);
     h.chain(&[(hdr2, 16, 0), (straddling, 512, WRITE), (status2, 1, WRITE)]);
     // Status outside memory: nothing can be reported.
@@ -626,20 +600,14 @@ fn status_buffer_too_short_or_read_only() {
     let original = pattern(4 * 512, 9);
     let mut h = Harness::new(&original, |_| {});
     // A read-only status: nowhere to report, returned with length 0.
-    let hdr = h.area(16);
-    h.mem
-        .write_obj(VIRTIO_BLK_T_OUT.to_le(), GuestAddress(hdr))
-        .unwrap();
+    let hdr = h.header(VIRTIO_BLK_T_OUT, 0);
     let data = h.area(512);
     h.mem.write_slice(&[1; 512], GuestAddress(data)).unwrap();
     let ro_status = h.area(1);
     h.chain(&[(hdr, 16, 0), (data, 512, 0), (ro_status, 1, 0)]);
     // An empty status after read data: the last data byte becomes the status
     // byte, which leaves a data length that is not whole sectors.
-    let hdr2 = h.area(16);
-    h.mem
-        .write_obj(VIRTIO_BLK_T_IN.to_le(), GuestAddress(hdr2))
-        .unwrap();
+    let hdr2 = h.header(VIRTIO_BLK_T_IN, 0);
     let data2 = h.area(512);
     let empty_status = h.area(1);
     h.chain(&[(hdr2, 16, 0), (data2, 512, WRITE), (empty_status, 0, WRITE)]);
@@ -664,10 +632,7 @@ fn status_buffer_too_short_or_read_only() {
 fn lengths_that_overflow_are_refused() {
     let original = pattern(4 * 512, 10);
     let mut h = Harness::new(&original, |_| {});
-    let hdr = h.area(16);
-    h.mem
-        .write_obj(VIRTIO_BLK_T_IN.to_le(), GuestAddress(hdr))
-        .unwrap();
+    let hdr = h.header(VIRTIO_BLK_T_IN, 0);
     let status = h.area(1);
     // The chain adds up to more than 4 GiB.
     h.chain(&[
@@ -690,10 +655,7 @@ fn lengths_that_overflow_are_refused() {
 fn more_buffers_than_seg_max_are_refused() {
     let original = pattern(4 * 512, 11);
     let mut h = Harness::new(&original, |_| {});
-    let hdr = h.area(16);
-    h.mem
-        .write_obj(VIRTIO_BLK_T_IN.to_le(), GuestAddress(hdr))
-        .unwrap();
+    let hdr = h.header(VIRTIO_BLK_T_IN, 0);
     let status = h.area(1);
     // An indirect table longer than the queue: header, 300 data buffers, status.
     let count = 302u16;
@@ -750,13 +712,7 @@ fn available_index_beyond_the_queue_size_does_not_spin() {
 #[test]
 fn ops_limit_delays_requests_without_busy_waiting() {
     // 10 operations per 100 ms, no burst: 30 requests need at least 200 ms.
-    let mut h = Harness::new(&pattern(64 * 512, 12), |c| {
-        c.ops = Some(BucketConfig {
-            size: 10,
-            one_time_burst: 0,
-            refill_time_ms: 100,
-        })
-    });
+    let mut h = Harness::new(&pattern(64 * 512, 12), |c| c.ops = bucket(10, 0, 100));
     let start = Instant::now();
     let reqs: Vec<Req> = (0..30).map(|i| h.read_req(i, &[512])).collect();
     h.kick();
@@ -775,11 +731,7 @@ fn ops_limit_delays_requests_without_busy_waiting() {
 fn bandwidth_limit_delays_requests() {
     // 8 KiB per 50 ms: six 4 KiB reads need 16 KiB more than the bucket: 100 ms.
     let mut h = Harness::new(&pattern(64 * 512, 13), |c| {
-        c.bandwidth = Some(BucketConfig {
-            size: 8192,
-            one_time_burst: 0,
-            refill_time_ms: 50,
-        })
+        c.bandwidth = bucket(8192, 0, 50)
     });
     let start = Instant::now();
     for i in 0..6 {
@@ -795,13 +747,7 @@ fn bandwidth_limit_delays_requests() {
 #[test]
 fn request_larger_than_the_bucket_goes_through_and_later_ones_wait() {
     // 1 KiB per 10 ms; a 4 KiB write leaves 3 KiB of debt (30 ms).
-    let mut h = Harness::new(&[0u8; 16 * 512], |c| {
-        c.bandwidth = Some(BucketConfig {
-            size: 1024,
-            one_time_burst: 0,
-            refill_time_ms: 10,
-        })
-    });
+    let mut h = Harness::new(&[0u8; 16 * 512], |c| c.bandwidth = bucket(1024, 0, 10));
     let start = Instant::now();
     h.write_req(0, &[1; 4096]);
     h.read_req(0, &[512]);
@@ -814,13 +760,7 @@ fn request_larger_than_the_bucket_goes_through_and_later_ones_wait() {
 
 #[test]
 fn one_time_burst_lets_the_first_requests_through() {
-    let mut h = Harness::new(&pattern(64 * 512, 14), |c| {
-        c.ops = Some(BucketConfig {
-            size: 1,
-            one_time_burst: 20,
-            refill_time_ms: 60_000,
-        })
-    });
+    let mut h = Harness::new(&pattern(64 * 512, 14), |c| c.ops = bucket(1, 20, 60_000));
     for i in 0..25 {
         h.read_req(i, &[512]);
     }

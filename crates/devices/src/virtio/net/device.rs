@@ -3,11 +3,10 @@
 //! in `rx` and `tx`.
 
 use std::fmt;
-use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use ember_ratelimit::{RateLimiter, TokenType};
+use ember_ratelimit::RateLimiter;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -15,7 +14,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -26,7 +25,10 @@ use super::{
     DisplayMac, MacAddr, NetConfig, NetCounters, NetState, RateLimiterConfig, RateLimiterUpdate,
     Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
 };
-use crate::virtio::{feature_bit, GuestMemoryHandle, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::virtio::common::{
+    self, ignore_config_write, read_config_space, ActivationQueues, DeviceEvents,
+};
+use crate::virtio::{feature_bit, GuestMemoryHandle, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 
 const QUEUE_MAX_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
@@ -85,15 +87,13 @@ fn limiter(config: &RateLimiterConfig) -> Result<RateLimiter> {
 /// Charges `limiter` for one frame of `bytes` bytes: one operation and the
 /// bytes, all or nothing.
 pub(super) fn admit(limiter: &mut RateLimiter, bytes: usize) -> bool {
-    if !limiter.consume(1, TokenType::Ops) {
-        return false;
-    }
-    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-    if !limiter.consume(bytes, TokenType::Bytes) {
-        limiter.manual_replenish(1, TokenType::Ops);
-        return false;
-    }
-    true
+    common::admit(limiter, u64::try_from(bytes).unwrap_or(u64::MAX))
+}
+
+/// Logs a failure of the event-loop work of interface `iface` and counts it.
+fn event_error(iface: &str, counters: &mut NetCounters, what: fmt::Arguments<'_>) {
+    log::warn!("net {iface}: {what}");
+    counters.event_errors += 1;
 }
 
 /// Interrupts the driver if it wants to know about the buffers just used.
@@ -104,19 +104,9 @@ pub(super) fn signal_used<M: GuestMemory>(
     interrupt: &dyn VirtioInterrupt,
     counters: &mut NetCounters,
 ) {
-    match queue.needs_notification(mem) {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = interrupt.trigger(InterruptKind::Used) {
-                log::warn!("net {iface}: cannot interrupt the driver: {e}");
-                counters.event_errors += 1;
-            }
-        }
-        Err(e) => {
-            log::warn!("net {iface}: cannot read used_event: {e}");
-            counters.event_errors += 1;
-        }
-    }
+    common::signal_used(queue, mem, interrupt, &mut |what| {
+        event_error(iface, counters, what);
+    });
 }
 
 impl<M: GuestMemoryHandle> Net<M> {
@@ -214,26 +204,6 @@ impl<M: GuestMemoryHandle> Net<M> {
         config
     }
 
-    fn event_error(&mut self, what: fmt::Arguments) {
-        log::warn!("net {}: {what}", self.iface_id);
-        self.counters.event_errors += 1;
-    }
-
-    /// Consumes a queue eventfd's count; `false` if the device is inactive
-    /// (the notification is then ignored).
-    fn take_queue_event(&mut self, queue: usize) -> bool {
-        if let Err(e) = self.queue_evts[queue].read() {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                self.event_error(format_args!("cannot read queue {queue}'s event: {e}"));
-            }
-        }
-        if self.active.is_none() {
-            self.counters.ignored_notifications += 1;
-            return false;
-        }
-        true
-    }
-
     fn on_rx_queue_event(&mut self, ops: &mut EventOps) {
         self.counters.rx_queue_events += 1;
         // A throttled receive path waits for its timer, not for the guest.
@@ -264,7 +234,7 @@ impl<M: GuestMemoryHandle> Net<M> {
             return;
         }
         if self.active.is_none() {
-            self.counters.ignored_notifications += 1;
+            self.count_ignored();
             self.rx
                 .set_polling(&self.tap, ops, false, &mut self.counters);
             return;
@@ -339,23 +309,12 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_space();
-        data.fill(0);
-        let available = usize::try_from(offset)
-            .ok()
-            .and_then(|start| config.get(start..))
-            .unwrap_or(&[]);
-        let n = available.len().min(data.len());
-        data[..n].copy_from_slice(&available[..n]);
+        read_config_space(&self.config_space(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // The MAC is read-only once VIRTIO_F_VERSION_1 is negotiated.
-        log::debug!(
-            "net {}: {}-byte write to read-only config at {offset:#x} ignored",
-            self.iface_id,
-            data.len()
-        );
+        ignore_config_write(format_args!("net {}", self.iface_id), offset, data);
     }
 
     fn config_generation(&self) -> u32 {
@@ -369,18 +328,9 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
         interrupt: Arc<dyn VirtioInterrupt>,
         acked_features: u64,
     ) -> Result<()> {
-        if self.active.is_some() {
-            return Err(Error::AlreadyActive);
-        }
-        let mut queues = queues.into_iter();
-        let rx_queue = queues
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(Error::QueueNotReady(RX_QUEUE))?;
-        let tx_queue = queues
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(Error::QueueNotReady(TX_QUEUE))?;
+        let mut queues = ActivationQueues::new(self.active.is_some(), queues)?;
+        let rx_queue = queues.ready()?;
+        let tx_queue = queues.ready()?;
         let offloads = tap_offloads(acked_features) & self.tap_offloads_supported;
         self.tap.set_offload(offloads).map_err(|error| Error::Tap {
             name: self.tap.if_name().to_owned(),
@@ -396,11 +346,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
         });
         // Buffers made available before DRIVER_OK get picked up by the event
         // loop; the receive side also starts watching the TAP from there.
-        for queue in [RX_QUEUE, TX_QUEUE] {
-            if let Err(e) = self.queue_evts[queue].write(1) {
-                self.event_error(format_args!("cannot kick queue {queue}: {e}"));
-            }
-        }
+        self.kick_queues(&[RX_QUEUE, TX_QUEUE]);
         Ok(())
     }
 
@@ -416,6 +362,16 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
         if let Err(e) = self.tap.set_offload(0) {
             log::warn!("net {}: cannot clear the TAP offloads: {e}", self.iface_id);
         }
+    }
+}
+
+impl<M: GuestMemoryHandle> DeviceEvents<M> for Net<M> {
+    fn event_error(&mut self, what: fmt::Arguments<'_>) {
+        event_error(&self.iface_id, &mut self.counters, what);
+    }
+
+    fn count_ignored(&mut self) {
+        self.counters.ignored_notifications += 1;
     }
 }
 

@@ -2,7 +2,6 @@
 //! and RX queue loops, and its event-loop subscription.
 
 use std::fmt;
-use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -20,7 +19,11 @@ use super::muxer::Muxer;
 use super::packet::{parse_tx, RxBuffer};
 use super::timer::DeadlineTimer;
 use super::{Limits, VsockCounters, VsockState, MAX_PKT_LEN};
-use crate::virtio::{feature_bit, GuestMemoryHandle, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::virtio::common::{
+    consume_event, ignore_config_write, read_config_space, signal_used, ActivationQueues,
+    DeviceEvents,
+};
+use crate::virtio::{feature_bit, GuestMemoryHandle, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 
 /// Size of each queue.
@@ -176,27 +179,15 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         self.muxer.rx_backlog()
     }
 
-    fn event_error(&mut self, what: fmt::Arguments) {
-        log::warn!("vsock {}: {what}", self.guest_cid);
-        self.muxer.counters.event_errors += 1;
-    }
-
     fn on_queue_event(&mut self, queue: usize, now: Instant) {
-        if let Err(e) = self.queue_evts[queue].read() {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                self.event_error(format_args!("cannot read queue {queue}'s event: {e}"));
-            }
-        }
-        let Some(mut active) = self.active.take() else {
-            self.muxer.counters.ignored_notifications += 1;
-            return;
-        };
         // RX buffers are used after every event; event-queue buffers are
         // kept (the device sends no events).
-        if queue == TX_QUEUE {
-            self.drain_tx(&mut active, now);
+        if self.take_queue_event(queue) && queue == TX_QUEUE {
+            if let Some(mut active) = self.active.take() {
+                self.drain_tx(&mut active, now);
+                self.active = Some(active);
+            }
         }
-        self.active = Some(active);
     }
 
     /// Takes every packet the guest sent; each descriptor goes back at once
@@ -245,7 +236,9 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         // The scratch buffer may have grown to a packet: keep it at its size.
         self.scratch.resize(MAX_PKT_LEN as usize, 0);
         if used_any {
-            self.signal_used(tx, mem, interrupt.as_ref());
+            signal_used(tx, &*mem, interrupt.as_ref(), &mut |what| {
+                self.event_error(what);
+            });
         }
     }
 
@@ -307,19 +300,9 @@ impl<M: GuestMemoryHandle> Vsock<M> {
             used_any = true;
         }
         if used_any {
-            self.signal_used(rx, mem, interrupt.as_ref());
-        }
-    }
-
-    fn signal_used(&mut self, queue: &mut Queue, mem: &M, interrupt: &dyn VirtioInterrupt) {
-        match queue.needs_notification(mem) {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = interrupt.trigger(InterruptKind::Used) {
-                    self.event_error(format_args!("cannot interrupt the driver: {e}"));
-                }
-            }
-            Err(e) => self.event_error(format_args!("cannot read used_event: {e}")),
+            signal_used(rx, &*mem, interrupt.as_ref(), &mut |what| {
+                self.event_error(what);
+            });
         }
     }
 }
@@ -343,22 +326,11 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Vsock<M> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.guest_cid.to_le_bytes();
-        data.fill(0);
-        let available = usize::try_from(offset)
-            .ok()
-            .and_then(|start| config.get(start..))
-            .unwrap_or(&[]);
-        let n = available.len().min(data.len());
-        data[..n].copy_from_slice(&available[..n]);
+        read_config_space(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "vsock {}: {}-byte write to read-only config at {offset:#x} ignored",
-            self.guest_cid,
-            data.len()
-        );
+        ignore_config_write(format_args!("vsock {}", self.guest_cid), offset, data);
     }
 
     fn config_generation(&self) -> u32 {
@@ -372,18 +344,11 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Vsock<M> {
         interrupt: Arc<dyn VirtioInterrupt>,
         acked_features: u64,
     ) -> Result<()> {
-        if self.active.is_some() {
-            return Err(Error::AlreadyActive);
-        }
-        let mut queues = queues.into_iter();
-        let mut next = |index: usize, required: bool| match queues.next() {
-            Some(q) if q.ready() || !required => Ok(q),
-            _ => Err(Error::QueueNotReady(index)),
-        };
-        let rx = next(RX_QUEUE, true)?;
-        let tx = next(TX_QUEUE, true)?;
+        let mut queues = ActivationQueues::new(self.active.is_some(), queues)?;
+        let rx = queues.ready()?;
+        let tx = queues.ready()?;
         // The event queue is never used: a driver that leaves it out is fine.
-        let event = next(EVENT_QUEUE, false)?;
+        let event = queues.any()?;
         self.active = Some(Active {
             mem,
             rx,
@@ -395,11 +360,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Vsock<M> {
         self.rx_stalled = false;
         // Packets sent before DRIVER_OK, and host requests made before the
         // driver was up, get processed by the event loop.
-        for queue in [TX_QUEUE, RX_QUEUE] {
-            if let Err(e) = self.queue_evts[queue].write(1) {
-                self.event_error(format_args!("cannot kick queue {queue}: {e}"));
-            }
-        }
+        self.kick_queues(&[TX_QUEUE, RX_QUEUE]);
         Ok(())
     }
 
@@ -416,6 +377,17 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Vsock<M> {
         if let Err(e) = self.wake.write(1) {
             self.event_error(format_args!("cannot wake the event loop: {e}"));
         }
+    }
+}
+
+impl<M: GuestMemoryHandle> DeviceEvents<M> for Vsock<M> {
+    fn event_error(&mut self, what: fmt::Arguments<'_>) {
+        log::warn!("vsock {}: {what}", self.guest_cid);
+        self.muxer.counters.event_errors += 1;
+    }
+
+    fn count_ignored(&mut self) {
+        self.muxer.counters.ignored_notifications += 1;
     }
 }
 
@@ -449,10 +421,8 @@ impl<M: GuestMemoryHandle> MutEventSubscriber for Vsock<M> {
         if let Some(queue) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
             self.on_queue_event(queue, now);
         } else if fd == self.wake.as_raw_fd() {
-            if let Err(e) = self.wake.read() {
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    self.event_error(format_args!("cannot read the wake-up event: {e}"));
-                }
+            if let Err(e) = consume_event(&self.wake) {
+                self.event_error(format_args!("cannot read the wake-up event: {e}"));
             }
         } else if fd == self.timer.as_raw_fd() {
             if let Err(e) = self.timer.acknowledge() {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::SubscriberOps;
 use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_STATUS,
@@ -24,12 +24,11 @@ use super::*;
 use crate::bus::BusDevice;
 use crate::virtio::mmio::CONFIG_SPACE_OFFSET;
 use crate::virtio::test_utils::{
-    add_status, memory, negotiate, read_reg, setup_queue, write_reg, GuestQueue, Mem, WRITE,
+    add_status, memory, negotiate, notify_queue, read_reg, setup_queue, write_reg, GuestQueue,
+    Manager, Mem, WRITE,
 };
 use crate::virtio::{feature_bit, IrqTrigger, MmioTransport, VirtioDevice};
 use crate::Error;
-
-type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 const CID: u64 = 3;
 const MEM_SIZE: usize = 0x100_0000;
@@ -208,9 +207,7 @@ impl Harness {
     }
 
     fn kick(&mut self, queue: usize) {
-        self.vsock.lock().unwrap().queue_events()[queue]
-            .write(1)
-            .unwrap();
+        notify_queue(&self.vsock, queue);
         self.settle();
     }
 

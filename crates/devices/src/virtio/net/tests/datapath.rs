@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::host::{in_netns, set_txqueuelen, test_frame};
 use super::*;
-use crate::virtio::test_utils::{memory, WRITE};
+use crate::virtio::test_utils::{assert_features, bucket, memory, WRITE};
 
 #[test]
 fn a_transmitted_frame_reaches_the_tap_byte_for_byte() {
@@ -198,9 +198,7 @@ fn two_interfaces_at_once() {
         let (fa, fb) = (test_frame(80, 0xa), test_frame(90, 0xb));
         a.queue_tx(&ZERO_HDR, &fa);
         b.queue_tx(&ZERO_HDR, &fb);
-        b.net.lock().unwrap().queue_events()[TX_QUEUE]
-            .write(1)
-            .unwrap();
+        notify_queue(&b.net, TX_QUEUE);
         a.kick(TX_QUEUE);
         a.run_for(Duration::from_millis(50));
         assert_eq!(a.port.recv().unwrap(), fa);
@@ -209,9 +207,7 @@ fn two_interfaces_at_once() {
         b.assert_no_host_frame(Duration::from_millis(50));
 
         let (ra, rb) = (a.post_rx(2048), b.post_rx(2048));
-        b.net.lock().unwrap().queue_events()[RX_QUEUE]
-            .write(1)
-            .unwrap();
+        notify_queue(&b.net, RX_QUEUE);
         a.kick(RX_QUEUE);
         b.port.send(&test_frame(70, 0xbb));
         a.port.send(&test_frame(71, 0xaa));
@@ -274,14 +270,15 @@ fn offloads_are_offered_as_the_tap_supports_them_and_follow_negotiation() {
         let mut h = Harness::inactive("ember-off", |_| {});
         let state = h.net.lock().unwrap().state();
         let features = state.avail_features;
-        for bit in [
-            VIRTIO_F_VERSION_1,
-            VIRTIO_RING_F_EVENT_IDX,
-            VIRTIO_NET_F_MAC,
-            VIRTIO_NET_F_STATUS,
-        ] {
-            assert_ne!(features & feature_bit(bit), 0, "bit {bit}");
-        }
+        assert_features(
+            features,
+            &[
+                VIRTIO_F_VERSION_1,
+                VIRTIO_RING_F_EVENT_IDX,
+                VIRTIO_NET_F_MAC,
+                VIRTIO_NET_F_STATUS,
+            ],
+        );
         assert_eq!(features & feature_bit(VIRTIO_NET_F_MRG_RXBUF), 0);
         // This host's TAP supports checksum and TCP segmentation offloads.
         let tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
@@ -428,11 +425,7 @@ fn with_event_idx_the_device_asks_for_the_next_receive_buffer() {
 fn state_reflects_the_device() {
     in_netns(|| {
         let mut h = Harness::new("ember-state", |c| {
-            c.tx_rate_limiter.ops = Some(ember_ratelimit::BucketConfig {
-                size: 100,
-                one_time_burst: 0,
-                refill_time_ms: 1000,
-            });
+            c.tx_rate_limiter.ops = bucket(100, 0, 1000);
         });
         h.queue_tx(&ZERO_HDR, &test_frame(60, 1));
         h.kick(TX_QUEUE);

@@ -20,7 +20,7 @@ mod transport;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::SubscriberOps;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -29,10 +29,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use self::host::HostPort;
 use super::*;
-use crate::virtio::test_utils::{memory, GuestQueue, Mem, WRITE};
+use crate::virtio::test_utils::{
+    guest_bytes, memory, notify_queue, run_until_used, Areas, GuestQueue, Manager, Mem, WRITE,
+};
 use crate::virtio::{feature_bit, IrqTrigger, VirtioDevice};
-
-pub(crate) type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 pub(crate) const MEM_SIZE: usize = 0x40_0000;
 const RX_BASE: u64 = 0x1000;
@@ -80,7 +80,7 @@ pub(crate) struct Harness {
     pub(crate) port: HostPort,
     next_rx_desc: u16,
     next_tx_desc: u16,
-    next_area: u64,
+    areas: Areas,
 }
 
 impl Harness {
@@ -103,7 +103,7 @@ impl Harness {
             port,
             next_rx_desc: 0,
             next_tx_desc: 0,
-            next_area: AREA_START,
+            areas: Areas::new(AREA_START),
         }
     }
 
@@ -133,9 +133,7 @@ impl Harness {
 
     /// `len` bytes of guest memory nobody else uses.
     pub(crate) fn area(&mut self, len: u32) -> u64 {
-        let at = self.next_area;
-        self.next_area = (at + u64::from(len).max(1)).next_multiple_of(16);
-        at
+        self.areas.take(len)
     }
 
     /// Makes `descs` available on the receive queue as one chain.
@@ -174,9 +172,7 @@ impl Harness {
     /// Notifies queue `queue`, as the guest's QueueNotify write through an
     /// ioeventfd does, and runs the event loop once.
     pub(crate) fn kick(&mut self, queue: usize) {
-        self.net.lock().unwrap().queue_events()[queue]
-            .write(1)
-            .unwrap();
+        notify_queue(&self.net, queue);
         self.run_once();
     }
 
@@ -205,44 +201,18 @@ impl Harness {
     /// Runs the event loop until the receive queue has `n` used entries;
     /// returns the wake-ups it took.
     pub(crate) fn run_until_rx_used(&mut self, n: u16, limit: Duration) -> usize {
-        let deadline = Instant::now() + limit;
-        let mut wakeups = 0;
-        while self.rxq.used_idx() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} receive buffers used",
-                self.rxq.used_idx()
-            );
-            if self.manager.run_with_timeout(50).unwrap() > 0 {
-                wakeups += 1;
-            }
-        }
-        wakeups
+        run_until_used(&mut self.manager, &self.rxq, n, limit)
     }
 
     /// Runs the event loop until the transmit queue has `n` used entries;
     /// returns the wake-ups it took.
     pub(crate) fn run_until_tx_used(&mut self, n: u16, limit: Duration) -> usize {
-        let deadline = Instant::now() + limit;
-        let mut wakeups = 0;
-        while self.txq.used_idx() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} transmit chains used",
-                self.txq.used_idx()
-            );
-            if self.manager.run_with_timeout(50).unwrap() > 0 {
-                wakeups += 1;
-            }
-        }
-        wakeups
+        run_until_used(&mut self.manager, &self.txq, n, limit)
     }
 
     /// Guest bytes.
     pub(crate) fn guest_bytes(&self, at: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        self.mem.read_slice(&mut buf, GuestAddress(at)).unwrap();
-        buf
+        guest_bytes(&self.mem, at, len)
     }
 
     /// The `i`th receive completion: its buffer's head and the header and

@@ -3,19 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use ember_ratelimit::{BucketConfig, BucketUpdate};
+use ember_ratelimit::BucketUpdate;
 use virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY;
 
 use super::host::{in_netns, test_frame};
 use super::*;
-
-fn bucket(size: u64, one_time_burst: u64, refill_time_ms: u64) -> Option<BucketConfig> {
-    Some(BucketConfig {
-        size,
-        one_time_burst,
-        refill_time_ms,
-    })
-}
+use crate::virtio::test_utils::bucket;
 
 #[test]
 fn transmit_ops_limit_delays_frames_without_busy_waiting() {
