@@ -15,6 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::ring::Ring;
 use super::{InterruptKind, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 
@@ -89,14 +90,13 @@ pub(crate) fn consume_event(evt: &EventFd) -> io::Result<()> {
 }
 
 /// Interrupts the driver if it wants to know about the buffers just put in
-/// `queue`'s used ring; failures go to `report`.
+/// `ring`'s used ring; failures go to `report`.
 pub(crate) fn signal_used<M: GuestMemory>(
-    queue: &mut Queue,
-    mem: &M,
+    ring: &mut Ring<'_, '_, M>,
     interrupt: &dyn VirtioInterrupt,
     report: &mut dyn FnMut(fmt::Arguments<'_>),
 ) {
-    match queue.needs_notification(mem) {
+    match ring.needs_notification() {
         Ok(false) => {}
         Ok(true) => {
             if let Err(e) = interrupt.trigger(InterruptKind::Used) {

@@ -2,7 +2,9 @@
 //!
 //! - [`mmio`]: the MMIO register interface a guest driver sees ([`MmioTransport`]).
 //! - [`block`], [`net`], [`vsock`]: the devices; `common` holds what they
-//!   share (configuration reads, activation, queue events, interrupts).
+//!   share (configuration reads, activation, queue events, interrupts),
+//!   `ring` their fast access to the virtqueues, `iov` vectored I/O
+//!   between guest memory and host descriptors.
 //! - [`VirtioDevice`] is the contract between the transport and a device;
 //!   [`VirtioInterrupt`] is how a device interrupts the driver.
 //!
@@ -14,8 +16,10 @@ pub mod block;
 mod common;
 mod device;
 mod interrupt;
+mod iov;
 pub mod mmio;
 pub mod net;
+mod ring;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod vsock;

@@ -13,8 +13,8 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BL
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::Bytes;
+use virtio_queue::Queue;
+use vm_memory::VolatileMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::Disk;
@@ -23,6 +23,8 @@ use super::{BlockCounters, BlockState, CacheType, SECTOR_SIZE};
 use crate::virtio::common::{
     admit, ignore_config_write, read_config_space, signal_used, ActivationQueues, DeviceEvents,
 };
+use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf};
+use crate::virtio::ring::Ring;
 use crate::virtio::{feature_bit, GuestMemoryHandle, InterruptKind, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 
@@ -88,6 +90,8 @@ pub struct Block<M> {
     queue_evts: [EventFd; 1],
     rate_limiter: RateLimiter,
     counters: BlockCounters,
+    /// The current request's data buffers (kept to reuse its allocation).
+    iovs: IoVecBuf,
     active: Option<Active<M>>,
 }
 
@@ -127,6 +131,7 @@ impl<M: GuestMemoryHandle> Block<M> {
             rate_limiter: RateLimiter::new(config.bandwidth, config.ops)
                 .map_err(Error::RateLimiter)?,
             counters: BlockCounters::default(),
+            iovs: IoVecBuf::default(),
             active: None,
         })
     }
@@ -216,25 +221,30 @@ impl<M: GuestMemoryHandle> Block<M> {
             interrupt,
             ..
         } = active;
+        let mem = &*mem;
+        let mut ring = Ring::new(queue, mem);
+        let guest = GuestRegions::new(mem);
+        let mut iovs = std::mem::take(&mut self.iovs);
         let mut used_any = false;
         // Set after a pass that found nothing although the ring said otherwise.
         let mut stalled = false;
         loop {
-            if let Err(e) = queue.disable_notification(&*mem) {
+            if let Err(e) = ring.disable_notification() {
                 self.event_error(format_args!("cannot disable notifications: {e}"));
             }
             let mut progressed = false;
             let mut throttled = false;
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            while let Some(chain) = ring.pop() {
                 let head = chain.head_index();
-                let parsed = request::parse(&*mem, chain, SEG_MAX as usize);
+                let mut data = iovs.start();
+                let parsed = request::parse(&guest, chain, SEG_MAX as usize, &mut data);
                 if !self.admit(&parsed) {
-                    queue.go_to_previous_position();
+                    ring.go_to_previous_position();
                     throttled = true;
                     break;
                 }
-                let len = self.complete(&*mem, parsed);
-                if let Err(e) = queue.add_used(&*mem, head, len) {
+                let len = self.complete(parsed, &mut data);
+                if let Err(e) = ring.add_used(head, len) {
                     self.event_error(format_args!("cannot return descriptor {head}: {e}"));
                 }
                 progressed = true;
@@ -246,7 +256,7 @@ impl<M: GuestMemoryHandle> Block<M> {
             if throttled && self.rate_limiter.is_blocked() {
                 break;
             }
-            match queue.enable_notification(&*mem) {
+            match ring.enable_notification() {
                 // Work arrived while notifications were off: go again. A
                 // second pass in a row that finds nothing means the driver
                 // published more entries than the queue holds: the ring is
@@ -264,8 +274,9 @@ impl<M: GuestMemoryHandle> Block<M> {
                 }
             }
         }
+        self.iovs = iovs;
         if used_any {
-            signal_used(queue, &*mem, interrupt.as_ref(), &mut |what| {
+            signal_used(&mut ring, interrupt.as_ref(), &mut |what| {
                 self.event_error(what);
             });
         }
@@ -273,7 +284,7 @@ impl<M: GuestMemoryHandle> Block<M> {
 
     /// Charges the rate limiter for a request: one operation, and its data
     /// bytes for reads and writes. All or nothing.
-    fn admit(&mut self, parsed: &ParsedChain) -> bool {
+    fn admit(&mut self, parsed: &ParsedChain<'_, M>) -> bool {
         let bytes = match &parsed.request {
             Ok(req) if matches!(req.kind, RequestType::In | RequestType::Out) => req.data_len,
             _ => 0,
@@ -285,22 +296,23 @@ impl<M: GuestMemoryHandle> Block<M> {
         true
     }
 
-    /// Executes a parsed chain and writes its status; returns the used length
-    /// (bytes written to device-writable buffers).
-    fn complete(&mut self, mem: &M, parsed: ParsedChain) -> u32 {
+    /// Executes a parsed chain, whose data buffers are `data`, and writes its
+    /// status; returns the used length (bytes written to device-writable
+    /// buffers).
+    fn complete(&mut self, parsed: ParsedChain<'_, M>, data: &mut GuestIoVecs<'_, '_>) -> u32 {
         self.counters.requests += 1;
         let (status, data_written) = match &parsed.request {
-            Ok(req) => self.execute(mem, req),
+            Ok(req) => self.execute(req, data),
             Err(e) => {
                 log::debug!("block {}: malformed request: {e:?}", self.drive_id);
                 self.counters.invalid_chains += 1;
                 (Status::IoErr, 0)
             }
         };
-        let Some(at) = parsed.status else {
+        let Some(byte) = parsed.status else {
             return 0;
         };
-        match mem.write_obj(status as u8, at) {
+        match byte.get_ref::<u8>(0).map(|r| r.store(status as u8)) {
             Ok(()) => data_written.saturating_add(1),
             Err(e) => {
                 self.event_error(format_args!("cannot write a request status: {e}"));
@@ -311,12 +323,12 @@ impl<M: GuestMemoryHandle> Block<M> {
 
     /// Performs a well-formed request; returns its status and the data bytes
     /// written to guest memory.
-    fn execute(&mut self, mem: &M, req: &Request) -> (Status, u32) {
+    fn execute(&mut self, req: &Request, data: &mut GuestIoVecs<'_, '_>) -> (Status, u32) {
         let result = match req.kind {
-            RequestType::In => self.read(mem, req),
-            RequestType::Out => self.write(mem, req),
+            RequestType::In => self.read(req, data),
+            RequestType::Out => self.write(req, data),
             RequestType::Flush => self.flush(),
-            RequestType::GetId => self.get_id(mem, req),
+            RequestType::GetId => Ok(self.get_id(data)),
             RequestType::Unsupported(kind) => {
                 log::debug!("block {}: unsupported request type {kind}", self.drive_id);
                 self.counters.unsupported += 1;
@@ -358,15 +370,19 @@ impl<M: GuestMemoryHandle> Block<M> {
         Ok(offset)
     }
 
-    fn read(&mut self, mem: &M, req: &Request) -> io::Result<(Status, u32)> {
+    fn read(&mut self, req: &Request, data: &mut GuestIoVecs<'_, '_>) -> io::Result<(Status, u32)> {
         let offset = self.byte_range(req)?;
-        self.disk.read_to(mem, offset, &req.data)?;
+        self.disk.read_to(data, offset)?;
         self.counters.reads += 1;
         self.counters.read_bytes += req.data_len;
         Ok((Status::Ok, u32::try_from(req.data_len).unwrap_or(u32::MAX)))
     }
 
-    fn write(&mut self, mem: &M, req: &Request) -> io::Result<(Status, u32)> {
+    fn write(
+        &mut self,
+        req: &Request,
+        data: &mut GuestIoVecs<'_, '_>,
+    ) -> io::Result<(Status, u32)> {
         if self.disk.read_only() {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -374,7 +390,7 @@ impl<M: GuestMemoryHandle> Block<M> {
             ));
         }
         let offset = self.byte_range(req)?;
-        self.disk.write_from(mem, offset, &req.data)?;
+        self.disk.write_from(data, offset)?;
         self.counters.writes += 1;
         self.counters.write_bytes += req.data_len;
         Ok((Status::Ok, 0))
@@ -389,18 +405,12 @@ impl<M: GuestMemoryHandle> Block<M> {
         Ok((Status::Ok, 0))
     }
 
-    fn get_id(&mut self, mem: &M, req: &Request) -> io::Result<(Status, u32)> {
-        let mut left = &self.id[..];
-        let mut written = 0u32;
-        for seg in &req.data {
-            let n = left.len().min(seg.len as usize);
-            mem.write_slice(&left[..n], seg.addr)
-                .map_err(io::Error::other)?;
-            left = &left[n..];
-            written += u32::try_from(n).unwrap_or(0);
-        }
+    /// Writes the ID string, zero-padded, into the data buffers, as far as
+    /// they go.
+    fn get_id(&mut self, data: &GuestIoVecs<'_, '_>) -> (Status, u32) {
+        let written = data.copy_from(0, &self.id);
         self.counters.get_ids += 1;
-        Ok((Status::Ok, written))
+        (Status::Ok, u32::try_from(written).unwrap_or(0))
     }
 }
 

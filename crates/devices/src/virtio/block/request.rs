@@ -5,15 +5,17 @@
 //! readable stream starts with the 16-byte header (type, reserved, sector); the
 //! last byte of the writable stream is the status. Data is the rest of the
 //! readable stream for writes, the rest of the writable stream for reads and
-//! GET_ID. Every buffer is checked against guest memory before any I/O.
+//! GET_ID. Every buffer is checked against guest memory before any I/O: each
+//! one is looked up once, and its host slices go into the request's iovec
+//! list, from which the header is read and the data is transferred.
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{GuestMemory, VolatileMemory};
 
-use super::disk::Segment;
+use crate::virtio::iov::{GuestIoVecs, GuestRegions, GuestSlice};
 
 /// Size of the request header.
 pub(crate) const HEADER_LEN: u32 = 16;
@@ -65,66 +67,84 @@ pub(crate) enum ChainError {
     TooManySegments,
 }
 
-/// A well-formed request.
+/// A well-formed request. Its data buffers are the iovec list given to
+/// [`parse`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Request {
     pub(crate) kind: RequestType,
     pub(crate) sector: u64,
-    pub(crate) data: Vec<Segment>,
     pub(crate) data_len: u64,
 }
 
 /// A parsed chain: the request (or why there is none) and where its status
 /// byte goes, if anywhere.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ParsedChain {
+pub(crate) struct ParsedChain<'m, M: GuestMemory> {
     pub(crate) request: Result<Request, ChainError>,
-    pub(crate) status: Option<GuestAddress>,
+    pub(crate) status: Option<GuestSlice<'m, M>>,
 }
 
-/// The chain's buffers in order, split by direction; empty buffers dropped.
+/// The shape of a chain's two streams, as the walk found it.
+#[derive(Default)]
 struct Streams {
-    readable: Vec<Segment>,
-    writable: Vec<Segment>,
+    /// The header, when the first readable buffer holds it whole.
+    header: Option<Header>,
+    readable_bytes: u64,
+    /// Readable descriptors holding bytes past the header.
+    readable_data_descs: usize,
+    writable_bytes: u64,
+    writable_descs: usize,
 }
 
-fn collect<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>) -> (Streams, Option<ChainError>) {
-    let mut streams = Streams {
-        readable: Vec::new(),
-        writable: Vec::new(),
-    };
+/// Parses `chain` (whose buffers live in `mem`) into a request with at most
+/// `seg_max` data buffers. The chain's buffers go to `data` (empty at
+/// first), which holds the request's data buffers when it is well formed.
+pub(crate) fn parse<'m, M: GuestMemory>(
+    mem: &GuestRegions<'m, M>,
+    chain: impl Iterator<Item = Descriptor>,
+    seg_max: usize,
+    data: &mut GuestIoVecs<'_, 'm>,
+) -> ParsedChain<'m, M> {
+    let mut streams = Streams::default();
     let mut error = None;
     let mut terminated = false;
+    // Any device-writable buffer seen, in guest memory or not.
+    let mut seen_writable = false;
+    // The last host slice of the last writable buffer and that buffer's
+    // length; `None` if it was not in guest memory.
+    let mut last_writable = None;
     for desc in chain {
         terminated = !desc.has_next();
-        if desc.len() == 0 {
+        let len = desc.len();
+        if len == 0 {
             continue;
         }
-        let seg = Segment {
-            addr: desc.addr(),
-            len: desc.len(),
-        };
-        let access = if desc.is_write_only() {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if !mem.check_range(seg.addr, seg.len as usize, access) {
-            error = error.or(Some(ChainError::OutOfMemory));
-            // Keep the shape of the chain (for the status byte) but never
-            // touch this buffer.
-            if desc.is_write_only() {
-                streams.writable.push(Segment { len: 0, ..seg });
+        let writable = desc.is_write_only();
+        // A buffer outside guest memory is never touched; a writable one
+        // still counts for the shape of the chain (the status byte).
+        let pushed = data.push_guest(mem, desc.addr(), len as usize, writable);
+        if writable {
+            seen_writable = true;
+            last_writable = pushed.map(|slice| (slice, len));
+            if last_writable.is_some() {
+                streams.writable_descs += 1;
+                streams.writable_bytes += u64::from(len);
+            } else {
+                error = error.or(Some(ChainError::OutOfMemory));
             }
-            continue;
-        }
-        if desc.is_write_only() {
-            streams.writable.push(seg);
-        } else {
-            if !streams.writable.is_empty() {
+        } else if let Some(slice) = pushed {
+            if streams.readable_bytes == 0 && slice.len() == len as usize {
+                // The common layout: the header in one host slice, read at once.
+                streams.header = slice.get_ref::<Header>(0).ok().map(|r| r.load());
+            }
+            if seen_writable {
                 error = error.or(Some(ChainError::ReadableAfterWritable));
             }
-            streams.readable.push(seg);
+            if streams.readable_bytes + u64::from(len) > u64::from(HEADER_LEN) {
+                streams.readable_data_descs += 1;
+            }
+            streams.readable_bytes += u64::from(len);
+        } else {
+            error = error.or(Some(ChainError::OutOfMemory));
         }
     }
     // virtio-queue ends the iteration early, without an error, on loops,
@@ -133,55 +153,69 @@ fn collect<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>) -> (Streams, Opt
     if !terminated {
         error = Some(ChainError::Unterminated);
     }
-    (streams, error)
+    // The status is the last byte of the writable stream.
+    let status = last_writable.and_then(|(slice, len)| {
+        let byte = slice.subslice(slice.len() - 1, 1).ok()?;
+        data.pop_last_byte();
+        streams.writable_bytes -= 1;
+        if len == 1 {
+            streams.writable_descs -= 1;
+        }
+        Some(byte)
+    });
+    let request = match (error, &status) {
+        (Some(e), _) => Err(e),
+        (None, None) => Err(ChainError::NoStatus),
+        (None, Some(_)) => request(&streams, seg_max, data),
+    };
+    ParsedChain { request, status }
 }
 
-/// Removes the last byte of the writable stream and returns its address.
-/// `None` if that byte is not in guest memory or there is none.
-fn take_status(writable: &mut Vec<Segment>) -> Option<GuestAddress> {
-    let last = writable.last_mut()?;
-    if last.len == 0 {
-        // The last writable buffer was outside guest memory.
-        return None;
-    }
-    last.len -= 1;
-    let status = last.addr.checked_add(u64::from(last.len));
-    if last.len == 0 {
-        writable.pop();
-    }
-    status
-}
-
-/// Reads the 16-byte header from the front of the readable stream and returns
-/// the remaining readable buffers.
-fn take_header<M: GuestMemory>(
-    mem: &M,
-    readable: &[Segment],
-) -> Result<(Header, Vec<Segment>), ChainError> {
-    let mut header = [0u8; HEADER_LEN as usize];
-    let mut filled = 0u32;
-    let mut rest = Vec::new();
-    for seg in readable {
-        let take = (HEADER_LEN - filled).min(seg.len);
-        if take > 0 {
-            let dst = &mut header[filled as usize..(filled + take) as usize];
-            mem.read_slice(dst, seg.addr)
-                .map_err(|_| ChainError::OutOfMemory)?;
-            filled += take;
-        }
-        let left = seg.len - take;
-        if left > 0 {
-            let addr = seg
-                .addr
-                .checked_add(u64::from(take))
-                .ok_or(ChainError::OutOfMemory)?;
-            rest.push(Segment { addr, len: left });
-        }
-    }
-    if filled < HEADER_LEN {
+/// Reads the header off the front of `data` and checks the data buffers
+/// that remain against the request type.
+fn request(
+    streams: &Streams,
+    seg_max: usize,
+    data: &mut GuestIoVecs<'_, '_>,
+) -> Result<Request, ChainError> {
+    if streams.readable_bytes < u64::from(HEADER_LEN) {
         return Err(ChainError::ShortHeader);
     }
-    Ok((header, rest))
+    // The readable buffers come first in the list: the header is there.
+    let header = streams.header.unwrap_or_else(|| {
+        let mut header = [0u8; HEADER_LEN as usize];
+        data.copy_to(0, &mut header);
+        header
+    });
+    data.advance(HEADER_LEN as usize);
+    let kind = RequestType::from(field_u32(&header, 0));
+    let sector = field_u64(&header, 8);
+    let (segments, data_len) = match kind {
+        RequestType::In | RequestType::GetId => {
+            if streams.readable_bytes > u64::from(HEADER_LEN) {
+                return Err(ChainError::WrongDirection);
+            }
+            (streams.writable_descs, streams.writable_bytes)
+        }
+        RequestType::Out => {
+            if streams.writable_descs > 0 {
+                return Err(ChainError::WrongDirection);
+            }
+            (
+                streams.readable_data_descs,
+                streams.readable_bytes - u64::from(HEADER_LEN),
+            )
+        }
+        RequestType::Flush | RequestType::Unsupported(_) => (0, 0),
+    };
+    if segments > seg_max {
+        return Err(ChainError::TooManySegments);
+    }
+    Ok(Request {
+        kind,
+        sector,
+        data_len,
+    })
 }
 
 /// The raw request header.
@@ -199,65 +233,15 @@ fn field_u64(header: &Header, at: usize) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Parses `chain` (whose buffers live in `mem`) into a request with at most
-/// `seg_max` data buffers.
-pub(crate) fn parse<M: GuestMemory>(
-    mem: &M,
-    chain: DescriptorChain<&M>,
-    seg_max: usize,
-) -> ParsedChain {
-    let (mut streams, error) = collect(mem, chain);
-    let status = take_status(&mut streams.writable);
-    let request = match (error, status) {
-        (Some(e), _) => Err(e),
-        (None, None) => Err(ChainError::NoStatus),
-        (None, Some(_)) => request(mem, streams, seg_max),
-    };
-    ParsedChain { request, status }
-}
-
-fn request<M: GuestMemory>(
-    mem: &M,
-    streams: Streams,
-    seg_max: usize,
-) -> Result<Request, ChainError> {
-    let (header, readable_data) = take_header(mem, &streams.readable)?;
-    let kind = RequestType::from(field_u32(&header, 0));
-    let sector = field_u64(&header, 8);
-    let data = match kind {
-        RequestType::In | RequestType::GetId => {
-            if !readable_data.is_empty() {
-                return Err(ChainError::WrongDirection);
-            }
-            streams.writable
-        }
-        RequestType::Out => {
-            if !streams.writable.is_empty() {
-                return Err(ChainError::WrongDirection);
-            }
-            readable_data
-        }
-        RequestType::Flush | RequestType::Unsupported(_) => Vec::new(),
-    };
-    if data.len() > seg_max {
-        return Err(ChainError::TooManySegments);
-    }
-    let data_len = data.iter().map(|s| u64::from(s.len)).sum();
-    Ok(Request {
-        kind,
-        sector,
-        data,
-        data_len,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use virtio_queue::QueueOwnedT;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
     use super::*;
+    use crate::virtio::iov::IoVecBuf;
     use crate::virtio::test_utils::{memory, GuestQueue, Mem, NEXT, WRITE};
 
     const HDR: u64 = 0x4000;
@@ -270,13 +254,46 @@ mod tests {
         mem.write_obj(sector.to_le(), GuestAddress(at + 8)).unwrap();
     }
 
+    /// A parsed chain in guest terms: the status byte's address and the
+    /// data buffers (guest address, length) of a well-formed request.
+    struct Parsed {
+        request: Result<Request, ChainError>,
+        status: Option<GuestAddress>,
+        data: Vec<(GuestAddress, usize)>,
+    }
+
+    /// The guest address of a host address in `mem` (one region at 0).
+    fn guest(mem: &Mem, host: usize) -> GuestAddress {
+        let base = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+        GuestAddress((host - base) as u64)
+    }
+
+    fn parse_chain(mem: &Mem, chain: impl Iterator<Item = Descriptor>) -> Parsed {
+        let mut buf = IoVecBuf::default();
+        let mut data = buf.start();
+        let parsed = parse(&GuestRegions::new(mem), chain, 8, &mut data);
+        let status = parsed
+            .status
+            .map(|s| guest(mem, s.ptr_guard().as_ptr() as usize));
+        let data = data
+            .host_buffers()
+            .into_iter()
+            .map(|(host, len)| (guest(mem, host), len))
+            .collect();
+        Parsed {
+            request: parsed.request,
+            status,
+            data,
+        }
+    }
+
     /// Makes `descs` available as one chain and parses it.
-    fn parse_descs(mem: &Mem, descs: &[(u64, u32, u16)]) -> ParsedChain {
+    fn parse_descs(mem: &Mem, descs: &[(u64, u32, u16)]) -> Parsed {
         let mut gq = GuestQueue::new(mem, 0, 16);
         gq.add_chain(0, descs);
         let mut q = gq.device_queue(16);
         let chain = q.iter(mem).unwrap().next().unwrap();
-        parse(mem, chain, 8)
+        parse_chain(mem, chain)
     }
 
     #[test]
@@ -293,13 +310,7 @@ mod tests {
             (req.kind, req.sector, req.data_len),
             (RequestType::In, 3, 1024)
         );
-        assert_eq!(
-            req.data,
-            [Segment {
-                addr: GuestAddress(DATA),
-                len: 1024
-            }]
-        );
+        assert_eq!(parsed.data, [(GuestAddress(DATA), 1024)]);
     }
 
     #[test]
@@ -316,12 +327,13 @@ mod tests {
             (req.kind, req.sector, req.data_len),
             (RequestType::Out, 9, 512)
         );
-        assert_eq!(req.data[0].addr, GuestAddress(HDR + 16));
+        assert_eq!(parsed.data, [(GuestAddress(HDR + 16), 512)]);
         // Data and status in one writable buffer: the status is its last byte.
         write_header(&mem, HDR, VIRTIO_BLK_T_IN, 0);
         let parsed = parse_descs(&mem, &[(HDR, 16, 0), (DATA, 513, WRITE)]);
         assert_eq!(parsed.status, Some(GuestAddress(DATA + 512)));
         assert_eq!(parsed.request.unwrap().data_len, 512);
+        assert_eq!(parsed.data, [(GuestAddress(DATA), 512)]);
     }
 
     #[test]
@@ -416,7 +428,7 @@ mod tests {
         gq.publish(0);
         let mut q = gq.device_queue(16);
         let chain = q.iter(&mem).unwrap().next().unwrap();
-        let parsed = parse(&mem, chain, 8);
+        let parsed = parse_chain(&mem, chain);
         assert_eq!(parsed.request, Err(ChainError::Unterminated));
     }
 
@@ -428,7 +440,7 @@ mod tests {
         let mut q = gq.device_queue(16);
         let chain = q.iter(&mem).unwrap().next().unwrap();
         assert_eq!(chain.head_index(), 40);
-        let parsed = parse(&mem, chain, 8);
+        let parsed = parse_chain(&mem, chain);
         assert_eq!(parsed.request, Err(ChainError::Unterminated));
         assert_eq!(parsed.status, None);
     }

@@ -1,17 +1,14 @@
 //! Descriptor chains as lists of guest buffers, trusting nothing in them:
 //! a transmit chain is device-readable buffers holding a header and a frame,
 //! a receive chain device-writable buffers for them. Every buffer is checked
-//! against guest memory before it is used.
+//! against guest memory before it is used, and goes into an iovec list as
+//! host slices: the frame is then written to, or copied into, the guest's
+//! buffers without looking them up again.
 
-use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::GuestMemory;
 
-/// A guest buffer: `len` bytes at `addr`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Segment {
-    pub(crate) addr: GuestAddress,
-    pub(crate) len: u32,
-}
+use crate::virtio::iov::{GuestIoVecs, GuestRegions};
 
 /// Which way the data goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,21 +35,18 @@ pub(crate) enum ChainError {
     TooShort,
 }
 
-/// Collects the non-empty buffers of `chain` into `out` (cleared first) and
-/// returns their total length. All must go `direction`, lie in guest memory
-/// and add up to at most `limit` bytes; the first violation is returned.
-pub(crate) fn collect<M: GuestMemory>(
-    mem: &M,
-    chain: DescriptorChain<&M>,
+/// Collects the non-empty buffers of `chain` into `out` (empty at first)
+/// and returns their total length. All must go `direction`, lie in guest
+/// memory and add up to at most `limit` bytes; the first violation is
+/// returned.
+pub(crate) fn collect<'m, M: GuestMemory>(
+    mem: &GuestRegions<'m, M>,
+    chain: impl Iterator<Item = Descriptor>,
     direction: Direction,
     limit: u64,
-    out: &mut Vec<Segment>,
+    out: &mut GuestIoVecs<'_, 'm>,
 ) -> Result<u64, ChainError> {
-    out.clear();
-    let (want_writable, access) = match direction {
-        Direction::Readable => (false, Permissions::Read),
-        Direction::Writable => (true, Permissions::Write),
-    };
+    let want_writable = direction == Direction::Writable;
     let mut total = 0u64;
     let mut terminated = false;
     for desc in chain {
@@ -67,13 +61,8 @@ pub(crate) fn collect<M: GuestMemory>(
         if total > limit {
             return Err(ChainError::TooLong);
         }
-        if !mem.check_range(desc.addr(), desc.len() as usize, access) {
-            return Err(ChainError::OutOfMemory);
-        }
-        out.push(Segment {
-            addr: desc.addr(),
-            len: desc.len(),
-        });
+        out.push_guest(mem, desc.addr(), desc.len() as usize, want_writable)
+            .ok_or(ChainError::OutOfMemory)?;
     }
     // virtio-queue ends the iteration early, without an error, on loops,
     // over-long chains and unreadable descriptors: the last descriptor then
@@ -84,54 +73,28 @@ pub(crate) fn collect<M: GuestMemory>(
     Ok(total)
 }
 
-/// Copies the guest buffers `segs` into the front of `buf`, which must be
-/// at least as long as they are together; returns the bytes copied.
-pub(crate) fn gather<M: GuestMemory>(
-    mem: &M,
-    segs: &[Segment],
-    buf: &mut [u8],
-) -> Result<usize, ChainError> {
-    let mut at = 0usize;
-    for seg in segs {
-        let end = at + seg.len as usize;
-        let dst = buf.get_mut(at..end).ok_or(ChainError::TooLong)?;
-        mem.read_slice(dst, seg.addr)
-            .map_err(|_| ChainError::OutOfMemory)?;
-        at = end;
-    }
-    Ok(at)
-}
-
-/// Copies `data` into the guest buffers `segs`, in order, which must hold it.
-pub(crate) fn scatter<M: GuestMemory>(
-    mem: &M,
-    segs: &[Segment],
-    mut data: &[u8],
-) -> Result<(), ChainError> {
-    for seg in segs {
-        if data.is_empty() {
-            break;
-        }
-        let n = data.len().min(seg.len as usize);
-        mem.write_slice(&data[..n], seg.addr)
-            .map_err(|_| ChainError::OutOfMemory)?;
-        data = &data[n..];
-    }
-    if data.is_empty() {
-        Ok(())
-    } else {
-        Err(ChainError::TooLong)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use virtio_queue::QueueT;
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
 
     use super::*;
+    use crate::virtio::iov::IoVecBuf;
     use crate::virtio::test_utils::{memory, GuestQueue, Mem, NEXT, WRITE};
+
+    /// A guest buffer: address and length.
+    type Segment = (GuestAddress, usize);
+
+    /// The buffers of `out` as guest buffers (`mem` has one region at 0).
+    fn guest_buffers(mem: &Mem, out: &GuestIoVecs<'_, '_>) -> Vec<Segment> {
+        let base = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+        out.host_buffers()
+            .into_iter()
+            .map(|(host, len)| (GuestAddress((host - base) as u64), len))
+            .collect()
+    }
 
     fn collect_descs(
         mem: &Mem,
@@ -143,18 +106,14 @@ mod tests {
         gq.add_chain(0, descs);
         let mut q = gq.device_queue(16);
         let chain = q.pop_descriptor_chain(mem).unwrap();
-        let mut out = vec![Segment {
-            addr: GuestAddress(1),
-            len: 1,
-        }];
-        collect(mem, chain, direction, limit, &mut out).map(|total| (total, out))
+        let mut buf = IoVecBuf::default();
+        let mut out = buf.start();
+        collect(&GuestRegions::new(mem), chain, direction, limit, &mut out)
+            .map(|total| (total, guest_buffers(mem, &out)))
     }
 
-    fn seg(addr: u64, len: u32) -> Segment {
-        Segment {
-            addr: GuestAddress(addr),
-            len,
-        }
+    fn seg(addr: u64, len: usize) -> Segment {
+        (GuestAddress(addr), len)
     }
 
     #[test]
@@ -243,11 +202,17 @@ mod tests {
         gq.publish(0);
         gq.publish(99);
         let mut q = gq.device_queue(16);
-        let mut out = Vec::new();
+        let mut buf = IoVecBuf::default();
         for _ in 0..2 {
             let chain = q.pop_descriptor_chain(&mem).unwrap();
             assert_eq!(
-                collect(&mem, chain, Direction::Readable, u64::MAX, &mut out),
+                collect(
+                    &GuestRegions::new(&mem),
+                    chain,
+                    Direction::Readable,
+                    u64::MAX,
+                    &mut buf.start()
+                ),
                 Err(ChainError::Unterminated)
             );
         }
@@ -255,27 +220,32 @@ mod tests {
     }
 
     #[test]
-    fn gather_and_scatter_cross_buffers() {
+    fn buffers_across_two_regions_are_copied_whole() {
         let mem = memory(&[(0, 0x2000), (0x2000, 0x2000)]);
         let data: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+        let mut gq = GuestQueue::new(&mem, 0, 16);
         // The second buffer spans two memory regions.
-        let segs = [seg(0x100, 100), seg(0x1f80, 200)];
-        scatter(&mem, &segs, &data).unwrap();
+        gq.add_chain(0, &[(0x100, 100, WRITE), (0x1f80, 200, WRITE)]);
+        let mut q = gq.device_queue(16);
+        let chain = q.pop_descriptor_chain(&mem).unwrap();
+        let mut buf = IoVecBuf::default();
+        let mut out = buf.start();
+        let total = collect(
+            &GuestRegions::new(&mem),
+            chain,
+            Direction::Writable,
+            u64::MAX,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!((total, out.count()), (300, 3));
+        assert_eq!(out.copy_from(0, &data), 300);
         let mut back = [0u8; 400];
-        assert_eq!(gather(&mem, &segs, &mut back).unwrap(), 300);
+        assert_eq!(out.copy_to(0, &mut back), 300);
         assert_eq!(back[..300], data[..]);
         assert_eq!(
-            scatter(&mem, &segs[..1], &data),
-            Err(ChainError::TooLong),
-            "does not fit"
-        );
-        assert_eq!(
-            gather(&mem, &segs, &mut back[..200]),
-            Err(ChainError::TooLong)
-        );
-        assert_eq!(
-            scatter(&mem, &[seg(0x3f00, 0x200)], &data),
-            Err(ChainError::OutOfMemory)
+            crate::virtio::test_utils::guest_bytes(&mem, 0x1f80, 200),
+            data[100..]
         );
     }
 }

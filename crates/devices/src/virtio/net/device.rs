@@ -28,6 +28,7 @@ use super::{
 use crate::virtio::common::{
     self, ignore_config_write, read_config_space, ActivationQueues, DeviceEvents,
 };
+use crate::virtio::ring::Ring;
 use crate::virtio::{feature_bit, GuestMemoryHandle, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 
@@ -99,12 +100,11 @@ fn event_error(iface: &str, counters: &mut NetCounters, what: fmt::Arguments<'_>
 /// Interrupts the driver if it wants to know about the buffers just used.
 pub(super) fn signal_used<M: GuestMemory>(
     iface: &str,
-    mem: &M,
-    queue: &mut Queue,
+    ring: &mut Ring<'_, '_, M>,
     interrupt: &dyn VirtioInterrupt,
     counters: &mut NetCounters,
 ) {
-    common::signal_used(queue, mem, interrupt, &mut |what| {
+    common::signal_used(ring, interrupt, &mut |what| {
         event_error(iface, counters, what);
     });
 }
@@ -266,7 +266,7 @@ impl<M: GuestMemoryHandle> Net<M> {
             iface: &self.iface_id,
             tap: &self.tap,
             mem: &active.mem,
-            queue: &mut active.rx_queue,
+            ring: Ring::new(&mut active.rx_queue, &active.mem),
             interrupt: active.interrupt.as_ref(),
             guest_csum: active.acked_features & feature_bit(VIRTIO_NET_F_GUEST_CSUM) != 0,
             counters: &mut self.counters,
@@ -282,7 +282,7 @@ impl<M: GuestMemoryHandle> Net<M> {
             iface: &self.iface_id,
             tap: &self.tap,
             mem: &active.mem,
-            queue: &mut active.tx_queue,
+            ring: Ring::new(&mut active.tx_queue, &active.mem),
             interrupt: active.interrupt.as_ref(),
             kick: &self.queue_evts[TX_QUEUE],
             counters: &mut self.counters,

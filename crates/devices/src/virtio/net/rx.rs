@@ -14,12 +14,13 @@ use std::io;
 
 use ember_ratelimit::RateLimiter;
 use event_manager::{EventOps, EventSet, Events};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemory;
 
-use super::chain::{self, Direction, Segment};
+use super::chain::{self, Direction};
 use super::device::{admit, signal_used};
 use super::{NetCounters, Tap, MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::iov::{GuestRegions, IoVecBuf};
+use crate::virtio::ring::Ring;
 use crate::virtio::VirtioInterrupt;
 
 /// Most frames handled per event; the level-triggered TAP brings the
@@ -67,7 +68,7 @@ pub(super) struct Rx {
     pub(super) limiter: RateLimiter,
     buf: Box<[u8]>,
     pending: Option<Pending>,
-    segs: Vec<Segment>,
+    iovs: IoVecBuf,
     /// Whether the TAP is watched for readability.
     polling: bool,
     /// Whether the TAP left the event loop for good (it reported an error).
@@ -75,11 +76,11 @@ pub(super) struct Rx {
 }
 
 /// What the receive path works with while the device is active.
-pub(super) struct RxIo<'a, M> {
+pub(super) struct RxIo<'a, M: GuestMemory> {
     pub(super) iface: &'a str,
     pub(super) tap: &'a Tap,
     pub(super) mem: &'a M,
-    pub(super) queue: &'a mut Queue,
+    pub(super) ring: Ring<'a, 'a, M>,
     pub(super) interrupt: &'a dyn VirtioInterrupt,
     /// Whether the driver accepted `VIRTIO_NET_F_GUEST_CSUM`.
     pub(super) guest_csum: bool,
@@ -92,7 +93,7 @@ impl Rx {
             limiter,
             buf: vec![0u8; RX_BUF_LEN].into_boxed_slice(),
             pending: None,
-            segs: Vec::new(),
+            iovs: IoVecBuf::default(),
             polling: false,
             detached: false,
         }
@@ -228,12 +229,12 @@ impl Rx {
             }
         }
         if used {
-            signal_used(io.iface, io.mem, io.queue, io.interrupt, io.counters);
+            signal_used(io.iface, &mut io.ring, io.interrupt, io.counters);
         }
     }
 
     /// Reads the next frame from the TAP into the host buffer.
-    fn read_frame<M>(&mut self, io: &mut RxIo<'_, M>) -> Read {
+    fn read_frame<M: GuestMemory>(&mut self, io: &mut RxIo<'_, M>) -> Read {
         loop {
             match io.tap.read(&mut self.buf) {
                 Ok(len) if len < VNET_HDR_LEN => {
@@ -262,7 +263,7 @@ impl Rx {
     /// Re-enables queue notifications (so that the driver's next buffer
     /// wakes the device) and tells whether buffers arrived meanwhile.
     fn buffers_arrived<M: GuestMemory>(&mut self, io: &mut RxIo<'_, M>) -> bool {
-        match io.queue.enable_notification(io.mem) {
+        match io.ring.enable_notification() {
             Ok(arrived) => arrived,
             Err(e) => {
                 log::warn!("net {}: cannot enable notifications: {e}", io.iface);
@@ -286,23 +287,25 @@ impl Rx {
         }
         self.prepare_header(io.guest_csum);
         let frame = &self.buf[..len];
+        let guest = GuestRegions::new(io.mem);
         let mut consumed = false;
         loop {
-            let Some(chain) = io.queue.pop_descriptor_chain(io.mem) else {
+            let Some(chain) = io.ring.pop() else {
                 return Delivery::NoBuffer { consumed };
             };
             let head = chain.head_index();
-            let result =
-                chain::collect(io.mem, chain, Direction::Writable, u64::MAX, &mut self.segs);
+            let mut iovs = self.iovs.start();
+            let result = chain::collect(&guest, chain, Direction::Writable, u64::MAX, &mut iovs);
             let written = match result {
                 Ok(capacity) if capacity < VNET_HDR_LEN as u64 => Err(chain::ChainError::TooShort),
                 Ok(capacity) if capacity < len as u64 => {
-                    io.queue.go_to_previous_position();
+                    io.ring.go_to_previous_position();
                     return Delivery::TooBig;
                 }
-                Ok(_) => chain::scatter(io.mem, &self.segs, frame).map(|()| len),
+                Ok(_) => Ok(iovs.copy_from(0, frame)),
                 Err(e) => Err(e),
             };
+            drop(iovs);
             let used_len = match written {
                 Ok(n) => u32::try_from(n).unwrap_or(0),
                 Err(e) => {
@@ -311,7 +314,7 @@ impl Rx {
                     0
                 }
             };
-            if let Err(e) = io.queue.add_used(io.mem, head, used_len) {
+            if let Err(e) = io.ring.add_used(head, used_len) {
                 log::warn!("net {}: cannot return descriptor {head}: {e}", io.iface);
                 io.counters.event_errors += 1;
             }

@@ -2,23 +2,26 @@
 //!
 //! Each chain is checked (device-readable buffers in guest memory, a
 //! virtio-net header and an Ethernet header at least, at most
-//! [`MAX_FRAME_LEN`] bytes of frame), charged to the rate limiter, gathered
-//! into a host buffer and written to the TAP in one `write`, header
-//! included, so the TAP sees exactly what the driver wrote. Every chain is
-//! completed with length 0 (the device writes nothing), whatever happened
-//! to the frame. A chain the limiter refuses stays at the head of the queue
-//! until the limiter's timer fires.
+//! [`MAX_FRAME_LEN`] bytes of frame), charged to the rate limiter and
+//! written to the TAP in one `writev` straight from the guest's buffers,
+//! header included (one write is one frame), so the TAP sees exactly what
+//! the driver wrote. Only a chain of more buffers than one `writev` takes
+//! is gathered into a host buffer first. Every chain is completed with
+//! length 0 (the device writes nothing), whatever happened to the frame. A
+//! chain the limiter refuses stays at the head of the queue until the
+//! limiter's timer fires.
 
 use std::io;
 
 use ember_ratelimit::RateLimiter;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::{self, ChainError, Direction, Segment};
+use super::chain::{self, ChainError, Direction};
 use super::device::{admit, signal_used};
 use super::{NetCounters, Tap, MAX_FRAME_LEN, MIN_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf, IOV_MAX};
+use crate::virtio::ring::Ring;
 use crate::virtio::VirtioInterrupt;
 
 /// Most chains completed per event; the device notifies itself for the rest.
@@ -38,16 +41,17 @@ enum Outcome {
 /// The transmit path's own state.
 pub(super) struct Tx {
     pub(super) limiter: RateLimiter,
-    buf: Box<[u8]>,
-    segs: Vec<Segment>,
+    /// For the rare chain of more than `IOV_MAX` buffers (allocated then).
+    buf: Vec<u8>,
+    iovs: IoVecBuf,
 }
 
 /// What the transmit path works with while the device is active.
-pub(super) struct TxIo<'a, M> {
+pub(super) struct TxIo<'a, M: GuestMemory> {
     pub(super) iface: &'a str,
     pub(super) tap: &'a Tap,
     pub(super) mem: &'a M,
-    pub(super) queue: &'a mut Queue,
+    pub(super) ring: Ring<'a, 'a, M>,
     pub(super) interrupt: &'a dyn VirtioInterrupt,
     /// The transmit queue's eventfd, to come back when the budget is spent.
     pub(super) kick: &'a EventFd,
@@ -58,8 +62,8 @@ impl Tx {
     pub(super) fn new(limiter: RateLimiter) -> Tx {
         Tx {
             limiter,
-            buf: vec![0u8; TX_BUF_LEN].into_boxed_slice(),
-            segs: Vec::new(),
+            buf: Vec::new(),
+            iovs: IoVecBuf::default(),
         }
     }
 
@@ -69,34 +73,45 @@ impl Tx {
     /// interrupted once at the end if it wants to be.
     pub(super) fn process<M: GuestMemory>(&mut self, mut io: TxIo<'_, M>) {
         let mut budget = TX_BUDGET;
+        let guest = GuestRegions::new(io.mem);
         let mut used_any = false;
         // Set after a pass that found nothing although the ring said otherwise.
         let mut stalled = false;
         loop {
-            if let Err(e) = io.queue.disable_notification(io.mem) {
+            if let Err(e) = io.ring.disable_notification() {
                 log::warn!("net {}: cannot disable notifications: {e}", io.iface);
                 io.counters.event_errors += 1;
             }
             let mut progressed = false;
             let mut throttled = false;
             while budget > 0 {
-                let Some(chain) = io.queue.pop_descriptor_chain(io.mem) else {
+                let Some(chain) = io.ring.pop() else {
                     break;
                 };
                 let head = chain.head_index();
+                let mut iovs = self.iovs.start();
                 let result = chain::collect(
-                    io.mem,
+                    &guest,
                     chain,
                     Direction::Readable,
                     TX_BUF_LEN as u64,
-                    &mut self.segs,
+                    &mut iovs,
                 );
-                if let Outcome::Throttled = self.transmit(&mut io, head, result) {
-                    io.queue.go_to_previous_position();
+                let outcome = transmit(
+                    &mut self.limiter,
+                    &mut self.buf,
+                    &mut io,
+                    head,
+                    result,
+                    &iovs,
+                );
+                drop(iovs);
+                if let Outcome::Throttled = outcome {
+                    io.ring.go_to_previous_position();
                     throttled = true;
                     break;
                 }
-                if let Err(e) = io.queue.add_used(io.mem, head, 0) {
+                if let Err(e) = io.ring.add_used(head, 0) {
                     log::warn!("net {}: cannot return descriptor {head}: {e}", io.iface);
                     io.counters.event_errors += 1;
                 }
@@ -119,7 +134,7 @@ impl Tx {
                 }
                 break;
             }
-            match io.queue.enable_notification(io.mem) {
+            match io.ring.enable_notification() {
                 // Work arrived while notifications were off: go again. A
                 // second pass in a row that finds nothing means the driver
                 // published more entries than the queue holds: the ring is
@@ -139,70 +154,71 @@ impl Tx {
             }
         }
         if used_any {
-            signal_used(io.iface, io.mem, io.queue, io.interrupt, io.counters);
+            signal_used(io.iface, &mut io.ring, io.interrupt, io.counters);
         }
-    }
-
-    /// Sends the frame of a collected chain, or drops and counts it.
-    fn transmit<M: GuestMemory>(
-        &mut self,
-        io: &mut TxIo<'_, M>,
-        head: u16,
-        collected: Result<u64, ChainError>,
-    ) -> Outcome {
-        let total = match collected {
-            Ok(total) if total < (VNET_HDR_LEN + MIN_FRAME_LEN) as u64 => Err(ChainError::TooShort),
-            other => other,
-        };
-        let total = match total.and_then(|t| usize::try_from(t).map_err(|_| ChainError::TooLong)) {
-            Ok(total) => total,
-            Err(ChainError::TooLong) => {
-                log::debug!("net {}: transmit chain {head} too long; dropped", io.iface);
-                io.counters.tx_too_big += 1;
-                return Outcome::Done;
-            }
-            Err(e) => {
-                log::debug!("net {}: malformed transmit chain {head}: {e:?}", io.iface);
-                io.counters.tx_malformed += 1;
-                return Outcome::Done;
-            }
-        };
-        let frame_len = total - VNET_HDR_LEN;
-        if !admit(&mut self.limiter, frame_len) {
-            io.counters.tx_throttled += 1;
-            return Outcome::Throttled;
-        }
-        if let Err(e) = chain::gather(io.mem, &self.segs, &mut self.buf) {
-            log::debug!("net {}: transmit chain {head} unreadable: {e:?}", io.iface);
-            io.counters.tx_malformed += 1;
-            return Outcome::Done;
-        }
-        match write_frame(io.tap, &self.buf[..total]) {
-            Ok(()) => {
-                io.counters.tx_frames += 1;
-                io.counters.tx_bytes += frame_len as u64;
-            }
-            Err(e) => {
-                log::debug!("net {}: the TAP refused a frame: {e}", io.iface);
-                io.counters.tx_tap_errors += 1;
-            }
-        }
-        Outcome::Done
     }
 }
 
-/// Writes one frame to the TAP; a short write is an error (the TAP takes
-/// frames whole).
-fn write_frame(tap: &Tap, frame: &[u8]) -> io::Result<()> {
+/// Sends the frame of a collected chain (its buffers are `iovs`), or drops
+/// and counts it.
+fn transmit<M: GuestMemory>(
+    limiter: &mut RateLimiter,
+    buf: &mut Vec<u8>,
+    io: &mut TxIo<'_, M>,
+    head: u16,
+    collected: Result<u64, ChainError>,
+    iovs: &GuestIoVecs<'_, '_>,
+) -> Outcome {
+    let total = match collected {
+        Ok(total) if total < (VNET_HDR_LEN + MIN_FRAME_LEN) as u64 => Err(ChainError::TooShort),
+        other => other,
+    };
+    let total = match total.and_then(|t| usize::try_from(t).map_err(|_| ChainError::TooLong)) {
+        Ok(total) => total,
+        Err(ChainError::TooLong) => {
+            log::debug!("net {}: transmit chain {head} too long; dropped", io.iface);
+            io.counters.tx_too_big += 1;
+            return Outcome::Done;
+        }
+        Err(e) => {
+            log::debug!("net {}: malformed transmit chain {head}: {e:?}", io.iface);
+            io.counters.tx_malformed += 1;
+            return Outcome::Done;
+        }
+    };
+    let frame_len = total - VNET_HDR_LEN;
+    if !admit(limiter, frame_len) {
+        io.counters.tx_throttled += 1;
+        return Outcome::Throttled;
+    }
+    let sent = if iovs.count() <= IOV_MAX {
+        write_frame(total, || iovs.writev(io.tap))
+    } else {
+        // More buffers than one writev takes: one frame must be one write.
+        buf.resize(TX_BUF_LEN, 0);
+        let n = iovs.copy_to(0, &mut buf[..total]);
+        write_frame(total, || io.tap.write(&buf[..n]))
+    };
+    match sent {
+        Ok(()) => {
+            io.counters.tx_frames += 1;
+            io.counters.tx_bytes += frame_len as u64;
+        }
+        Err(e) => {
+            log::debug!("net {}: the TAP refused a frame: {e}", io.iface);
+            io.counters.tx_tap_errors += 1;
+        }
+    }
+    Outcome::Done
+}
+
+/// Writes one frame of `len` bytes to the TAP with `write`; a short write
+/// is an error (the TAP takes frames whole).
+fn write_frame(len: usize, mut write: impl FnMut() -> io::Result<usize>) -> io::Result<()> {
     loop {
-        match tap.write(frame) {
-            Ok(n) if n == frame.len() => return Ok(()),
-            Ok(n) => {
-                return Err(io::Error::other(format!(
-                    "short write: {n} of {} bytes",
-                    frame.len()
-                )))
-            }
+        match write() {
+            Ok(n) if n == len => return Ok(()),
+            Ok(n) => return Err(io::Error::other(format!("short write: {n} of {len} bytes"))),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

@@ -7,12 +7,13 @@
 //! (`fwd_cnt`); a sender never has more than `buf_alloc` bytes in flight.
 //!
 //! - Host to guest: data is read from the Unix stream only when the guest has
-//!   credit and an RX buffer to put it in, straight into that buffer; nothing
-//!   is buffered here. Without credit the connection stops watching the stream
+//!   credit and an RX buffer to put it in, straight into that buffer (one
+//!   `readv` into its guest memory); nothing is buffered here. Without credit the connection stops watching the stream
 //!   (the host's writes then block in its socket) and asks the guest for
 //!   credit once.
-//! - Guest to host: data goes straight to the Unix stream; what the host peer
-//!   does not take is buffered, at most [`CONN_BUF_SIZE`] bytes (the
+//! - Guest to host: data goes straight to the Unix stream (one `sendmsg`
+//!   from guest memory); what the host peer does not take is copied into a
+//!   buffer, at most [`CONN_BUF_SIZE`] bytes (the
 //!   `buf_alloc` the device advertises). `fwd_cnt` counts bytes handed to the
 //!   stream, so a guest that respects its credit never overflows the buffer;
 //!   one that does not gets an RST.
@@ -32,9 +33,12 @@ use std::time::Instant;
 
 use event_manager::EventSet;
 
-use super::packet::{Header, Op, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
-use super::unix::{ok_line, recv, send};
+use super::packet::{
+    Header, Op, RxBuffer, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
+use super::unix::{ok_line, send, send_guest};
 use super::{Limits, VsockCounters, CONN_BUF_SIZE, CREDIT_UPDATE_THRESHOLD, HOST_CID};
+use crate::virtio::iov::GuestIoVecs;
 
 /// A connection's identity: the host-side and guest-side ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -280,12 +284,12 @@ impl Connection {
     }
 
     /// A packet from the guest for this connection (type and op already
-    /// checked, `data` is its payload).
+    /// checked, `data` is its payload, in guest memory).
     pub(crate) fn on_guest_packet(
         &mut self,
         op: Op,
         hdr: &Header,
-        data: &[u8],
+        data: &GuestIoVecs<'_, '_>,
         limits: &Limits,
         now: Instant,
         c: &mut VsockCounters,
@@ -360,7 +364,7 @@ impl Connection {
         }
     }
 
-    fn guest_data(&mut self, data: &[u8], c: &mut VsockCounters) {
+    fn guest_data(&mut self, data: &GuestIoVecs<'_, '_>, c: &mut VsockCounters) {
         if self.guest_shut & SHUTDOWN_SEND != 0 {
             log::debug!("vsock: data after SHUTDOWN(SEND) on {:?}", self.key);
             c.protocol_errors += 1;
@@ -383,7 +387,7 @@ impl Connection {
         if self.host_gone {
             taken = data.len();
         } else if self.tx_buf.is_empty() {
-            match send(&self.stream, data) {
+            match send_guest(&self.stream, data) {
                 Ok(n) => taken = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -394,7 +398,16 @@ impl Connection {
         }
         self.fwd_cnt += Wrapping(u32::try_from(taken).unwrap_or(0));
         if taken < data.len() {
-            self.tx_buf.extend(&data[taken..]);
+            // What the host peer did not take is copied out of guest memory,
+            // into a buffer grown once.
+            self.tx_buf.reserve(data.len() - taken);
+            let mut chunk = [0u8; 4096];
+            let mut at = taken;
+            while at < data.len() {
+                let n = data.copy_to(at, &mut chunk);
+                self.tx_buf.extend(&chunk[..n]);
+                at += n;
+            }
             c.buffered_bytes += (data.len() - taken) as u64;
         }
         self.check_credit_update();
@@ -568,9 +581,14 @@ impl Connection {
         flags
     }
 
-    /// Reads host data for the guest: at most `room` bytes and the guest's
-    /// credit.
-    fn read_for_guest(&mut self, room: usize, scratch: &mut [u8], c: &mut VsockCounters) -> Read {
+    /// Reads host data for the guest into the data area of `buffer`: at most
+    /// `room` bytes and the guest's credit.
+    fn read_for_guest(
+        &mut self,
+        room: usize,
+        buffer: &mut RxBuffer<'_, '_>,
+        c: &mut VsockCounters,
+    ) -> Read {
         if !self.can_read() {
             self.pending &= !P_RW;
             self.read_stalled = false;
@@ -586,12 +604,12 @@ impl Connection {
             self.credit_requested = true;
             return Read::AskCredit;
         }
-        let n = room.min(scratch.len()).min(credit as usize);
+        let n = room.min(buffer.data_capacity()).min(credit as usize);
         if n == 0 {
             self.read_stalled = true;
             return Read::Nothing;
         }
-        match recv(&self.stream, &mut scratch[..n]) {
+        match buffer.recv(&self.stream, n) {
             Ok(0) => {
                 self.host_eof = true;
                 self.pending &= !P_RW;
@@ -618,12 +636,12 @@ impl Connection {
     }
 
     /// The next packet for the guest, for an RX buffer with `room` data bytes;
-    /// data goes to `scratch`. Returns the header and the data length, or
+    /// data goes to `buffer`. Returns the header and the data length, or
     /// `None` if there is nothing to send now.
     pub(crate) fn next_packet(
         &mut self,
         room: usize,
-        scratch: &mut [u8],
+        buffer: &mut RxBuffer<'_, '_>,
         limits: &Limits,
         now: Instant,
         c: &mut VsockCounters,
@@ -648,7 +666,7 @@ impl Connection {
                 self.deadline = Some(now + limits.request_timeout);
                 (Op::Request, 0, 0)
             } else if self.pending & P_RW != 0 {
-                match self.read_for_guest(room, scratch, c) {
+                match self.read_for_guest(room, buffer, c) {
                     Read::Data(n) => (Op::Rw, 0, n),
                     Read::AskCredit => (Op::CreditRequest, 0, 0),
                     Read::Nothing => {

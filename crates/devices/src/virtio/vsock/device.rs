@@ -12,17 +12,19 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::Muxer;
 use super::packet::{parse_tx, RxBuffer};
 use super::timer::DeadlineTimer;
-use super::{Limits, VsockCounters, VsockState, MAX_PKT_LEN};
+use super::{Limits, VsockCounters, VsockState};
 use crate::virtio::common::{
     consume_event, ignore_config_write, read_config_space, signal_used, ActivationQueues,
     DeviceEvents,
 };
+use crate::virtio::iov::{GuestRegions, IoVecBuf};
+use crate::virtio::ring::Ring;
 use crate::virtio::{feature_bit, GuestMemoryHandle, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 
@@ -76,8 +78,9 @@ pub struct Vsock<M> {
     wake: EventFd,
     timer: DeadlineTimer,
     muxer: Muxer,
-    /// Packet data on its way between guest memory and a stream.
-    scratch: Vec<u8>,
+    /// The buffers of the packet on its way between guest memory and a
+    /// stream (kept to reuse its allocation).
+    iovs: IoVecBuf,
     rx_stalled: bool,
     active: Option<Active<M>>,
 }
@@ -133,7 +136,7 @@ impl<M: GuestMemoryHandle> Vsock<M> {
             wake: new_eventfd()?,
             timer: DeadlineTimer::new().map_err(Error::VsockTimer)?,
             muxer,
-            scratch: vec![0; MAX_PKT_LEN as usize],
+            iovs: IoVecBuf::default(),
             rx_stalled: false,
             active: None,
         })
@@ -196,30 +199,36 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         let Active {
             mem, tx, interrupt, ..
         } = active;
+        let mem = &*mem;
+        let mut ring = Ring::new(tx, mem);
+        let guest = GuestRegions::new(mem);
+        let mut iovs = std::mem::take(&mut self.iovs);
         let mut used_any = false;
         // Set after a pass that found nothing although the ring said otherwise.
         let mut stalled = false;
         loop {
-            if let Err(e) = tx.disable_notification(&*mem) {
+            if let Err(e) = ring.disable_notification() {
                 self.event_error(format_args!("cannot disable TX notifications: {e}"));
             }
             let mut progressed = false;
-            while let Some(chain) = tx.pop_descriptor_chain(&*mem) {
+            while let Some(chain) = ring.pop() {
                 let head = chain.head_index();
-                match parse_tx(&*mem, chain, &mut self.scratch) {
-                    Ok(hdr) => self.muxer.on_guest_packet(&hdr, &self.scratch, now),
+                let mut data = iovs.start();
+                match parse_tx(&guest, chain, &mut data) {
+                    Ok(hdr) => self.muxer.on_guest_packet(&hdr, &data, now),
                     Err(e) => {
                         log::debug!("vsock {}: bad TX chain: {e:?}", self.guest_cid);
                         self.muxer.on_malformed(e.header.as_ref());
                     }
                 }
-                if let Err(e) = tx.add_used(&*mem, head, 0) {
+                drop(data);
+                if let Err(e) = ring.add_used(head, 0) {
                     self.event_error(format_args!("cannot return TX descriptor {head}: {e}"));
                 }
                 progressed = true;
                 used_any = true;
             }
-            match tx.enable_notification(&*mem) {
+            match ring.enable_notification() {
                 Ok(true) if progressed || !stalled => stalled = !progressed,
                 Ok(true) => {
                     log::warn!("vsock {}: invalid TX available index", self.guest_cid);
@@ -233,10 +242,9 @@ impl<M: GuestMemoryHandle> Vsock<M> {
                 }
             }
         }
-        // The scratch buffer may have grown to a packet: keep it at its size.
-        self.scratch.resize(MAX_PKT_LEN as usize, 0);
+        self.iovs = iovs;
         if used_any {
-            signal_used(tx, &*mem, interrupt.as_ref(), &mut |what| {
+            signal_used(&mut ring, interrupt.as_ref(), &mut |what| {
                 self.event_error(what);
             });
         }
@@ -244,15 +252,22 @@ impl<M: GuestMemoryHandle> Vsock<M> {
 
     /// Gives the guest the packets due, as long as it has RX buffers.
     fn fill_rx(&mut self, active: &mut Active<M>, now: Instant) {
+        if !self.muxer.has_rx_work() {
+            return;
+        }
         let Active {
             mem, rx, interrupt, ..
         } = active;
+        let mem = &*mem;
+        let mut ring = Ring::new(rx, mem);
+        let guest = GuestRegions::new(mem);
+        let mut iovs = std::mem::take(&mut self.iovs);
         let mut used_any = false;
         let mut rechecked = false;
         while self.muxer.has_rx_work() {
-            let Some(chain) = rx.pop_descriptor_chain(&*mem) else {
+            let Some(chain) = ring.pop() else {
                 // Ask to be notified of new buffers; some may have come meanwhile.
-                match rx.enable_notification(&*mem) {
+                match ring.enable_notification() {
                     Ok(true) if !rechecked => {
                         rechecked = true;
                         continue;
@@ -268,12 +283,12 @@ impl<M: GuestMemoryHandle> Vsock<M> {
             };
             rechecked = false;
             let head = chain.head_index();
-            let buffer = match RxBuffer::parse(&*mem, chain) {
+            let mut buffer = match RxBuffer::parse(&guest, chain, iovs.start()) {
                 Ok(buffer) => buffer,
                 Err(e) => {
                     log::debug!("vsock {}: bad RX chain: {e:?}", self.guest_cid);
                     self.muxer.counters.malformed_packets += 1;
-                    if let Err(e) = rx.add_used(&*mem, head, 0) {
+                    if let Err(e) = ring.add_used(head, 0) {
                         self.event_error(format_args!("cannot return RX descriptor {head}: {e}"));
                     }
                     used_any = true;
@@ -281,26 +296,28 @@ impl<M: GuestMemoryHandle> Vsock<M> {
                 }
             };
             let room = buffer.data_capacity();
-            let Some((hdr, len)) = self.muxer.next_rx(room, &mut self.scratch, now) else {
+            let Some((hdr, _)) = self.muxer.next_rx(room, &mut buffer, now) else {
                 // Nothing can be sent now: the buffer stays available.
-                rx.go_to_previous_position();
+                ring.go_to_previous_position();
                 break;
             };
             self.rx_stalled = false;
-            let written = match buffer.write(&*mem, &hdr, &self.scratch[..len]) {
+            let written = match buffer.write_header(&hdr) {
                 Some(n) => n,
                 None => {
                     self.event_error(format_args!("cannot write a packet to RX buffer {head}"));
                     0
                 }
             };
-            if let Err(e) = rx.add_used(&*mem, head, written) {
+            drop(buffer);
+            if let Err(e) = ring.add_used(head, written) {
                 self.event_error(format_args!("cannot return RX descriptor {head}: {e}"));
             }
             used_any = true;
         }
+        self.iovs = iovs;
         if used_any {
-            signal_used(rx, &*mem, interrupt.as_ref(), &mut |what| {
+            signal_used(&mut ring, interrupt.as_ref(), &mut |what| {
                 self.event_error(what);
             });
         }

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use event_manager::{EventOps, EventSet, Events};
 
 use super::connection::{ConnKey, Connection, Phase};
-use super::packet::{Header, Op, TYPE_STREAM};
+use super::packet::{Header, Op, RxBuffer, TYPE_STREAM};
 use super::unix::{connect_nonblocking, port_path, HostClient, LineStatus};
 use super::{Limits, VsockCounters, HOST_CID, HOST_PORT_FIRST};
+use crate::virtio::iov::GuestIoVecs;
 
 /// Most RST replies waiting for RX buffers; more are dropped.
 const MAX_PENDING_RSTS: usize = 256;
@@ -247,8 +248,13 @@ impl Muxer {
         }
     }
 
-    /// A packet from the guest with `data` as its payload.
-    pub(crate) fn on_guest_packet(&mut self, hdr: &Header, data: &[u8], now: Instant) {
+    /// A packet from the guest with `data` (in guest memory) as its payload.
+    pub(crate) fn on_guest_packet(
+        &mut self,
+        hdr: &Header,
+        data: &GuestIoVecs<'_, '_>,
+        now: Instant,
+    ) {
         self.counters.tx_packets += 1;
         if !self.addressed_to_host(hdr) {
             log::debug!(
@@ -428,12 +434,12 @@ impl Muxer {
     }
 
     /// The next packet for the guest, for an RX buffer with `room` data bytes
-    /// (data goes to `scratch`): queued RSTs first, then the connections in
+    /// (data goes to `buffer`): queued RSTs first, then the connections in
     /// turn. `None` if nothing can be sent now.
     pub(crate) fn next_rx(
         &mut self,
         room: usize,
-        scratch: &mut [u8],
+        buffer: &mut RxBuffer<'_, '_>,
         now: Instant,
     ) -> Option<(Header, usize)> {
         if let Some(key) = self.rsts.pop_front() {
@@ -455,7 +461,7 @@ impl Muxer {
                 continue;
             };
             conn.in_rx_list = false;
-            let packet = conn.next_packet(room, scratch, &self.limits, now, &mut self.counters);
+            let packet = conn.next_packet(room, buffer, &self.limits, now, &mut self.counters);
             // A connection with nothing to send now leaves the list until an
             // event gives it something.
             self.after(key, packet.is_some());

@@ -4,12 +4,18 @@
 //! A TX chain (guest to device) is a device-readable byte stream: the header,
 //! then `len` bytes of data, whatever the descriptor boundaries. An RX chain
 //! (device to guest) is a device-writable byte stream the device fills the
-//! same way. Every buffer is checked against guest memory before it is used.
+//! same way. Every buffer is checked against guest memory before it is
+//! used, and goes into an iovec list as host slices: data moves between
+//! them and the host socket without a copy through a host buffer.
 
-use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+use std::io;
+use std::os::unix::net::UnixStream;
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::GuestMemory;
 
 use super::MAX_PKT_LEN;
+use crate::virtio::iov::{GuestIoVecs, GuestRegions};
 
 /// Size of the packet header.
 pub const HDR_LEN: usize = 44;
@@ -134,13 +140,6 @@ impl Header {
     }
 }
 
-/// One guest buffer of a chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Segment {
-    pub(crate) addr: GuestAddress,
-    pub(crate) len: u32,
-}
-
 /// Why a chain cannot carry a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ChainError {
@@ -160,13 +159,14 @@ pub(crate) enum ChainError {
     Truncated,
 }
 
-/// A chain's buffers, all in the expected direction and in guest memory.
-fn collect<M: GuestMemory>(
-    mem: &M,
-    chain: DescriptorChain<&M>,
+/// Puts a chain's buffers into `out` (empty at first) and returns their
+/// total length; all must go the expected direction and lie in guest memory.
+fn collect<'m, M: GuestMemory>(
+    mem: &GuestRegions<'m, M>,
+    chain: impl Iterator<Item = Descriptor>,
     writable: bool,
-) -> Result<(Vec<Segment>, u64), ChainError> {
-    let mut segs = Vec::new();
+    out: &mut GuestIoVecs<'_, 'm>,
+) -> Result<u64, ChainError> {
     let mut total = 0u64;
     let mut error = None;
     let mut terminated = false;
@@ -179,20 +179,14 @@ fn collect<M: GuestMemory>(
             error = error.or(Some(ChainError::WrongDirection));
             continue;
         }
-        let access = if writable {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if !mem.check_range(desc.addr(), desc.len() as usize, access) {
+        if out
+            .push_guest(mem, desc.addr(), desc.len() as usize, writable)
+            .is_none()
+        {
             error = error.or(Some(ChainError::OutOfMemory));
             continue;
         }
         total += u64::from(desc.len());
-        segs.push(Segment {
-            addr: desc.addr(),
-            len: desc.len(),
-        });
     }
     // virtio-queue ends the iteration early, without an error, on loops,
     // over-long chains and unreadable descriptors: the last descriptor then
@@ -202,56 +196,8 @@ fn collect<M: GuestMemory>(
     }
     match error {
         Some(e) => Err(e),
-        None => Ok((segs, total)),
+        None => Ok(total),
     }
-}
-
-/// Calls `f(address, range of buf)` for each piece of the byte stream `segs`
-/// that `buf.len()` bytes from stream offset `offset` cover. The caller has
-/// checked that the stream is long enough.
-fn for_each_piece(
-    segs: &[Segment],
-    mut offset: u64,
-    len: usize,
-    mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
-) -> bool {
-    let mut done = 0usize;
-    for seg in segs {
-        if done == len {
-            break;
-        }
-        let seg_len = u64::from(seg.len);
-        if offset >= seg_len {
-            offset -= seg_len;
-            continue;
-        }
-        let avail = usize::try_from(seg_len - offset).unwrap_or(usize::MAX);
-        let n = avail.min(len - done);
-        let Some(addr) = seg.addr.checked_add(offset) else {
-            return false;
-        };
-        if !f(addr, done..done + n) {
-            return false;
-        }
-        done += n;
-        offset = 0;
-    }
-    done == len
-}
-
-/// Reads `buf.len()` bytes at stream offset `offset` of `segs`.
-fn read_stream<M: GuestMemory>(mem: &M, segs: &[Segment], offset: u64, buf: &mut [u8]) -> bool {
-    let len = buf.len();
-    for_each_piece(segs, offset, len, |addr, range| {
-        mem.read_slice(&mut buf[range], addr).is_ok()
-    })
-}
-
-/// Writes `buf` at stream offset `offset` of `segs`.
-fn write_stream<M: GuestMemory>(mem: &M, segs: &[Segment], offset: u64, buf: &[u8]) -> bool {
-    for_each_piece(segs, offset, buf.len(), |addr, range| {
-        mem.write_slice(&buf[range], addr).is_ok()
-    })
 }
 
 /// Why a TX chain was refused, with its header when one could be read (so
@@ -262,18 +208,17 @@ pub(crate) struct TxError {
     pub(crate) header: Option<Header>,
 }
 
-/// Parses a TX chain: returns its header and puts its `len` data bytes in
-/// `data` (cleared first).
-pub(crate) fn parse_tx<M: GuestMemory>(
-    mem: &M,
-    chain: DescriptorChain<&M>,
-    data: &mut Vec<u8>,
+/// Parses a TX chain: returns its header, and leaves its `len` data bytes
+/// (still in guest memory) as the buffers of `data`, empty at first.
+pub(crate) fn parse_tx<'m, M: GuestMemory>(
+    mem: &GuestRegions<'m, M>,
+    chain: impl Iterator<Item = Descriptor>,
+    data: &mut GuestIoVecs<'_, 'm>,
 ) -> Result<Header, TxError> {
-    data.clear();
     let fail = |error, header| TxError { error, header };
-    let (segs, total) = collect(mem, chain, false).map_err(|e| fail(e, None))?;
+    let total = collect(mem, chain, false, data).map_err(|e| fail(e, None))?;
     let mut raw = [0u8; HDR_LEN];
-    if total < HDR_LEN as u64 || !read_stream(mem, &segs, 0, &mut raw) {
+    if total < HDR_LEN as u64 || data.copy_to(0, &mut raw) != HDR_LEN {
         return Err(fail(ChainError::ShortHeader, None));
     }
     let header = Header::from_bytes(&raw);
@@ -283,31 +228,31 @@ pub(crate) fn parse_tx<M: GuestMemory>(
     if u64::from(header.len) > total - HDR_LEN as u64 {
         return Err(fail(ChainError::Truncated, Some(header)));
     }
-    data.resize(header.len as usize, 0);
-    if !read_stream(mem, &segs, HDR_LEN as u64, data) {
-        return Err(fail(ChainError::OutOfMemory, Some(header)));
-    }
+    data.advance(HDR_LEN);
+    data.truncate(header.len as usize);
     Ok(header)
 }
 
-/// A guest RX buffer: device-writable, at least a header long.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct RxBuffer {
-    segs: Vec<Segment>,
+/// A guest RX buffer: device-writable, at least a header long, as the
+/// host slices of its buffers.
+#[derive(Debug)]
+pub(crate) struct RxBuffer<'b, 'm> {
+    iovs: GuestIoVecs<'b, 'm>,
     total: u64,
 }
 
-impl RxBuffer {
-    /// Checks an RX chain.
+impl<'b, 'm> RxBuffer<'b, 'm> {
+    /// Checks an RX chain; its buffers go to `iovs` (empty at first).
     pub(crate) fn parse<M: GuestMemory>(
-        mem: &M,
-        chain: DescriptorChain<&M>,
-    ) -> Result<RxBuffer, ChainError> {
-        let (segs, total) = collect(mem, chain, true)?;
+        mem: &GuestRegions<'m, M>,
+        chain: impl Iterator<Item = Descriptor>,
+        mut iovs: GuestIoVecs<'b, 'm>,
+    ) -> Result<RxBuffer<'b, 'm>, ChainError> {
+        let total = collect(mem, chain, true, &mut iovs)?;
         if total < HDR_LEN as u64 {
             return Err(ChainError::ShortHeader);
         }
-        Ok(RxBuffer { segs, total })
+        Ok(RxBuffer { iovs, total })
     }
 
     /// How many data bytes fit after the header (at most [`MAX_PKT_LEN`]).
@@ -316,24 +261,28 @@ impl RxBuffer {
         usize::try_from(room).unwrap_or(0)
     }
 
-    /// Writes a packet: `header` (whose `len` must be `data.len()`) and `data`.
-    /// Returns the number of bytes written, or `None` if guest memory refused
-    /// them.
-    pub(crate) fn write<M: GuestMemory>(
-        &self,
-        mem: &M,
-        header: &Header,
-        data: &[u8],
-    ) -> Option<u32> {
-        if data.len() > self.data_capacity() {
+    /// Reads at most `max` bytes (and at most the data capacity) from
+    /// `stream` into the data area, after the header, in one `readv`
+    /// (retried if interrupted).
+    pub(crate) fn recv(&mut self, stream: &UnixStream, max: usize) -> io::Result<usize> {
+        let max = max.min(self.data_capacity());
+        loop {
+            match self.iovs.readv_at(stream, HDR_LEN, max) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes `header` in front of its `len` data bytes (already in the
+    /// buffer). Returns the number of bytes of the packet, or `None` if they
+    /// do not fit.
+    pub(crate) fn write_header(&self, header: &Header) -> Option<u32> {
+        let len = header.len as usize;
+        if len > self.data_capacity() || self.iovs.copy_from(0, &header.to_bytes()) != HDR_LEN {
             return None;
         }
-        let ok = write_stream(mem, &self.segs, 0, &header.to_bytes())
-            && write_stream(mem, &self.segs, HDR_LEN as u64, data);
-        if !ok {
-            return None;
-        }
-        u32::try_from(HDR_LEN + data.len()).ok()
+        u32::try_from(HDR_LEN + len).ok()
     }
 }
 
@@ -341,9 +290,13 @@ impl RxBuffer {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::io::Write;
+
     use virtio_queue::QueueOwnedT;
+    use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::virtio::iov::IoVecBuf;
     use crate::virtio::test_utils::{memory, GuestQueue, Mem, WRITE};
 
     fn sample() -> Header {
@@ -388,13 +341,18 @@ mod tests {
         assert_eq!(Op::from_raw(u16::MAX), None);
     }
 
+    /// Parses `descs` as a TX chain: the result and the data bytes.
     fn parse_descs(mem: &Mem, descs: &[(u64, u32, u16)]) -> (Result<Header, TxError>, Vec<u8>) {
         let mut gq = GuestQueue::new(mem, 0, 16);
         gq.add_chain(0, descs);
         let mut q = gq.device_queue(16);
         let chain = q.iter(mem).unwrap().next().unwrap();
-        let mut data = Vec::new();
-        (parse_tx(mem, chain, &mut data), data)
+        let mut buf = IoVecBuf::default();
+        let mut iovs = buf.start();
+        let res = parse_tx(&GuestRegions::new(mem), chain, &mut iovs);
+        let mut data = vec![0u8; iovs.len()];
+        iovs.copy_to(0, &mut data);
+        (res, data)
     }
 
     #[test]
@@ -451,36 +409,50 @@ mod tests {
     #[test]
     fn rx_buffers() {
         let mem = memory(&[(0, 0x20000)]);
-        let parse = |descs: &[(u64, u32, u16)]| {
-            let mut gq = GuestQueue::new(&mem, 0, 16);
-            gq.add_chain(0, descs);
-            let mut q = gq.device_queue(16);
-            let chain = q.iter(&mem).unwrap().next().unwrap();
-            RxBuffer::parse(&mem, chain)
-        };
-        assert_eq!(
-            parse(&[(0x1000, 64, 0)]).unwrap_err(),
-            ChainError::WrongDirection
-        );
-        assert_eq!(
-            parse(&[(0x1000, 43, WRITE)]).unwrap_err(),
-            ChainError::ShortHeader
-        );
-        let buf = parse(&[(0x1000, 10, WRITE), (0x2000, 40, WRITE)]).unwrap();
-        assert_eq!(buf.data_capacity(), 6);
-        assert_eq!(buf.write(&mem, &sample(), b"1234567"), None);
-        assert_eq!(buf.write(&mem, &sample(), b"hello"), Some(49));
+        let mut iov_buf = IoVecBuf::default();
+        let mut parse =
+            |descs: &[(u64, u32, u16)],
+             with: &mut dyn FnMut(Result<RxBuffer<'_, '_>, ChainError>)| {
+                let mut gq = GuestQueue::new(&mem, 0, 16);
+                gq.add_chain(0, descs);
+                let mut q = gq.device_queue(16);
+                let chain = q.iter(&mem).unwrap().next().unwrap();
+                with(RxBuffer::parse(
+                    &GuestRegions::new(&mem),
+                    chain,
+                    iov_buf.start(),
+                ));
+            };
+        parse(&[(0x1000, 64, 0)], &mut |r| {
+            assert_eq!(r.unwrap_err(), ChainError::WrongDirection)
+        });
+        parse(&[(0x1000, 43, WRITE)], &mut |r| {
+            assert_eq!(r.unwrap_err(), ChainError::ShortHeader)
+        });
+        parse(&[(0x1000, 10, WRITE), (0x2000, 40, WRITE)], &mut |r| {
+            let mut buf = r.unwrap();
+            assert_eq!(buf.data_capacity(), 6);
+            let (a, mut b) = UnixStream::pair().unwrap();
+            b.write_all(b"hello, world").unwrap();
+            assert_eq!(buf.recv(&a, 5).unwrap(), 5);
+            let mut h = sample();
+            h.len = 7;
+            assert_eq!(buf.write_header(&h), None, "does not fit");
+            assert_eq!(buf.write_header(&sample()), Some(49));
+            assert_eq!(buf.recv(&a, 100).unwrap(), 6, "at most the capacity");
+        });
         let mut raw = [0u8; HDR_LEN];
         mem.read_slice(&mut raw[..10], GuestAddress(0x1000))
             .unwrap();
         mem.read_slice(&mut raw[10..], GuestAddress(0x2000))
             .unwrap();
         assert_eq!(Header::from_bytes(&raw), sample());
-        let mut data = [0u8; 5];
+        let mut data = [0u8; 6];
         mem.read_slice(&mut data, GuestAddress(0x2000 + 34))
             .unwrap();
-        assert_eq!(&data, b"hello");
-        let big = parse(&[(0x1000, 0x11000, WRITE)]).unwrap();
-        assert_eq!(big.data_capacity(), MAX_PKT_LEN as usize);
+        assert_eq!(&data, b", worl", "the second read overwrote the first");
+        parse(&[(0x1000, 0x11000, WRITE)], &mut |r| {
+            assert_eq!(r.unwrap().data_capacity(), MAX_PKT_LEN as usize)
+        });
     }
 }

@@ -8,6 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use crate::virtio::iov::GuestIoVecs;
+
 /// Longest `CONNECT <port>\n` line read from a host client, newline included.
 pub(crate) const MAX_CONNECT_LINE: usize = 32;
 
@@ -91,6 +93,17 @@ pub(crate) fn send(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
                     return Err(e);
                 }
             }
+        }
+    }
+}
+
+/// Sends guest data (`sendmsg` straight from guest memory), never raising
+/// SIGPIPE, as [`send`] does.
+pub(crate) fn send_guest(stream: &UnixStream, data: &GuestIoVecs<'_, '_>) -> io::Result<usize> {
+    loop {
+        match data.sendmsg(stream, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
         }
     }
 }
