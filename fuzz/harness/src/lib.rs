@@ -13,6 +13,7 @@ pub mod config;
 pub mod kernel;
 pub mod mmio;
 pub mod net;
+pub mod ring;
 pub mod seeds;
 pub mod vsock;
 

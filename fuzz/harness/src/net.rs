@@ -33,25 +33,19 @@ use ember_devices::virtio::net::{
 use ember_devices::virtio::{feature_bit, IrqTrigger, VirtioDevice};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::{guest_memory, overlaps, range, Mem, Range};
 use crate::bytes::{Reader, Writer};
+use crate::ring::{Driver, LAYOUT, SIZE};
 
 #[path = "../../../crates/devices/src/virtio/net/tests/host.rs"]
 mod host;
 
 /// The TAP interface (in the harness's own network namespace).
 const TAP: &str = "emfuzz0";
-/// Size of each queue.
-const SIZE: u16 = 64;
-/// Queue layouts (RX, TX): descriptor table, available ring, used ring.
-const LAYOUT: [(u64, u64, u64); 2] = [(0x1000, 0x1400, 0x1800), (0x2000, 0x2400, 0x2800)];
-/// Where the harness puts frames and RX buffers (cycled through).
-const AREA: (u64, u64) = (0x1_0000, 0x4_0000);
 /// Most notifications checked per input.
 const MAX_KICKS: u32 = 32;
 
@@ -134,29 +128,13 @@ struct Shadow {
 struct Harness<'w> {
     world: &'w mut World,
     mem: Mem,
-    avail_idx: [u16; 2],
-    next_desc: [u16; 2],
-    next_area: u64,
+    driver: Driver<2>,
     kicks: u32,
 }
 
 impl Harness<'_> {
     fn activate(&mut self) {
-        let queues = LAYOUT
-            .iter()
-            .map(|&(desc, avail, used)| {
-                let mut q = Queue::new(QUEUE_SIZE).expect("queue");
-                q.try_set_size(SIZE).expect("size");
-                q.try_set_desc_table_address(GuestAddress(desc))
-                    .expect("desc");
-                q.try_set_avail_ring_address(GuestAddress(avail))
-                    .expect("avail");
-                q.try_set_used_ring_address(GuestAddress(used))
-                    .expect("used");
-                q.set_ready(true);
-                q
-            })
-            .collect();
+        let queues = self.driver.queues(QUEUE_SIZE);
         let mut net = self.world.net.lock().expect("lock");
         if net.is_activated() {
             net.reset();
@@ -170,55 +148,9 @@ impl Harness<'_> {
         .expect("activation");
     }
 
-    fn area(&mut self, len: u64) -> u64 {
-        if self.next_area + len > AREA.1 {
-            self.next_area = AREA.0;
-        }
-        let at = self.next_area;
-        self.next_area = (at + len.max(1)).next_multiple_of(16);
-        at
-    }
-
-    fn desc(&self, queue: usize, index: u16, d: (u64, u32, u16, u16)) {
-        let at = LAYOUT[queue].0 + 16 * u64::from(index % SIZE);
-        let _ = self
-            .mem
-            .write_obj(Descriptor::new(d.0, d.1, d.2, d.3), GuestAddress(at));
-    }
-
-    fn publish(&mut self, queue: usize, head: u16) {
-        let avail = LAYOUT[queue].1;
-        let slot = u64::from(self.avail_idx[queue] % SIZE);
-        let _ = self.mem.write_obj(head, GuestAddress(avail + 4 + 2 * slot));
-        self.avail_idx[queue] = self.avail_idx[queue].wrapping_add(1);
-        let _ = self
-            .mem
-            .write_obj(self.avail_idx[queue], GuestAddress(avail + 2));
-    }
-
-    fn chain(&mut self, queue: usize, pieces: &[(u64, u32, u16)]) {
-        let head = self.next_desc[queue];
-        for (i, &(addr, len, flags)) in pieces.iter().enumerate() {
-            let index = (head + i as u16) % SIZE;
-            let (flags, next) = if i + 1 == pieces.len() {
-                (flags, 0)
-            } else {
-                (flags | 1, (index + 1) % SIZE)
-            };
-            self.desc(queue, index, (addr, len, flags, next));
-        }
-        self.next_desc[queue] = (head + pieces.len() as u16) % SIZE;
-        self.publish(queue, head);
-    }
-
     fn step(&mut self, r: &mut Reader) -> Option<()> {
         match r.u8()? % Op::COUNT {
-            0 => {
-                let addr = u64::from(r.u32()?);
-                let len = usize::from(r.u16()? % 4097);
-                let bytes = r.take(len).unwrap_or_else(|| r.rest());
-                let _ = self.mem.write_slice(bytes, GuestAddress(addr));
-            }
+            0 => self.driver.write_mem_op(r)?,
             1 => {
                 let kind = r.u8()?;
                 let len = usize::from(r.u16()? % 2049);
@@ -238,47 +170,15 @@ impl Harness<'_> {
                     frame.extend_from_slice(&host::TEST_ETHERTYPE.to_be_bytes());
                 }
                 frame.extend_from_slice(bytes);
-                let total = frame.len() as u32;
-                let at = self.area(u64::from(total));
-                let _ = self.mem.write_slice(&frame, GuestAddress(at));
-                let split = split.min(total);
-                if split == 0 || split == total {
-                    self.chain(TX_QUEUE, &[(at, total, 0)]);
-                } else {
-                    self.chain(
-                        TX_QUEUE,
-                        &[(at, split, 0), (at + u64::from(split), total - split, 0)],
-                    );
-                }
+                self.driver.readable(TX_QUEUE, &frame, split);
             }
             2 => {
                 let len = u32::from(r.u16()? % 4097);
                 let pieces = u32::from(r.u8()? % 4) + 1;
-                let at = self.area(u64::from(len));
-                let step = len / pieces;
-                let descs: Vec<(u64, u32, u16)> = (0..pieces)
-                    .map(|i| {
-                        let end = if i + 1 == pieces { len } else { step * (i + 1) };
-                        (
-                            at + u64::from(step * i),
-                            end - step * i,
-                            VRING_DESC_F_WRITE as u16,
-                        )
-                    })
-                    .collect();
-                self.chain(RX_QUEUE, &descs);
+                self.driver.writable(RX_QUEUE, len, pieces);
             }
-            3 => {
-                let queue = usize::from(r.u8()? % 2);
-                let index = r.u16()?;
-                let d = (r.u64()?, r.u32()?, r.u16()?, r.u16()?);
-                self.desc(queue, index, d);
-            }
-            4 => {
-                let queue = usize::from(r.u8()? % 2);
-                let head = r.u16()?;
-                self.publish(queue, head);
-            }
+            3 => self.driver.desc_op(r)?,
+            4 => self.driver.publish_op(r)?,
             5 => {
                 let queue = usize::from(r.u8()? % 2);
                 if self.kicks < MAX_KICKS {
@@ -306,11 +206,10 @@ impl Harness<'_> {
     }
 
     fn shadow(&self, queue: usize, q: QueueState) -> Shadow {
-        let avail_idx: u16 = self
-            .mem
-            .read_obj(GuestAddress(LAYOUT[queue].1 + 2))
-            .expect("avail idx");
-        let pending = avail_idx.wrapping_sub(q.next_avail);
+        let pending = self
+            .driver
+            .avail_idx_in_memory(queue)
+            .wrapping_sub(q.next_avail);
         let mut chains = Vec::new();
         if pending <= SIZE {
             let mut shadow = Queue::try_from(q).expect("valid queue state");
@@ -350,7 +249,7 @@ impl Harness<'_> {
     /// tables and TX frames alone.
     fn stable(&self, rx: &Shadow) -> bool {
         let mut fixed: Vec<Range> = Vec::new();
-        for &(desc, avail, _) in &LAYOUT {
+        for &(desc, avail, _) in &LAYOUT[..2] {
             fixed.push(range(desc, 16 * u64::from(SIZE)));
             fixed.push(range(avail, 6 + 2 * u64::from(SIZE)));
             for i in 0..u64::from(SIZE) {
@@ -364,7 +263,7 @@ impl Harness<'_> {
                 }
             }
         }
-        let mut written: Vec<Range> = LAYOUT
+        let mut written: Vec<Range> = LAYOUT[..2]
             .iter()
             .map(|&(_, _, used)| range(used, 6 + 8 * u64::from(SIZE)))
             .collect();
@@ -380,13 +279,6 @@ impl Harness<'_> {
             && !written
                 .iter()
                 .any(|&w| fixed.iter().any(|&f| overlaps(w, f)))
-    }
-
-    fn used_elem(&self, queue: usize, idx: u16) -> (u32, u32) {
-        let at = LAYOUT[queue].2 + 4 + 8 * u64::from(idx % SIZE);
-        let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("used id");
-        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("used len");
-        (id, len)
     }
 
     fn kick(&mut self, queue: usize) {
@@ -418,7 +310,9 @@ impl Harness<'_> {
             .wrapping_sub(q0[TX_QUEUE].next_avail);
         let tx_used = q1[TX_QUEUE].next_used.wrapping_sub(q0[TX_QUEUE].next_used);
         for k in 0..tx_used {
-            let (_, len) = self.used_elem(TX_QUEUE, q0[TX_QUEUE].next_used.wrapping_add(k));
+            let (_, len) = self
+                .driver
+                .used_elem(TX_QUEUE, q0[TX_QUEUE].next_used.wrapping_add(k));
             assert_eq!(len, 0, "a TX chain was returned with length {len}");
         }
         let outcomes = (c1.tx_frames - c0.tx_frames)
@@ -464,7 +358,9 @@ impl Harness<'_> {
         let rx_used = q1[RX_QUEUE].next_used.wrapping_sub(q0[RX_QUEUE].next_used);
         let returnable: Vec<_> = rx.chains.iter().filter(|c| c.0 < SIZE).collect();
         for k in 0..rx_used {
-            let (id, len) = self.used_elem(RX_QUEUE, q0[RX_QUEUE].next_used.wrapping_add(k));
+            let (id, len) = self
+                .driver
+                .used_elem(RX_QUEUE, q0[RX_QUEUE].next_used.wrapping_add(k));
             assert!(
                 len == 0 || len as usize >= VNET_HDR_LEN + MIN_FRAME_LEN,
                 "RX completion of {len} bytes"
@@ -502,9 +398,7 @@ pub fn run(data: &[u8]) {
     let mut h = Harness {
         world: &mut world,
         mem: guest_memory(false),
-        avail_idx: [0; 2],
-        next_desc: [0; 2],
-        next_area: AREA.0,
+        driver: Driver::new(guest_memory(false)),
         kicks: 0,
     };
     h.activate();

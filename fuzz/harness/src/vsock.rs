@@ -35,28 +35,18 @@ use ember_devices::virtio::vsock::{
 use ember_devices::virtio::{feature_bit, IrqTrigger, VirtioDevice};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::{guest_memory, overlaps, range, Mem, Range};
 use crate::bytes::{Reader, Writer};
+use crate::ring::{Driver, LAYOUT, SIZE};
 
 /// The guest's CID.
 pub const GUEST_CID: u64 = 3;
 /// The host port a listener waits on (guest REQUESTs to it connect).
 pub const LISTEN_PORT: u32 = 1024;
-/// Size of each queue.
-const SIZE: u16 = 64;
-/// Queue layouts: descriptor table, available ring, used ring.
-const LAYOUT: [(u64, u64, u64); 3] = [
-    (0x1000, 0x1400, 0x1800),
-    (0x2000, 0x2400, 0x2800),
-    (0x3000, 0x3400, 0x3800),
-];
-/// Where the harness puts packets and RX buffers (cycled through).
-const AREA: (u64, u64) = (0x1_0000, 0x4_0000);
 /// Most notifications and loop runs checked per input.
 const MAX_RUNS: u32 = 64;
 /// Most host clients per input.
@@ -123,9 +113,7 @@ struct Harness {
     vsock: Arc<Mutex<Vsock<Mem>>>,
     manager: Manager,
     irq: Arc<IrqTrigger>,
-    avail_idx: [u16; 2],
-    next_desc: [u16; 2],
-    next_area: u64,
+    driver: Driver<3>,
     listener: UnixListener,
     peers: Vec<UnixStream>,
     clients: Vec<UnixStream>,
@@ -150,14 +138,13 @@ impl Harness {
         let vsock = Arc::new(Mutex::new(vsock));
         let mut manager = Manager::new().expect("event manager");
         manager.add_subscriber(vsock.clone());
+        let mem = guest_memory(false);
         let mut h = Harness {
-            mem: guest_memory(false),
+            mem: mem.clone(),
             vsock,
             manager,
             irq: Arc::new(IrqTrigger::new().expect("irq")),
-            avail_idx: [0; 2],
-            next_desc: [0; 2],
-            next_area: AREA.0,
+            driver: Driver::new(mem.clone()),
             listener,
             peers: Vec::new(),
             clients: Vec::new(),
@@ -169,27 +156,8 @@ impl Harness {
     }
 
     fn activate(&mut self) {
-        for (avail, used) in LAYOUT.iter().map(|&(_, a, u)| (a, u)) {
-            let _ = self.mem.write_obj(0u16, GuestAddress(avail + 2));
-            let _ = self.mem.write_obj(0u16, GuestAddress(used + 2));
-        }
-        self.avail_idx = [0; 2];
-        self.next_desc = [0; 2];
-        let queues = LAYOUT
-            .iter()
-            .map(|&(desc, avail, used)| {
-                let mut q = Queue::new(QUEUE_SIZE).expect("queue");
-                q.try_set_size(SIZE).expect("size");
-                q.try_set_desc_table_address(GuestAddress(desc))
-                    .expect("desc");
-                q.try_set_avail_ring_address(GuestAddress(avail))
-                    .expect("avail");
-                q.try_set_used_ring_address(GuestAddress(used))
-                    .expect("used");
-                q.set_ready(true);
-                q
-            })
-            .collect();
+        self.driver.reset();
+        let queues = self.driver.queues(QUEUE_SIZE);
         self.vsock
             .lock()
             .expect("lock")
@@ -202,58 +170,9 @@ impl Harness {
             .expect("activation");
     }
 
-    fn area(&mut self, len: u64) -> u64 {
-        if self.next_area + len > AREA.1 {
-            self.next_area = AREA.0;
-        }
-        let at = self.next_area;
-        self.next_area = (at + len.max(1)).next_multiple_of(16);
-        at
-    }
-
-    fn desc(&self, queue: usize, index: u16, d: (u64, u32, u16, u16)) {
-        let at = LAYOUT[queue].0 + 16 * u64::from(index % SIZE);
-        let _ = self
-            .mem
-            .write_obj(Descriptor::new(d.0, d.1, d.2, d.3), GuestAddress(at));
-    }
-
-    fn publish(&mut self, queue: usize, head: u16) {
-        let avail = LAYOUT[queue].1;
-        let slot = u64::from(self.avail_idx[queue] % SIZE);
-        let _ = self.mem.write_obj(head, GuestAddress(avail + 4 + 2 * slot));
-        self.avail_idx[queue] = self.avail_idx[queue].wrapping_add(1);
-        let _ = self
-            .mem
-            .write_obj(self.avail_idx[queue], GuestAddress(avail + 2));
-    }
-
-    /// Writes `pieces` (addr, len, flags) as a chain at the next indices and
-    /// publishes it.
-    fn chain(&mut self, queue: usize, pieces: &[(u64, u32, u16)]) {
-        let head = self.next_desc[queue];
-        for (i, &(addr, len, flags)) in pieces.iter().enumerate() {
-            let index = (head + i as u16) % SIZE;
-            let last = i + 1 == pieces.len();
-            let (flags, next) = if last {
-                (flags, 0)
-            } else {
-                (flags | 1, (index + 1) % SIZE)
-            };
-            self.desc(queue, index, (addr, len, flags, next));
-        }
-        self.next_desc[queue] = (head + pieces.len() as u16) % SIZE;
-        self.publish(queue, head);
-    }
-
     fn step(&mut self, r: &mut Reader) -> Option<()> {
         match r.u8()? % Op::COUNT {
-            0 => {
-                let addr = u64::from(r.u32()?);
-                let len = usize::from(r.u16()? % 4097);
-                let bytes = r.take(len).unwrap_or_else(|| r.rest());
-                let _ = self.mem.write_slice(bytes, GuestAddress(addr));
-            }
+            0 => self.driver.write_mem_op(r)?,
             1 => {
                 let header = PacketHeader {
                     src_cid: GUEST_CID,
@@ -269,51 +188,17 @@ impl Harness {
                 };
                 let split = u32::from(r.u8()?);
                 let data = r.take(header.len as usize).unwrap_or_else(|| r.rest());
-                let total = PACKET_HEADER_LEN as u32 + data.len() as u32;
-                let at = self.area(u64::from(total));
-                let _ = self.mem.write_slice(&header.to_bytes(), GuestAddress(at));
-                let _ = self
-                    .mem
-                    .write_slice(data, GuestAddress(at + PACKET_HEADER_LEN as u64));
-                let split = split.min(total);
-                if split == 0 || split == total {
-                    self.chain(TX_QUEUE, &[(at, total, 0)]);
-                } else {
-                    self.chain(
-                        TX_QUEUE,
-                        &[(at, split, 0), (at + u64::from(split), total - split, 0)],
-                    );
-                }
+                let mut packet = header.to_bytes().to_vec();
+                packet.extend_from_slice(data);
+                self.driver.readable(TX_QUEUE, &packet, split);
             }
             2 => {
                 let len = u32::from(r.u16()? % 8193);
                 let pieces = u32::from(r.u8()? % 4) + 1;
-                let at = self.area(u64::from(len));
-                let step = len / pieces;
-                let descs: Vec<(u64, u32, u16)> = (0..pieces)
-                    .map(|i| {
-                        let start = step * i;
-                        let end = if i + 1 == pieces { len } else { step * (i + 1) };
-                        (
-                            at + u64::from(start),
-                            end - start,
-                            VRING_DESC_F_WRITE as u16,
-                        )
-                    })
-                    .collect();
-                self.chain(RX_QUEUE, &descs);
+                self.driver.writable(RX_QUEUE, len, pieces);
             }
-            3 => {
-                let queue = usize::from(r.u8()? % 2);
-                let index = r.u16()?;
-                let d = (r.u64()?, r.u32()?, r.u16()?, r.u16()?);
-                self.desc(queue, index, d);
-            }
-            4 => {
-                let queue = usize::from(r.u8()? % 2);
-                let head = r.u16()?;
-                self.publish(queue, head);
-            }
+            3 => self.driver.desc_op(r)?,
+            4 => self.driver.publish_op(r)?,
             5 => {
                 let queue = usize::from(r.u8()? % 2);
                 if self.runs < MAX_RUNS {
@@ -376,15 +261,10 @@ impl Harness {
         (state.queues, state.counters)
     }
 
-    fn avail_idx_in_memory(&self, queue: usize) -> u16 {
-        self.mem
-            .read_obj(GuestAddress(LAYOUT[queue].1 + 2))
-            .expect("avail idx")
-    }
-
     /// The RX chains the device may fill, from a shadow copy of its queue.
     fn expect_rx(&self, q: QueueState) -> RxExpectation {
         let pending = self
+            .driver
             .avail_idx_in_memory(RX_QUEUE)
             .wrapping_sub(q.next_avail);
         let mut chains = Vec::new();
@@ -448,13 +328,6 @@ impl Harness {
         }
     }
 
-    fn used_elem(&self, queue: usize, idx: u16) -> (u32, u32) {
-        let at = LAYOUT[queue].2 + 4 + 8 * u64::from(idx % SIZE);
-        let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("used id");
-        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("used len");
-        (id, len)
-    }
-
     fn read_bufs(&self, bufs: &[Range], len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len);
         for &(start, end) in bufs {
@@ -476,7 +349,11 @@ impl Harness {
         self.serve_host();
         let (q0, c0) = self.state();
         let pending: Vec<u16> = (0..2)
-            .map(|q| self.avail_idx_in_memory(q).wrapping_sub(q0[q].next_avail))
+            .map(|q| {
+                self.driver
+                    .avail_idx_in_memory(q)
+                    .wrapping_sub(q0[q].next_avail)
+            })
             .collect();
         let rx = self.expect_rx(q0[RX_QUEUE]);
         if let Some(queue) = kick {
@@ -502,7 +379,9 @@ impl Harness {
         }
         let tx_used = q1[TX_QUEUE].next_used.wrapping_sub(q0[TX_QUEUE].next_used);
         for k in 0..tx_used {
-            let (_, len) = self.used_elem(TX_QUEUE, q0[TX_QUEUE].next_used.wrapping_add(k));
+            let (_, len) = self
+                .driver
+                .used_elem(TX_QUEUE, q0[TX_QUEUE].next_used.wrapping_add(k));
             assert_eq!(len, 0, "a TX chain was returned with length {len}");
         }
         let rx_used = q1[RX_QUEUE].next_used.wrapping_sub(rx.next_used);
@@ -521,7 +400,9 @@ impl Harness {
             );
         }
         for k in 0..rx_used {
-            let (id, len) = self.used_elem(RX_QUEUE, rx.next_used.wrapping_add(k));
+            let (id, len) = self
+                .driver
+                .used_elem(RX_QUEUE, rx.next_used.wrapping_add(k));
             assert!(
                 len == 0 || (PACKET_HEADER_LEN as u32..=max).contains(&len),
                 "RX completion of {len} bytes"
