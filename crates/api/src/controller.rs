@@ -5,7 +5,7 @@
 //! ([`Controller::start_if_requested`]) because it adds subscribers to the loop.
 
 use std::path::Path;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,8 @@ use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate, NetworkInterfaceUpdate,
     VmStateRequest,
 };
-use crate::server::{ApiCounters, ApiEnd};
+use crate::channel::{ApiEnd, Responder};
+use crate::server::ApiCounters;
 
 /// How often metrics are written once a destination is set.
 pub const METRICS_PERIOD: Duration = Duration::from_secs(60);
@@ -66,7 +67,7 @@ pub struct Controller {
     resources: VmResources,
     phase: Phase,
     requests: Receiver<ApiRequest>,
-    responses: Sender<ApiResponse>,
+    responses: Responder,
     wake: EventFd,
     termination: Option<EventFd>,
     terminated: Option<i32>,

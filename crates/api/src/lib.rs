@@ -4,13 +4,18 @@
 //!   (`boot-source`, `machine-config`, `drives`, ...), shared by the config file
 //!   and the REST API, and their translation into an [`ember_vmm::VmConfig`].
 //! - [`config_file`]: reading a Firecracker config file.
-//! - [`routes`], [`request`], [`server`], [`controller`], [`service`]: the REST
-//!   API on a Unix socket, from HTTP to the VMM thread and back.
+//! - [`socket`], [`http`], [`connection`], [`server`]: the REST API's HTTP
+//!   server on a Unix socket; [`routes`] and [`request`] turn requests into
+//!   typed ones, which cross to the VMM thread through [`channel`]; there
+//!   [`controller`] answers them and [`service`] runs it all.
 //! - [`logger`], [`metrics`], [`destination`]: logs and metrics to files or FIFOs.
 
+pub mod channel;
 pub mod config_file;
+pub mod connection;
 pub mod controller;
 pub mod destination;
+pub mod http;
 pub mod logger;
 pub mod metrics;
 pub mod model;
@@ -18,6 +23,7 @@ pub mod request;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod socket;
 
 /// Errors from the configuration front end.
 #[derive(Debug, thiserror::Error)]

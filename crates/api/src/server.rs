@@ -1,30 +1,31 @@
-//! The API thread: HTTP/1.1 on a Unix socket (dbs-uhttp, the micro_http
-//! lineage made for VMM APIs), parsing each request and passing it to the VMM
-//! thread through a channel plus an eventfd, then answering with what the VMM
-//! replied. Requests are handled one at a time, in arrival order.
+//! The API thread: an epoll loop over the listening socket, every client
+//! connection and the VMM's answers. Requests are read without ever blocking
+//! or sleeping, however slowly their bytes arrive; each complete one is routed
+//! ([`routes`]) and handed to the VMM thread ([`channel`](crate::channel)),
+//! one at a time in arrival order, and each gets exactly one answer.
 //!
-//! The socket is created with mode 0600; an existing path is refused unless it
-//! is a stale socket nobody listens on; [`SocketGuard`] removes it on exit.
+//! Limits ([`ServerLimits`]): bytes of a request's head and body, the number
+//! of open connections (one more is answered 503 and closed, as Firecracker
+//! does), the time a started request has to arrive whole (then 408) and the
+//! time an idle connection is kept.
 
-use std::io::ErrorKind;
-use std::os::fd::IntoRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use dbs_uhttp::{Body, HttpServer, MediaType, Request, Response, StatusCode, Version};
 use ember_vmm::seccomp::{self, BpfProgram};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::channel::{VmmChannel, VmmGone};
+use crate::connection::{Connection, RawRequest};
+use crate::http::HttpLimits;
 use crate::request::{ApiRequest, ApiResponse};
 use crate::routes::{self, Method};
 use crate::{Error, Result};
-
-/// Largest request body accepted, as Firecracker's default.
-pub const MAX_PAYLOAD_SIZE: usize = 51_200;
 
 /// Counts of API requests, for metrics.
 #[derive(Debug, Default)]
@@ -37,247 +38,486 @@ pub struct ApiCounters {
     pub patch: AtomicU64,
     /// Requests answered with a 4xx or 5xx status.
     pub failed: AtomicU64,
+    /// Connections refused because too many were open.
+    pub refused_connections: AtomicU64,
+    /// Connections closed because they timed out.
+    pub timed_out_connections: AtomicU64,
 }
 
 impl ApiCounters {
     /// The counters as (name, value) pairs.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         vec![
-            ("get_count", self.get.load(Ordering::Relaxed)),
-            ("put_count", self.put.load(Ordering::Relaxed)),
-            ("patch_count", self.patch.load(Ordering::Relaxed)),
-            ("failed_count", self.failed.load(Ordering::Relaxed)),
+            ("get_count", load(&self.get)),
+            ("put_count", load(&self.put)),
+            ("patch_count", load(&self.patch)),
+            ("failed_count", load(&self.failed)),
+            ("refused_connection_count", load(&self.refused_connections)),
+            ("timed_out_connection_count", load(&self.timed_out_connections)),
         ]
     }
 }
 
-/// Removes the API socket when dropped.
-#[derive(Debug)]
-pub struct SocketGuard(PathBuf);
+/// What the server accepts from its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Bytes of one request.
+    pub http: HttpLimits,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Time from a request's first byte to its last.
+    pub request_timeout: Duration,
+    /// Time a connection may sit idle, or fail to take its answer.
+    pub idle_timeout: Duration,
+}
 
-impl Drop for SocketGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+/// Connections open at once by default. Firecracker's clients use one or
+/// two; the bound keeps the buffers of a flood of clients within a few MiB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            http: HttpLimits::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 
-/// Binds the API socket at `path` with mode 0600. An existing path is refused
-/// unless it is a socket nobody accepts on (a leftover), which is replaced.
-pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard)> {
-    let socket_err = |reason: String| Error::ApiSocket {
-        path: path.to_owned(),
-        reason,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => return Err(socket_err("another process is listening on it".into())),
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path)
-                    .map_err(|e| socket_err(format!("cannot remove the stale socket: {e}")))?;
-            }
-            Err(e) => return Err(socket_err(format!("cannot check the existing socket: {e}"))),
-        },
-        Ok(_) => return Err(socket_err("the path exists and is not a socket".into())),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(socket_err(e.to_string())),
-    }
-    // SAFETY: umask only changes this process's file-creation mask; it is
-    // restored right after the bind, before any other thread exists.
-    let old_mask = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old_mask) };
-    let listener = bound.map_err(|e| socket_err(e.to_string()))?;
-    let guard = SocketGuard(path.to_owned());
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| socket_err(format!("cannot set mode 0600: {e}")))?;
-    Ok((listener, guard))
-}
-
-/// The API thread's end of the channel to the VMM.
-#[derive(Debug)]
-pub struct VmmChannel {
-    /// Requests to the VMM.
-    pub requests: Sender<ApiRequest>,
-    /// The VMM's answers, one per request, in order.
-    pub responses: Receiver<ApiResponse>,
-    /// Wakes the VMM's event loop after a request is sent.
-    pub wake: EventFd,
-}
-
-fn status_code(status: u16) -> StatusCode {
-    match status {
-        200 => StatusCode::OK,
-        204 => StatusCode::NoContent,
-        400 => StatusCode::BadRequest,
-        404 => StatusCode::NotFound,
-        405 => StatusCode::MethodNotAllowed,
-        413 => StatusCode::PayloadTooLarge,
-        501 => StatusCode::NotImplemented,
-        503 => StatusCode::ServiceUnavailable,
-        _ => StatusCode::InternalServerError,
-    }
-}
-
-fn http_response(answer: ApiResponse) -> Response {
-    let mut response = Response::new(Version::Http11, status_code(answer.status));
-    response.set_server("Ember API");
-    if let Some(body) = answer.body {
-        response.set_content_type(MediaType::ApplicationJson);
-        response.set_body(Body::new(body));
-    }
-    response
-}
-
-/// The VMM thread's end of the channel to the API thread.
-#[derive(Debug)]
-pub struct ApiEnd {
-    /// Requests from the API thread.
-    pub requests: Receiver<ApiRequest>,
-    /// Answers, one per request, in order.
-    pub responses: Sender<ApiResponse>,
-    /// Becomes readable when a request is waiting.
-    pub wake: EventFd,
-}
-
-/// The two ends of a new API channel.
-pub fn channel() -> Result<(VmmChannel, ApiEnd)> {
-    let (request_tx, request_rx) = std::sync::mpsc::channel();
-    let (response_tx, response_rx) = std::sync::mpsc::channel();
-    let wake = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(Error::Io)?;
-    let vmm = VmmChannel {
-        requests: request_tx,
-        responses: response_rx,
-        wake: wake.try_clone().map_err(Error::Io)?,
-    };
-    let api = ApiEnd {
-        requests: request_rx,
-        responses: response_tx,
-        wake,
-    };
-    Ok((vmm, api))
-}
+/// Epoll data of the listening socket.
+const LISTENER: u64 = 0;
+/// Epoll data of the VMM's "answer waiting" eventfd.
+const ANSWERED: u64 = 1;
+/// Epoll data of the first connection; later ones count up, never reused.
+const FIRST_CONNECTION: u64 = 2;
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves requests on `listener` until the VMM side goes away. With `filter`,
-/// the thread installs that seccomp filter once its socket and epoll exist.
+/// the thread installs that seccomp filter once its sockets and epoll exist.
 pub fn serve(
     listener: UnixListener,
     vmm: VmmChannel,
     counters: Arc<ApiCounters>,
+    limits: ServerLimits,
     filter: Option<&BpfProgram>,
 ) -> Result<()> {
-    let mut server = HttpServer::new_from_fd(listener.into_raw_fd())
-        .map_err(|e| Error::ApiServer(format!("{e:?}")))?;
-    server.set_payload_max_size(MAX_PAYLOAD_SIZE);
-    server
-        .start_server()
-        .map_err(|e| Error::ApiServer(format!("{e:?}")))?;
+    let mut server = Server::new(listener, vmm, counters, limits)?;
     if let Some(program) = filter {
         seccomp::apply(program).map_err(|e| Error::ApiServer(format!("seccomp: {e}")))?;
     }
-    loop {
-        let requests = match server.requests() {
-            Ok(requests) => requests,
-            Err(e) => {
-                log::warn!("API server: {e:?}");
-                continue;
-            }
+    server.run()
+}
+
+/// A connection and the events it is registered for (none: not in epoll).
+#[derive(Debug)]
+struct Slot {
+    conn: Connection,
+    registered: EventSet,
+}
+
+#[derive(Debug)]
+struct Server {
+    epoll: Epoll,
+    listener: UnixListener,
+    accept_paused_until: Option<Instant>,
+    vmm: VmmChannel,
+    counters: Arc<ApiCounters>,
+    limits: ServerLimits,
+    connections: HashMap<u64, Slot>,
+    next_id: u64,
+    /// Routed requests waiting for the VMM, oldest first.
+    waiting: VecDeque<(u64, ApiRequest)>,
+    /// The connection whose request the VMM is working on (it may be gone).
+    in_flight: Option<u64>,
+}
+
+/// Accepts one connection, non-blocking and close-on-exec.
+fn accept(listener: &UnixListener) -> io::Result<UnixStream> {
+    // SAFETY: accept4 on the listener's own descriptor with no address
+    // buffer; on success the returned descriptor is new and owned by us.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly accepted socket that nothing else owns.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+fn io_error(what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |e| Error::ApiServer(format!("{what}: {e}"))
+}
+
+impl Server {
+    fn new(
+        listener: UnixListener,
+        vmm: VmmChannel,
+        counters: Arc<ApiCounters>,
+        limits: ServerLimits,
+    ) -> Result<Server> {
+        listener
+            .set_nonblocking(true)
+            .map_err(io_error("non-blocking listener"))?;
+        let epoll = Epoll::new().map_err(io_error("epoll"))?;
+        let watch = |fd, data| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, data),
+            )
         };
-        for request in requests {
-            let mut vmm_gone = false;
-            let response = request.process(|request| {
-                let answer = answer(request, &vmm, &counters);
-                vmm_gone = answer.is_none();
-                http_response(
-                    answer.unwrap_or_else(|| ApiResponse::error(503, "the VMM is shutting down")),
-                )
-            });
-            if let Err(e) = server.respond(response) {
-                log::warn!("API server: cannot answer: {e:?}");
+        watch(listener.as_raw_fd(), LISTENER).map_err(io_error("watching the socket"))?;
+        watch(vmm.answered_event().as_raw_fd(), ANSWERED)
+            .map_err(io_error("watching the VMM's answers"))?;
+        Ok(Server {
+            epoll,
+            listener,
+            accept_paused_until: None,
+            vmm,
+            counters,
+            limits,
+            connections: HashMap::new(),
+            next_id: FIRST_CONNECTION,
+            waiting: VecDeque::new(),
+            in_flight: None,
+        })
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let timeout = self.wait_timeout_ms(Instant::now());
+            let ready = match self.epoll.wait(timeout, &mut events) {
+                Ok(ready) => ready,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(io_error("epoll_wait")(e)),
+            };
+            let now = Instant::now();
+            for event in events.iter().take(ready) {
+                match event.data() {
+                    LISTENER => self.accept_all(now),
+                    ANSWERED => {
+                        if self.take_answers(now).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    id => self.on_connection_event(id, event.event_set(), now),
+                }
             }
-            if vmm_gone {
+            self.expire(now);
+            self.resume_accepting(now);
+            if self.dispatch().is_err() {
+                self.answer_all_waiting(503, "the VMM is shutting down", now);
                 return Ok(());
             }
         }
     }
-}
 
-/// The answer to one request; `None` when the VMM side is gone.
-fn answer(request: &Request, vmm: &VmmChannel, counters: &ApiCounters) -> Option<ApiResponse> {
-    let method = match request.method() {
-        dbs_uhttp::Method::Get => Some(Method::Get),
-        dbs_uhttp::Method::Put => Some(Method::Put),
-        dbs_uhttp::Method::Patch => Some(Method::Patch),
-        _ => None,
-    };
-    let path = request.uri().get_abs_path();
-    let answer = match method {
-        None => ApiResponse::bad_request(&format!(
-            "invalid request method and/or path: {:?} {path}",
-            request.method()
-        )),
-        Some(method) => {
-            let counter = match method {
-                Method::Get => &counters.get,
-                Method::Put => &counters.put,
-                Method::Patch => &counters.patch,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            let body = request.body.as_ref().map(|b| b.body.as_slice());
-            match routes::parse(method, path, body) {
-                Ok(parsed) => {
-                    log::debug!("API request: {} {path}", method.as_str());
-                    if vmm.requests.send(parsed).is_err() || vmm.wake.write(1).is_err() {
-                        return None;
-                    }
-                    vmm.responses.recv().ok()?
+    /// Milliseconds until the next deadline, or -1 (wait for events only).
+    fn wait_timeout_ms(&self, now: Instant) -> i32 {
+        let limits = &self.limits;
+        let next = self
+            .connections
+            .values()
+            .filter_map(|slot| {
+                slot.conn
+                    .deadline(limits.request_timeout, limits.idle_timeout)
+            })
+            .chain(self.accept_paused_until)
+            .min();
+        next.map_or(-1, |deadline| {
+            let wait = deadline.saturating_duration_since(now).as_millis() + 1;
+            i32::try_from(wait).unwrap_or(i32::MAX)
+        })
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        loop {
+            match accept(&self.listener) {
+                Ok(stream) if self.connections.len() >= self.limits.max_connections => {
+                    self.refuse_connection(stream);
                 }
-                Err(response) => response,
+                Ok(stream) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let slot = Slot {
+                        conn: Connection::new(stream, now),
+                        registered: EventSet::empty(),
+                    };
+                    self.connections.insert(id, slot);
+                    self.update_registration(id);
+                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
+                    _ => {
+                        // Out of descriptors or memory: stop polling the
+                        // listener for a moment rather than spin on it.
+                        log::warn!("API: cannot accept a connection: {e}");
+                        self.pause_accepting(now);
+                        return;
+                    }
+                },
             }
         }
-    };
+    }
+
+    /// Answers a connection over the limit with 503 and closes it.
+    fn refuse_connection(&self, stream: UnixStream) {
+        self.counters
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        let mut conn = Connection::new(stream, Instant::now());
+        let fault = ApiResponse::error(
+            503,
+            &format!(
+                "too many open connections: at most {} are served at once",
+                self.limits.max_connections
+            ),
+        );
+        conn.respond(fault.status, fault.body.as_deref(), false);
+        // Best effort: a fresh socket's buffer takes the short answer at once.
+        let _ = conn.send_pending(Instant::now());
+    }
+
+    fn pause_accepting(&mut self, now: Instant) {
+        let listener = self.listener.as_raw_fd();
+        let unwatched = self.epoll.ctl(
+            ControlOperation::Delete,
+            listener,
+            EpollEvent::default(),
+        );
+        if unwatched.is_ok() {
+            self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+        }
+    }
+
+    fn resume_accepting(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            let listener = self.listener.as_raw_fd();
+            let event = EpollEvent::new(EventSet::IN, LISTENER);
+            match self.epoll.ctl(ControlOperation::Add, listener, event) {
+                Ok(()) => self.accept_paused_until = None,
+                Err(e) => log::warn!("API: cannot watch the socket again: {e}"),
+            }
+        }
+    }
+
+    fn on_connection_event(&mut self, id: u64, events: EventSet, now: Instant) {
+        let limits = self.limits.http;
+        let Some(slot) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if events.contains(EventSet::ERROR) {
+            self.close(id);
+            return;
+        }
+        let received = slot.conn.receive(&limits, now);
+        let sent = if events.contains(EventSet::OUT) {
+            slot.conn.send_pending(now)
+        } else {
+            Ok(())
+        };
+        if received.is_err() || sent.is_err() {
+            self.close(id);
+            return;
+        }
+        self.advance(id, now);
+    }
+
+    /// Takes what requests the connection has complete, answers those that
+    /// need no VMM, queues the first that does, sends what is pending, and
+    /// closes the connection when it is done.
+    fn advance(&mut self, id: u64, now: Instant) {
+        let limits = self.limits.http;
+        let Some(slot) = self.connections.get_mut(&id) else {
+            return;
+        };
+        while let Some(taken) = slot.conn.take_request(&limits) {
+            match taken {
+                Err(refused) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    log::info!("API: refused request: {}", refused.message);
+                    let fault = ApiResponse::error(refused.status, &refused.message);
+                    slot.conn
+                        .respond(fault.status, fault.body.as_deref(), false);
+                }
+                Ok(raw) => match route(raw, &self.counters) {
+                    Ok(request) => {
+                        self.waiting.push_back((id, request));
+                        break;
+                    }
+                    Err(answer) => slot.conn.respond(answer.status, answer.body.as_deref(), true),
+                },
+            }
+        }
+        if slot.conn.send_pending(now).is_err() || slot.conn.is_done() {
+            self.close(id);
+        } else {
+            self.update_registration(id);
+        }
+    }
+
+    /// Registers the connection for what it now waits for; a connection
+    /// waiting for nothing (its request is with the VMM) leaves the epoll
+    /// set, so a hang-up meanwhile cannot make the loop spin.
+    fn update_registration(&mut self, id: u64) {
+        let limits = self.limits.http;
+        let Some(slot) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let wanted = slot.conn.interest(&limits);
+        if wanted == slot.registered {
+            return;
+        }
+        let fd = slot.conn.stream().as_raw_fd();
+        let operation = if wanted.is_empty() {
+            ControlOperation::Delete
+        } else if slot.registered.is_empty() {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Modify
+        };
+        match self.epoll.ctl(operation, fd, EpollEvent::new(wanted, id)) {
+            Ok(()) => slot.registered = wanted,
+            Err(e) => {
+                log::warn!("API: cannot watch a connection: {e}");
+                self.close(id);
+            }
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        if self.connections.remove(&id).is_some() {
+            // Closing the socket takes it out of the epoll set; a request it
+            // left waiting is dropped (one already with the VMM completes).
+            self.waiting.retain(|(waiting_id, _)| *waiting_id != id);
+        }
+    }
+
+    /// Hands the oldest waiting request to the VMM if it is free.
+    fn dispatch(&mut self) -> std::result::Result<(), VmmGone> {
+        if self.in_flight.is_none() {
+            if let Some((id, request)) = self.waiting.pop_front() {
+                self.vmm.send(request)?;
+                self.in_flight = Some(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers the VMM's answers to their connections.
+    fn take_answers(&mut self, now: Instant) -> std::result::Result<(), VmmGone> {
+        while let Some(answer) = self.vmm.try_answer()? {
+            let Some(id) = self.in_flight.take() else {
+                log::warn!("API: an answer nobody asked for was dropped");
+                continue;
+            };
+            count_failure(&answer, &self.counters);
+            if let Some(slot) = self.connections.get_mut(&id) {
+                slot.conn
+                    .respond(answer.status, answer.body.as_deref(), true);
+                self.advance(id, now);
+            }
+            self.dispatch()?;
+        }
+        Ok(())
+    }
+
+    /// Answers every waiting request with `status` (the VMM is gone).
+    fn answer_all_waiting(&mut self, status: u16, message: &str, now: Instant) {
+        let fault = ApiResponse::error(status, message);
+        for (id, _) in std::mem::take(&mut self.waiting) {
+            if let Some(slot) = self.connections.get_mut(&id) {
+                slot.conn
+                    .respond(fault.status, fault.body.as_deref(), false);
+                let _ = slot.conn.send_pending(now);
+            }
+        }
+    }
+
+    /// Drops connections past their deadline; one in the middle of a request
+    /// is told so (408) first.
+    fn expire(&mut self, now: Instant) {
+        let limits = self.limits;
+        let expired: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, slot)| {
+                slot.conn
+                    .deadline(limits.request_timeout, limits.idle_timeout)
+                    .is_some_and(|deadline| deadline <= now)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(slot) = self.connections.get_mut(&id) {
+                self.counters
+                    .timed_out_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                if slot.conn.has_partial_request() {
+                    let fault = ApiResponse::error(
+                        408,
+                        &format!(
+                            "the request did not arrive whole within {} s",
+                            limits.request_timeout.as_secs()
+                        ),
+                    );
+                    slot.conn
+                        .respond(fault.status, fault.body.as_deref(), false);
+                    let _ = slot.conn.send_pending(now);
+                }
+            }
+            self.close(id);
+        }
+    }
+}
+
+fn count_failure(answer: &ApiResponse, counters: &ApiCounters) {
     if answer.status >= 400 {
         counters.failed.fetch_add(1, Ordering::Relaxed);
         log::info!(
-            "API request {path} failed ({}): {}",
+            "API request failed ({}): {}",
             answer.status,
             answer.body.as_deref().unwrap_or("")
         );
     }
-    Some(answer)
+}
+
+/// The typed request for `raw`, or the answer when it cannot be one.
+fn route(raw: RawRequest, counters: &ApiCounters) -> std::result::Result<ApiRequest, ApiResponse> {
+    let refused = |answer: ApiResponse| {
+        count_failure(&answer, counters);
+        answer
+    };
+    let Some(method) = raw.method else {
+        return Err(refused(ApiResponse::bad_request(&format!(
+            "invalid request method and/or path: {} {}",
+            raw.method_name, raw.path
+        ))));
+    };
+    let counter = match method {
+        Method::Get => &counters.get,
+        Method::Put => &counters.put,
+        Method::Patch => &counters.patch,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let body = (!raw.body.is_empty()).then_some(raw.body.as_slice());
+    let request = routes::parse(method, &raw.path, body).map_err(refused)?;
+    log::debug!("API request: {} {}", method.as_str(), raw.path);
+    Ok(request)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_is_private_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("api.sock");
-        {
-            let (_listener, _guard) = bind(&path).unwrap();
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-            // A second server on the same live socket is refused.
-            let err = bind(&path).unwrap_err().to_string();
-            assert!(err.contains("another process is listening"), "{err}");
-        }
-        assert!(!path.exists(), "removed on drop");
-    }
-
-    #[test]
-    fn stale_sockets_are_replaced_and_files_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("api.sock");
-        drop(UnixListener::bind(&path).unwrap());
-        assert!(path.exists(), "a leftover socket");
-        let (_listener, _guard) = bind(&path).unwrap();
-
-        let file = dir.path().join("file");
-        std::fs::write(&file, "keep me").unwrap();
-        let err = bind(&file).unwrap_err().to_string();
-        assert!(err.contains("not a socket"), "{err}");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
-    }
-}
+mod tests;

@@ -12,7 +12,8 @@ use event_manager::SubscriberOps;
 
 use crate::controller::{Controller, VmOverrides};
 use crate::model::VmResources;
-use crate::server::{self, ApiCounters};
+use crate::server::{self, ApiCounters, ServerLimits};
+use crate::{channel, socket};
 use crate::{Error, Result};
 
 /// How to run the API service.
@@ -28,6 +29,8 @@ pub struct ServiceOptions {
     pub resources: Option<VmResources>,
     /// Settings applied to the VM (seccomp filters, KVM device).
     pub overrides: VmOverrides,
+    /// What the API server accepts from its clients.
+    pub api_limits: ServerLimits,
 }
 
 /// Serves the API and runs the VM it configures; returns how the VM ended.
@@ -35,12 +38,13 @@ pub fn run(
     options: ServiceOptions,
     termination: Option<&TerminationSignals>,
 ) -> Result<ExitReason> {
-    let (channel, api_end) = server::channel()?;
+    let (channel, api_end) = channel::channel()?;
     let counters = Arc::new(ApiCounters::default());
     let _socket_guard = match &options.socket {
         Some(socket) => {
-            let (listener, guard) = server::bind(socket)?;
+            let (listener, guard) = socket::bind(socket)?;
             let thread_counters = counters.clone();
+            let limits = options.api_limits;
             let api_filter = options
                 .overrides
                 .seccomp
@@ -50,7 +54,7 @@ pub fn run(
                 .name("ember_api".into())
                 .spawn(move || {
                     let filter = api_filter.as_ref();
-                    if let Err(e) = server::serve(listener, channel, thread_counters, filter) {
+                    if let Err(e) = server::serve(listener, channel, thread_counters, limits, filter) {
                         log::error!("API server stopped: {e}");
                     }
                 })

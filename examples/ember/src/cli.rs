@@ -35,6 +35,8 @@ Options:
   --show-log-origin    Show each log line's source file and line
   --boot-timer         Accepted for Firecracker compatibility: the boot timer is always on
   --kvm-device PATH    KVM device to open (default /dev/kvm)
+  --http-api-max-payload-size BYTES
+                       Largest API request body accepted (default 51200)
   --seccomp-filter FILE  Per-thread seccomp filters from a JSON file (seccompiler's
                        format, thread names vmm, vcpu, api) instead of the built-in ones
   --no-seccomp         Run without seccomp filters (they are on by default)
@@ -204,6 +206,8 @@ pub struct Args {
     pub kvm_device: Option<PathBuf>,
     /// Seccomp filters.
     pub seccomp: SeccompChoice,
+    /// Largest API request body, in bytes.
+    pub api_max_payload: usize,
 }
 
 fn string(value: OsString, flag: &str) -> Result<String, lexopt::Error> {
@@ -229,6 +233,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
     let mut kvm_device = None;
     let mut seccomp = SeccompChoice::BuiltIn;
     let mut seccomp_flags = 0;
+    let mut api_max_payload = ember_api::http::DEFAULT_MAX_PAYLOAD_BYTES;
     let mut config_file = None;
     let mut api_socket = None;
     let mut no_api = false;
@@ -250,6 +255,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             Long("no-api") if !run => no_api = true,
             Long("api-sock") if !run => api_socket = Some(PathBuf::from(parser.value()?)),
             Long("boot-timer") => {}
+            Long("http-api-max-payload-size") if !run => {
+                api_max_payload = number(&mut parser, "--http-api-max-payload-size", "not a size in bytes")?;
+            }
             Long("id") => logger.instance_id = string(parser.value()?, "--id")?,
             Long("log-path") => logger.path = Some(PathBuf::from(parser.value()?)),
             Long("level") => {
@@ -355,6 +363,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
         logger,
         kvm_device,
         seccomp,
+        api_max_payload,
     })
 }
 

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use cli::{Args, Command, SeccompChoice};
 use ember_api::controller::VmOverrides;
+use ember_api::http::HttpLimits;
+use ember_api::server::ServerLimits;
 use ember_api::service::ServiceOptions;
 use ember_vmm::seccomp;
 use ember_vmm::signals::TerminationSignals;
@@ -87,6 +89,13 @@ fn serve(
             seccomp: seccomp_filters(&args.seccomp)?,
             kvm_device: args.kvm_device.clone(),
         },
+        api_limits: ServerLimits {
+            http: HttpLimits {
+                max_payload_bytes: args.api_max_payload,
+                ..HttpLimits::default()
+            },
+            ..ServerLimits::default()
+        },
     };
     ember_api::service::run(options, Some(&signals)).map_err(|e| e.to_string())
 }
@@ -117,6 +126,7 @@ fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
 
 fn main() -> ExitCode {
     let start = StartTime::now();
+    seccomp::confine_allocator();
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
         Err(e) => {

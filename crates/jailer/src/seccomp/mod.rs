@@ -113,6 +113,29 @@ pub fn default_syscall_counts() -> Result<BTreeMap<ThreadKind, usize>> {
     syscall_counts(DEFAULT_FILTERS_JSON.as_bytes())
 }
 
+/// Keeps the C library's allocator inside the filters. Call it first thing
+/// in `main`, before any thread exists.
+///
+/// glibc gives each new thread its own malloc arena, a heap of its own that
+/// shrinks when enough memory is freed at its top. The first such shrink in
+/// the process reads `/proc/sys/vm/overcommit_memory` (to choose between
+/// `madvise` and remapping), an `openat` that no thread filter but the VMM's
+/// allows: a client that made the API thread allocate and free a few MiB
+/// killed the VMM. With a single arena (`M_ARENA_MAX` = 1) every thread
+/// allocates from the main heap, which grows and shrinks with `brk`, so that
+/// path is never taken; large blocks still come from `mmap` and go back with
+/// `munmap`, both allowed. The cost is one shared allocator lock, which the
+/// vCPU threads' hot paths (`KVM_RUN`, port and MMIO exits) do not take.
+/// musl has no per-thread arenas, so there this does nothing.
+pub fn confine_allocator() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only sets a malloc tunable; called before threads
+        // start, nothing races with it.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
+}
+
 /// Installs `program` on the calling thread (after `PR_SET_NO_NEW_PRIVS`,
 /// which seccompiler sets), first installing the process's SIGSYS handler if
 /// this is the first filter. Filters stack and cannot be removed; threads

@@ -19,7 +19,7 @@ fn default_filters_allow_the_documented_number_of_syscalls() {
     let counts = default_syscall_counts().unwrap();
     assert_eq!(counts[&ThreadKind::Vmm], 42);
     assert_eq!(counts[&ThreadKind::Vcpu], 20);
-    assert_eq!(counts[&ThreadKind::Api], 27);
+    assert_eq!(counts[&ThreadKind::Api], 24);
 }
 
 const SMALL: &str = r#"{
