@@ -104,9 +104,13 @@ impl Connection {
     }
 
     /// The events to wait for: input while a request is being received and
-    /// there is room for it, output while an answer is unsent. With neither,
-    /// the poller still reports a hang-up.
+    /// there is room for it, output while an answer is unsent. While its
+    /// request waits for the VMM, only the client's hang-up (which the poller
+    /// always reports), edge-triggered so that it is reported once.
     pub fn interest(&self, limits: &HttpLimits) -> EventSet {
+        if self.phase == Phase::Answering {
+            return EventSet::EDGE_TRIGGERED;
+        }
         let mut events = EventSet::empty();
         if self.wants_input(limits) {
             events |= EventSet::IN | EventSet::READ_HANG_UP;
@@ -366,7 +370,11 @@ mod tests {
             .unwrap();
         conn.receive(&limits, Instant::now()).unwrap();
         assert_eq!(conn.take_request(&limits).unwrap().unwrap().path, "/");
-        assert_eq!(conn.interest(&limits), EventSet::empty(), "no reading while answering");
+        assert_eq!(
+            conn.interest(&limits),
+            EventSet::EDGE_TRIGGERED,
+            "no reading while answering"
+        );
         conn.respond(200, Some("{}"), true);
         assert_eq!(conn.take_request(&limits).unwrap().unwrap().path, "/version");
     }

@@ -319,7 +319,10 @@ impl Server {
         let Some(slot) = self.connections.get_mut(&id) else {
             return;
         };
-        if events.contains(EventSet::ERROR) {
+        // A client gone while its request waits is dropped, and so is its
+        // request if the VMM has not taken it yet.
+        let hung_up = slot.conn.is_answering() && events.contains(EventSet::HANG_UP);
+        if events.contains(EventSet::ERROR) || hung_up {
             self.close(id);
             return;
         }
@@ -369,9 +372,8 @@ impl Server {
         }
     }
 
-    /// Registers the connection for what it now waits for; a connection
-    /// waiting for nothing (its request is with the VMM) leaves the epoll
-    /// set, so a hang-up meanwhile cannot make the loop spin.
+    /// Registers the connection for what it now waits for; one waiting for
+    /// nothing at all (done, about to close) leaves the epoll set.
     fn update_registration(&mut self, id: u64) {
         let limits = self.limits.http;
         let Some(slot) = self.connections.get_mut(&id) else {

@@ -31,7 +31,7 @@ impl Reply {
 }
 
 /// Reads one HTTP response from `stream`.
-pub fn read_reply(stream: &mut UnixStream) -> Reply {
+pub fn read_reply(stream: impl Read) -> Reply {
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).unwrap();
@@ -83,7 +83,23 @@ pub struct Ember {
     pub child: Child,
     pub socket: PathBuf,
     output: Arc<Mutex<String>>,
+    log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
+}
+
+/// Appends each line `source` gives to `sink`, on a thread of its own, so the
+/// child never blocks on a full pipe.
+fn collect_lines(source: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
 }
 
 impl Ember {
@@ -99,16 +115,8 @@ impl Ember {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let output = Arc::new(Mutex::new(String::new()));
-        let sink = output.clone();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
+        let output = collect_lines(child.stdout.take().unwrap());
+        let log = collect_lines(child.stderr.take().unwrap());
         let deadline = Instant::now() + DEADLINE;
         while UnixStream::connect(&socket).is_err() {
             assert!(Instant::now() < deadline, "the API socket never accepted");
@@ -119,8 +127,14 @@ impl Ember {
             child,
             socket,
             output,
+            log,
             _dir: dir,
         }
+    }
+
+    /// What ember wrote to standard error so far (its log by default).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
