@@ -11,6 +11,8 @@
 //!   `PUT /machine-config` (before boot, so it is accepted every time), on
 //!   one keep-alive connection and with a new connection per request;
 //!   median and 99th percentile.
+//! - **Under load** ([`crate::api_load`]): `GET /` beside slow clients, and
+//!   the time a client over the connection cap waits for its 503.
 //! - **Configure and boot**: `PUT /boot-source`, `PUT /machine-config`,
 //!   `PUT /actions` (InstanceStart) with the `boottimer` test guest, timed
 //!   from the first request to the boot-timer log line; `ember` also logs
@@ -115,6 +117,7 @@ pub fn run(bins: &Binaries, scratch: &Path, options: Options, report: &mut Repor
     let socket = scratch.join(format!("api-{}.sock", std::process::id()));
     start_to_accept(bins, &socket, options, report)?;
     latency(bins, &socket, options, report)?;
+    crate::api_load::run(bins, &socket, options.requests.min(2000), report)?;
     configure_and_boot(bins, &socket, options, report)?;
     let _ = std::fs::remove_file(&socket);
     Ok(())

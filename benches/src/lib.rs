@@ -31,6 +31,7 @@
 //! (running `ember` and reading its log lines).
 
 pub mod api;
+pub mod api_load;
 pub mod block;
 pub mod boot;
 pub mod buffers;
