@@ -10,197 +10,17 @@
     missing_docs
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ember_test_guests::{ELF64_PATH, PVH_PATH};
 
-const EMBER: &str = env!("CARGO_BIN_EXE_ember");
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// An HTTP response.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
-    }
-
-    fn fault(&self) -> String {
-        self.json()["fault_message"].as_str().unwrap().to_owned()
-    }
-}
-
-/// Reads one HTTP response from `stream`.
-fn read_reply(stream: &mut UnixStream) -> Reply {
-    let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).unwrap();
-    Reply {
-        status,
-        body: String::from_utf8(body).unwrap(),
-    }
-}
-
-/// Sends raw bytes on a new connection and reads the reply.
-fn raw(socket: &Path, bytes: &[u8]) -> Reply {
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.write_all(bytes).unwrap();
-    read_reply(&mut stream)
-}
-
-/// Sends one request with a JSON body (if any).
-fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Reply {
-    let body = body.unwrap_or("");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    raw(socket, format!("{head}{body}").as_bytes())
-}
-
-/// An `ember --api-sock` process with its serial output collected.
-struct Ember {
-    child: Child,
-    socket: PathBuf,
-    output: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Ember {
-    fn start(extra: &[&str]) -> Ember {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("api.sock");
-        let mut child = Command::new(EMBER)
-            .arg("--api-sock")
-            .arg(&socket)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = Arc::new(Mutex::new(String::new()));
-        let sink = output.clone();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        let deadline = Instant::now() + DEADLINE;
-        while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the API socket never accepted");
-            assert!(child.try_wait().unwrap().is_none(), "ember exited early");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ember {
-            child,
-            socket,
-            output,
-            _dir: dir,
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        request(&self.socket, method, path, body)
-    }
-
-    /// Asserts a 204 for the request.
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let reply = self.call(method, path, Some(body));
-        assert_eq!(reply.status, 204, "{method} {path}: {}", reply.body);
-    }
-
-    fn boot(&self, kernel: &str, cmdline: &str, vcpus: u8) {
-        self.ok(
-            "PUT",
-            "/boot-source",
-            &format!(r#"{{"kernel_image_path": "{kernel}", "boot_args": "{cmdline}"}}"#),
-        );
-        self.ok(
-            "PUT",
-            "/machine-config",
-            &format!(r#"{{"vcpu_count": {vcpus}, "mem_size_mib": 64}}"#),
-        );
-        self.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        while !self.output().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} never appeared in:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "ember did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn state(&self) -> String {
-        self.call("GET", "/", None).json()["state"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.output().matches(needle).count()
-    }
-}
-
-impl Drop for Ember {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::*;
 
 #[test]
 fn configure_and_boot_entirely_over_the_api() {
@@ -687,12 +507,6 @@ fn socket_paths_are_checked() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
     assert!(!stale.exists(), "removed on exit");
-}
-
-fn request_ok(socket: &Path) -> Option<u16> {
-    let mut stream = UnixStream::connect(socket).ok()?;
-    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").ok()?;
-    Some(read_reply(&mut stream).status)
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {
