@@ -12,7 +12,7 @@
 //!   seccomp on. The jail is prepared before the clock starts (the `ember`
 //!   binary is dynamically linked, so its ELF interpreter and libraries, as
 //!   `ldd` lists them, are copied in, with the guest image); what is timed
-//!   is the jailer's own work (directories, device nodes, hard link, mount
+//!   is the jailer's own work (directories, device nodes, the program's copy, mount
 //!   namespace, `pivot_root`, dropping privileges, `execve`) plus `ember`.
 //!
 //! The modes run in turn within each round, so drift (other builds on the

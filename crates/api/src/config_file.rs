@@ -1,28 +1,39 @@
 //! Reading a Firecracker JSON config file into [`VmResources`].
 
+use std::io::Read;
 use std::path::Path;
+
+use ember_vmm::host_files::{open_input, InputKind};
 
 use crate::model::VmResources;
 use crate::{Error, Result};
 
 /// Largest config file accepted (Firecracker configs are a few KiB).
-const MAX_CONFIG_SIZE: u64 = 1 << 20;
+pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
 
-/// Reads and parses the config file at `path`. Errors name the file and, for
-/// malformed JSON, the line and column.
+/// Reads and parses the config file at `path`. It must be a regular file
+/// (a FIFO, directory or device is refused without blocking), and at most
+/// [`MAX_CONFIG_SIZE`] bytes are read whatever its size says, so a file that
+/// grows while it is read cannot make Ember read forever. Errors name the file
+/// and, for malformed JSON, the line and column.
 pub fn load(path: &Path) -> Result<VmResources> {
     let read_err = |source| Error::ReadConfig {
         path: path.to_owned(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > MAX_CONFIG_SIZE {
+    let file = open_input(path, InputKind::RegularFile, false).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
         return Err(read_err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{len} bytes is larger than the {MAX_CONFIG_SIZE}-byte limit"),
+            format!("it is larger than the {MAX_CONFIG_SIZE}-byte limit"),
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     parse(&text).map_err(|e| match e {
         Error::ParseConfig { source, .. } => Error::ParseConfig {
             path: path.to_owned(),
@@ -68,6 +79,28 @@ mod tests {
         .unwrap();
         let err = load(&bad).unwrap_err().to_string();
         assert!(err.contains("line 4 column 3"), "{err}");
+
+        for (path, what) in [
+            (dir.path(), "it is a directory, not a regular file"),
+            (
+                Path::new("/dev/zero"),
+                "it is a character device, not a regular file",
+            ),
+        ] {
+            let err = load(path).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
+        let big = dir.path().join("big.json");
+        let padding = " ".repeat(usize::try_from(MAX_CONFIG_SIZE).unwrap());
+        std::fs::write(&big, format!("{{}}{padding}")).unwrap();
+        let err = load(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than the 1048576-byte limit"), "{err}");
+        std::fs::write(&big, &padding[2..]).unwrap();
+        let err = load(&big).unwrap_err().to_string();
+        assert!(
+            err.contains("EOF while parsing"),
+            "at the limit it is read: {err}"
+        );
 
         let good = dir.path().join("good.json");
         std::fs::write(&good, r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();

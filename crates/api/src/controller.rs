@@ -9,6 +9,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ember_vmm::host_files::{open_input, InputKind};
 use ember_vmm::seccomp::Filters;
 use ember_vmm::signals::TerminationSignals;
 use ember_vmm::{
@@ -22,7 +23,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::MetricsWriter;
-use crate::model::{Logger, Metrics, RateLimiter, TokenBucket, VmResources};
+use crate::model::{BootSource, Logger, Metrics, RateLimiter, TokenBucket, VmResources};
 use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate, NetworkInterfaceUpdate,
     VmStateRequest,
@@ -107,10 +108,27 @@ fn post_boot_only(what: &str) -> ApiResponse {
     ))
 }
 
-fn check_readable(path: &Path, what: &str) -> Result<(), ApiResponse> {
-    std::fs::File::open(path).map(drop).map_err(|e| {
+/// Checks that `path` opens as `kind` allows, without blocking (see
+/// [`open_input`]): a 400 naming the path and what it is otherwise.
+fn check_input(path: &Path, what: &str, kind: InputKind) -> Result<(), ApiResponse> {
+    open_input(path, kind, false).map(drop).map_err(|e| {
         ApiResponse::bad_request(&format!("cannot open the {what} {}: {e}", path.display()))
     })
+}
+
+/// Refuses a `boot-source` whose files or command line cannot boot.
+fn check_boot_source(source: &BootSource) -> Result<(), ApiResponse> {
+    check_input(
+        &source.kernel_image_path,
+        "kernel image",
+        InputKind::RegularFile,
+    )?;
+    if let Some(initrd) = &source.initrd_path {
+        check_input(initrd, "initrd", InputKind::RegularFile)?;
+    }
+    source
+        .validate()
+        .map_err(|e| ApiResponse::bad_request(&e.to_string()))
 }
 
 impl Controller {
@@ -156,19 +174,22 @@ impl Controller {
 
     /// How the VMM ended, once it has: the VM stopped, the start failed for a
     /// config-file boot, or a termination signal arrived before the start.
+    /// Metrics are flushed once more whenever it has ended.
     pub fn take_finished(&mut self) -> Option<ember_vmm::Result<ExitReason>> {
-        if let Some(done) = self.finished.take() {
-            return Some(done);
-        }
-        if let Phase::Running(vm) = &self.phase {
-            if let Some(outcome) = vm.take_outcome() {
-                self.flush_metrics();
-                return Some(outcome);
+        let done = match self.finished.take() {
+            Some(done) => done,
+            None => match &self.phase {
+                Phase::Running(vm) => vm.take_outcome(),
+                _ => None,
             }
-        }
-        self.terminated
-            .take()
-            .map(|signal| Ok(ExitReason::Signal(signal)))
+            .or_else(|| {
+                self.terminated
+                    .take()
+                    .map(|signal| Ok(ExitReason::Signal(signal)))
+            })?,
+        };
+        self.flush_metrics();
+        Some(done)
     }
 
     /// Builds and starts the VM if `InstanceStart` arrived, answering the client.
@@ -180,31 +201,29 @@ impl Controller {
         let Phase::Starting { reply, start } = self.phase else {
             return;
         };
-        let started = self
-            .resources
-            .to_vm_config(start)
-            .map_err(|e| e.to_string())
-            .and_then(|mut config| {
-                config.seccomp = self.overrides.seccomp.clone();
-                if let Some(device) = &self.overrides.kvm_device {
-                    config.kvm_device = device.clone();
-                }
-                ember_vmm::build(config).map_err(|e| e.to_string())
-            })
-            .and_then(|vm| vm.start(event_loop, termination).map_err(|e| e.to_string()));
+        let started = self.resources.to_vm_config(start).and_then(|mut config| {
+            config.seccomp = self.overrides.seccomp.clone();
+            if let Some(device) = &self.overrides.kvm_device {
+                config.kvm_device = device.clone();
+            }
+            Ok(ember_vmm::build(config)?.start(event_loop, termination)?)
+        });
         let response = match started {
             Ok(vm) => {
                 log::info!("VM started");
                 self.phase = Phase::Running(vm);
                 ApiResponse::no_content()
             }
-            Err(message) => {
+            Err(error) => {
+                let message = error.to_string();
                 log::error!("cannot start the VM: {message}");
                 self.phase = Phase::Configuring;
                 if !reply {
-                    self.finished = Some(Err(ember_vmm::Error::InvalidState(
-                        "the VM failed to start",
-                    )));
+                    // A config file's VM: the process ends with this error.
+                    self.finished = Some(Err(match error {
+                        crate::Error::Vmm(error) => error,
+                        other => ember_vmm::Error::InvalidConfig(other.to_string()),
+                    }));
                 }
                 ApiResponse::bad_request(&format!("cannot start the VM: {message}"))
             }
@@ -273,13 +292,8 @@ impl Controller {
                 if !self.configuring() {
                     return Some(pre_boot_only("PUT /boot-source"));
                 }
-                if let Err(response) = check_readable(&source.kernel_image_path, "kernel image") {
+                if let Err(response) = check_boot_source(&source) {
                     return Some(response);
-                }
-                if let Some(initrd) = &source.initrd_path {
-                    if let Err(response) = check_readable(initrd, "initrd") {
-                        return Some(response);
-                    }
                 }
                 self.resources.boot_source = Some(source);
                 ApiResponse::no_content()
@@ -288,7 +302,11 @@ impl Controller {
                 if !self.configuring() {
                     return Some(pre_boot_only("PUT /drives"));
                 }
-                if let Err(response) = check_readable(&drive.path_on_host, "drive") {
+                if let Err(response) = check_input(
+                    &drive.path_on_host,
+                    "drive",
+                    InputKind::RegularFileOrBlockDevice,
+                ) {
                     return Some(response);
                 }
                 match self.resources.put_drive(drive) {

@@ -378,8 +378,24 @@ impl Drive {
     }
 }
 
+impl BootSource {
+    /// Refuses a command line the boot protocol cannot carry (the files are
+    /// checked where they are opened).
+    pub fn validate(&self) -> Result<()> {
+        match &self.boot_args {
+            Some(args) => ember_vmm::check_cmdline(args).map_err(|e| Error::InvalidValue {
+                field: "boot-source.boot_args",
+                reason: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 impl MachineConfig {
-    /// Refuses settings Ember cannot honour.
+    /// Refuses settings Ember cannot honour: no vCPU or more than
+    /// [`ember_vmm::MAX_VCPU_COUNT`], no memory or more than the host's
+    /// guest-physical address space holds.
     pub fn validate(&self) -> Result<()> {
         if self.vcpu_count == 0 {
             return Err(Error::InvalidValue {
@@ -387,12 +403,20 @@ impl MachineConfig {
                 reason: "at least one vCPU is needed".into(),
             });
         }
+        ember_vmm::check_vcpu_count(self.vcpu_count).map_err(|e| Error::InvalidValue {
+            field: "machine-config.vcpu_count",
+            reason: e.to_string(),
+        })?;
         if self.mem_size_mib == 0 {
             return Err(Error::InvalidValue {
                 field: "machine-config.mem_size_mib",
                 reason: "guest memory must be greater than zero".into(),
             });
         }
+        ember_vmm::memory_layout(self.mem_size_mib).map_err(|e| Error::InvalidValue {
+            field: "machine-config.mem_size_mib",
+            reason: e.to_string(),
+        })?;
         if self.smt {
             return Err(Error::Unsupported("machine-config.smt = true"));
         }
@@ -422,6 +446,9 @@ impl VmResources {
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, value)| value.is_some()) {
             return Err(Error::Unsupported(name));
+        }
+        if let Some(boot_source) = &self.boot_source {
+            boot_source.validate()?;
         }
         for drive in &self.drives {
             drive.validate()?;
@@ -635,6 +662,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("reserved"));
+    }
+
+    #[test]
+    fn firecracker_limits_are_checked_before_start() {
+        let mut config = MachineConfig {
+            vcpu_count: ember_vmm::MAX_VCPU_COUNT,
+            ..MachineConfig::default()
+        };
+        config.validate().unwrap();
+        config.vcpu_count = ember_vmm::MAX_VCPU_COUNT + 1;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("machine-config.vcpu_count"), "{err}");
+        assert!(err.contains("between 1 and 32"), "{err}");
+
+        config.vcpu_count = 1;
+        let phys_bits = ember_vmm::host_phys_addr_bits();
+        // Bytes beyond u64, an end beyond u64, an end just beyond the host.
+        for mib in [u64::MAX, u64::MAX / (1 << 20), 1 << (phys_bits - 20)] {
+            config.mem_size_mib = mib;
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("machine-config.mem_size_mib"), "{mib}: {err}");
+            assert!(err.contains(&format!("{mib} MiB")), "{mib}: {err}");
+        }
+
+        let mut source = BootSource {
+            kernel_image_path: "k".into(),
+            boot_args: Some("x".repeat(2047)),
+            initrd_path: None,
+        };
+        source.validate().unwrap();
+        source.boot_args = Some("x".repeat(2048));
+        let err = source.validate().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "the kernel command line is 2048 bytes; the boot protocol allows at most 2047"
+            ),
+            "{err}"
+        );
+        let resources = VmResources {
+            boot_source: Some(source),
+            ..VmResources::default()
+        };
+        assert!(resources.validate().is_err(), "config files too");
     }
 
     #[test]

@@ -2,9 +2,8 @@
 //! socket nobody accepts on (left by a killed process) is replaced, anything
 //! else at the path refused; [`SocketGuard`] removes it on exit.
 
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -26,19 +25,7 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard)> {
         path: path.to_owned(),
         reason,
     };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => return Err(socket_err("another process is listening on it".into())),
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path)
-                    .map_err(|e| socket_err(format!("cannot remove the stale socket: {e}")))?;
-            }
-            Err(e) => return Err(socket_err(format!("cannot check the existing socket: {e}"))),
-        },
-        Ok(_) => return Err(socket_err("the path exists and is not a socket".into())),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(socket_err(e.to_string())),
-    }
+    ember_vmm::host_files::clear_stale_socket(path).map_err(|e| socket_err(e.to_string()))?;
     // SAFETY: umask only changes this process's file-creation mask; it is
     // restored right after the bind, before any other thread exists.
     let old_mask = unsafe { libc::umask(0o177) };

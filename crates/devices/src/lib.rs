@@ -1,6 +1,8 @@
 //! Device models for KVM microVMs.
 //!
 //! - [`bus`]: address-range buses (port I/O and MMIO) that route vCPU exits to devices.
+//! - [`host_files`]: opening the host files a VM is given (kernel, initrd, disks,
+//!   config files) without ever blocking, and binding Unix sockets over stale ones.
 //! - [`legacy`]: the PC devices a microVM keeps: COM1 (8250 UART), the i8042 reset
 //!   line, and the boot-timer device.
 //! - [`trigger`]: interrupt and event lines backed by eventfds.
@@ -10,6 +12,7 @@
 //! registers as irqfds) and register their own fds with an `event-manager` loop.
 
 pub mod bus;
+pub mod host_files;
 pub mod legacy;
 pub mod trigger;
 pub mod virtio;

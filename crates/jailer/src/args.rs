@@ -31,7 +31,7 @@ in a new mount namespace, with ARGS as its arguments.
 
 Options:
   --id ID                   Jail id: 1 to 64 characters among A-Z, a-z, 0-9, '-'
-  --exec-file PATH          The program to jail (copied or hard-linked into the jail)
+  --exec-file PATH          The program to jail (copied into the jail)
   --uid UID, --gid GID      Numeric user and group the program runs as
   --chroot-base-dir DIR     Where jails are made (default /srv/jailer)
   --netns PATH              Network namespace to join, e.g. /var/run/netns/NAME
@@ -44,7 +44,8 @@ Options:
                             memory.*, pids.*); repeatable
   --parent-cgroup NAME      Parent of the jail's cgroups (default ember); the cgroup is
                             <mount>/<NAME>/<exec-file name>/<ID>
-  --resource-limit RES=N    fsize=N or no-file=N (default no-file=2048); repeatable
+  --resource-limit RES=N    fsize=N or no-file=N (default no-file=2048, at least 128);
+                            repeatable
   --version                 Print the version
   --help                    Print this help
 
@@ -465,6 +466,22 @@ impl JailConfig {
     /// The group the program runs as.
     pub fn gid(&self) -> u32 {
         self.gid
+    }
+
+    /// A one-line warning when the program keeps root's user or group id
+    /// (`--uid 0` or `--gid 0`): allowed, since some orchestrators pass them,
+    /// but the jail then no longer confines what root can do.
+    pub fn root_warning(&self) -> Option<String> {
+        let which = match (self.uid == 0, self.gid == 0) {
+            (true, true) => "--uid 0 and --gid 0",
+            (true, false) => "--uid 0",
+            (false, true) => "--gid 0",
+            (false, false) => return None,
+        };
+        Some(format!(
+            "{which}: the jailed program keeps root's privileges; give an unprivileged \
+             uid and gid to confine it"
+        ))
     }
 
     /// The absolute chroot base.

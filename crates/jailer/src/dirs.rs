@@ -18,6 +18,10 @@ use crate::{sys, Error, Result};
 /// `fchmod` work on it) and never through a symbolic link.
 const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 
+/// Permission bits of the program's copy in the jail: readable and executable
+/// by the jailed user, writable by no one but root.
+pub(crate) const EXEC_MODE: u32 = 0o755;
+
 fn fs_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Fs {
         action,
@@ -154,37 +158,22 @@ impl Dir {
             .map_err(fs_error("set owner and mode of", &path))
     }
 
-    /// Puts the program to jail here as `name`: a hard link when `source` is
-    /// on the same file system, otherwise a copy (permission bits kept, set-id
-    /// bits dropped).
+    /// Puts a copy of the program to jail here as `name`, owned by the
+    /// jailer's user (root) with mode [`EXEC_MODE`], as Firecracker's jailer
+    /// does. Never a hard link: the jail's file is its own inode, so nothing
+    /// done to it (an operator's `chown -R` of the jail, a write by the jailed
+    /// process) reaches the host's binary. Set-id bits are never copied.
     pub(crate) fn place_exec(&self, name: &OsStr, source: &Path, undo: &mut Undo) -> Result<()> {
         let path = self.path.join(name);
         let cname = name_of(name, &path)?;
-        let csource = name_of(source.as_os_str(), source)?;
-        match sys::link_at(&csource, self.fd(), &cname) {
-            Ok(()) => {
-                self.record_created(cname, false, path, undo);
-                return Ok(());
-            }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EXDEV | libc::EPERM | libc::EMLINK)
-                ) => {}
-            Err(e) => return Err(fs_error("hard-link the exec file to", &path)(e)),
-        }
         let target = self.create_new(cname, &path, 0o700, undo)?;
         let mut input = File::open(source).map_err(fs_error("open", source))?;
-        let mode = input
-            .metadata()
-            .map_err(fs_error("inspect", source))?
-            .permissions()
-            .mode()
-            & 0o777;
         let mut output = File::from(target);
         io::copy(&mut input, &mut output).map_err(fs_error("copy the exec file to", &path))?;
+        // An explicit mode, not less the umask: the jailed user (not the
+        // owner) must be able to execute it.
         output
-            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .set_permissions(std::fs::Permissions::from_mode(EXEC_MODE))
             .map_err(fs_error("set the mode of", &path))
     }
 
@@ -280,20 +269,39 @@ mod tests {
     }
 
     #[test]
-    fn place_exec_links_on_the_same_file_system() {
+    fn place_exec_copies_into_a_new_inode() {
         let tmp = tempfile::tempdir().unwrap();
         let source = tmp.path().join("prog");
-        std::fs::write(&source, b"#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&source, b"#!/bin/sh\necho jailed\n").unwrap();
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o4700)).unwrap();
         std::fs::create_dir(tmp.path().join("root")).unwrap();
         let mut undo = Undo::new();
         let root = Dir::open(&tmp.path().join("root")).unwrap();
         root.place_exec(OsStr::new("prog"), &source, &mut undo)
             .unwrap();
-        let placed = std::fs::metadata(tmp.path().join("root/prog")).unwrap();
-        assert_eq!(placed.ino(), std::fs::metadata(&source).unwrap().ino());
+        let placed_path = tmp.path().join("root/prog");
+        let placed = std::fs::metadata(&placed_path).unwrap();
+        let original = std::fs::metadata(&source).unwrap();
+        assert_ne!(
+            (placed.dev(), placed.ino()),
+            (original.dev(), original.ino()),
+            "a copy, not a hard link"
+        );
+        assert_eq!(original.nlink(), 1);
+        assert_eq!(
+            std::fs::read(&placed_path).unwrap(),
+            std::fs::read(&source).unwrap()
+        );
+        assert_eq!(
+            placed.mode() & 0o7777,
+            EXEC_MODE,
+            "no set-id bit, executable by all"
+        );
+        // Changing the jail's copy leaves the host's program alone.
+        std::os::unix::fs::chown(&placed_path, Some(4321), Some(8765)).unwrap();
+        assert_eq!(std::fs::metadata(&source).unwrap().uid(), original.uid());
         drop(undo);
-        assert!(!tmp.path().join("root/prog").exists());
+        assert!(!placed_path.exists());
         assert!(source.exists());
     }
 

@@ -50,7 +50,7 @@ fn cstring(text: OsString) -> Result<CString> {
 impl Jail {
     /// Builds the jail on the host: the directory tree
     /// `<chroot-base>/<exec-name>/<id>/root` (directories that already exist
-    /// are reused), the program hard-linked or copied into it, the device
+    /// are reused), a copy of the program in it (mode 0755, root's), the device
     /// nodes `dev/kvm`, `dev/net/tun` and `dev/urandom` and the directories
     /// `dev`, `dev/net`, `run` and the root itself owned by the jail's user
     /// with mode 0700, then the cgroups with their values. On error, all of it

@@ -110,7 +110,7 @@ pub enum Error {
         /// The value given.
         value: String,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
     /// A file-system operation while building or removing the jail failed.
     #[error("cannot {action} {path}: {source}")]

@@ -6,6 +6,13 @@ use crate::{sys, Error, Result};
 /// The open-file limit when `no-file` is not given (Firecracker's default).
 pub const DEFAULT_NO_FILE: u64 = 2048;
 
+/// The lowest `no-file` accepted. `ember` with the API, a log and a metrics
+/// file, two drives (one rate-limited) and vsock uses descriptors 0 to 41
+/// with one vCPU and 0 to 111 with 32 (Ember's most: each vCPU takes two),
+/// before any API client or vsock connection; a network interface adds about
+/// seven. Below this, such a VM fails to start or to accept connections.
+pub const MIN_NO_FILE: u64 = 128;
+
 /// A limited resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -45,9 +52,9 @@ pub struct ResourceLimit {
 impl ResourceLimit {
     /// Parses `fsize=N` or `no-file=N` (N decimal).
     pub fn parse(arg: &str) -> Result<ResourceLimit> {
-        let invalid = |reason| Error::InvalidResourceLimit {
+        let invalid = |reason: &str| Error::InvalidResourceLimit {
             value: arg.to_owned(),
-            reason,
+            reason: reason.to_owned(),
         };
         let (name, value) = arg
             .split_once('=')
@@ -60,6 +67,12 @@ impl ResourceLimit {
         let value = value
             .parse()
             .map_err(|_| invalid("the limit must be a decimal number"))?;
+        if resource == Resource::NoFile && value < MIN_NO_FILE {
+            return Err(invalid(&format!(
+                "the VMM needs at least {MIN_NO_FILE} open files (a VM with 32 vCPUs, a few \
+                 devices and the API uses about 120)"
+            )));
+        }
         Ok(ResourceLimit { resource, value })
     }
 
@@ -84,7 +97,7 @@ pub fn parse_all<S: AsRef<str>>(args: &[S]) -> Result<Vec<ResourceLimit>> {
         if limits.iter().any(|l| l.resource == limit.resource) {
             return Err(Error::InvalidResourceLimit {
                 value: arg.as_ref().to_owned(),
-                reason: "this resource is limited twice",
+                reason: "this resource is limited twice".to_owned(),
             });
         }
         limits.push(limit);
@@ -118,9 +131,9 @@ mod tests {
                 },
             ]
         );
-        let limits = parse_all(&["no-file=64"]).unwrap();
+        let limits = parse_all(&["no-file=128"]).unwrap();
         assert_eq!(limits.len(), 1);
-        assert_eq!(limits[0].value, 64);
+        assert_eq!(limits[0].value, MIN_NO_FILE);
     }
 
     #[test]
@@ -132,6 +145,8 @@ mod tests {
             ("no-file=1k", "decimal"),
             ("no-file=", "decimal"),
             ("fsize=18446744073709551616", "decimal"),
+            ("no-file=0", "at least 128 open files"),
+            ("no-file=127", "at least 128 open files"),
         ] {
             let err = ResourceLimit::parse(arg).unwrap_err().to_string();
             assert!(err.contains(why), "{arg}: {err}");

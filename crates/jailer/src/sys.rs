@@ -78,23 +78,6 @@ pub(crate) fn mknod_char_at(
         .map(drop)
 }
 
-/// `linkat(AT_FDCWD, source, dir, name, 0)`: a hard link, not following a
-/// symbolic link at `source`.
-pub(crate) fn link_at(source: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: both names are valid NUL-terminated strings; the descriptor is
-    // borrowed for the call.
-    check(unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            source.as_ptr(),
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            0,
-        )
-    })
-    .map(drop)
-}
-
 /// `unlinkat(dir, name, AT_REMOVEDIR if remove_dir)`.
 pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> io::Result<()> {
     let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };

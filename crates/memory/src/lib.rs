@@ -24,6 +24,15 @@ pub enum Error {
     /// The requested RAM size is not a multiple of the page size.
     #[error("guest memory size {0:#x} is not a multiple of 4 KiB")]
     Unaligned(u64),
+    /// The RAM's size in bytes, or its end address, does not fit in 64 bits.
+    #[error(
+        "guest memory of {size_mib} MiB is too large: it would end beyond any 64-bit \
+         guest-physical address space"
+    )]
+    TooLarge {
+        /// Requested size in MiB (rounded down).
+        size_mib: u64,
+    },
     /// The RAM would end beyond what the guest can address.
     #[error(
         "guest memory of {size_mib} MiB would end at {end:#x}, beyond the {phys_bits}-bit \

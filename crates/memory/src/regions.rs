@@ -47,6 +47,12 @@ impl MemoryLayout {
         let low = size.min(MMIO_GAP_START);
         let mut ranges = vec![(GuestAddress(0), low)];
         if size > low {
+            // RAM above the gap must end below 2^64: `end` never overflows.
+            if (size - low).checked_add(MMIO_GAP_END).is_none() {
+                return Err(Error::TooLarge {
+                    size_mib: size / MIB,
+                });
+            }
             ranges.push((GuestAddress(MMIO_GAP_END), size - low));
         }
         Ok(MemoryLayout { size, ranges })
@@ -55,11 +61,9 @@ impl MemoryLayout {
     /// Lays out `mib` MiB of RAM, checking that it fits in a `phys_bits`-wide
     /// guest-physical address space.
     pub fn with_mib(mib: u64, phys_bits: u8) -> Result<Self> {
-        let size = mib.checked_mul(MIB).ok_or(Error::BeyondAddressSpace {
-            size_mib: mib,
-            end: u64::MAX,
-            phys_bits,
-        })?;
+        let size = mib
+            .checked_mul(MIB)
+            .ok_or(Error::TooLarge { size_mib: mib })?;
         let layout = Self::new(size)?;
         let end = layout.end();
         if phys_bits < 64 && end > 1u64 << phys_bits {
@@ -141,6 +145,7 @@ pub fn create_guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::MMIO_GAP_SIZE;
     use vm_memory::{Bytes, GuestMemoryBackend};
 
     #[test]
@@ -211,8 +216,20 @@ mod tests {
         assert!(err.to_string().contains("40-bit"));
         assert!(matches!(
             MemoryLayout::with_mib(u64::MAX, 48),
-            Err(Error::BeyondAddressSpace { .. })
+            Err(Error::TooLarge { size_mib: u64::MAX })
         ));
+        // The bytes fit in 64 bits but the end, past the MMIO gap, would not.
+        let largest_mib = u64::MAX / MIB;
+        assert!(matches!(
+            MemoryLayout::with_mib(largest_mib, 64),
+            Err(Error::TooLarge { size_mib }) if size_mib == largest_mib
+        ));
+        let end_at_2_64 = (u64::MAX - MMIO_GAP_SIZE) & !(PAGE_SIZE - 1);
+        assert_eq!(
+            MemoryLayout::new(end_at_2_64).unwrap().end(),
+            end_at_2_64 + MMIO_GAP_SIZE
+        );
+        assert!(MemoryLayout::new(end_at_2_64 + PAGE_SIZE * 2).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use ember_cpu::cpuid::host_phys_addr_bits;
 use ember_cpu::mptable::setup_mptable;
 use ember_cpu::platform::setup_platform;
 use ember_cpu::{EntryPoint, Vcpu, MAX_VCPUS};
+use ember_devices::host_files::{open_input, InputKind};
 use ember_devices::legacy::{
     self, BootTimer, Serial, SerialInput as SerialInputDevice, StdinReader, I8042,
 };
@@ -31,12 +32,39 @@ use crate::virtio_devices::{attach_devices, extend_cmdline, DeviceConfigs};
 use crate::vm::{DeviceHandles, Subscriber, Vm};
 use crate::{Error, Result};
 
+/// Most vCPUs a VM may have: Firecracker's limit (the MP table and KVM allow
+/// more, but nothing is tested beyond it).
+pub const MAX_VCPU_COUNT: u8 = 32;
+
+/// Opens the kernel or initrd at `path`: a regular file, opened without ever
+/// blocking (a FIFO, directory or device is refused, see [`open_input`]).
 fn open(what: &'static str, path: &Path) -> Result<File> {
-    File::open(path).map_err(|source| Error::Open {
+    open_input(path, InputKind::RegularFile, false).map_err(|source| Error::Open {
         what,
         path: path.to_owned(),
         source,
     })
+}
+
+/// Refuses a vCPU count outside 1..=[`MAX_VCPU_COUNT`].
+pub fn check_vcpu_count(count: u8) -> Result<()> {
+    check_vcpus_against(None, count)
+}
+
+/// Lays out `mem_size_mib` MiB of guest memory, refusing a size whose bytes
+/// do not fit in 64 bits or that would end beyond the host's guest-physical
+/// address width. (Whether the host can map it is only known at build.)
+pub fn memory_layout(mem_size_mib: u64) -> Result<MemoryLayout> {
+    Ok(MemoryLayout::with_mib(mem_size_mib, host_phys_addr_bits())?)
+}
+
+/// Refuses a kernel command line the boot protocol cannot carry (too long,
+/// or holding a NUL byte).
+pub fn check_cmdline(cmdline: &str) -> Result<()> {
+    Ok(ember_boot::cmdline::validate(
+        cmdline,
+        ember_memory::layout::CMDLINE_MAX_SIZE,
+    )?)
 }
 
 fn open_kvm(path: &Path) -> Result<Kvm> {
@@ -49,10 +77,9 @@ fn open_kvm(path: &Path) -> Result<Kvm> {
     Kvm::new_with_path(&c_path).map_err(kvm_err)
 }
 
-fn check_vcpu_count(kvm: Option<&Kvm>, count: u8) -> Result<()> {
-    let max = kvm.map_or(usize::from(MAX_VCPUS), |kvm| {
-        kvm.get_max_vcpus().min(usize::from(MAX_VCPUS))
-    });
+fn check_vcpus_against(kvm: Option<&Kvm>, count: u8) -> Result<()> {
+    let limit = usize::from(MAX_VCPUS.min(MAX_VCPU_COUNT));
+    let max = kvm.map_or(limit, |kvm| kvm.get_max_vcpus().min(limit));
     if count == 0 || usize::from(count) > max {
         return Err(ember_cpu::Error::VcpuCount {
             count: usize::from(count),
@@ -194,18 +221,18 @@ fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
 
 /// Builds a VM from `config`. Nothing runs until [`Vm::run`].
 pub fn build(mut config: VmConfig) -> Result<Vm> {
-    check_vcpu_count(None, config.vcpu_count)?;
-    let layout = MemoryLayout::with_mib(config.mem_size_mib, host_phys_addr_bits())?;
+    check_vcpu_count(config.vcpu_count)?;
+    let layout = memory_layout(config.mem_size_mib)?;
     let kernel_file = open("kernel image", &config.kernel)?;
     let initrd_file = config
         .initrd
         .as_deref()
         .map(|path| open("initrd", path))
         .transpose()?;
-    ember_boot::cmdline::validate(&config.cmdline, ember_memory::layout::CMDLINE_MAX_SIZE)?;
+    check_cmdline(&config.cmdline)?;
 
     let kvm = open_kvm(&config.kvm_device)?;
-    check_vcpu_count(Some(&kvm), config.vcpu_count)?;
+    check_vcpus_against(Some(&kvm), config.vcpu_count)?;
     let vm_fd = kvm.create_vm().map_err(|source| Error::Kvm {
         what: "KVM_CREATE_VM",
         source,

@@ -1,6 +1,11 @@
-//! SIGTERM and SIGINT as events: the handler records the signal and writes to
-//! an eventfd that the VMM's event loop watches, so the VM stops cleanly
-//! (vCPUs joined, serial flushed, terminal restored) instead of dying mid-write.
+//! Termination signals as events: the handler records the signal and writes
+//! to an eventfd that the VMM's event loop watches, so the VM stops cleanly
+//! (vCPUs joined, serial flushed, terminal restored, sockets removed, metrics
+//! flushed) instead of dying mid-write. [`TERMINATION_SIGNALS`] lists them:
+//! SIGTERM and SIGINT, and the signals whose default action would otherwise
+//! kill the VMM without any of that (SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
+//! SIGALRM). [`ignore_write_signals`] makes SIGPIPE and SIGXFSZ write errors
+//! instead of deaths.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -27,7 +32,18 @@ extern "C" fn on_termination(num: c_int, _info: *mut siginfo_t, _ctx: *mut c_voi
     }
 }
 
-/// Routes SIGTERM and SIGINT to an eventfd while it lives.
+/// The signals that stop the VM cleanly, with their names.
+pub const TERMINATION_SIGNALS: [(c_int, &str); 7] = [
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGHUP, "SIGHUP"),
+    (libc::SIGQUIT, "SIGQUIT"),
+    (libc::SIGUSR1, "SIGUSR1"),
+    (libc::SIGUSR2, "SIGUSR2"),
+    (libc::SIGALRM, "SIGALRM"),
+];
+
+/// Routes the [`TERMINATION_SIGNALS`] to an eventfd while it lives.
 #[derive(Debug)]
 pub struct TerminationSignals {
     event: EventFd,
@@ -38,7 +54,7 @@ impl TerminationSignals {
     pub fn install() -> Result<TerminationSignals> {
         let event = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
         TERMINATION_FD.store(std::os::fd::AsRawFd::as_raw_fd(&event), Ordering::SeqCst);
-        for (num, what) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        for (num, what) in TERMINATION_SIGNALS {
             register_signal_handler(num, on_termination)
                 .map_err(|source| Error::Signal { what, source })?;
         }
@@ -64,8 +80,62 @@ pub fn last_signal() -> Option<i32> {
     }
 }
 
+/// Ignores SIGPIPE and SIGXFSZ, so that a write to a socket or FIFO whose
+/// reader is gone, or past the file-size limit (`RLIMIT_FSIZE`, which the
+/// jailer's `--resource-limit fsize=N` sets, for example on a guest's disk),
+/// fails with `EPIPE` or `EFBIG` where the caller handles it instead of killing
+/// the VMM. (Rust's runtime already ignores SIGPIPE; this does not rely on it.)
+pub fn ignore_write_signals() -> Result<()> {
+    for (num, what) in [(libc::SIGPIPE, "SIGPIPE"), (libc::SIGXFSZ, "SIGXFSZ")] {
+        // SAFETY: SIG_IGN installs no code; signal(2) only changes this
+        // process's disposition of `num`.
+        let previous = unsafe { libc::signal(num, libc::SIG_IGN) };
+        if previous == libc::SIG_ERR {
+            return Err(Error::Signal {
+                what,
+                source: vmm_sys_util::errno::Error::last(),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Drop for TerminationSignals {
     fn drop(&mut self) {
         TERMINATION_FD.store(-1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The disposition of `num` (its handler address, or SIG_IGN / SIG_DFL).
+    fn disposition(num: c_int) -> libc::sighandler_t {
+        // SAFETY: a zeroed sigaction is a valid out-parameter; a null new
+        // action only reads the current one.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(num, std::ptr::null(), &mut old), 0);
+            old.sa_sigaction
+        }
+    }
+
+    #[test]
+    fn every_termination_signal_reaches_the_eventfd() {
+        let signals = TerminationSignals::install().unwrap();
+        for (num, name) in TERMINATION_SIGNALS {
+            // SAFETY: raising a signal whose handler was just installed.
+            assert_eq!(unsafe { libc::raise(num) }, 0, "{name}");
+            assert_eq!(signals.event_fd().read().unwrap(), 1, "{name}");
+            assert_eq!(last_signal(), Some(num), "{name}");
+        }
+    }
+
+    #[test]
+    fn write_signals_are_ignored() {
+        ignore_write_signals().unwrap();
+        assert_eq!(disposition(libc::SIGPIPE), libc::SIG_IGN);
+        assert_eq!(disposition(libc::SIGXFSZ), libc::SIG_IGN);
     }
 }

@@ -284,7 +284,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
                 let count: u32 = number(&mut parser, "--vcpus", "not a number of vCPUs")?;
                 vcpus = u8::try_from(count).map_err(|_| {
                     lexopt::Error::Custom(
-                        format!("--vcpus {count}: at most 254 vCPUs are supported").into(),
+                        format!(
+                            "--vcpus {count}: at most {} vCPUs are supported",
+                            ember_vmm::MAX_VCPU_COUNT
+                        )
+                        .into(),
                     )
                 })?;
             }
@@ -506,7 +510,7 @@ mod tests {
         for (line, needle) in [
             ("--no-api", "nothing to boot"),
             ("run", "--kernel"),
-            ("run --kernel k --vcpus 300", "at most 254"),
+            ("run --kernel k --vcpus 300", "at most 32"),
             ("run --kernel k --vcpus x", "not a number"),
             ("run --kernel k --mem -1", "not a size"),
             ("--level loud --config-file f", "unknown level"),

@@ -11,6 +11,7 @@ use ember_api::controller::VmOverrides;
 use ember_api::http::HttpLimits;
 use ember_api::server::ServerLimits;
 use ember_api::service::ServiceOptions;
+use ember_vmm::host_files::{open_input, InputKind};
 use ember_vmm::seccomp;
 use ember_vmm::signals::TerminationSignals;
 use ember_vmm::{ExitReason, StartTime, VmConfig};
@@ -50,7 +51,7 @@ fn seccomp_filters(choice: &SeccompChoice) -> Result<Option<seccomp::Filters>, S
         SeccompChoice::Off => return Ok(None),
         SeccompChoice::BuiltIn => seccomp::default_filters().map_err(|e| e.to_string())?,
         SeccompChoice::File(path) => {
-            let file = std::fs::File::open(path)
+            let file = open_input(path, InputKind::RegularFile, false)
                 .map_err(|e| format!("cannot open seccomp filter file {}: {e}", path.display()))?;
             seccomp::filters_from_json(file)
                 .map_err(|e| format!("seccomp filter file {}: {e}", path.display()))?
@@ -127,6 +128,12 @@ fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
 fn main() -> ExitCode {
     let start = StartTime::now();
     seccomp::confine_allocator();
+    // A reader that went away, or a write past RLIMIT_FSIZE, is a write error
+    // for the code that wrote, never the end of the VMM.
+    if let Err(e) = ember_vmm::signals::ignore_write_signals() {
+        eprintln!("ember: error: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
         Err(e) => {

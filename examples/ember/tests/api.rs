@@ -10,6 +10,8 @@
     missing_docs
 )]
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -18,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use ember_test_guests::{ELF64_PATH, PVH_PATH};
 
-mod api_client;
-
-use api_client::{raw, read_reply, request, Ember, DEADLINE, EMBER};
+use common::*;
 
 #[test]
 fn configure_and_boot_entirely_over_the_api() {
@@ -507,12 +507,6 @@ fn socket_paths_are_checked() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
     assert!(!stale.exists(), "removed on exit");
-}
-
-fn request_ok(socket: &Path) -> Option<u16> {
-    let mut stream = UnixStream::connect(socket).ok()?;
-    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").ok()?;
-    Some(read_reply(&mut stream).status)
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {

@@ -10,14 +10,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod api_client;
+mod common;
 
 use std::io::{BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use api_client::{read_reply, Ember};
+use common::{read_reply, Ember};
 use ember_test_guests::ELF64_PATH;
 
 /// The binary's default connection cap (`ember_api::server::DEFAULT_MAX_CONNECTIONS`).

@@ -10,13 +10,16 @@
     missing_docs
 )]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use ember_test_guests::ELF64_PATH;
 
-const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+use common::*;
+
 /// The filters `ember` installs by default, in the `--seccomp-filter` format.
 const DEFAULT_FILTERS: &str = include_str!("../../../crates/jailer/seccomp/x86_64.json");
 /// `ember`'s exit status after a seccomp violation (128 + SIGSYS).
@@ -33,17 +36,6 @@ fn filter_file_without(dir: &Path, name: &str, kind: &str, syscall: &str) -> Str
     let path = dir.join(name);
     std::fs::write(&path, filters.to_string()).unwrap();
     path.to_str().unwrap().to_owned()
-}
-
-/// Runs `ember ARGS` to its end, killed after 60 s (`timeout` exits 124 then).
-fn ember_to_the_end(args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg("60")
-        .arg(EMBER)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("timeout and ember run")
 }
 
 /// Asserts `out` is a seccomp violation of `syscall` on thread `thread`.

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(EXIT_USAGE, &e),
     };
+    if let Some(warning) = config.root_warning() {
+        eprintln!("ember-jailer: warning: {warning}");
+    }
     // `exec` replaces this process with the program, or returns once a forked
     // child has started it, or fails having removed everything it created.
     match Jail::prepare(config).and_then(Jail::exec) {

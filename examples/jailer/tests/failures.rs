@@ -84,6 +84,10 @@ fn refused_command_lines_exit_2_and_create_nothing() {
         (with(&["--cgroup", "devices.allow=a"]), "only cpu.*"),
         (with(&["--resource-limit", "fsize:1"]), "fsize=N"),
         (
+            with(&["--resource-limit", "no-file=0"]),
+            "invalid --resource-limit \"no-file=0\": the VMM needs at least 128 open files",
+        ),
+        (
             with(&["--netns", "/proc/self/status"]),
             "not a namespace file",
         ),

@@ -88,6 +88,36 @@ fn the_program_runs_unprivileged_in_a_private_root_with_only_stdio_open() {
         0,
         "the program stays root's, read-only to the jail"
     );
+    assert_eq!(program.mode() & 0o7777, 0o755);
+    let host_program = std::fs::metadata(PROBE).unwrap();
+    assert_ne!(
+        (program.dev(), program.ino()),
+        (host_program.dev(), host_program.ino()),
+        "the jail holds a copy, not a hard link to the host's program"
+    );
+    assert_eq!(
+        std::fs::read(root.join(PROBE_NAME)).unwrap(),
+        std::fs::read(PROBE).unwrap()
+    );
+}
+
+#[test]
+fn root_ids_work_with_a_one_line_warning() {
+    require_root();
+    let base = Base::new();
+    let mut command = jailer(&["--id", &unique("root-ids"), "--exec-file", PROBE]);
+    command
+        .args(["--uid", "0", "--gid", "0", "--chroot-base-dir"])
+        .arg(base.path());
+    let (code, stdout, stderr) = run(command);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report(&stdout)["uid"], "0,0,0");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("ember-jailer: warning: --uid 0 and --gid 0: "),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -98,13 +128,13 @@ fn resource_limits_are_applied() {
         "--resource-limit",
         "fsize=4096",
         "--resource-limit",
-        "no-file=64",
+        "no-file=128",
     ];
     let (code, stdout, stderr) =
         run(base.command(&unique("rlimit"), &flags, &["--write", "10000"]));
     assert_eq!(code, 0, "{stderr}");
     let report = report(&stdout);
-    assert_eq!(report["nofile"], "64,64");
+    assert_eq!(report["nofile"], "128,128");
     assert_eq!(report["fsize"], "4096,4096");
     assert_eq!(report["write_error"], libc::EFBIG.to_string());
 }

@@ -59,7 +59,7 @@ fn parses_firecracker_flags() {
     let cmd = parse(
         "--id a --exec-file /bin/x --uid 1 --gid 2 --chroot-base-dir /j --netns /n \
          --daemonize --new-pid-ns --cgroup-version 2 --cgroup pids.max=4 --cgroup cpu.max=9 \
-         --parent-cgroup p --resource-limit fsize=1 --resource-limit no-file=9 -- --api-sock /s x",
+         --parent-cgroup p --resource-limit fsize=1 --resource-limit no-file=200 -- --api-sock /s x",
     )
     .unwrap();
     let Command::Jail(a) = cmd else {
@@ -74,7 +74,7 @@ fn parses_firecracker_flags() {
     assert_eq!(a.cgroup_version.as_deref(), Some("2"));
     assert_eq!(a.cgroups, ["pids.max=4", "cpu.max=9"]);
     assert_eq!(a.parent_cgroup.as_deref(), Some("p"));
-    assert_eq!(a.resource_limits, ["fsize=1", "no-file=9"]);
+    assert_eq!(a.resource_limits, ["fsize=1", "no-file=200"]);
     assert_eq!(a.exec_args, ["--api-sock", "/s", "x"]);
 }
 
@@ -116,6 +116,25 @@ fn validates_a_good_configuration_without_creating_anything() {
     assert!(config.cgroups().is_none());
     assert_eq!(config.resource_limits().len(), 1, "the no-file default");
     assert_eq!(config.exec_args(), ["--flag"]);
+    s.assert_nothing_created();
+}
+
+#[test]
+fn root_ids_are_allowed_with_a_warning() {
+    let s = setup();
+    assert_eq!(s.args().validate().unwrap().root_warning(), None);
+    for (uid, gid, expected) in [
+        ("0", "5678", "--uid 0:"),
+        ("1234", "0", "--gid 0:"),
+        ("0", "0", "--uid 0 and --gid 0:"),
+    ] {
+        let mut args = s.args();
+        args.uid = Some(uid.to_owned());
+        args.gid = Some(gid.to_owned());
+        let warning = args.validate().unwrap().root_warning().unwrap();
+        assert!(warning.starts_with(expected), "{warning}");
+        assert!(!warning.contains('\n'));
+    }
     s.assert_nothing_created();
 }
 
@@ -194,6 +213,7 @@ fn refuses_bad_resource_limits() {
         ("fsize", "expected fsize=N"),
         ("nofile=1", "fsize or no-file"),
         ("no-file=lots", "decimal"),
+        ("no-file=0", "at least 128 open files"),
     ] {
         let mut args = s.args();
         args.resource_limits = vec![limit.to_owned()];

@@ -2,11 +2,12 @@
 //! device, read and written with positional vectored I/O (`preadv`,
 //! `pwritev`) straight into and out of guest memory.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::SECTOR_SIZE;
+use crate::host_files::{open_input, InputKind};
 use crate::virtio::iov::GuestIoVecs;
 use crate::{Error, Result};
 
@@ -31,19 +32,17 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    /// Opens `path` read-only or read-write. The capacity is the size (from
-    /// seeking to the end, which also works for block devices) rounded down to
-    /// whole sectors.
+    /// Opens `path` read-only or read-write; it must be a regular file or a
+    /// block device (anything else is refused without blocking, see
+    /// [`open_input`]). The capacity is the size (from seeking to the end,
+    /// which also works for block devices) rounded down to whole sectors.
     pub(crate) fn open(path: &Path, read_only: bool) -> Result<Disk> {
         let fail = |error| Error::BackingFile {
             path: path.to_path_buf(),
             error,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(fail)?;
+        let file =
+            open_input(path, InputKind::RegularFileOrBlockDevice, !read_only).map_err(fail)?;
         let size = (&file).seek(SeekFrom::End(0)).map_err(fail)?;
         if !size.is_multiple_of(SECTOR_SIZE) {
             log::warn!(
@@ -144,6 +143,21 @@ mod tests {
         assert!(disk.read_only());
         let missing = Disk::open(Path::new("/nonexistent/ember-disk"), true);
         assert!(matches!(missing, Err(Error::BackingFile { .. })));
+    }
+
+    #[test]
+    fn directories_and_character_devices_are_not_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, what) in [
+            (dir.path(), "a directory"),
+            (Path::new("/dev/zero"), "a character device"),
+        ] {
+            let err = Disk::open(path, false).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{}: it is {what}", path.display())),
+                "{err}"
+            );
+        }
     }
 
     #[test]

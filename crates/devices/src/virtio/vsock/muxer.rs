@@ -23,6 +23,7 @@ use super::connection::{ConnKey, Connection, Phase};
 use super::packet::{Header, Op, RxBuffer, TYPE_STREAM};
 use super::unix::{connect_nonblocking, port_path, HostClient, LineStatus};
 use super::{Limits, VsockCounters, HOST_CID, HOST_PORT_FIRST};
+use crate::host_files::bind_unix_listener;
 use crate::virtio::iov::GuestIoVecs;
 
 /// Most RST replies waiting for RX buffers; more are dropped.
@@ -71,9 +72,10 @@ pub(crate) struct Muxer {
 }
 
 impl Muxer {
-    /// Binds the listening socket at `uds_path`.
+    /// Binds the listening socket at `uds_path`, replacing a stale socket
+    /// left there by a VMM that died (see [`bind_unix_listener`]).
     pub(crate) fn new(guest_cid: u64, uds_path: &Path, limits: Limits) -> io::Result<Muxer> {
-        let listener = UnixListener::bind(uds_path)?;
+        let listener = bind_unix_listener(uds_path)?;
         listener.set_nonblocking(true)?;
         Ok(Muxer {
             guest_cid,

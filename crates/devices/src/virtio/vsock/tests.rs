@@ -415,7 +415,28 @@ fn configuration_is_checked() {
     })
     .unwrap_err();
     assert!(matches!(err, Error::VsockSocket { .. }), "{err}");
+    assert!(err.to_string().contains("is not a socket"), "{err}");
     assert!(path.exists(), "someone else's file stays");
+    // A socket left by a VMM that was killed is replaced; a live one is not.
+    let stale = dir.path().join("stale");
+    drop(UnixListener::bind(&stale).unwrap());
+    let vsock = Vsock::<Mem>::new(VsockConfig {
+        guest_cid: 3,
+        uds_path: stale.clone(),
+    })
+    .unwrap();
+    UnixStream::connect(&stale).unwrap();
+    let err = Vsock::<Mem>::new(VsockConfig {
+        guest_cid: 4,
+        uds_path: stale.clone(),
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("another process is listening"),
+        "{err}"
+    );
+    drop(vsock);
+    assert!(!stale.exists());
     // The device removes its own socket file when it goes.
     let ours = dir.path().join("ours");
     let vsock = Vsock::<Mem>::new(VsockConfig {

@@ -1,30 +1,43 @@
-//! An `ember --api-sock` process and a small HTTP client for it, shared by
-//! the binary's API test files.
+//! Helpers shared by the `ember` binary's tests: running it to the end (with
+//! a one-line error, or bounded by `timeout`), and an `ember --api-sock`
+//! process with a small HTTP client.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code, // each test file uses part of it
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The binary under test.
 pub const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+/// The longest any single wait in these tests may take.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// An HTTP response.
 #[derive(Debug)]
 pub struct Reply {
+    /// The status code.
     pub status: u16,
+    /// The body.
     pub body: String,
 }
 
 impl Reply {
+    /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
     }
 
+    /// The body's `fault_message`.
     pub fn fault(&self) -> String {
         self.json()["fault_message"].as_str().unwrap().to_owned()
     }
@@ -80,15 +93,17 @@ pub fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> R
 
 /// An `ember --api-sock` process with its serial output collected.
 pub struct Ember {
+    /// The `ember` process.
     pub child: Child,
+    /// Its API socket.
     pub socket: PathBuf,
     output: Arc<Mutex<String>>,
     log: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
-/// Appends each line `source` gives to `sink`, on a thread of its own, so the
-/// child never blocks on a full pipe.
+/// Appends each line `source` gives to the returned text, on a thread of its
+/// own, so the child never blocks on a full pipe.
 fn collect_lines(source: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = text.clone();
@@ -103,6 +118,8 @@ fn collect_lines(source: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 }
 
 impl Ember {
+    /// Starts `ember --api-sock DIR/api.sock EXTRA...` in a new temporary
+    /// directory and waits until the socket accepts.
     pub fn start(extra: &[&str]) -> Ember {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("api.sock");
@@ -128,7 +145,7 @@ impl Ember {
             socket,
             output,
             log,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -137,6 +154,22 @@ impl Ember {
         self.log.lock().unwrap().clone()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    /// The temporary directory holding the socket (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.pid(), signal);
+    }
+
+    /// One request on a new connection.
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
         request(&self.socket, method, path, body)
     }
@@ -147,6 +180,7 @@ impl Ember {
         assert_eq!(reply.status, 204, "{method} {path}: {}", reply.body);
     }
 
+    /// Configures `kernel` with `cmdline`, `vcpus` and 64 MiB, then starts it.
     pub fn boot(&self, kernel: &str, cmdline: &str, vcpus: u8) {
         self.ok(
             "PUT",
@@ -161,10 +195,12 @@ impl Ember {
         self.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     }
 
+    /// The serial output so far.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
     }
 
+    /// Waits until the serial output holds `needle`.
     pub fn wait_for(&self, needle: &str) {
         let deadline = Instant::now() + DEADLINE;
         while !self.output().contains(needle) {
@@ -177,6 +213,7 @@ impl Ember {
         }
     }
 
+    /// Waits for the process to exit and returns its status code.
     pub fn wait_exit(&mut self) -> i32 {
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -188,6 +225,7 @@ impl Ember {
         }
     }
 
+    /// `GET /`'s `state`.
     pub fn state(&self) -> String {
         self.call("GET", "/", None).json()["state"]
             .as_str()
@@ -195,6 +233,7 @@ impl Ember {
             .to_owned()
     }
 
+    /// How many times `needle` appears in the serial output.
     pub fn count(&self, needle: &str) -> usize {
         self.output().matches(needle).count()
     }
@@ -207,3 +246,77 @@ impl Drop for Ember {
     }
 }
 
+/// Runs `ember ARGS` to its end.
+pub fn ember(args: &[&str]) -> Output {
+    Command::new(EMBER)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ember runs")
+}
+
+/// Standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Standard output as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts `ember` failed with status 1 and one error line containing `needle`.
+pub fn assert_error(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
+    let err = stderr(out);
+    let error_lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("ember: error:"))
+        .collect();
+    assert_eq!(error_lines.len(), 1, "one error line expected:\n{err}");
+    assert!(
+        error_lines[0].contains(needle),
+        "{needle:?} not in {:?}",
+        error_lines[0]
+    );
+}
+
+/// Writes `bytes` to `dir/name`.
+pub fn temp_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// `GET /`'s status, or `None` when nothing answers on `socket`.
+pub fn request_ok(socket: &Path) -> Option<u16> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").ok()?;
+    Some(read_reply(&mut stream).status)
+}
+
+/// Runs `ember ARGS` to its end, killed after 60 s (`timeout` exits 124 then).
+pub fn ember_to_the_end(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg(EMBER)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("timeout and ember run")
+}
+
+/// Sends `signal` to process `pid` (a child of this test).
+pub fn send_signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `name` is a valid NUL-terminated path.
+    let made = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}

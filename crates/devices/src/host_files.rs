@@ -1,0 +1,232 @@
+//! Host files and sockets that a VM's configuration names, opened so that no
+//! path can block or stall the VMM.
+//!
+//! - [`open_input`] opens a kernel, initrd, config file or disk: the type is
+//!   checked on the path first (so that opening a device node with side
+//!   effects, or a FIFO, is never tried), then the file is opened with
+//!   `O_NONBLOCK` (an open of a FIFO swapped in meanwhile returns at once) and
+//!   checked again on the open descriptor with `fstat`, which is what counts.
+//! - [`bind_unix_listener`] binds a listening Unix socket, replacing a stale
+//!   socket left by a process that died ([`clear_stale_socket`]) and refusing
+//!   a live socket or anything that is not a socket.
+
+use std::fs::{File, FileType, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+/// What an input file may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// A regular file (kernel images, initrds, config files).
+    RegularFile,
+    /// A regular file or a block device (disk images).
+    RegularFileOrBlockDevice,
+}
+
+impl InputKind {
+    fn accepts(self, file_type: FileType) -> bool {
+        match self {
+            InputKind::RegularFile => file_type.is_file(),
+            InputKind::RegularFileOrBlockDevice => {
+                file_type.is_file() || file_type.is_block_device()
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            InputKind::RegularFile => "a regular file",
+            InputKind::RegularFileOrBlockDevice => "a regular file or a block device",
+        }
+    }
+}
+
+/// What a file is, with an article, for error messages.
+pub fn describe_file_type(file_type: FileType) -> &'static str {
+    if file_type.is_file() {
+        "a regular file"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else {
+        "an unknown kind of file"
+    }
+}
+
+/// Refuses `file_type` unless `kind` accepts it, with an `InvalidInput` error
+/// saying what the file is: "it is a FIFO, not a regular file".
+fn check_type(file_type: FileType, kind: InputKind) -> io::Result<()> {
+    if kind.accepts(file_type) {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "it is {}, not {}",
+            describe_file_type(file_type),
+            kind.describe()
+        ),
+    ))
+}
+
+/// Opens the input file at `path` (symbolic links followed), for writing too
+/// when `write`, refusing anything `kind` does not accept without ever
+/// blocking: the file is opened with `O_NONBLOCK | O_CLOEXEC | O_NOCTTY` and
+/// its type checked with `fstat` on the open descriptor.
+///
+/// The descriptor keeps `O_NONBLOCK`, which Linux ignores for reads and
+/// writes of regular files and block devices.
+pub fn open_input(path: &Path, kind: InputKind, write: bool) -> io::Result<File> {
+    // A first look on the path: a FIFO or a device node is refused before it
+    // is opened, since opening some devices has side effects.
+    check_type(std::fs::metadata(path)?.file_type(), kind)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    // What counts: the file actually opened, whatever the path now names.
+    check_type(file.metadata()?.file_type(), kind)?;
+    Ok(file)
+}
+
+/// Makes way for a listening socket at `path`: nothing there is fine; a socket
+/// nobody accepts on (left by a process that died) is removed; a socket a
+/// process accepts on, or anything that is not a socket, is refused. The
+/// errors say why in a few words, for the caller to prefix with the path.
+pub fn clear_stale_socket(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => Err(io::Error::new(
+                ErrorKind::AddrInUse,
+                "another process is listening on it",
+            )),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot remove the stale socket: {e}"))
+                }),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("cannot check the existing socket: {e}"),
+            )),
+        },
+        Ok(meta) => Err(io::Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "the path exists and is not a socket (it is {})",
+                describe_file_type(meta.file_type())
+            ),
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Binds a listening Unix socket at `path` after [`clear_stale_socket`].
+pub fn bind_unix_listener(path: &Path) -> io::Result<UnixListener> {
+    clear_stale_socket(path)?;
+    UnixListener::bind(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::time::{Duration, Instant};
+
+    fn mkfifo(path: &Path) {
+        let name = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    }
+
+    fn refusal(path: &Path, kind: InputKind) -> String {
+        let err = open_input(path, kind, false).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn regular_files_open_and_others_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"bytes").unwrap();
+        let opened = open_input(&file, InputKind::RegularFile, true).unwrap();
+        assert_eq!(opened.metadata().unwrap().len(), 5);
+
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let started = Instant::now();
+        assert_eq!(
+            refusal(&fifo, InputKind::RegularFile),
+            "it is a FIFO, not a regular file"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            refusal(dir.path(), InputKind::RegularFileOrBlockDevice),
+            "it is a directory, not a regular file or a block device"
+        );
+        assert_eq!(
+            refusal(Path::new("/dev/zero"), InputKind::RegularFileOrBlockDevice),
+            "it is a character device, not a regular file or a block device"
+        );
+        let missing = open_input(&dir.path().join("nope"), InputKind::RegularFile, false);
+        assert_eq!(missing.unwrap_err().kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn block_devices_are_disks_but_not_kernels() {
+        // A block device node made here, so the test does not depend on the
+        // host's disks: loop0's numbers (7:0); it is never read.
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("blk");
+        let name = CString::new(node.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated path; mknod creates a node.
+        let made =
+            unsafe { libc::mknod(name.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) };
+        assert_eq!(made, 0, "mknod: {}", io::Error::last_os_error());
+        assert_eq!(
+            refusal(&node, InputKind::RegularFile),
+            "it is a block device, not a regular file"
+        );
+        // Accepted by type; opening it may still fail if the host has no loop
+        // driver, but never with InvalidInput.
+        if let Err(e) = open_input(&node, InputKind::RegularFileOrBlockDevice, false) {
+            assert_ne!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        }
+    }
+
+    #[test]
+    fn stale_sockets_are_replaced_live_ones_and_files_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "a leftover socket");
+        let live = bind_unix_listener(&path).unwrap();
+
+        let err = bind_unix_listener(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("another process is listening"));
+        drop(live);
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, "keep me").unwrap();
+        let err = bind_unix_listener(&file).unwrap_err().to_string();
+        assert!(err.contains("not a socket (it is a regular file)"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+        let err = clear_stale_socket(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("it is a directory"), "{err}");
+    }
+}
