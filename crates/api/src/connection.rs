@@ -282,6 +282,18 @@ impl Connection {
         Ok(())
     }
 
+    /// Reads and drops what the client has sent so far (one socket buffer at
+    /// most), without blocking.
+    pub fn discard_input(&mut self) {
+        let mut sink = [0u8; READ_CHUNK];
+        for _ in 0..16 {
+            match (&self.stream).read(&mut sink) {
+                Ok(1..) => {}
+                Ok(0) | Err(_) => return,
+            }
+        }
+    }
+
     /// Whether a request has been handed over and awaits its answer.
     pub fn is_answering(&self) -> bool {
         self.phase == Phase::Answering
@@ -353,7 +365,10 @@ mod tests {
             conn.receive(&limits, Instant::now()).unwrap();
         }
         let taken = conn.take_request(&limits).unwrap().unwrap();
-        assert_eq!((taken.path.as_str(), taken.body.as_slice()), ("/vm", &b"hello"[..]));
+        assert_eq!(
+            (taken.path.as_str(), taken.body.as_slice()),
+            ("/vm", &b"hello"[..])
+        );
         assert!(conn.is_answering());
         assert_eq!(conn.take_request(&limits), None, "one request at a time");
         conn.respond(204, None, true);
@@ -376,7 +391,10 @@ mod tests {
             "no reading while answering"
         );
         conn.respond(200, Some("{}"), true);
-        assert_eq!(conn.take_request(&limits).unwrap().unwrap().path, "/version");
+        assert_eq!(
+            conn.take_request(&limits).unwrap().unwrap().path,
+            "/version"
+        );
     }
 
     #[test]
@@ -407,7 +425,10 @@ mod tests {
         let line = [b'x'; 1000];
         let _ = client.write(&line);
         conn.receive(&limits, Instant::now()).unwrap();
-        assert!(conn.input.len() <= 80, "read stops at the request's capacity");
+        assert!(
+            conn.input.len() <= 80,
+            "read stops at the request's capacity"
+        );
         let refused = conn.take_request(&limits).unwrap().unwrap_err();
         assert!(refused.message.contains("64 bytes"), "{}", refused.message);
         conn.respond(refused.status, Some("{}"), false);
@@ -421,7 +442,10 @@ mod tests {
         let (mut conn, mut client) = pair();
         let (request, idle) = (Duration::from_secs(1), Duration::from_secs(100));
         let start = Instant::now();
-        assert_eq!(conn.deadline(request, idle), Some(conn.last_progress + idle));
+        assert_eq!(
+            conn.deadline(request, idle),
+            Some(conn.last_progress + idle)
+        );
         client.write_all(b"GET").unwrap();
         conn.receive(&limits, start).unwrap();
         assert!(conn.has_partial_request());
@@ -432,6 +456,9 @@ mod tests {
         assert_eq!(conn.deadline(request, idle), None);
         drop(client);
         conn.respond(200, Some("{}"), true);
-        assert!(conn.send_pending(Instant::now()).is_err(), "the peer is gone");
+        assert!(
+            conn.send_pending(Instant::now()).is_err(),
+            "the peer is gone"
+        );
     }
 }

@@ -21,6 +21,7 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::channel::{ApiEnd, Responder};
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::MetricsWriter;
 use crate::model::{BootSource, Logger, Metrics, RateLimiter, TokenBucket, VmResources};
@@ -28,7 +29,6 @@ use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate, NetworkInterfaceUpdate,
     VmStateRequest,
 };
-use crate::channel::{ApiEnd, Responder};
 use crate::server::ApiCounters;
 
 /// How often metrics are written once a destination is set.

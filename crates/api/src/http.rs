@@ -259,7 +259,10 @@ mod tests {
         assert!(!parsed.keep_alive);
 
         let parsed = head("DELETE / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
-        assert_eq!((parsed.method, parsed.method_name.as_str()), (None, "DELETE"));
+        assert_eq!(
+            (parsed.method, parsed.method_name.as_str()),
+            (None, "DELETE")
+        );
         assert!(parsed.keep_alive, "HTTP/1.0 with keep-alive");
         assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
         assert!(head("GET / HTTP/1.1\r\n\r\n").unwrap().keep_alive);
@@ -268,14 +271,26 @@ mod tests {
     #[test]
     fn bad_heads_are_refused_with_a_reason() {
         let cases = [
-            ("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, "Content-Length"),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                400,
+                "Content-Length",
+            ),
             (
                 "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 400,
                 "conflicting",
             ),
-            ("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501, "chunked"),
-            ("PUT / HTTP/1.1\r\nContent-Length: 51201\r\n\r\n", 400, "51201"),
+            (
+                "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                501,
+                "chunked",
+            ),
+            (
+                "PUT / HTTP/1.1\r\nContent-Length: 51201\r\n\r\n",
+                400,
+                "51201",
+            ),
             ("GET / HTTP/2.0\r\n\r\n", 400, "malformed"),
             ("\x00\x01\r\n\r\n", 400, "malformed"),
         ];

@@ -54,7 +54,10 @@ impl ApiCounters {
             ("patch_count", load(&self.patch)),
             ("failed_count", load(&self.failed)),
             ("refused_connection_count", load(&self.refused_connections)),
-            ("timed_out_connection_count", load(&self.timed_out_connections)),
+            (
+                "timed_out_connection_count",
+                load(&self.timed_out_connections),
+            ),
         ]
     }
 }
@@ -289,15 +292,16 @@ impl Server {
         conn.respond(fault.status, fault.body.as_deref(), false);
         // Best effort: a fresh socket's buffer takes the short answer at once.
         let _ = conn.send_pending(Instant::now());
+        // Whatever request already came is read and dropped, so the client
+        // sees the end of the stream after the answer rather than a reset.
+        conn.discard_input();
     }
 
     fn pause_accepting(&mut self, now: Instant) {
         let listener = self.listener.as_raw_fd();
-        let unwatched = self.epoll.ctl(
-            ControlOperation::Delete,
-            listener,
-            EpollEvent::default(),
-        );
+        let unwatched = self
+            .epoll
+            .ctl(ControlOperation::Delete, listener, EpollEvent::default());
         if unwatched.is_ok() {
             self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
         }
@@ -361,7 +365,9 @@ impl Server {
                         self.waiting.push_back((id, request));
                         break;
                     }
-                    Err(answer) => slot.conn.respond(answer.status, answer.body.as_deref(), true),
+                    Err(answer) => slot
+                        .conn
+                        .respond(answer.status, answer.body.as_deref(), true),
                 },
             }
         }

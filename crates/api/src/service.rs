@@ -54,7 +54,9 @@ pub fn run(
                 .name("ember_api".into())
                 .spawn(move || {
                     let filter = api_filter.as_ref();
-                    if let Err(e) = server::serve(listener, channel, thread_counters, limits, filter) {
+                    if let Err(e) =
+                        server::serve(listener, channel, thread_counters, limits, filter)
+                    {
                         log::error!("API server stopped: {e}");
                     }
                 })

@@ -256,7 +256,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             Long("api-sock") if !run => api_socket = Some(PathBuf::from(parser.value()?)),
             Long("boot-timer") => {}
             Long("http-api-max-payload-size") if !run => {
-                api_max_payload = number(&mut parser, "--http-api-max-payload-size", "not a size in bytes")?;
+                api_max_payload = number(
+                    &mut parser,
+                    "--http-api-max-payload-size",
+                    "not a size in bytes",
+                )?;
             }
             Long("id") => logger.instance_id = string(parser.value()?, "--id")?,
             Long("log-path") => logger.path = Some(PathBuf::from(parser.value()?)),

@@ -26,7 +26,11 @@ const MAX_CONNECTIONS: usize = ember_api::server::DEFAULT_MAX_CONNECTIONS;
 /// A running guest that prints `tick=` lines, behind the API.
 fn running_guest() -> Ember {
     let ember = Ember::start(&[]);
-    ember.boot(ELF64_PATH, "console=ttyS0 ember.test=spin count.delay=20000", 1);
+    ember.boot(
+        ELF64_PATH,
+        "console=ttyS0 ember.test=spin count.delay=20000",
+        1,
+    );
     ember.wait_for("tick=0x1\n");
     ember
 }
@@ -40,7 +44,9 @@ fn usage(ember: &Ember) -> (u64, usize) {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     (rss, fds)
 }
 
@@ -235,7 +241,10 @@ fn a_body_arriving_after_its_headers_gets_one_answer() {
         let reply = read_reply(&mut stream);
         // No metrics destination: the VMM's own refusal, not a framing error.
         assert_eq!(reply.status, 400, "{reply:?}");
-        assert!(reply.fault().contains("no metrics destination"), "{reply:?}");
+        assert!(
+            reply.fault().contains("no metrics destination"),
+            "{reply:?}"
+        );
         assert_nothing_more(&stream);
     }
     // The same keep-alive connection is still in step.
@@ -345,15 +354,16 @@ fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[i32]) {
         (*header).cmsg_level = libc::SOL_SOCKET;
         (*header).cmsg_type = libc::SCM_RIGHTS;
         (*header).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as usize;
-        std::ptr::copy_nonoverlapping(
-            fds.as_ptr().cast::<u8>(),
-            libc::CMSG_DATA(header),
-            fd_bytes,
-        );
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(header), fd_bytes);
     }
     // SAFETY: `msg` describes live buffers for the duration of the call.
     let sent = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, 0) };
-    assert_eq!(sent, data.len() as isize, "{}", std::io::Error::last_os_error());
+    assert_eq!(
+        sent,
+        data.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
 }
 
 #[test]
@@ -372,7 +382,10 @@ fn passed_file_descriptors_are_never_kept() {
     std::thread::sleep(Duration::from_millis(200));
     let during = usage(&ember);
     eprintln!("fd passing: {} fds while 9 x 250 were sent", during.1);
-    assert!(during.1 <= before.1 + 9, "passed descriptors kept: {during:?}");
+    assert!(
+        during.1 <= before.1 + 9,
+        "passed descriptors kept: {during:?}"
+    );
     // A complete request with descriptors attached is answered normally.
     let mut stream = connect(&ember);
     send_with_fds(&stream, b"GET / HTTP/1.1\r\n\r\n", &fds);
@@ -395,7 +408,9 @@ fn framing_errors_are_json_faults_from_ember() {
         let mut stream = connect(&ember);
         stream.write_all(request).unwrap();
         let mut text = String::new();
-        BufReader::new(&mut stream).read_to_string(&mut text).unwrap();
+        BufReader::new(&mut stream)
+            .read_to_string(&mut text)
+            .unwrap();
         assert!(text.contains("\r\nServer: Ember API\r\n"), "{text}");
         let body = text.split("\r\n\r\n").nth(1).unwrap();
         let json: serde_json::Value = serde_json::from_str(body)

@@ -12,7 +12,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -178,4 +179,112 @@ fn the_jailed_vmm_is_unprivileged_confined_and_filtered() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
+
+/// Sends `request` on a new connection to `socket` and returns the whole
+/// answer (the request asks the server to close after it). A server that
+/// closes without reading everything (a 503 over the connection cap) makes
+/// the read after its answer fail: what came before is the answer.
+fn exchange(socket: &Path, request: &str) -> String {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = stream.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = stream.read(&mut chunk) {
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+fn put(socket: &Path, path: &str, body: &str) -> String {
+    let request = format!(
+        "PUT {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(socket, &request)
+}
+
+/// Connects to `socket`, or fails the test with how the VMM ended and its log.
+fn connect_or_report(socket: &Path, child: &mut std::process::Child) -> UnixStream {
+    UnixStream::connect(socket).unwrap_or_else(|e| {
+        let _ = child.kill();
+        let mut log = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut log);
+        panic!("cannot connect ({e}); the VMM: {:?}\n{log}", child.wait());
+    })
+}
+
+#[test]
+fn the_jailed_api_survives_hostile_clients() {
+    require_root();
+    let base = Base::new();
+    let id = unique("api");
+    let root = prepare(&base, &id);
+    let mut child = base
+        .command_for(
+            ember_binary().to_str().unwrap(),
+            &id,
+            &[],
+            &["--api-sock", "/api.sock"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = root.join("api.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "the jailed API never accepted");
+        assert!(child.try_wait().unwrap().is_none(), "the jailed VMM exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let boot = r#"{"kernel_image_path": "/guest", "boot_args": "console=ttyS0 ember.test=hlt"}"#;
+    assert!(put(&socket, "/boot-source", boot).starts_with("HTTP/1.1 204"));
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert!(put(&socket, "/actions", start).starts_with("HTTP/1.1 204"));
+
+    // Connections each holding a large partial body, then all dropped at
+    // once: the allocation pattern that once ended the VMM.
+    for _ in 0..3 {
+        let held: Vec<UnixStream> = (0..60)
+            .map(|_| {
+                let mut stream = connect_or_report(&socket, &mut child);
+                let head = "PUT /machine-config HTTP/1.1\r\nContent-Length: 51000\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&[b'a'; 50_000]);
+                stream
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Thousands of clients that hang up without reading.
+    for _ in 0..2000 {
+        let mut stream = connect_or_report(&socket, &mut child);
+        let _ = stream.write_all(b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = exchange(&socket, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        if !answer.starts_with("HTTP/1.1 503") || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""state":"Running""#), "{answer}");
+    assert!(child.try_wait().unwrap().is_none(), "the jailed VMM died");
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let mut log = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut log);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{log}");
 }

@@ -25,8 +25,7 @@ fn start(limits: ServerLimits, delay: Duration) -> TestServer {
     let (to_vmm, api_end) = channel::channel().unwrap();
     let counters = Arc::new(ApiCounters::default());
     let thread_counters = counters.clone();
-    let server =
-        std::thread::spawn(move || serve(listener, to_vmm, thread_counters, limits, None));
+    let server = std::thread::spawn(move || serve(listener, to_vmm, thread_counters, limits, None));
     let vmm = std::thread::spawn(move || {
         while let Ok(request) = api_end.requests.recv() {
             if request == ApiRequest::GetVersion {
@@ -113,7 +112,10 @@ fn stop(server: TestServer) {
         stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
-        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+            "{answer}"
+        );
     }
     server.server.join().unwrap().unwrap();
 }
@@ -144,7 +146,10 @@ fn connections_over_the_limit_get_503_and_freed_slots_are_reused() {
     let (status, body) = get(&server.socket, "/");
     assert_eq!(status, 503);
     assert!(fault(&body).contains("at most 4"), "{body}");
-    assert_eq!(server.counters.refused_connections.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        server.counters.refused_connections.load(Ordering::Relaxed),
+        1
+    );
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -170,10 +175,17 @@ fn slow_and_idle_connections_time_out() {
     assert!(started.elapsed() >= Duration::from_millis(250));
     let mut rest = Vec::new();
     let mut idle = idle;
-    assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0, "closed without a word");
+    assert_eq!(
+        idle.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed without a word"
+    );
     assert!(started.elapsed() >= Duration::from_millis(550));
     assert_eq!(
-        server.counters.timed_out_connections.load(Ordering::Relaxed),
+        server
+            .counters
+            .timed_out_connections
+            .load(Ordering::Relaxed),
         2
     );
     stop(server);
@@ -214,7 +226,10 @@ fn a_slow_vmm_does_not_stop_other_clients_from_connecting() {
     refused.write_all(b"BREW / HTTP/1.1\r\n\r\n").unwrap();
     let (status, _) = read_response(&mut BufReader::new(refused));
     assert_eq!(status, 400);
-    assert!(started.elapsed() < Duration::from_millis(200), "answered without the VMM");
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "answered without the VMM"
+    );
     assert_eq!(slow.join().unwrap().0, 200);
     assert_eq!(get(&server.socket, "/").0, 200);
     stop(server);
