@@ -294,6 +294,11 @@ impl Connection {
         }
     }
 
+    /// Bytes of requests held (at most one request's worth).
+    pub fn buffered_bytes(&self) -> usize {
+        self.input.len()
+    }
+
     /// Whether a request has been handed over and awaits its answer.
     pub fn is_answering(&self) -> bool {
         self.phase == Phase::Answering

@@ -10,6 +10,7 @@ pub mod api;
 pub mod block;
 pub mod bytes;
 pub mod config;
+pub mod http;
 pub mod kernel;
 pub mod mmio;
 pub mod net;
@@ -20,11 +21,12 @@ pub mod vsock;
 use std::sync::{Mutex, PoisonError};
 
 /// The fuzz targets, by name.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "virtio_block",
     "virtio_mmio",
     "config_file",
     "api_request",
+    "api_http",
     "kernel_image",
     "vsock_packet",
     "virtio_net_tx",
@@ -40,6 +42,7 @@ pub fn run(target: &str, data: &[u8]) {
         "virtio_mmio" => mmio::run,
         "config_file" => config::run,
         "api_request" => api::run,
+        "api_http" => http::run,
         "kernel_image" => kernel::run,
         "vsock_packet" => vsock::run,
         "virtio_net_tx" => net::run,

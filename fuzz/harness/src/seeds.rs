@@ -40,6 +40,7 @@ pub fn all(readme: Option<&str>) -> Vec<(&'static str, Vec<Seed>)> {
         ("virtio_mmio", virtio_mmio()),
         ("config_file", config_file(readme)),
         ("api_request", api_request()),
+        ("api_http", api_http()),
         ("kernel_image", kernel_image()),
         ("vsock_packet", vsock_packet()),
         ("virtio_net_tx", virtio_net_tx()),
@@ -501,6 +502,33 @@ pub fn config_file(readme: Option<&str>) -> Vec<Seed> {
             .map(|(name, text)| seed(name, text.as_bytes().to_vec())),
     );
     seeds
+}
+
+/// Requests whole, in pieces, pipelined, waiting for `100 Continue`, and
+/// over each limit.
+pub fn api_http() -> Vec<Seed> {
+    use crate::http::encode;
+    let put = b"PUT /vm HTTP/1.1\r\nContent-Length: 19\r\n\r\n{\"state\": \"Paused\"}";
+    let expect = b"PATCH /vm HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+    let long_head = [&b"GET / HTTP/1.1\r\nX: "[..], &[b'x'; 300], b"\r\n\r\n"].concat();
+    vec![
+        seed("get", encode(&[b"GET / HTTP/1.1\r\n\r\n"])),
+        seed("put-in-pieces", encode(&[&put[..10], &put[10..40], &put[40..]])),
+        seed(
+            "pipelined",
+            encode(&[b"GET / HTTP/1.1\r\n\r\n\r\nGET /version HTTP/1.0\r\n\r\n"]),
+        ),
+        seed("expect-continue", encode(&[expect, b"{}"])),
+        seed("head-too-long", encode(&[&long_head])),
+        seed(
+            "body-too-long",
+            encode(&[b"PUT /vm HTTP/1.1\r\nContent-Length: 129\r\n\r\n"]),
+        ),
+        seed(
+            "chunked",
+            encode(&[b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]),
+        ),
+    ]
 }
 
 /// One request per route and method, plus some wrong ones.
