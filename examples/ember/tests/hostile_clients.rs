@@ -334,8 +334,9 @@ fn slow_clients_do_not_slow_the_others() {
 /// Sends `data` with `fds` attached as SCM_RIGHTS.
 fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[i32]) {
     let fd_bytes = std::mem::size_of_val(fds);
+    let fd_bytes_u32 = u32::try_from(fd_bytes).unwrap();
     // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes_u32) } as usize;
     let mut control = vec![0u8; space];
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
@@ -353,7 +354,7 @@ fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[i32]) {
         let header = libc::CMSG_FIRSTHDR(&msg);
         (*header).cmsg_level = libc::SOL_SOCKET;
         (*header).cmsg_type = libc::SCM_RIGHTS;
-        (*header).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as usize;
+        (*header).cmsg_len = libc::CMSG_LEN(fd_bytes_u32) as usize;
         std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(header), fd_bytes);
     }
     // SAFETY: `msg` describes live buffers for the duration of the call.

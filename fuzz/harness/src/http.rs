@@ -83,7 +83,10 @@ fn count_responses(answer: &[u8]) -> (usize, usize) {
         let mut response = httparse::Response::new(&mut headers);
         let head = match response.parse(rest) {
             Ok(httparse::Status::Complete(n)) => n,
-            other => panic!("malformed response {other:?}: {:?}", String::from_utf8_lossy(rest)),
+            other => panic!(
+                "malformed response {other:?}: {:?}",
+                String::from_utf8_lossy(rest)
+            ),
         };
         let code = response.code.unwrap_or(0);
         let length: usize = response
@@ -127,5 +130,8 @@ pub fn run(data: &[u8]) {
     let _ = client.read_to_end(&mut answer);
     let (finals, interims) = count_responses(&answer);
     assert_eq!(finals, answers.taken + usize::from(answers.refused));
-    assert!(interims <= finals + 1, "{interims} interim answers for {finals}");
+    assert!(
+        interims <= finals + 1,
+        "{interims} interim answers for {finals}"
+    );
 }

@@ -513,7 +513,10 @@ pub fn api_http() -> Vec<Seed> {
     let long_head = [&b"GET / HTTP/1.1\r\nX: "[..], &[b'x'; 300], b"\r\n\r\n"].concat();
     vec![
         seed("get", encode(&[b"GET / HTTP/1.1\r\n\r\n"])),
-        seed("put-in-pieces", encode(&[&put[..10], &put[10..40], &put[40..]])),
+        seed(
+            "put-in-pieces",
+            encode(&[&put[..10], &put[10..40], &put[40..]]),
+        ),
         seed(
             "pipelined",
             encode(&[b"GET / HTTP/1.1\r\n\r\n\r\nGET /version HTTP/1.0\r\n\r\n"]),
