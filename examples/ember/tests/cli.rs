@@ -338,6 +338,7 @@ fn bad_memory_sizes() {
         ]),
         "does not fit in guest memory",
     );
+    let with_mem = |mib: &str| ember(&["run", "--kernel", ELF64_PATH, "--mem", mib]);
     // The host's guest-physical width, as Ember reads it (CPUID 0x80000008).
     let phys_bits = u32::from(ember_vmm::host_phys_addr_bits());
     // 2^phys_bits bytes of RAM: the part above 3 GiB moves up past the 1 GiB
@@ -345,13 +346,7 @@ fn bad_memory_sizes() {
     let beyond_mib = 1u64 << (phys_bits - 20);
     let end = (1u64 << phys_bits) + (1 << 30);
     assert_error(
-        &ember(&[
-            "run",
-            "--kernel",
-            ELF64_PATH,
-            "--mem",
-            &beyond_mib.to_string(),
-        ]),
+        &with_mem(&beyond_mib.to_string()),
         &format!(
             "guest memory of {beyond_mib} MiB would end at {end:#x}, beyond the \
              {phys_bits}-bit guest-physical address space of this host"
@@ -365,13 +360,7 @@ fn bad_memory_sizes() {
         // Halfway between the two (its end, 1 GiB further, is still inside).
         let between_mib = ((1u64 << (USER_ADDRESS_BITS - 20)) + (1u64 << (phys_bits - 20))) / 2;
         assert_error(
-            &ember(&[
-                "run",
-                "--kernel",
-                ELF64_PATH,
-                "--mem",
-                &between_mib.to_string(),
-            ]),
+            &with_mem(&between_mib.to_string()),
             &format!("cannot map {between_mib} MiB of guest memory"),
         );
     }

@@ -282,12 +282,7 @@ fn every_termination_signal_stops_the_vm_cleanly() {
         libc::SIGALRM,
     ] {
         let ember = Ember::start(&[]);
-        let metrics = ember.dir().join("metrics");
-        ember.ok(
-            "PUT",
-            "/metrics",
-            &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
-        );
+        let metrics = put_metrics(&ember);
         ember.boot(ELF64_PATH, "console=ttyS0 ember.test=hlt", 1);
         ember.wait_for("hlt: parked");
         ember.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
@@ -304,15 +299,21 @@ fn every_termination_signal_stops_the_vm_cleanly() {
     }
 }
 
-#[test]
-fn a_signal_before_the_vm_starts_still_flushes_the_metrics() {
-    let ember = Ember::start(&[]);
+/// Sends the metrics to a file in the process's directory; returns its path.
+fn put_metrics(ember: &Ember) -> PathBuf {
     let metrics = ember.dir().join("metrics");
     ember.ok(
         "PUT",
         "/metrics",
         &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
     );
+    metrics
+}
+
+#[test]
+fn a_signal_before_the_vm_starts_still_flushes_the_metrics() {
+    let ember = Ember::start(&[]);
+    let metrics = put_metrics(&ember);
     assert_alive(&ember, "Not started");
     assert_stops_cleanly(ember, libc::SIGUSR1, &metrics);
 }
