@@ -17,7 +17,9 @@ pub struct Destination {
 impl Destination {
     /// Opens `path`: a FIFO is opened non-blocking for reading and writing (so the
     /// open succeeds before a reader appears), anything else is created or
-    /// appended to.
+    /// appended to, also non-blocking: should the path become a FIFO between
+    /// the check and the open, the open fails (no reader) or succeeds without
+    /// waiting, and never stalls the thread.
     pub fn open(path: &Path) -> io::Result<Destination> {
         let is_fifo = std::fs::metadata(path)
             .map(|m| m.file_type().is_fifo())
@@ -29,7 +31,11 @@ impl Destination {
                 .custom_flags(libc::O_NONBLOCK)
                 .open(path)?
         } else {
-            OpenOptions::new().append(true).create(true).open(path)?
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)?
         };
         Ok(Destination {
             file,
