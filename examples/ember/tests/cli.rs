@@ -424,7 +424,8 @@ fn kvm_device_not_permitted() {
         )
     };
     assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
-    let out = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .args([
             "run",
             "--kernel",
@@ -434,9 +435,19 @@ fn kvm_device_not_permitted() {
         ])
         .uid(65534)
         .gid(65534)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(Stdio::null());
+    // The copy's write descriptor may live on for a moment in a child another
+    // test thread is forking (until its exec closes it): exec then fails with
+    // "Text file busy". Retry briefly.
+    let out = (0..100)
+        .find_map(|_| match command.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            }
+            other => Some(other.unwrap()),
+        })
+        .expect("the copied binary stayed busy");
     assert_error(
         &out,
         &format!("cannot open {}: Permission denied", kvm.display()),
