@@ -25,7 +25,10 @@ pub struct Group {
 impl Group {
     /// The kind of counter `key`, if the group has it.
     pub fn kind(&self, key: &str) -> Option<Kind> {
-        self.keys.iter().find(|(k, _)| *k == key).map(|(_, kind)| *kind)
+        self.keys
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, kind)| *kind)
     }
 }
 

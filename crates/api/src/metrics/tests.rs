@@ -13,7 +13,10 @@ const REQUIRED: &str = include_str!("firecracker_required_keys.txt");
 /// The required paths, grouped: group name to the paths inside it.
 fn required() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     let mut groups: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for line in REQUIRED.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in REQUIRED
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let (group, rest) = line.split_once('.').unwrap_or((line, ""));
         groups.entry(group).or_default().insert(rest);
     }
@@ -82,7 +85,10 @@ fn a_line_has_exactly_the_groups_and_keys_firecracker_requires() {
     let (_dir, mut writer) = writer();
     let line = parse(&writer.line(&vm_groups(3)));
     let required = required();
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
     let stamp = u128::from(line["utc_timestamp_ms"].as_u64().unwrap());
     assert!(now_ms.abs_diff(stamp) < 1000, "{stamp} vs {now_ms}");
     for (name, value) in line.as_object().unwrap() {
@@ -164,10 +170,19 @@ fn event_counts_restart_at_every_flush_and_values_stay() {
     api.count_request(routes::Method::Put, "/drives/rootfs");
     writer.write(&groups(9));
     let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let reads: Vec<_> = lines.iter().map(|l| &l["block_rootfs"]["read_count"]).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reads: Vec<_> = lines
+        .iter()
+        .map(|l| &l["block_rootfs"]["read_count"])
+        .collect();
     assert_eq!(reads, [5, 0, 4]);
-    let drives: Vec<_> = lines.iter().map(|l| &l["put_api_requests"]["drive_count"]).collect();
+    let drives: Vec<_> = lines
+        .iter()
+        .map(|l| &l["put_api_requests"]["drive_count"])
+        .collect();
     assert_eq!(drives, [1, 0, 1]);
     let sums: Vec<_> = lines.iter().map(|l| &l["block"]["read_count"]).collect();
     assert_eq!(sums, [5, 0, 4]);
