@@ -496,6 +496,7 @@ fn route(raw: RawRequest, counters: &ApiCounters) -> std::result::Result<ApiRequ
         counters.count_refused(method, &raw.path);
         refused(answer)
     })?;
+    counters.count_deprecated(&request);
     log::debug!("API request: {} {}", method.as_str(), raw.path);
     Ok(request)
 }

@@ -166,6 +166,9 @@ pub struct ApiCounters {
     pub refused_connections: AtomicU64,
     /// Connections closed because they timed out.
     pub timed_out_connections: AtomicU64,
+    /// Requests using a field Firecracker deprecates (`cpu_template` in
+    /// `PUT /machine-config`, `vsock_id` in `PUT /vsock`).
+    deprecated: AtomicU64,
     /// Per [`COUNTED_ROUTES`] entry: requests, and those refused before the VMM.
     routes: Vec<(AtomicU64, AtomicU64)>,
     /// `latencies_us`: last pause and resume, at the API and in the VMM.
@@ -187,6 +190,7 @@ impl Default for ApiCounters {
             failed: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
             timed_out_connections: AtomicU64::new(0),
+            deprecated: AtomicU64::new(0),
             routes: COUNTED_ROUTES.iter().map(|_| Default::default()).collect(),
             pause_us: AtomicU64::new(0),
             resume_us: AtomicU64::new(0),
@@ -223,6 +227,18 @@ impl ApiCounters {
     pub fn count_refused(&self, method: Method, path: &str) {
         if let Some((_, fails)) = counted_route(method, path).and_then(|i| self.routes.get(i)) {
             fails.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `request` if it uses a field Firecracker deprecates.
+    pub fn count_deprecated(&self, request: &ApiRequest) {
+        let deprecated = match request {
+            ApiRequest::PutMachineConfig(config) => config.cpu_template.is_some(),
+            ApiRequest::PutVsock(vsock) => vsock.vsock_id.is_some(),
+            _ => false,
+        };
+        if deprecated {
+            self.deprecated.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -282,6 +298,10 @@ impl ApiCounters {
                     load(&self.timed_out_connections),
                 ),
             ],
+        ));
+        groups.push(MetricGroup::new(
+            "deprecated_api",
+            vec![("deprecated_http_api_calls", load(&self.deprecated))],
         ));
         groups.push(MetricGroup::new(
             "latencies_us",
@@ -348,6 +368,44 @@ mod tests {
                 assert!(group.kind(name).is_some(), "{}.{name}", group.name);
             }
         }
+    }
+
+    #[test]
+    fn deprecated_fields_are_counted() {
+        let counters = ApiCounters::default();
+        let parse = |method, path, body: &str| {
+            crate::routes::parse(method, path, Some(body.as_bytes())).unwrap()
+        };
+        let requests = [
+            parse(
+                Method::Put,
+                "/vsock",
+                r#"{"guest_cid": 3, "uds_path": "/v"}"#,
+            ),
+            parse(
+                Method::Put,
+                "/vsock",
+                r#"{"vsock_id": "v", "guest_cid": 3, "uds_path": "/v"}"#,
+            ),
+            parse(
+                Method::Put,
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "None"}"#,
+            ),
+            parse(
+                Method::Put,
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+            ),
+        ];
+        for request in &requests {
+            counters.count_deprecated(request);
+        }
+        let groups = counters.groups();
+        assert_eq!(
+            value(&groups, "deprecated_api", "deprecated_http_api_calls"),
+            2
+        );
     }
 
     #[test]
