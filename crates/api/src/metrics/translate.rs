@@ -94,12 +94,14 @@ fn sort(groups: &[MetricGroup]) -> (Totals, Totals) {
                 Target::Firecracker(keys) => {
                     let totals = fc.entry(group.name.clone()).or_default();
                     for key in keys {
-                        *totals.entry(key.to_owned()).or_default() += value;
+                        let total = totals.entry(key.to_owned()).or_default();
+                        *total = total.saturating_add(*value);
                     }
                 }
                 Target::Ember => {
                     let totals = ember.entry(group.name.clone()).or_default();
-                    *totals.entry((*key).to_owned()).or_default() += value;
+                    let total = totals.entry((*key).to_owned()).or_default();
+                    *total = total.saturating_add(*value);
                 }
             }
         }
@@ -211,7 +213,10 @@ fn add_into(sum: &mut Map<String, Value>, object: &Map<String, Value>) {
         match (sum.get_mut(key), value) {
             (Some(Value::Object(inner)), Value::Object(other)) => add_into(inner, other),
             (Some(Value::Number(n)), Value::Number(m)) => {
-                let total = n.as_u64().unwrap_or(0) + m.as_u64().unwrap_or(0);
+                let total = n
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_add(m.as_u64().unwrap_or(0));
                 *n = total.into();
             }
             (Some(_), _) => {}
