@@ -23,7 +23,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::channel::{ApiEnd, Responder};
 use crate::logger::{self, parse_level, LoggerConfig};
-use crate::metrics::MetricsWriter;
+use crate::metrics::{api::Timed, MetricsWriter};
 use crate::model::{BootSource, Logger, Metrics, RateLimiter, TokenBucket, VmResources};
 use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate, NetworkInterfaceUpdate,
@@ -567,27 +567,26 @@ impl Controller {
         let Some(vm) = self.running() else {
             return post_boot_only("PATCH /vm");
         };
-        let result = match state {
-            VmStateRequest::Paused => vm.pause(),
-            VmStateRequest::Resumed => vm.resume(),
+        let started = std::time::Instant::now();
+        let (result, timed) = match state {
+            VmStateRequest::Paused => (vm.pause(), Timed::Pause),
+            VmStateRequest::Resumed => (vm.resume(), Timed::Resume),
         };
+        self.api_counters
+            .record_latency(timed, true, started.elapsed());
         match result {
             Ok(()) => ApiResponse::no_content(),
             Err(e) => ApiResponse::error(500, &e.to_string()),
         }
     }
 
-    /// All counters: the VM's, the API's, and the log and metrics destinations'.
+    /// All counters: the VM's and the process's (cumulative, Ember's names).
     fn metric_groups(&self) -> Vec<MetricGroup> {
         let mut groups = match &self.phase {
             Phase::Running(vm) => vm.metrics(),
             _ => Vec::new(),
         };
-        groups.push(MetricGroup::new("api_server", self.api_counters.snapshot()));
-        groups.push(MetricGroup::new(
-            "logger",
-            vec![("missed_log_count", logger::missed_lines())],
-        ));
+        groups.extend(crate::metrics::process_groups(&self.api_counters));
         groups
     }
 

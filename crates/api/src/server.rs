@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,43 +24,11 @@ use crate::channel::{VmmChannel, VmmGone};
 use crate::connection::{Connection, RawRequest};
 use crate::http::HttpLimits;
 use crate::request::{ApiRequest, ApiResponse};
-use crate::routes::{self, Method};
+use crate::routes;
 use crate::{Error, Result};
 
-/// Counts of API requests, for metrics.
-#[derive(Debug, Default)]
-pub struct ApiCounters {
-    /// GET requests.
-    pub get: AtomicU64,
-    /// PUT requests.
-    pub put: AtomicU64,
-    /// PATCH requests.
-    pub patch: AtomicU64,
-    /// Requests answered with a 4xx or 5xx status.
-    pub failed: AtomicU64,
-    /// Connections refused because too many were open.
-    pub refused_connections: AtomicU64,
-    /// Connections closed because they timed out.
-    pub timed_out_connections: AtomicU64,
-}
-
-impl ApiCounters {
-    /// The counters as (name, value) pairs.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        vec![
-            ("get_count", load(&self.get)),
-            ("put_count", load(&self.put)),
-            ("patch_count", load(&self.patch)),
-            ("failed_count", load(&self.failed)),
-            ("refused_connection_count", load(&self.refused_connections)),
-            (
-                "timed_out_connection_count",
-                load(&self.timed_out_connections),
-            ),
-        ]
-    }
-}
+pub use crate::metrics::api::ApiCounters;
+use crate::metrics::api::Timed;
 
 /// What the server accepts from its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +104,8 @@ struct Server {
     waiting: VecDeque<(u64, ApiRequest)>,
     /// The connection whose request the VMM is working on (it may be gone).
     in_flight: Option<u64>,
+    /// A request in flight whose latency is a metric, and when it was sent.
+    timed: Option<(Timed, Instant)>,
 }
 
 /// Accepts one connection, non-blocking and close-on-exec.
@@ -193,6 +163,7 @@ impl Server {
             next_id: FIRST_CONNECTION,
             waiting: VecDeque::new(),
             in_flight: None,
+            timed: None,
         })
     }
 
@@ -418,6 +389,7 @@ impl Server {
     fn dispatch(&mut self) -> std::result::Result<(), VmmGone> {
         if self.in_flight.is_none() {
             if let Some((id, request)) = self.waiting.pop_front() {
+                self.timed = Timed::of(&request).map(|what| (what, Instant::now()));
                 self.vmm.send(request)?;
                 self.in_flight = Some(id);
             }
@@ -433,6 +405,9 @@ impl Server {
                 continue;
             };
             count_failure(&answer, &self.counters);
+            if let Some((what, sent)) = self.timed.take() {
+                self.counters.record_latency(what, false, sent.elapsed());
+            }
             if let Some(slot) = self.connections.get_mut(&id) {
                 slot.conn
                     .respond(answer.status, answer.body.as_deref(), true);
@@ -515,14 +490,13 @@ fn route(raw: RawRequest, counters: &ApiCounters) -> std::result::Result<ApiRequ
             raw.method_name, raw.path
         ))));
     };
-    let counter = match method {
-        Method::Get => &counters.get,
-        Method::Put => &counters.put,
-        Method::Patch => &counters.patch,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+    counters.count_request(method, &raw.path);
     let body = (!raw.body.is_empty()).then_some(raw.body.as_slice());
-    let request = routes::parse(method, &raw.path, body).map_err(refused)?;
+    let request = routes::parse(method, &raw.path, body).map_err(|answer| {
+        counters.count_refused(method, &raw.path);
+        refused(answer)
+    })?;
+    counters.count_deprecated(&request);
     log::debug!("API request: {} {}", method.as_str(), raw.path);
     Ok(request)
 }

@@ -40,6 +40,7 @@ pub fn run(
 ) -> Result<ExitReason> {
     let (channel, api_end) = channel::channel()?;
     let counters = Arc::new(ApiCounters::default());
+    crate::metrics::count_panics();
     let _socket_guard = match &options.socket {
         Some(socket) => {
             let (listener, guard) = socket::bind(socket)?;
@@ -61,6 +62,8 @@ pub fn run(
                     }
                 })
                 .map_err(Error::Io)?;
+            let startup = options.start_time.elapsed();
+            counters.record_startup(startup.wall_us, startup.cpu_us);
             Some(guard)
         }
         None => None,

@@ -7,7 +7,7 @@
 //! SIGALRM). [`ignore_write_signals`] makes SIGPIPE and SIGXFSZ write errors
 //! instead of deaths.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use libc::{c_int, c_void, siginfo_t};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -19,9 +19,19 @@ use crate::{Error, Result};
 static TERMINATION_FD: AtomicI32 = AtomicI32::new(-1);
 /// The last termination signal received, or 0.
 static TERMINATION_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Bit `n` set: signal `n` was received (for metrics).
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// The bit of signal `num` in [`RECEIVED`], if it has one.
+fn signal_bit(num: c_int) -> Option<u64> {
+    u32::try_from(num).ok().and_then(|n| 1u64.checked_shl(n))
+}
 
 extern "C" fn on_termination(num: c_int, _info: *mut siginfo_t, _ctx: *mut c_void) {
     TERMINATION_SIGNAL.store(num, Ordering::SeqCst);
+    if let Some(bit) = signal_bit(num) {
+        RECEIVED.fetch_or(bit, Ordering::SeqCst);
+    }
     let fd = TERMINATION_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         let one = 1u64.to_ne_bytes();
@@ -80,6 +90,11 @@ pub fn last_signal() -> Option<i32> {
     }
 }
 
+/// Whether termination signal `num` has been received by this process.
+pub fn received(num: c_int) -> bool {
+    signal_bit(num).is_some_and(|bit| RECEIVED.load(Ordering::SeqCst) & bit != 0)
+}
+
 /// Ignores SIGPIPE and SIGXFSZ, so that a write to a socket or FIFO whose
 /// reader is gone, or past the file-size limit (`RLIMIT_FSIZE`, which the
 /// jailer's `--resource-limit fsize=N` sets, for example on a guest's disk),
@@ -124,12 +139,16 @@ mod tests {
     #[test]
     fn every_termination_signal_reaches_the_eventfd() {
         let signals = TerminationSignals::install().unwrap();
+        assert!(!received(libc::SIGPIPE));
         for (num, name) in TERMINATION_SIGNALS {
             // SAFETY: raising a signal whose handler was just installed.
             assert_eq!(unsafe { libc::raise(num) }, 0, "{name}");
             assert_eq!(signals.event_fd().read().unwrap(), 1, "{name}");
             assert_eq!(last_signal(), Some(num), "{name}");
+            assert!(received(num), "{name}");
         }
+        assert!(!received(libc::SIGPIPE));
+        assert!(!received(-1));
     }
 
     #[test]

@@ -347,9 +347,14 @@ impl RunningVm {
                     ("rx_throttled", c.rx_throttled),
                     ("tx_frames", c.tx_frames),
                     ("tx_bytes", c.tx_bytes),
+                    ("tx_too_big", c.tx_too_big),
                     ("tx_malformed", c.tx_malformed),
                     ("tx_tap_errors", c.tx_tap_errors),
                     ("tx_throttled", c.tx_throttled),
+                    ("rx_queue_events", c.rx_queue_events),
+                    ("tx_queue_events", c.tx_queue_events),
+                    ("tap_events", c.tap_events),
+                    ("event_errors", c.event_errors),
                 ],
             )
         }));
