@@ -145,7 +145,9 @@ fn thousands_of_clients_that_send_and_hang_up_without_reading() {
     let before = usage(&ember);
     for _ in 0..5000 {
         let mut stream = UnixStream::connect(&ember.socket).unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        // Over the cap, the server may answer 503 and close before the
+        // request is written: the write then fails, as it should.
+        let _ = stream.write_all(b"GET / HTTP/1.1\r\n\r\n");
     }
     assert_healthy(&mut ember, before, "5000 connect-send-close");
 }
