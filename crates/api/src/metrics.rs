@@ -1,7 +1,9 @@
-//! Metrics as JSON lines: one object per flush with a UTC timestamp and one
+//! Metrics as JSON lines: one object per flush with a UTC timestamp (and,
+//! when asked for, the instance `id` and operator `properties`) and one
 //! member per group (`vcpu`, `uart`, `i8042`, `api_server`, `logger`,
 //! `metrics`, and a group per device), each holding cumulative counters.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,6 +18,8 @@ use crate::destination::Destination;
 pub struct MetricsWriter {
     destination: Destination,
     lines: u64,
+    /// Members put in every line after the timestamp.
+    labels: Map<String, Value>,
 }
 
 impl MetricsWriter {
@@ -24,7 +28,27 @@ impl MetricsWriter {
         Ok(MetricsWriter {
             destination: Destination::open(path)?,
             lines: 0,
+            labels: Map::new(),
         })
+    }
+
+    /// Puts `id` (Firecracker's `emit_id`) and `properties` in every line.
+    pub fn with_labels(
+        mut self,
+        id: Option<String>,
+        properties: Option<BTreeMap<String, String>>,
+    ) -> MetricsWriter {
+        if let Some(id) = id {
+            self.labels.insert("id".into(), Value::from(id));
+        }
+        if let Some(properties) = properties {
+            let object = properties
+                .into_iter()
+                .map(|(key, value)| (key, Value::from(value)))
+                .collect();
+            self.labels.insert("properties".into(), Value::Object(object));
+        }
+        self
     }
 
     /// The JSON line for `groups`, with this writer's own counters appended.
@@ -34,6 +58,7 @@ impl MetricsWriter {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         object.insert("utc_timestamp_ms".into(), Value::from(now_ms));
+        object.extend(self.labels.clone());
         let own = MetricGroup::new(
             "metrics",
             vec![
@@ -83,5 +108,18 @@ mod tests {
         assert_eq!(lines[0]["vcpu"]["exit_io_out"], 7);
         assert_eq!(lines[1]["metrics"]["write_count"], 1);
         assert!(lines[1]["utc_timestamp_ms"].as_u64().unwrap() > 1_700_000_000_000);
+        assert!(lines[0].get("id").is_none() && lines[0].get("properties").is_none());
+    }
+
+    #[test]
+    fn lines_can_carry_the_id_and_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let properties = BTreeMap::from([("pool".to_owned(), "a".to_owned())]);
+        let writer = MetricsWriter::open(&dir.path().join("m"))
+            .unwrap()
+            .with_labels(Some("vm-1".into()), Some(properties));
+        let line: Value = serde_json::from_str(&writer.line(&[])).unwrap();
+        assert_eq!(line["id"], "vm-1");
+        assert_eq!(line["properties"]["pool"], "a");
     }
 }

@@ -434,8 +434,17 @@ impl Server {
             };
             count_failure(&answer, &self.counters);
             if let Some(slot) = self.connections.get_mut(&id) {
-                slot.conn
-                    .respond(answer.status, answer.body.as_deref(), true);
+                let headers: &[(&str, &str)] = if answer.deprecated {
+                    &[("Deprecation", "true")]
+                } else {
+                    &[]
+                };
+                let reply = crate::http::Answer {
+                    status: answer.status,
+                    body: answer.body.as_deref(),
+                    headers,
+                };
+                slot.conn.respond_with(reply, true);
                 self.advance(id, now);
             }
             self.dispatch()?;
@@ -511,8 +520,9 @@ fn route(raw: RawRequest, counters: &ApiCounters) -> std::result::Result<ApiRequ
     };
     let Some(method) = raw.method else {
         return Err(refused(ApiResponse::bad_request(&format!(
-            "invalid request method and/or path: {} {}",
-            raw.method_name, raw.path
+            "Invalid request method and/or path: {} {}.",
+            raw.method_name,
+            raw.path.trim_start_matches('/').split('/').next().unwrap_or_default()
         ))));
     };
     let counter = match method {
