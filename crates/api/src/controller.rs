@@ -125,11 +125,18 @@ fn refused(error: &crate::Error) -> ApiResponse {
 fn open_boot_source(source: &BootSource) -> Result<(File, Option<File>), ApiResponse> {
     source.validate().map_err(|e| refused(&e))?;
     let kernel = open_input(&source.kernel_image_path, InputKind::RegularFile, false)
-        .map_err(|e| ApiResponse::bad_request(&format!("The kernel file cannot be opened: {e}")))?;
+        .map_err(|e| {
+            ApiResponse::bad_request(&format!(
+                "The kernel file cannot be opened: {e} ({})",
+                source.kernel_image_path.display()
+            ))
+        })?;
     let initrd = match &source.initrd_path {
         Some(path) => Some(open_input(path, InputKind::RegularFile, false).map_err(|e| {
             ApiResponse::bad_request(&format!(
-                "The initrd file cannot be opened due to invalid path or invalid permissions. {e}"
+                "The initrd file cannot be opened due to invalid path or invalid permissions. \
+                 {e} ({})",
+                path.display()
             ))
         })?),
         None => None,
@@ -391,6 +398,10 @@ impl Controller {
         let Some(vm) = self.running() else {
             return not_before_start();
         };
+        let block = match vm.drive(&update.drive_id) {
+            Ok(block) => block,
+            Err(e) => return ApiResponse::bad_request(&e.to_string()),
+        };
         if update.path_on_host.is_none() && update.rate_limiter.is_none() {
             // Firecracker's words: such a PATCH is for vhost-user drives.
             return ApiResponse::bad_request(&format!(
@@ -400,10 +411,6 @@ impl Controller {
                 update.drive_id
             ));
         }
-        let block = match vm.drive(&update.drive_id) {
-            Ok(block) => block,
-            Err(e) => return ApiResponse::bad_request(&e.to_string()),
-        };
         let mut block = block
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

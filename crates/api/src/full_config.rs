@@ -45,6 +45,13 @@ fn reported_drive(drive: &Drive) -> Drive {
     }
 }
 
+/// The drives in Firecracker's order: the root drive first.
+fn root_first(drives: &[Drive]) -> Vec<&Drive> {
+    let mut ordered: Vec<&Drive> = drives.iter().collect();
+    ordered.sort_by_key(|drive| !drive.is_root_device);
+    ordered
+}
+
 /// An interface as Firecracker reports it.
 fn reported_interface(iface: &NetworkInterface) -> NetworkInterface {
     let guest_mac = iface.guest_mac.as_deref().map(|text| match parse_mac(text) {
@@ -65,7 +72,10 @@ impl FullVmConfig {
     pub fn of(resources: &VmResources) -> FullVmConfig {
         FullVmConfig {
             balloon: None,
-            drives: resources.drives.iter().map(reported_drive).collect(),
+            drives: root_first(&resources.drives)
+                .into_iter()
+                .map(reported_drive)
+                .collect(),
             boot_source: resources.boot_source.clone().unwrap_or_default(),
             cpu_config: None,
             logger: None,
@@ -122,7 +132,8 @@ mod tests {
     #[test]
     fn defaults_are_filled_in_and_limits_normalized() {
         let resources: VmResources = serde_json::from_value(json!({
-            "drives": [{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
+            "drives": [{"drive_id": "data", "path_on_host": "/d", "is_root_device": false},
+                       {"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
                         "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 100}}}],
             "network-interfaces": [{"iface_id": "1", "host_dev_name": "tap0",
                                     "guest_mac": "06:00:AC:10:00:0A",
@@ -134,11 +145,12 @@ mod tests {
         .unwrap();
         let printed = serde_json::to_value(FullVmConfig::of(&resources)).unwrap();
         assert_eq!(
-            printed["drives"],
-            json!([{"drive_id": "rootfs", "partuuid": null, "is_root_device": true,
-                    "cache_type": "Unsafe", "is_read_only": false, "path_on_host": "/r",
-                    "rate_limiter": null, "io_engine": "Sync", "socket": null}])
+            printed["drives"][0],
+            json!({"drive_id": "rootfs", "partuuid": null, "is_root_device": true,
+                   "cache_type": "Unsafe", "is_read_only": false, "path_on_host": "/r",
+                   "rate_limiter": null, "io_engine": "Sync", "socket": null})
         );
+        assert_eq!(printed["drives"][1]["drive_id"], "data", "the root drive comes first");
         assert_eq!(
             printed["network-interfaces"],
             json!([{"iface_id": "1", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:0a",

@@ -710,13 +710,36 @@ impl VmResources {
         Ok(())
     }
 
-    /// Adds `iface`, or replaces the interface with the same id.
+    /// Adds `iface`, or replaces the interface with the same id, as
+    /// Firecracker does: a MAC address another interface has is refused and
+    /// nothing changes; otherwise the old interface is removed first (its
+    /// place taken by the last one) and the new one appended, so that an
+    /// interface the new one cannot be (its TAP device is taken, say) leaves
+    /// neither.
     pub fn put_network_interface(&mut self, iface: NetworkInterface) -> Result<()> {
-        let mut candidate = self.network_interfaces.clone();
-        match candidate.iter_mut().find(|i| i.iface_id == iface.iface_id) {
-            Some(existing) => *existing = iface,
-            None => candidate.push(iface),
+        let config = iface.to_net_config();
+        if let Some(mac) = config.as_ref().ok().and_then(|c| c.guest_mac) {
+            let taken = self.network_interfaces.iter().any(|other| {
+                other.iface_id != iface.iface_id
+                    && other.guest_mac.as_deref().and_then(|m| parse_mac(m).ok()) == Some(mac)
+            });
+            if taken {
+                return Err(Error::InvalidValue {
+                    field: "network-interfaces.guest_mac",
+                    reason: format!("The MAC address is already in use: {}", format_mac(&mac)),
+                });
+            }
         }
+        if let Some(at) = self
+            .network_interfaces
+            .iter()
+            .position(|i| i.iface_id == iface.iface_id)
+        {
+            self.network_interfaces.swap_remove(at);
+        }
+        config?;
+        let mut candidate = self.network_interfaces.clone();
+        candidate.push(iface);
         let checked = VmResources {
             network_interfaces: candidate,
             ..VmResources::default()
@@ -967,7 +990,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("The MAC address is already in use: 06:00:00:00:00:01"), "{err}");
-        // Replacing the interface that has it is fine.
+        // Replacing the interface that has it is fine; it moves to the end.
+        resources
+            .put_network_interface(iface("2", "tap2", "06:00:00:00:00:02"))
+            .unwrap();
+        resources
+            .put_network_interface(iface("1", "tap1", "06:00:00:00:00:01"))
+            .unwrap();
+        assert_eq!(resources.network_interfaces[1].iface_id, "1");
+        // An update that cannot be leaves neither interface, as in Firecracker.
+        assert!(resources
+            .put_network_interface(iface("1", "tap2", "06:00:00:00:00:01"))
+            .is_err());
+        assert_eq!(resources.network_interfaces.len(), 1);
         resources
             .put_network_interface(iface("1", "tap1", "06:00:00:00:00:01"))
             .unwrap();
@@ -976,7 +1011,8 @@ mod tests {
         assert!(resources.put_network_interface(with_mtu.clone()).is_err());
         with_mtu.mtu = Some(1400);
         resources.put_network_interface(with_mtu).unwrap();
-        assert_eq!(resources.network_interfaces[1].to_net_config().unwrap().mtu, Some(1400));
+        let last = resources.network_interfaces.last().unwrap();
+        assert_eq!(last.to_net_config().unwrap().mtu, Some(1400));
     }
 
     #[test]
