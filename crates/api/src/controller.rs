@@ -22,12 +22,12 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::channel::{ApiEnd, Responder};
+use crate::full_config::FullVmConfig;
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::MetricsWriter;
-use crate::full_config::FullVmConfig;
 use crate::model::{
-    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter, TokenBucket,
-    VmResources, Vsock,
+    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter, TokenBucket, VmResources,
+    Vsock,
 };
 use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, NetworkInterfaceUpdate, VmStateRequest,
@@ -103,9 +103,7 @@ impl std::fmt::Debug for Controller {
 
 /// Firecracker's answer to a request that only a VM not yet started takes.
 fn not_after_start() -> ApiResponse {
-    ApiResponse::bad_request(
-        "The requested operation is not supported after starting the microVM.",
-    )
+    ApiResponse::bad_request("The requested operation is not supported after starting the microVM.")
 }
 
 /// Firecracker's answer to a request that only a started VM takes.
@@ -124,21 +122,23 @@ fn refused(error: &crate::Error) -> ApiResponse {
 /// words otherwise.
 fn open_boot_source(source: &BootSource) -> Result<(File, Option<File>), ApiResponse> {
     source.validate().map_err(|e| refused(&e))?;
-    let kernel = open_input(&source.kernel_image_path, InputKind::RegularFile, false)
-        .map_err(|e| {
+    let kernel =
+        open_input(&source.kernel_image_path, InputKind::RegularFile, false).map_err(|e| {
             ApiResponse::bad_request(&format!(
                 "The kernel file cannot be opened: {e} ({})",
                 source.kernel_image_path.display()
             ))
         })?;
     let initrd = match &source.initrd_path {
-        Some(path) => Some(open_input(path, InputKind::RegularFile, false).map_err(|e| {
-            ApiResponse::bad_request(&format!(
-                "The initrd file cannot be opened due to invalid path or invalid permissions. \
+        Some(path) => Some(
+            open_input(path, InputKind::RegularFile, false).map_err(|e| {
+                ApiResponse::bad_request(&format!(
+                    "The initrd file cannot be opened due to invalid path or invalid permissions. \
                  {e} ({})",
-                path.display()
-            ))
-        })?),
+                    path.display()
+                ))
+            })?,
+        ),
         None => None,
     };
     Ok((kernel, initrd))
@@ -146,7 +146,9 @@ fn open_boot_source(source: &BootSource) -> Result<(File, Option<File>), ApiResp
 
 /// A bucket update from an optional new bucket: kept when absent.
 fn bucket_update(bucket: Option<TokenBucket>) -> BucketUpdate {
-    bucket.map_or(BucketUpdate::Keep, |b| BucketUpdate::Set(b.to_bucket_config()))
+    bucket.map_or(BucketUpdate::Keep, |b| {
+        BucketUpdate::Set(b.to_bucket_config())
+    })
 }
 
 impl Controller {

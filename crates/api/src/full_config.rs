@@ -54,10 +54,13 @@ fn root_first(drives: &[Drive]) -> Vec<&Drive> {
 
 /// An interface as Firecracker reports it.
 fn reported_interface(iface: &NetworkInterface) -> NetworkInterface {
-    let guest_mac = iface.guest_mac.as_deref().map(|text| match parse_mac(text) {
-        Ok(mac) => format_mac(&mac),
-        Err(_) => text.to_owned(),
-    });
+    let guest_mac = iface
+        .guest_mac
+        .as_deref()
+        .map(|text| match parse_mac(text) {
+            Ok(mac) => format_mac(&mac),
+            Err(_) => text.to_owned(),
+        });
     NetworkInterface {
         guest_mac,
         rx_rate_limiter: RateLimiter::effective(iface.rx_rate_limiter),
@@ -150,7 +153,10 @@ mod tests {
                    "cache_type": "Unsafe", "is_read_only": false, "path_on_host": "/r",
                    "rate_limiter": null, "io_engine": "Sync", "socket": null})
         );
-        assert_eq!(printed["drives"][1]["drive_id"], "data", "the root drive comes first");
+        assert_eq!(
+            printed["drives"][1]["drive_id"], "data",
+            "the root drive comes first"
+        );
         assert_eq!(
             printed["network-interfaces"],
             json!([{"iface_id": "1", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:0a",
@@ -158,7 +164,10 @@ mod tests {
                     "tx_rate_limiter": {"bandwidth": null,
                                         "ops": {"size": 5, "one_time_burst": null, "refill_time": 100}}}])
         );
-        assert_eq!(printed["vsock"], json!({"guest_cid": 3, "uds_path": "v.sock"}));
+        assert_eq!(
+            printed["vsock"],
+            json!({"guest_cid": 3, "uds_path": "v.sock"})
+        );
         assert_eq!(printed["logger"], json!(null));
     }
 }

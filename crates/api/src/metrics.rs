@@ -46,7 +46,8 @@ impl MetricsWriter {
                 .into_iter()
                 .map(|(key, value)| (key, Value::from(value)))
                 .collect();
-            self.labels.insert("properties".into(), Value::Object(object));
+            self.labels
+                .insert("properties".into(), Value::Object(object));
         }
         self
     }

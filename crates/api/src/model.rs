@@ -351,7 +351,9 @@ impl RateLimiter {
     /// and a limiter without buckets is `None`.
     pub fn effective(limiter: Option<RateLimiter>) -> Option<RateLimiter> {
         let effective = RateLimiter {
-            bandwidth: limiter.and_then(|l| l.bandwidth).and_then(TokenBucket::effective),
+            bandwidth: limiter
+                .and_then(|l| l.bandwidth)
+                .and_then(TokenBucket::effective),
             ops: limiter.and_then(|l| l.ops).and_then(TokenBucket::effective),
         };
         (effective != RateLimiter::default()).then_some(effective)
@@ -506,7 +508,9 @@ impl Drive {
     /// without a file, or the io_uring engine.
     pub fn validate(&self) -> Result<()> {
         if self.socket.is_some() {
-            return Err(Error::Unsupported("drives.socket (vhost-user block devices)"));
+            return Err(Error::Unsupported(
+                "drives.socket (vhost-user block devices)",
+            ));
         }
         if self.path_on_host.is_none() {
             return Err(Error::InvalidValue {
@@ -608,7 +612,9 @@ impl MachineConfig {
             reason: e.to_string(),
         })?;
         if self.cpu_template.is_some() {
-            return Err(Error::Unsupported("machine-config.cpu_template (CPU templates)"));
+            return Err(Error::Unsupported(
+                "machine-config.cpu_template (CPU templates)",
+            ));
         }
         if self.track_dirty_pages {
             return Err(Error::Unsupported(
@@ -616,7 +622,9 @@ impl MachineConfig {
             ));
         }
         if self.huge_pages != HugePages::None {
-            return Err(Error::Unsupported("machine-config.huge_pages other than None"));
+            return Err(Error::Unsupported(
+                "machine-config.huge_pages other than None",
+            ));
         }
         Ok(())
     }
@@ -887,15 +895,27 @@ mod tests {
     #[test]
     fn missing_features_are_refused_by_name_when_asked_for() {
         for (json, name) in [
-            (r#"{"balloon": {"amount_mib": 1, "deflate_on_oom": true}}"#, "balloon"),
+            (
+                r#"{"balloon": {"amount_mib": 1, "deflate_on_oom": true}}"#,
+                "balloon",
+            ),
             (r#"{"cpu-config": {}}"#, "cpu-config"),
-            (r#"{"mmds-config": {"network_interfaces": ["1"]}}"#, "mmds-config"),
+            (
+                r#"{"mmds-config": {"network_interfaces": ["1"]}}"#,
+                "mmds-config",
+            ),
             (r#"{"entropy": {}}"#, "entropy"),
             (r#"{"pmem": [{"id": "p", "path_on_host": "/p"}]}"#, "pmem"),
-            (r#"{"memory-hotplug": {"total_size_mib": 1024}}"#, "memory-hotplug"),
+            (
+                r#"{"memory-hotplug": {"total_size_mib": 1024}}"#,
+                "memory-hotplug",
+            ),
         ] {
             let err = parse(json).unwrap().validate().unwrap_err().to_string();
-            assert_eq!(err, format!("`{name}` is not supported by this version of Ember"));
+            assert_eq!(
+                err,
+                format!("`{name}` is not supported by this version of Ember")
+            );
         }
         let drive = |extra: &str| {
             parse(&format!(
@@ -906,8 +926,12 @@ mod tests {
             .map_err(|e| e.to_string())
         };
         assert!(drive(r#""io_engine": "Sync""#).is_ok());
-        assert!(drive(r#""io_engine": "Async""#).unwrap_err().contains("io_uring"));
-        assert!(drive(r#""socket": "/vhost.sock""#).unwrap_err().contains("vhost-user"));
+        assert!(drive(r#""io_engine": "Async""#)
+            .unwrap_err()
+            .contains("io_uring"));
+        assert!(drive(r#""socket": "/vhost.sock""#)
+            .unwrap_err()
+            .contains("vhost-user"));
         let err = parse(r#"{"drives": [{"drive_id": "d", "is_root_device": false}]}"#)
             .unwrap()
             .validate()
@@ -989,7 +1013,10 @@ mod tests {
             .put_network_interface(iface("2", "tap2", "06:00:00:00:00:01"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("The MAC address is already in use: 06:00:00:00:00:01"), "{err}");
+        assert!(
+            err.contains("The MAC address is already in use: 06:00:00:00:00:01"),
+            "{err}"
+        );
         // Replacing the interface that has it is fine; it moves to the end.
         resources
             .put_network_interface(iface("2", "tap2", "06:00:00:00:00:02"))
@@ -1043,11 +1070,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("reserved"));
-        let mut resources = VmResources::default();
-        resources.machine_config = Some(MachineConfig {
-            vcpu_count: 0,
-            ..MachineConfig::default()
-        });
+        let resources = VmResources {
+            machine_config: Some(MachineConfig {
+                vcpu_count: 0,
+                ..MachineConfig::default()
+            }),
+            ..VmResources::default()
+        };
         assert!(matches!(
             resources.validate(),
             Err(Error::InvalidValue { .. })
@@ -1151,7 +1180,10 @@ mod tests {
         resources.put_drive(drive("a", false)).unwrap();
         resources.put_drive(drive("b", true)).unwrap();
         assert_eq!(resources.drives.len(), 2, "replaced by id");
-        let err = resources.put_drive(drive("c", true)).unwrap_err().to_string();
+        let err = resources
+            .put_drive(drive("c", true))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(SECOND_ROOT_DRIVE), "{err}");
         let mut async_io = drive("c", false);
         async_io.io_engine = Some(IoEngine::Async);

@@ -143,7 +143,9 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
         (Get, "vm", None) if second == Some("config") => ApiRequest::GetVmConfig,
         (Get, "machine-config", None) => ApiRequest::GetMachineConfig,
         (Get, _, Some(_)) => return Err(fault("GET request cannot have a body.")),
-        (Put, "actions", Some(body)) => ApiRequest::Action(json::<ActionRequest>(body)?.action_type),
+        (Put, "actions", Some(body)) => {
+            ApiRequest::Action(json::<ActionRequest>(body)?.action_type)
+        }
         (Put, "boot-source", Some(body)) => ApiRequest::PutBootSource(json::<BootSource>(body)?),
         (Put, "drives", Some(body)) => {
             let id = checked_id(second)?;
@@ -255,7 +257,12 @@ mod tests {
     fn bad_requests_say_why_in_firecrackers_words() {
         let deserializing = "An error occurred when deserializing the json body of a request: ";
         let cases: &[(Method, &str, Option<&[u8]>, &str)] = &[
-            (Method::Put, "/machine-config", Some(b"{nope"), deserializing),
+            (
+                Method::Put,
+                "/machine-config",
+                Some(b"{nope"),
+                deserializing,
+            ),
             (
                 Method::Put,
                 "/machine-config",
@@ -271,16 +278,66 @@ mod tests {
             (Method::Put, "/boot-source", None, "Empty PUT request."),
             (Method::Put, "/nowhere", None, "Empty PUT request."),
             (Method::Patch, "/vm", Some(b""), "Empty PATCH request."),
-            (Method::Patch, "/machine-config", Some(b"{}"), "Empty PATCH request."),
-            (Method::Get, "/", Some(b"{}"), "GET request cannot have a body."),
-            (Method::Get, "/nowhere", None, "Invalid request method and/or path: GET nowhere."),
-            (Method::Get, "/vm", None, "Invalid request method and/or path: GET vm."),
-            (Method::Patch, "/boot-source", Some(b"{}"), "Invalid request method and/or path: PATCH boot-source."),
-            (Method::Put, "/balloon", Some(b"{}"), "`/balloon` is not supported by this version of Ember"),
-            (Method::Put, "/drives/", Some(b"{}"), "The ID cannot be empty."),
-            (Method::Put, "/drives", Some(b"{}"), "The ID cannot be empty."),
-            (Method::Put, "/drives/a-b", Some(b"{}"), "API Resource IDs can only contain alphanumeric characters and underscores."),
-            (Method::Patch, "/network-interfaces/a.b", Some(b"{}"), "API Resource IDs can only contain"),
+            (
+                Method::Patch,
+                "/machine-config",
+                Some(b"{}"),
+                "Empty PATCH request.",
+            ),
+            (
+                Method::Get,
+                "/",
+                Some(b"{}"),
+                "GET request cannot have a body.",
+            ),
+            (
+                Method::Get,
+                "/nowhere",
+                None,
+                "Invalid request method and/or path: GET nowhere.",
+            ),
+            (
+                Method::Get,
+                "/vm",
+                None,
+                "Invalid request method and/or path: GET vm.",
+            ),
+            (
+                Method::Patch,
+                "/boot-source",
+                Some(b"{}"),
+                "Invalid request method and/or path: PATCH boot-source.",
+            ),
+            (
+                Method::Put,
+                "/balloon",
+                Some(b"{}"),
+                "`/balloon` is not supported by this version of Ember",
+            ),
+            (
+                Method::Put,
+                "/drives/",
+                Some(b"{}"),
+                "The ID cannot be empty.",
+            ),
+            (
+                Method::Put,
+                "/drives",
+                Some(b"{}"),
+                "The ID cannot be empty.",
+            ),
+            (
+                Method::Put,
+                "/drives/a-b",
+                Some(b"{}"),
+                "API Resource IDs can only contain alphanumeric characters and underscores.",
+            ),
+            (
+                Method::Patch,
+                "/network-interfaces/a.b",
+                Some(b"{}"),
+                "API Resource IDs can only contain",
+            ),
             (
                 Method::Put,
                 "/drives/a",
@@ -293,54 +350,115 @@ mod tests {
                 Some(br#"{"iface_id": "b", "host_dev_name": "tap0"}"#),
                 "The id from the path [a] does not match the id from the body [b]!",
             ),
-            (Method::Put, "/actions", Some(br#"{"action_type": "Explode"}"#), "unknown variant `Explode`"),
+            (
+                Method::Put,
+                "/actions",
+                Some(br#"{"action_type": "Explode"}"#),
+                "unknown variant `Explode`",
+            ),
         ];
         for (method, path, body, expected) in cases {
             let message = fault(parse(*method, path, *body));
-            assert!(message.contains(expected), "{} {path}: {message}", method.as_str());
+            assert!(
+                message.contains(expected),
+                "{} {path}: {message}",
+                method.as_str()
+            );
         }
     }
 
     #[test]
     fn paths_are_read_as_firecracker_reads_them() {
         let machine = |path: &str| parse(Method::Get, path, None);
-        for path in ["/machine-config", "//machine-config", "/machine-config/", "/machine-config/extra"] {
+        for path in [
+            "/machine-config",
+            "//machine-config",
+            "/machine-config/",
+            "/machine-config/extra",
+        ] {
             assert_eq!(machine(path), Ok(ApiRequest::GetMachineConfig), "{path}");
         }
         for path in ["/", "//", ""] {
-            assert_eq!(parse(Method::Get, path, None), Ok(ApiRequest::GetInstanceInfo), "{path}");
+            assert_eq!(
+                parse(Method::Get, path, None),
+                Ok(ApiRequest::GetInstanceInfo),
+                "{path}"
+            );
         }
-        assert_eq!(parse(Method::Get, "/vm/config/x", None), Ok(ApiRequest::GetVmConfig));
+        assert_eq!(
+            parse(Method::Get, "/vm/config/x", None),
+            Ok(ApiRequest::GetVmConfig)
+        );
         let drive = br#"{"drive_id": "d", "path_on_host": "/x", "is_root_device": false}"#;
         for path in ["/drives/d", "//drives/d/", "/drives/d/extra"] {
-            assert!(matches!(parse(Method::Put, path, Some(drive)), Ok(ApiRequest::PutDrive(_))), "{path}");
+            assert!(
+                matches!(
+                    parse(Method::Put, path, Some(drive)),
+                    Ok(ApiRequest::PutDrive(_))
+                ),
+                "{path}"
+            );
         }
         // Firecracker's id rule: Unicode alphanumerics and `_`, any length.
         let long = "d".repeat(65);
-        let body = format!(r#"{{"drive_id": "{long}", "path_on_host": "/x", "is_root_device": false}}"#);
+        let body =
+            format!(r#"{{"drive_id": "{long}", "path_on_host": "/x", "is_root_device": false}}"#);
         let path = format!("/drives/{long}");
         assert!(parse(Method::Put, &path, Some(body.as_bytes())).is_ok());
         let body = r#"{"iface_id": "é_1", "host_dev_name": "tap0"}"#;
-        assert!(parse(Method::Put, "/network-interfaces/é_1", Some(body.as_bytes())).is_ok());
+        assert!(parse(
+            Method::Put,
+            "/network-interfaces/é_1",
+            Some(body.as_bytes())
+        )
+        .is_ok());
     }
 
     #[test]
     fn deprecated_fields_are_flagged() {
         let put = |path: &str, body: &[u8]| parse(Method::Put, path, Some(body)).unwrap();
-        let with = put("/machine-config", br#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}"#);
-        assert_eq!(with.deprecation(), Some("PUT /machine-config: cpu_template field is deprecated."));
-        let without = put("/machine-config", br#"{"vcpu_count": 1, "mem_size_mib": 128}"#);
+        let with = put(
+            "/machine-config",
+            br#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}"#,
+        );
+        assert_eq!(
+            with.deprecation(),
+            Some("PUT /machine-config: cpu_template field is deprecated.")
+        );
+        let without = put(
+            "/machine-config",
+            br#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+        );
         assert_eq!(without.deprecation(), None);
-        let vsock = put("/vsock", br#"{"vsock_id": "v", "guest_cid": 3, "uds_path": "/v"}"#);
-        assert_eq!(vsock.deprecation(), Some("PUT /vsock: vsock_id field is deprecated."));
-        let patch = parse(Method::Patch, "/machine-config", Some(br#"{"cpu_template": "None"}"#)).unwrap();
-        assert_eq!(patch.deprecation(), Some("PATCH /machine-config: cpu_template field is deprecated."));
+        let vsock = put(
+            "/vsock",
+            br#"{"vsock_id": "v", "guest_cid": 3, "uds_path": "/v"}"#,
+        );
+        assert_eq!(
+            vsock.deprecation(),
+            Some("PUT /vsock: vsock_id field is deprecated.")
+        );
+        let patch = parse(
+            Method::Patch,
+            "/machine-config",
+            Some(br#"{"cpu_template": "None"}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            patch.deprecation(),
+            Some("PATCH /machine-config: cpu_template field is deprecated.")
+        );
     }
 
     /// Whether another row serves `method` on the resource of `template`
     /// (`PATCH /vm/config` is `PATCH /vm`: further segments are ignored).
     fn served_elsewhere(template: &str, method: Method) -> bool {
-        let first = |t: &str| t.trim_start_matches('/').split('/').next().map(str::to_owned);
+        let first = |t: &str| {
+            t.trim_start_matches('/')
+                .split('/')
+                .next()
+                .map(str::to_owned)
+        };
         ROUTES.iter().any(|(other, methods)| {
             *other != template
                 && first(other) == first(template)

@@ -522,7 +522,11 @@ fn route(raw: RawRequest, counters: &ApiCounters) -> std::result::Result<ApiRequ
         return Err(refused(ApiResponse::bad_request(&format!(
             "Invalid request method and/or path: {} {}.",
             raw.method_name,
-            raw.path.trim_start_matches('/').split('/').next().unwrap_or_default()
+            raw.path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or_default()
         ))));
     };
     let counter = match method {

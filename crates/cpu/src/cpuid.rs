@@ -329,8 +329,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(regs(&cpuid, 0xb, 0), [1, 2, 0x100, 3], "two threads a core");
-        assert_eq!(regs(&cpuid, 0xb, 1), [2, 4, 0x201, 3], "four in the package");
-        assert_eq!(regs(&cpuid, 0x8000_001e, 0)[..2], [3, 0x101], "core 1, 2 threads");
+        assert_eq!(
+            regs(&cpuid, 0xb, 1),
+            [2, 4, 0x201, 3],
+            "four in the package"
+        );
+        assert_eq!(
+            regs(&cpuid, 0x8000_001e, 0)[..2],
+            [3, 0x101],
+            "core 1, 2 threads"
+        );
     }
 
     #[test]
@@ -349,7 +357,11 @@ mod tests {
         let [l1_eax, ..] = regs(&cpuid, 4, 0);
         assert_eq!((l1_eax >> 14) & 0xfff, 1, "L1 shared by 2 threads");
         assert_eq!(l1_eax >> 26, 1, "2 cores");
-        assert_eq!((regs(&cpuid, 4, 3)[0] >> 14) & 0xfff, 3, "L3 shared by all 4");
+        assert_eq!(
+            (regs(&cpuid, 4, 3)[0] >> 14) & 0xfff,
+            3,
+            "L3 shared by all 4"
+        );
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 pub use ember_cpu::cpuid::host_phys_addr_bits;
 pub use ember_devices::host_files;
 pub use ember_devices::legacy::{BootTime, StartTime};
-pub use ember_devices::virtio::block::{BlockConfig, CacheType};
 pub use ember_devices::virtio::block::open_disk;
+pub use ember_devices::virtio::block::{BlockConfig, CacheType};
 pub use ember_devices::virtio::net::{
     DisplayMac, MacAddr, NetConfig, RateLimiterConfig, RateLimiterUpdate,
 };

@@ -120,7 +120,11 @@ fn metrics_and_logs_go_where_configured() {
         &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
     );
     // As in Firecracker, flushing is for a started VM.
-    let early = ember.call("PUT", "/actions", Some(r#"{"action_type": "FlushMetrics"}"#));
+    let early = ember.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
     assert_eq!(early.status, 400, "{early:?}");
     ember.boot(ELF64_PATH, "console=ttyS0 ember.test=boottimer", 1);
     assert_eq!(ember.wait_exit(), 0);

@@ -88,7 +88,9 @@ fn kernels_initrds_and_drives_that_are_not_files_get_400_at_put() {
             "PUT",
             "/boot-source",
             &format!(r#"{{"kernel_image_path": "{shown}"}}"#),
-            &format!("The kernel file cannot be opened: it is {what}, not a regular file ({shown})"),
+            &format!(
+                "The kernel file cannot be opened: it is {what}, not a regular file ({shown})"
+            ),
         );
         assert_refused(
             &ember,

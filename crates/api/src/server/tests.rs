@@ -260,7 +260,10 @@ fn deprecated_requests_are_answered_with_a_deprecation_header() {
         }
     };
     let deprecated = head_of(r#"{"vsock_id":"v","guest_cid":3,"uds_path":"/v"}"#);
-    assert!(deprecated.contains("\r\nDeprecation: true\r\n"), "{deprecated}");
+    assert!(
+        deprecated.contains("\r\nDeprecation: true\r\n"),
+        "{deprecated}"
+    );
     let current = head_of(r#"{"guest_cid":3,"uds_path":"/v"}"#);
     assert!(current.starts_with("HTTP/1.1 200"), "{current}");
     assert!(!current.contains("Deprecation"), "{current}");

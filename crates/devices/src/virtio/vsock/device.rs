@@ -112,10 +112,11 @@ impl<M: GuestMemoryHandle> Vsock<M> {
     /// device is dropped.
     pub fn new(config: VsockConfig) -> Result<Vsock<M>> {
         check_cid(config.guest_cid)?;
-        let listener = BoundListener::bind(&config.uds_path).map_err(|error| Error::VsockSocket {
-            path: config.uds_path.clone(),
-            error,
-        })?;
+        let listener =
+            BoundListener::bind(&config.uds_path).map_err(|error| Error::VsockSocket {
+                path: config.uds_path.clone(),
+                error,
+            })?;
         Vsock::with_listener(config.guest_cid, listener)
     }
 

@@ -236,7 +236,11 @@ fn config_space_holds_the_mac_and_link_status() {
         assert_eq!(config[8..10], [1, 0], "one queue pair");
         assert_eq!(config[10..12], [0, 0], "no MTU");
         assert_eq!(config[12..], [0; 4], "past the end reads as 0");
-        assert_eq!(net.state().avail_features & (1 << 3), 0, "no VIRTIO_NET_F_MTU");
+        assert_eq!(
+            net.state().avail_features & (1 << 3),
+            0,
+            "no VIRTIO_NET_F_MTU"
+        );
         let mut mac_tail = [0u8; 2];
         net.read_config(4, &mut mac_tail);
         assert_eq!(mac_tail, MAC[4..]);
