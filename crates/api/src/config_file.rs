@@ -104,6 +104,6 @@ mod tests {
 
         let good = dir.path().join("good.json");
         std::fs::write(&good, r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
-        assert_eq!(load(&good).unwrap().machine_config.vcpu_count, 1);
+        assert_eq!(load(&good).unwrap().machine().vcpu_count, 1);
     }
 }

@@ -243,8 +243,18 @@ impl Connection {
     /// Queues the answer to the current request (or to a refused one, which
     /// closes the connection once written).
     pub fn respond(&mut self, status: u16, body: Option<&str>, keep_open: bool) {
+        let answer = http::Answer {
+            status,
+            body,
+            headers: &[],
+        };
+        self.respond_with(answer, keep_open);
+    }
+
+    /// As [`Connection::respond`], with extra headers in `answer`.
+    pub fn respond_with(&mut self, answer: http::Answer<'_>, keep_open: bool) {
         self.keep_alive &= keep_open;
-        http::write_response(&mut self.output, status, body, self.keep_alive);
+        http::write_response(&mut self.output, answer, self.keep_alive);
         self.phase = if self.keep_alive {
             Phase::Reading
         } else {

@@ -4,17 +4,17 @@
 //! the API thread's eventfd; starting the VM is done by the loop's owner
 //! ([`Controller::start_if_requested`]) because it adds subscribers to the loop.
 
-use std::path::Path;
+use std::fs::File;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_vmm::host_files::{open_input, InputKind};
+use ember_vmm::host_files::{open_input, BoundListener, InputKind};
 use ember_vmm::seccomp::Filters;
 use ember_vmm::signals::TerminationSignals;
 use ember_vmm::{
-    BucketUpdate, EventLoop, ExitReason, MetricGroup, RateLimiterUpdate, RunState, RunningVm,
-    StartTime,
+    BucketUpdate, EventLoop, ExitReason, MetricGroup, OpenedInputs, RateLimiterUpdate, RunState,
+    RunningVm, StartTime,
 };
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde::Serialize;
@@ -22,12 +22,15 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::channel::{ApiEnd, Responder};
+use crate::full_config::FullVmConfig;
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::{api::Timed, MetricsWriter};
-use crate::model::{BootSource, Logger, Metrics, RateLimiter, TokenBucket, VmResources};
+use crate::model::{
+    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter, TokenBucket, VmResources,
+    Vsock,
+};
 use crate::request::{
-    Action, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate, NetworkInterfaceUpdate,
-    VmStateRequest,
+    Action, ApiRequest, ApiResponse, DriveUpdate, NetworkInterfaceUpdate, VmStateRequest,
 };
 use crate::server::ApiCounters;
 
@@ -66,6 +69,8 @@ enum Phase {
 pub struct Controller {
     instance_id: String,
     resources: VmResources,
+    /// Files and sockets opened at PUT, for the VM to be built from.
+    opened: OpenedInputs,
     phase: Phase,
     requests: Receiver<ApiRequest>,
     responses: Responder,
@@ -96,39 +101,54 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-fn pre_boot_only(what: &str) -> ApiResponse {
-    ApiResponse::bad_request(&format!(
-        "{what} is only allowed before the VM starts (InstanceStart was already sent)"
-    ))
+/// Firecracker's answer to a request that only a VM not yet started takes.
+fn not_after_start() -> ApiResponse {
+    ApiResponse::bad_request("The requested operation is not supported after starting the microVM.")
 }
 
-fn post_boot_only(what: &str) -> ApiResponse {
-    ApiResponse::bad_request(&format!(
-        "{what} is only allowed once the VM is running (send InstanceStart first)"
-    ))
+/// Firecracker's answer to a request that only a started VM takes.
+fn not_before_start() -> ApiResponse {
+    ApiResponse::bad_request(
+        "The requested operation is not supported before starting the microVM.",
+    )
 }
 
-/// Checks that `path` opens as `kind` allows, without blocking (see
-/// [`open_input`]): a 400 naming the path and what it is otherwise.
-fn check_input(path: &Path, what: &str, kind: InputKind) -> Result<(), ApiResponse> {
-    open_input(path, kind, false).map(drop).map_err(|e| {
-        ApiResponse::bad_request(&format!("cannot open the {what} {}: {e}", path.display()))
+fn refused(error: &crate::Error) -> ApiResponse {
+    ApiResponse::bad_request(&error.to_string())
+}
+
+/// Opens the kernel and initrd of `source` (never blocking, see
+/// [`open_input`]) and checks its command line; refused in Firecracker's
+/// words otherwise.
+fn open_boot_source(source: &BootSource) -> Result<(File, Option<File>), ApiResponse> {
+    source.validate().map_err(|e| refused(&e))?;
+    let kernel =
+        open_input(&source.kernel_image_path, InputKind::RegularFile, false).map_err(|e| {
+            ApiResponse::bad_request(&format!(
+                "The kernel file cannot be opened: {e} ({})",
+                source.kernel_image_path.display()
+            ))
+        })?;
+    let initrd = match &source.initrd_path {
+        Some(path) => Some(
+            open_input(path, InputKind::RegularFile, false).map_err(|e| {
+                ApiResponse::bad_request(&format!(
+                    "The initrd file cannot be opened due to invalid path or invalid permissions. \
+                 {e} ({})",
+                    path.display()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    Ok((kernel, initrd))
+}
+
+/// A bucket update from an optional new bucket: kept when absent.
+fn bucket_update(bucket: Option<TokenBucket>) -> BucketUpdate {
+    bucket.map_or(BucketUpdate::Keep, |b| {
+        BucketUpdate::Set(b.to_bucket_config())
     })
-}
-
-/// Refuses a `boot-source` whose files or command line cannot boot.
-fn check_boot_source(source: &BootSource) -> Result<(), ApiResponse> {
-    check_input(
-        &source.kernel_image_path,
-        "kernel image",
-        InputKind::RegularFile,
-    )?;
-    if let Some(initrd) = &source.initrd_path {
-        check_input(initrd, "initrd", InputKind::RegularFile)?;
-    }
-    source
-        .validate()
-        .map_err(|e| ApiResponse::bad_request(&e.to_string()))
 }
 
 impl Controller {
@@ -145,6 +165,7 @@ impl Controller {
         Ok(Controller {
             instance_id,
             resources,
+            opened: OpenedInputs::default(),
             phase: Phase::Configuring,
             requests: api.requests,
             responses: api.responses,
@@ -201,7 +222,9 @@ impl Controller {
         let Phase::Starting { reply, start } = self.phase else {
             return;
         };
+        let opened = std::mem::take(&mut self.opened);
         let started = self.resources.to_vm_config(start).and_then(|mut config| {
+            config.opened = opened;
             config.seccomp = self.overrides.seccomp.clone();
             if let Some(device) = &self.overrides.kvm_device {
                 config.kvm_device = device.clone();
@@ -262,6 +285,7 @@ impl Controller {
 
     /// Handles one request; `None` when the answer comes later (InstanceStart).
     fn handle(&mut self, request: ApiRequest) -> Option<ApiResponse> {
+        let configuring = self.configuring();
         let response = match request {
             ApiRequest::GetInstanceInfo => ApiResponse::ok(&InstanceInfo {
                 app_name: "Ember",
@@ -273,112 +297,122 @@ impl Controller {
                 firecracker_version: VERSION,
                 ember_version: VERSION,
             }),
-            ApiRequest::GetMachineConfig => ApiResponse::ok(&self.resources.machine_config),
-            ApiRequest::GetVmConfig => ApiResponse::ok(&self.resources),
-            ApiRequest::PutMachineConfig(config) => {
-                if !self.configuring() {
-                    return Some(pre_boot_only("PUT /machine-config"));
-                }
-                match config.validate() {
-                    Ok(()) => {
-                        self.resources.machine_config = config;
-                        ApiResponse::no_content()
-                    }
-                    Err(e) => ApiResponse::bad_request(&e.to_string()),
-                }
-            }
-            ApiRequest::PatchMachineConfig(update) => self.patch_machine_config(update),
-            ApiRequest::PutBootSource(source) => {
-                if !self.configuring() {
-                    return Some(pre_boot_only("PUT /boot-source"));
-                }
-                if let Err(response) = check_boot_source(&source) {
-                    return Some(response);
-                }
-                self.resources.boot_source = Some(source);
-                ApiResponse::no_content()
-            }
-            ApiRequest::PutDrive(drive) => {
-                if !self.configuring() {
-                    return Some(pre_boot_only("PUT /drives"));
-                }
-                if let Err(response) = check_input(
-                    &drive.path_on_host,
-                    "drive",
-                    InputKind::RegularFileOrBlockDevice,
-                ) {
-                    return Some(response);
-                }
-                match self.resources.put_drive(drive) {
-                    Ok(()) => ApiResponse::no_content(),
-                    Err(e) => ApiResponse::bad_request(&e.to_string()),
-                }
-            }
+            ApiRequest::GetMachineConfig => ApiResponse::ok(&self.resources.machine()),
+            ApiRequest::GetVmConfig => ApiResponse::ok(&FullVmConfig::of(&self.resources)),
+            ApiRequest::Action(action) => return self.action(action),
             ApiRequest::PatchDrive(update) => self.patch_drive(update),
+            ApiRequest::PatchNetworkInterface(update) => self.patch_network_interface(update),
+            ApiRequest::PatchVm(state) => self.patch_vm(state),
+            _ if !configuring => not_after_start(),
+            ApiRequest::PutMachineConfig(config) => {
+                self.update_machine_config(&MachineConfigUpdate::from(config))
+            }
+            ApiRequest::PatchMachineConfig(update) => self.update_machine_config(&update),
+            ApiRequest::PutBootSource(source) => self.put_boot_source(source),
+            ApiRequest::PutDrive(drive) => self.put_drive(drive),
             ApiRequest::PutNetworkInterface(iface) => {
-                if !self.configuring() {
-                    return Some(pre_boot_only("PUT /network-interfaces"));
-                }
                 match self.resources.put_network_interface(iface) {
                     Ok(()) => ApiResponse::no_content(),
-                    Err(e) => ApiResponse::bad_request(&e.to_string()),
+                    Err(e) => refused(&e),
                 }
             }
-            ApiRequest::PatchNetworkInterface(update) => self.patch_network_interface(update),
-            ApiRequest::PutVsock(vsock) => {
-                if !self.configuring() {
-                    return Some(pre_boot_only("PUT /vsock"));
-                }
-                match vsock.to_vsock_config() {
-                    Ok(_) => {
-                        self.resources.vsock = Some(vsock);
-                        ApiResponse::no_content()
-                    }
-                    Err(e) => ApiResponse::bad_request(&e.to_string()),
-                }
-            }
+            ApiRequest::PutVsock(vsock) => self.put_vsock(vsock),
             ApiRequest::PutLogger(request) => self.put_logger(request),
             ApiRequest::PutMetrics(request) => self.put_metrics(request),
-            ApiRequest::Action(action) => return self.action(action),
-            ApiRequest::PatchVm(state) => self.patch_vm(state),
         };
         Some(response)
     }
 
-    fn patch_machine_config(&mut self, update: MachineConfigUpdate) -> ApiResponse {
-        if !self.configuring() {
-            return pre_boot_only("PATCH /machine-config");
-        }
-        let mut config = self.resources.machine_config.clone();
-        if let Some(vcpus) = update.vcpu_count {
-            config.vcpu_count = vcpus;
-        }
-        if let Some(mem) = update.mem_size_mib {
-            config.mem_size_mib = mem;
-        }
-        if let Some(smt) = update.smt {
-            config.smt = smt;
-        }
-        if let Some(track) = update.track_dirty_pages {
-            config.track_dirty_pages = track;
-        }
-        match config.validate() {
-            Ok(()) => {
-                self.resources.machine_config = config;
+    fn update_machine_config(&mut self, update: &MachineConfigUpdate) -> ApiResponse {
+        match self.resources.machine().update(update) {
+            Ok(config) => {
+                self.resources.machine_config = Some(config);
                 ApiResponse::no_content()
             }
-            Err(e) => ApiResponse::bad_request(&e.to_string()),
+            Err(e) => refused(&e),
+        }
+    }
+
+    /// Opens the kernel and initrd now, as Firecracker does: the VM boots
+    /// from these files even if their paths change before `InstanceStart`.
+    fn put_boot_source(&mut self, source: BootSource) -> ApiResponse {
+        match open_boot_source(&source) {
+            Ok((kernel, initrd)) => {
+                self.opened.kernel = Some(kernel);
+                self.opened.initrd = initrd;
+                self.resources.boot_source = Some(source);
+                ApiResponse::no_content()
+            }
+            Err(response) => response,
+        }
+    }
+
+    /// Opens the backing file now (for writing unless read-only), as
+    /// Firecracker does, and keeps it for the VM.
+    fn put_drive(&mut self, drive: Drive) -> ApiResponse {
+        if let Err(e) = drive.validate() {
+            return refused(&e);
+        }
+        let path = drive.path();
+        let file = match ember_vmm::open_disk(&path, drive.read_only()) {
+            Ok(file) => file,
+            Err(e) => {
+                return ApiResponse::bad_request(&format!(
+                    "Drive config error: Unable to create the virtio block device: \
+                     cannot open the drive {}: {e}",
+                    path.display()
+                ))
+            }
+        };
+        let id = drive.drive_id.clone();
+        if let Err(e) = self.resources.put_drive(drive) {
+            return refused(&e);
+        }
+        self.opened.drives.retain(|(opened, _)| *opened != id);
+        self.opened.drives.push((id, file));
+        ApiResponse::no_content()
+    }
+
+    /// Binds the vsock socket now, as Firecracker does (a previous vsock's
+    /// socket is removed first).
+    fn put_vsock(&mut self, vsock: Vsock) -> ApiResponse {
+        let config = match vsock.to_vsock_config() {
+            Ok(config) => config,
+            Err(e) => return refused(&e),
+        };
+        self.opened.vsock = None;
+        self.resources.vsock = None;
+        match BoundListener::bind(&config.uds_path) {
+            Ok(listener) => {
+                self.opened.vsock = Some(listener);
+                self.resources.vsock = Some(vsock);
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::bad_request(&format!(
+                "Vsock config error: Cannot create backend for vsock device: \
+                 cannot bind {}: {e}",
+                config.uds_path.display()
+            )),
         }
     }
 
     fn patch_drive(&mut self, update: DriveUpdate) -> ApiResponse {
         let Some(vm) = self.running() else {
-            return post_boot_only("PATCH /drives");
+            return not_before_start();
         };
         let block = match vm.drive(&update.drive_id) {
             Ok(block) => block,
             Err(e) => return ApiResponse::bad_request(&e.to_string()),
         };
+        if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+            // Firecracker's words: such a PATCH is for vhost-user drives.
+            return ApiResponse::bad_request(&format!(
+                "Drive config error: Unable to patch the block device: Running method expected \
+                 different backend. Please verify the request arguments. (drive `{}`: give \
+                 path_on_host or rate_limiter)",
+                update.drive_id
+            ));
+        }
         let mut block = block
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -389,12 +423,7 @@ impl Controller {
             log::info!("drive {} now backed by {}", update.drive_id, path.display());
         }
         if let Some(limiter) = update.rate_limiter {
-            let to_update = |bucket: Option<TokenBucket>| {
-                bucket.map_or(BucketUpdate::Keep, |b| {
-                    BucketUpdate::Set(b.to_bucket_config())
-                })
-            };
-            block.update_rate_limiter(to_update(limiter.bandwidth), to_update(limiter.ops));
+            block.update_rate_limiter(bucket_update(limiter.bandwidth), bucket_update(limiter.ops));
         }
         drop(block);
         if let Some(drive) = self
@@ -404,7 +433,7 @@ impl Controller {
             .find(|d| d.drive_id == update.drive_id)
         {
             if let Some(path) = update.path_on_host {
-                drive.path_on_host = path;
+                drive.path_on_host = Some(path);
             }
             if let Some(limiter) = update.rate_limiter {
                 let current = drive.rate_limiter.get_or_insert_with(Default::default);
@@ -417,21 +446,16 @@ impl Controller {
 
     fn patch_network_interface(&mut self, update: NetworkInterfaceUpdate) -> ApiResponse {
         let Some(vm) = self.running() else {
-            return post_boot_only("PATCH /network-interfaces");
+            return not_before_start();
         };
         let net = match vm.net(&update.iface_id) {
             Ok(net) => net,
             Err(e) => return ApiResponse::bad_request(&e.to_string()),
         };
         let to_update = |limiter: Option<RateLimiter>| {
-            let bucket = |b: Option<TokenBucket>| {
-                b.map_or(BucketUpdate::Keep, |b| {
-                    BucketUpdate::Set(b.to_bucket_config())
-                })
-            };
             limiter.map_or(RateLimiterUpdate::KEEP, |l| RateLimiterUpdate {
-                bandwidth: bucket(l.bandwidth),
-                ops: bucket(l.ops),
+                bandwidth: bucket_update(l.bandwidth),
+                ops: bucket_update(l.ops),
             })
         };
         net.lock()
@@ -453,9 +477,6 @@ impl Controller {
     }
 
     fn put_logger(&mut self, request: Logger) -> ApiResponse {
-        if !self.configuring() {
-            return pre_boot_only("PUT /logger");
-        }
         let level = match request.level.as_deref().map(parse_level) {
             Some(None) => {
                 return ApiResponse::bad_request(
@@ -497,13 +518,16 @@ impl Controller {
     }
 
     fn put_metrics(&mut self, request: Metrics) -> ApiResponse {
-        if !self.configuring() {
-            return pre_boot_only("PUT /metrics");
-        }
         if self.metrics.is_some() {
-            return ApiResponse::bad_request("metrics are already configured");
+            return ApiResponse::bad_request(
+                "Metrics error: Cannot initialize the metrics system due to bad user input: \
+                 Reinitialization of metrics not allowed.",
+            );
         }
-        let writer = match MetricsWriter::open(&request.metrics_path) {
+        let id = request.emit_id.then(|| self.instance_id.clone());
+        let opened = MetricsWriter::open(&request.metrics_path)
+            .map(|writer| writer.with_labels(id, request.properties.clone()));
+        let writer = match opened {
             Ok(writer) => writer,
             Err(e) => {
                 return ApiResponse::bad_request(&format!(
@@ -532,9 +556,7 @@ impl Controller {
         let response = match action {
             Action::InstanceStart => {
                 if !self.configuring() {
-                    return Some(ApiResponse::bad_request(
-                        "InstanceStart: the VM is already running",
-                    ));
+                    return Some(not_after_start());
                 }
                 self.phase = Phase::Starting {
                     reply: true,
@@ -543,29 +565,28 @@ impl Controller {
                 return None;
             }
             Action::SendCtrlAltDel => match self.running() {
-                None => post_boot_only("SendCtrlAltDel"),
+                None => not_before_start(),
                 Some(vm) => match vm.send_ctrl_alt_del() {
                     Ok(()) => ApiResponse::no_content(),
                     Err(e) => ApiResponse::bad_request(&e.to_string()),
                 },
             },
-            Action::FlushMetrics => {
-                if self.metrics.is_none() {
-                    ApiResponse::bad_request(
-                        "FlushMetrics: no metrics destination (PUT /metrics first)",
-                    )
-                } else {
+            // As Firecracker: refused before the start; afterwards a line is
+            // written if there is a destination, and it succeeds either way.
+            Action::FlushMetrics => match self.running() {
+                None => not_before_start(),
+                Some(_) => {
                     self.flush_metrics();
                     ApiResponse::no_content()
                 }
-            }
+            },
         };
         Some(response)
     }
 
     fn patch_vm(&mut self, state: VmStateRequest) -> ApiResponse {
         let Some(vm) = self.running() else {
-            return post_boot_only("PATCH /vm");
+            return not_before_start();
         };
         let started = std::time::Instant::now();
         let (result, timed) = match state {
@@ -600,7 +621,12 @@ impl Controller {
     fn on_requests(&mut self) {
         let _ = self.wake.read();
         while let Ok(request) = self.requests.try_recv() {
-            if let Some(response) = self.handle(request) {
+            let deprecation = request.deprecation();
+            if let Some(mut response) = self.handle(request) {
+                if let Some(warning) = deprecation {
+                    log::warn!("{warning}");
+                    response.deprecated = true;
+                }
                 self.reply(response);
             }
         }

@@ -199,13 +199,33 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Appends a response with `status` and an optional JSON `body` to `out`.
-pub fn write_response(out: &mut Vec<u8>, status: u16, body: Option<&str>, keep_alive: bool) {
+/// A response to write: status, optional JSON body and extra headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Answer<'a> {
+    /// The HTTP status.
+    pub status: u16,
+    /// The JSON body.
+    pub body: Option<&'a str>,
+    /// Headers besides `Server`, `Connection` and the body's, as
+    /// (name, value); names and values must be plain tokens.
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// Appends `answer` to `out`.
+pub fn write_response(out: &mut Vec<u8>, answer: Answer<'_>, keep_alive: bool) {
+    let Answer {
+        status,
+        body,
+        headers,
+    } = answer;
     let connection = if keep_alive { "keep-alive" } else { "close" };
-    let head = format!(
+    let mut head = format!(
         "HTTP/1.1 {status} {}\r\nServer: {SERVER_NAME}\r\nConnection: {connection}\r\n",
         reason(status)
     );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     out.extend_from_slice(head.as_bytes());
     match body {
         Some(body) => {
@@ -307,15 +327,28 @@ mod tests {
     #[test]
     fn responses_are_well_formed() {
         let mut out = Vec::new();
-        write_response(&mut out, 400, Some("{\"fault_message\":\"x\"}"), true);
+        let fault = Answer {
+            status: 400,
+            body: Some("{\"fault_message\":\"x\"}"),
+            headers: &[],
+        };
+        write_response(&mut out, fault, true);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\nServer: Ember API\r\n"));
         assert!(text.contains("Content-Length: 21\r\n\r\n{\"fault_message\":\"x\"}"));
 
         let mut out = Vec::new();
-        write_response(&mut out, 204, None, false);
+        let deprecated = Answer {
+            status: 204,
+            body: None,
+            headers: &[("Deprecation", "true")],
+        };
+        write_response(&mut out, deprecated, false);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("Connection: close\r\n\r\n"), "{text}");
+        assert!(
+            text.contains("Connection: close\r\nDeprecation: true\r\n\r\n"),
+            "{text}"
+        );
         assert!(!text.contains("Content-Length"), "{text}");
     }
 }

@@ -7,7 +7,8 @@
 //! - [`socket`], [`http`], [`connection`], [`server`]: the REST API's HTTP
 //!   server on a Unix socket; [`routes`] and [`request`] turn requests into
 //!   typed ones, which cross to the VMM thread through [`channel`]; there
-//!   [`controller`] answers them and [`service`] runs it all.
+//!   [`controller`] answers them (`GET /vm/config` in [`full_config`]'s
+//!   shape) and [`service`] runs it all.
 //! - [`logger`], [`metrics`], [`destination`]: logs and metrics to files or FIFOs.
 
 pub mod channel;
@@ -15,6 +16,7 @@ pub mod config_file;
 pub mod connection;
 pub mod controller;
 pub mod destination;
+pub mod full_config;
 pub mod http;
 pub mod logger;
 pub mod metrics;

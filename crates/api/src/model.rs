@@ -1,6 +1,10 @@
 //! VM resources with Firecracker's JSON field names, so a Firecracker config
-//! file or API client works unchanged. Unknown fields are refused.
+//! file or API client works unchanged: every field of Firecracker's schema is
+//! accepted, features Ember lacks are refused by name when asked for, and
+//! unknown fields are refused where Firecracker refuses them (everywhere but
+//! the top level of a config file, `metrics` and token buckets).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ember_vmm::{
@@ -15,18 +19,26 @@ use crate::{Error, Result};
 pub const DEFAULT_BOOT_ARGS: &str = "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 \
                                      i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
+/// Firecracker's words for a vCPU count it refuses.
+pub const INVALID_VCPU_COUNT: &str = "The number of vCPUs must be greater than 0, less than 32 \
+                                      and must be 1 or an even number if SMT is enabled.";
+
+/// Firecracker's words for a memory size it refuses.
+pub const INVALID_MEMORY_SIZE: &str =
+    "The memory size (MiB) is either 0, or not a multiple of the configured page size.";
+
 /// `boot-source`: the kernel, its command line and an optional initrd.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootSource {
     /// Path of the kernel image on the host.
     pub kernel_image_path: PathBuf,
-    /// Kernel command line; Firecracker's default when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_args: Option<String>,
     /// Path of the initrd on the host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub initrd_path: Option<PathBuf>,
+    /// Kernel command line; Firecracker's default when absent.
+    #[serde(default)]
+    pub boot_args: Option<String>,
 }
 
 /// Huge pages backing guest memory.
@@ -35,9 +47,28 @@ pub enum HugePages {
     /// Regular 4 KiB pages.
     #[default]
     None,
-    /// 2 MiB huge pages.
+    /// Transparent huge pages (`madvise(MADV_HUGEPAGE)`).
+    Transparent,
+    /// 2 MiB hugetlbfs pages.
     #[serde(rename = "2M")]
     Hugetlbfs2M,
+}
+
+/// Firecracker's static CPU templates for x86 (a deprecated field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CpuTemplate {
+    /// Intel Skylake/Cascade Lake as C3 instances.
+    C3,
+    /// Intel as T2 instances.
+    T2,
+    /// T2 with a stable feature set for snapshots.
+    T2S,
+    /// Intel Cascade Lake as T2.
+    T2CL,
+    /// AMD Milan as T2.
+    T2A,
+    /// No template.
+    None,
 }
 
 /// `machine-config`: vCPUs and memory.
@@ -51,15 +82,15 @@ pub struct MachineConfig {
     /// Simultaneous multithreading (two threads per core).
     #[serde(default)]
     pub smt: bool,
+    /// A Firecracker CPU template; `None` (the template) is stored as absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<CpuTemplate>,
     /// Dirty page tracking for diff snapshots.
     #[serde(default)]
     pub track_dirty_pages: bool,
     /// Huge pages for guest memory.
     #[serde(default)]
     pub huge_pages: HugePages,
-    /// A Firecracker CPU template name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<String>,
 }
 
 impl Default for MachineConfig {
@@ -68,21 +99,66 @@ impl Default for MachineConfig {
             vcpu_count: 1,
             mem_size_mib: 128,
             smt: false,
+            cpu_template: None,
             track_dirty_pages: false,
             huge_pages: HugePages::None,
-            cpu_template: None,
         }
     }
 }
 
-/// One token bucket of a `rate_limiter`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `PATCH /machine-config`: any subset of the machine configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    /// New vCPU count.
+    #[serde(default)]
+    pub vcpu_count: Option<u8>,
+    /// New memory size.
+    #[serde(default)]
+    pub mem_size_mib: Option<u64>,
+    /// New SMT setting.
+    #[serde(default)]
+    pub smt: Option<bool>,
+    /// New CPU template (deprecated in Firecracker).
+    #[serde(default)]
+    pub cpu_template: Option<CpuTemplate>,
+    /// New dirty-page tracking setting.
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// New huge-page setting.
+    #[serde(default)]
+    pub huge_pages: Option<HugePages>,
+}
+
+impl MachineConfigUpdate {
+    /// Whether the update changes nothing (Firecracker refuses such a PATCH).
+    pub fn is_empty(&self) -> bool {
+        self == &MachineConfigUpdate::default()
+    }
+}
+
+impl From<MachineConfig> for MachineConfigUpdate {
+    /// A PUT is an update of every field (an absent template means "None").
+    fn from(config: MachineConfig) -> Self {
+        MachineConfigUpdate {
+            vcpu_count: Some(config.vcpu_count),
+            mem_size_mib: Some(config.mem_size_mib),
+            smt: Some(config.smt),
+            cpu_template: Some(config.cpu_template.unwrap_or(CpuTemplate::None)),
+            track_dirty_pages: Some(config.track_dirty_pages),
+            huge_pages: Some(config.huge_pages),
+        }
+    }
+}
+
+/// One token bucket of a `rate_limiter` (unknown fields are ignored, as
+/// Firecracker ignores them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenBucket {
     /// Bucket size in tokens (bytes or operations).
     pub size: u64,
     /// Extra tokens available once, at start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub one_time_burst: Option<u64>,
     /// Milliseconds to refill the bucket from empty.
     pub refill_time: u64,
@@ -93,10 +169,10 @@ pub struct TokenBucket {
 #[serde(deny_unknown_fields)]
 pub struct RateLimiter {
     /// Bytes per refill time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bandwidth: Option<TokenBucket>,
     /// Operations per refill time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ops: Option<TokenBucket>,
 }
 
@@ -110,30 +186,45 @@ pub enum CacheType {
     Writeback,
 }
 
+/// How a drive does its I/O.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    /// Blocking system calls on the VMM thread.
+    #[default]
+    Sync,
+    /// io_uring (not in Ember yet).
+    Async,
+}
+
 /// One entry of `drives`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drive {
     /// Unique drive name.
     pub drive_id: String,
-    /// Backing file or block device on the host.
-    pub path_on_host: PathBuf,
+    /// Partition UUID of the root partition, when the root is not the whole disk.
+    #[serde(default)]
+    pub partuuid: Option<String>,
     /// Whether this drive is the root file system.
     pub is_root_device: bool,
-    /// Whether the guest may only read.
-    pub is_read_only: bool,
-    /// Partition UUID of the root partition, when the root is not the whole disk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partuuid: Option<String>,
     /// Flush behaviour.
     #[serde(default)]
     pub cache_type: CacheType,
+    /// Whether the guest may only read (false when absent).
+    #[serde(default)]
+    pub is_read_only: Option<bool>,
+    /// Backing file or block device on the host.
+    #[serde(default)]
+    pub path_on_host: Option<PathBuf>,
     /// I/O rate limits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rate_limiter: Option<RateLimiter>,
-    /// I/O engine (`Sync` is the only one Ember has).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_engine: Option<String>,
+    /// I/O engine (`Sync` when absent).
+    #[serde(default)]
+    pub io_engine: Option<IoEngine>,
+    /// A vhost-user back-end's socket (not in Ember yet).
+    #[serde(default)]
+    pub socket: Option<String>,
 }
 
 /// One entry of `network-interfaces`.
@@ -145,13 +236,16 @@ pub struct NetworkInterface {
     /// The host TAP device.
     pub host_dev_name: String,
     /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub guest_mac: Option<String>,
+    /// MTU advertised to the guest.
+    #[serde(default)]
+    pub mtu: Option<u16>,
     /// Limits on traffic to the guest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rx_rate_limiter: Option<RateLimiter>,
     /// Limits on traffic from the guest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
@@ -176,26 +270,32 @@ pub struct Logger {
     pub module: Option<String>,
 }
 
-/// The `metrics` object (`PUT /metrics`).
+/// The `metrics` object (`PUT /metrics`); unknown fields are ignored, as
+/// Firecracker ignores them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Metrics {
     /// Metrics file or FIFO.
     pub metrics_path: PathBuf,
+    /// Put the instance id in every line, as `id`.
+    #[serde(default)]
+    pub emit_id: bool,
+    /// Pairs put in every line, as `properties`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<BTreeMap<String, String>>,
 }
 
 /// The `vsock` object: Firecracker's hybrid vsock over a Unix socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vsock {
+    /// Deprecated in Firecracker; accepted and unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
     /// The guest's context id (3 or more).
     pub guest_cid: u32,
     /// The Unix socket host clients connect to; guest connections to port P go
     /// to `<uds_path>_<P>`.
     pub uds_path: PathBuf,
-    /// Accepted for compatibility with older Firecracker clients; unused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock_id: Option<String>,
 }
 
 impl Vsock {
@@ -214,7 +314,7 @@ impl Vsock {
     }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses `aa:bb:cc:dd:ee:ff` (either case).
 pub fn parse_mac(text: &str) -> Result<MacAddr> {
     let invalid = || Error::InvalidValue {
         field: "network-interfaces.guest_mac",
@@ -232,6 +332,11 @@ pub fn parse_mac(text: &str) -> Result<MacAddr> {
     Ok(mac)
 }
 
+/// Formats a MAC address as Firecracker prints it: lower case, colons.
+pub fn format_mac(mac: &MacAddr) -> String {
+    ember_vmm::DisplayMac(mac).to_string()
+}
+
 impl RateLimiter {
     /// The limits as the devices take them.
     pub fn to_config(self) -> RateLimiterConfig {
@@ -240,90 +345,19 @@ impl RateLimiter {
             ops: self.ops.map(TokenBucket::to_bucket_config),
         }
     }
-}
 
-/// Checks a user-chosen id: 1 to 64 letters, digits, `_` or `-`.
-fn check_id(id: &str, field: &'static str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidValue {
-            field,
-            reason: format!("`{id}`: use 1 to 64 letters, digits, `_` or `-`"),
-        })
+    /// The limits in effect, as Firecracker reports them: a bucket of size
+    /// or refill time 0 limits nothing and is absent, a burst of 0 is absent,
+    /// and a limiter without buckets is `None`.
+    pub fn effective(limiter: Option<RateLimiter>) -> Option<RateLimiter> {
+        let effective = RateLimiter {
+            bandwidth: limiter
+                .and_then(|l| l.bandwidth)
+                .and_then(TokenBucket::effective),
+            ops: limiter.and_then(|l| l.ops).and_then(TokenBucket::effective),
+        };
+        (effective != RateLimiter::default()).then_some(effective)
     }
-}
-
-impl NetworkInterface {
-    /// The interface as the VMM takes it.
-    pub fn to_net_config(&self) -> Result<NetConfig> {
-        check_id(&self.iface_id, "network-interfaces.iface_id")?;
-        if self.host_dev_name.is_empty() || self.host_dev_name.len() > 15 {
-            return Err(Error::InvalidValue {
-                field: "network-interfaces.host_dev_name",
-                reason: format!(
-                    "`{}`: a TAP device name has 1 to 15 bytes",
-                    self.host_dev_name
-                ),
-            });
-        }
-        Ok(NetConfig {
-            iface_id: self.iface_id.clone(),
-            host_dev_name: self.host_dev_name.clone(),
-            guest_mac: self.guest_mac.as_deref().map(parse_mac).transpose()?,
-            rx_rate_limiter: self.rx_rate_limiter.unwrap_or_default().to_config(),
-            tx_rate_limiter: self.tx_rate_limiter.unwrap_or_default().to_config(),
-        })
-    }
-}
-
-/// The whole VM as a Firecracker config file describes it (and as the API
-/// builds it up before `InstanceStart`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmResources {
-    /// The kernel to boot.
-    #[serde(
-        rename = "boot-source",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub boot_source: Option<BootSource>,
-    /// vCPUs and memory.
-    #[serde(rename = "machine-config", default)]
-    pub machine_config: MachineConfig,
-    /// Block devices.
-    #[serde(default)]
-    pub drives: Vec<Drive>,
-    /// Network interfaces.
-    #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<NetworkInterface>,
-    /// The vsock device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock: Option<Vsock>,
-    /// Where and how to log.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logger: Option<Logger>,
-    /// Where to write metrics.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<Metrics>,
-    /// Firecracker resources Ember does not provide yet; refused when present.
-    #[serde(rename = "mmds-config", default, skip_serializing)]
-    pub mmds_config: Option<serde_json::Value>,
-    /// See `mmds_config`.
-    #[serde(default, skip_serializing)]
-    pub balloon: Option<serde_json::Value>,
-    /// See `mmds_config`.
-    #[serde(default, skip_serializing)]
-    pub entropy: Option<serde_json::Value>,
-    /// See `mmds_config`.
-    #[serde(rename = "cpu-config", default, skip_serializing)]
-    pub cpu_config: Option<serde_json::Value>,
 }
 
 impl TokenBucket {
@@ -333,6 +367,129 @@ impl TokenBucket {
             size: self.size,
             one_time_burst: self.one_time_burst.unwrap_or(0),
             refill_time_ms: self.refill_time,
+        }
+    }
+
+    fn effective(self) -> Option<TokenBucket> {
+        (self.size != 0 && self.refill_time != 0).then_some(TokenBucket {
+            one_time_burst: self.one_time_burst.filter(|&burst| burst != 0),
+            ..self
+        })
+    }
+}
+
+/// Whether `id` is a valid resource id in an API path, as Firecracker checks
+/// it: not empty, only alphanumeric characters (Unicode) and `_`.
+pub fn check_path_id(id: &str) -> std::result::Result<(), &'static str> {
+    if id.is_empty() {
+        Err("The ID cannot be empty.")
+    } else if id.chars().all(|c| c == '_' || c.is_alphanumeric()) {
+        Ok(())
+    } else {
+        Err("API Resource IDs can only contain alphanumeric characters and underscores.")
+    }
+}
+
+impl NetworkInterface {
+    /// The interface as the VMM takes it.
+    pub fn to_net_config(&self) -> Result<NetConfig> {
+        if self.host_dev_name.is_empty() || self.host_dev_name.len() > 15 {
+            return Err(Error::InvalidValue {
+                field: "network-interfaces.host_dev_name",
+                reason: format!(
+                    "Could not create the network device: `{}`: a TAP device name has 1 to 15 bytes",
+                    self.host_dev_name
+                ),
+            });
+        }
+        if let Some(mtu) = self.mtu {
+            if mtu < 68 {
+                return Err(Error::InvalidValue {
+                    field: "network-interfaces.mtu",
+                    reason: format!("{mtu}: the smallest MTU is 68"),
+                });
+            }
+        }
+        Ok(NetConfig {
+            iface_id: self.iface_id.clone(),
+            host_dev_name: self.host_dev_name.clone(),
+            guest_mac: self.guest_mac.as_deref().map(parse_mac).transpose()?,
+            mtu: self.mtu,
+            rx_rate_limiter: self.rx_rate_limiter.unwrap_or_default().to_config(),
+            tx_rate_limiter: self.tx_rate_limiter.unwrap_or_default().to_config(),
+        })
+    }
+}
+
+/// The whole VM as a Firecracker config file describes it (and as the API
+/// builds it up before `InstanceStart`). Unknown top-level keys are ignored,
+/// as Firecracker ignores them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmResources {
+    /// The kernel to boot.
+    #[serde(rename = "boot-source", default)]
+    pub boot_source: Option<BootSource>,
+    /// vCPUs and memory.
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: Option<MachineConfig>,
+    /// Block devices.
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    /// Network interfaces.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// The vsock device.
+    #[serde(default)]
+    pub vsock: Option<Vsock>,
+    /// Where and how to log.
+    #[serde(default)]
+    pub logger: Option<Logger>,
+    /// Where to write metrics.
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
+    /// Firecracker features Ember does not provide yet: accepted when null (or
+    /// empty), refused by name otherwise.
+    #[serde(flatten)]
+    pub missing: MissingFeatures,
+}
+
+/// The config-file keys of Firecracker features Ember does not have yet.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MissingFeatures {
+    /// The memory balloon.
+    #[serde(default)]
+    pub balloon: Option<serde_json::Value>,
+    /// A custom CPU template.
+    #[serde(rename = "cpu-config", default)]
+    pub cpu_config: Option<serde_json::Value>,
+    /// The microVM metadata service.
+    #[serde(rename = "mmds-config", default)]
+    pub mmds_config: Option<serde_json::Value>,
+    /// The entropy device.
+    #[serde(default)]
+    pub entropy: Option<serde_json::Value>,
+    /// virtio-pmem devices.
+    #[serde(default)]
+    pub pmem: Vec<serde_json::Value>,
+    /// virtio-mem hot-pluggable memory.
+    #[serde(rename = "memory-hotplug", default)]
+    pub memory_hotplug: Option<serde_json::Value>,
+}
+
+impl MissingFeatures {
+    /// Refuses the first feature asked for, by its key.
+    pub fn validate(&self) -> Result<()> {
+        let asked = [
+            ("balloon", self.balloon.is_some()),
+            ("cpu-config", self.cpu_config.is_some()),
+            ("mmds-config", self.mmds_config.is_some()),
+            ("entropy", self.entropy.is_some()),
+            ("pmem", !self.pmem.is_empty()),
+            ("memory-hotplug", self.memory_hotplug.is_some()),
+        ];
+        match asked.iter().find(|(_, asked)| *asked) {
+            Some((name, _)) => Err(Error::Unsupported(name)),
+            None => Ok(()),
         }
     }
 }
@@ -347,17 +504,34 @@ impl From<CacheType> for ember_vmm::CacheType {
 }
 
 impl Drive {
-    /// Refuses what a drive cannot be.
+    /// Refuses what Ember cannot make of a drive: a vhost-user one, one
+    /// without a file, or the io_uring engine.
     pub fn validate(&self) -> Result<()> {
-        check_id(&self.drive_id, "drives.drive_id")?;
-        if self
-            .io_engine
-            .as_deref()
-            .is_some_and(|engine| engine != "Sync")
-        {
-            return Err(Error::Unsupported("drives.io_engine other than Sync"));
+        if self.socket.is_some() {
+            return Err(Error::Unsupported(
+                "drives.socket (vhost-user block devices)",
+            ));
+        }
+        if self.path_on_host.is_none() {
+            return Err(Error::InvalidValue {
+                field: "drives.path_on_host",
+                reason: format!("drive `{}` needs a backing file", self.drive_id),
+            });
+        }
+        if self.io_engine == Some(IoEngine::Async) {
+            return Err(Error::Unsupported("drives.io_engine = Async (io_uring)"));
         }
         Ok(())
+    }
+
+    /// Whether the guest may only read.
+    pub fn read_only(&self) -> bool {
+        self.is_read_only.unwrap_or(false)
+    }
+
+    /// The backing file's path (empty when absent, which `validate` refuses).
+    pub fn path(&self) -> PathBuf {
+        self.path_on_host.clone().unwrap_or_default()
     }
 
     /// The drive as the VMM takes it.
@@ -366,8 +540,8 @@ impl Drive {
         DriveConfig {
             block: BlockConfig {
                 drive_id: self.drive_id.clone(),
-                path: self.path_on_host.clone(),
-                read_only: self.is_read_only,
+                path: self.path(),
+                read_only: self.read_only(),
                 cache_type: self.cache_type.into(),
                 bandwidth: limiter.bandwidth.map(TokenBucket::to_bucket_config),
                 ops: limiter.ops.map(TokenBucket::to_bucket_config),
@@ -385,7 +559,7 @@ impl BootSource {
         match &self.boot_args {
             Some(args) => ember_vmm::check_cmdline(args).map_err(|e| Error::InvalidValue {
                 field: "boot-source.boot_args",
-                reason: e.to_string(),
+                reason: format!("The kernel command line is invalid: {e}"),
             }),
             None => Ok(()),
         }
@@ -393,60 +567,81 @@ impl BootSource {
 }
 
 impl MachineConfig {
+    /// This configuration with `update` applied, as Firecracker applies it:
+    /// a `None` template clears the template. Refused (Firecracker's words
+    /// where it has them) when the result is invalid or asks for what Ember
+    /// lacks.
+    pub fn update(&self, update: &MachineConfigUpdate) -> Result<MachineConfig> {
+        let cpu_template = match update.cpu_template {
+            None => self.cpu_template,
+            Some(CpuTemplate::None) => None,
+            Some(template) => Some(template),
+        };
+        let config = MachineConfig {
+            vcpu_count: update.vcpu_count.unwrap_or(self.vcpu_count),
+            mem_size_mib: update.mem_size_mib.unwrap_or(self.mem_size_mib),
+            smt: update.smt.unwrap_or(self.smt),
+            cpu_template,
+            track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+            huge_pages: update.huge_pages.unwrap_or(self.huge_pages),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Refuses settings Ember cannot honour: no vCPU or more than
-    /// [`ember_vmm::MAX_VCPU_COUNT`], no memory or more than the host's
-    /// guest-physical address space holds.
+    /// [`ember_vmm::MAX_VCPU_COUNT`] (or an odd count above 1 with SMT), no
+    /// memory or more than the host's guest-physical address space holds, a
+    /// CPU template, huge pages or dirty-page tracking.
     pub fn validate(&self) -> Result<()> {
-        if self.vcpu_count == 0 {
+        let odd_with_smt = self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 == 1;
+        if ember_vmm::check_vcpu_count(self.vcpu_count).is_err() || odd_with_smt {
             return Err(Error::InvalidValue {
                 field: "machine-config.vcpu_count",
-                reason: "at least one vCPU is needed".into(),
+                reason: format!("{}: {INVALID_VCPU_COUNT}", self.vcpu_count),
             });
         }
-        ember_vmm::check_vcpu_count(self.vcpu_count).map_err(|e| Error::InvalidValue {
-            field: "machine-config.vcpu_count",
-            reason: e.to_string(),
-        })?;
         if self.mem_size_mib == 0 {
             return Err(Error::InvalidValue {
                 field: "machine-config.mem_size_mib",
-                reason: "guest memory must be greater than zero".into(),
+                reason: INVALID_MEMORY_SIZE.into(),
             });
         }
         ember_vmm::memory_layout(self.mem_size_mib).map_err(|e| Error::InvalidValue {
             field: "machine-config.mem_size_mib",
             reason: e.to_string(),
         })?;
-        if self.smt {
-            return Err(Error::Unsupported("machine-config.smt = true"));
+        if self.cpu_template.is_some() {
+            return Err(Error::Unsupported(
+                "machine-config.cpu_template (CPU templates)",
+            ));
         }
         if self.track_dirty_pages {
             return Err(Error::Unsupported(
-                "machine-config.track_dirty_pages = true",
+                "machine-config.track_dirty_pages = true (diff snapshots)",
             ));
         }
         if self.huge_pages != HugePages::None {
-            return Err(Error::Unsupported("machine-config.huge_pages"));
-        }
-        if self.cpu_template.as_deref().is_some_and(|t| t != "None") {
-            return Err(Error::Unsupported("machine-config.cpu_template"));
+            return Err(Error::Unsupported(
+                "machine-config.huge_pages other than None",
+            ));
         }
         Ok(())
     }
 }
 
+/// Firecracker's words for a second root drive.
+pub const SECOND_ROOT_DRIVE: &str = "A root block device already exists!";
+
 impl VmResources {
-    /// Refuses resources Ember cannot provide yet.
+    /// The machine configuration (Firecracker's defaults when absent).
+    pub fn machine(&self) -> MachineConfig {
+        self.machine_config.clone().unwrap_or_default()
+    }
+
+    /// Refuses resources Ember cannot provide, or that contradict each other.
     pub fn validate(&self) -> Result<()> {
-        let unsupported = [
-            ("mmds-config", &self.mmds_config),
-            ("balloon", &self.balloon),
-            ("entropy", &self.entropy),
-            ("cpu-config", &self.cpu_config),
-        ];
-        if let Some((name, _)) = unsupported.iter().find(|(_, value)| value.is_some()) {
-            return Err(Error::Unsupported(name));
-        }
+        self.missing.validate()?;
         if let Some(boot_source) = &self.boot_source {
             boot_source.validate()?;
         }
@@ -456,8 +651,18 @@ impl VmResources {
         if let Some(vsock) = &self.vsock {
             vsock.to_vsock_config()?;
         }
+        self.check_interfaces()?;
+        self.check_drives()?;
+        if let Some(config) = &self.machine_config {
+            // As Firecracker, a file's `cpu_template: "None"` means no template.
+            config.update(&MachineConfigUpdate::from(config.clone()))?;
+        }
+        Ok(())
+    }
+
+    fn check_interfaces(&self) -> Result<()> {
         for (i, iface) in self.network_interfaces.iter().enumerate() {
-            iface.to_net_config()?;
+            let config = iface.to_net_config()?;
             let earlier = &self.network_interfaces[..i];
             if earlier.iter().any(|other| other.iface_id == iface.iface_id) {
                 return Err(Error::InvalidValue {
@@ -471,14 +676,32 @@ impl VmResources {
             {
                 return Err(Error::InvalidValue {
                     field: "network-interfaces.host_dev_name",
-                    reason: format!("`{}` is used by two interfaces", iface.host_dev_name),
+                    reason: format!(
+                        "Could not create the network device: the TAP device `{}` is used by two interfaces",
+                        iface.host_dev_name
+                    ),
                 });
             }
+            if let Some(mac) = config.guest_mac {
+                let same = |other: &NetworkInterface| {
+                    other.guest_mac.as_deref().and_then(|m| parse_mac(m).ok()) == Some(mac)
+                };
+                if earlier.iter().any(same) {
+                    return Err(Error::InvalidValue {
+                        field: "network-interfaces.guest_mac",
+                        reason: format!("The MAC address is already in use: {}", format_mac(&mac)),
+                    });
+                }
+            }
         }
+        Ok(())
+    }
+
+    fn check_drives(&self) -> Result<()> {
         if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
             return Err(Error::InvalidValue {
                 field: "drives.is_root_device",
-                reason: "only one drive can be the root device".into(),
+                reason: SECOND_ROOT_DRIVE.into(),
             });
         }
         for (i, drive) in self.drives.iter().enumerate() {
@@ -492,38 +715,62 @@ impl VmResources {
                 });
             }
         }
-        self.machine_config.validate()
+        Ok(())
     }
 
-    /// Adds `iface`, or replaces the interface with the same id.
+    /// Adds `iface`, or replaces the interface with the same id, as
+    /// Firecracker does: a MAC address another interface has is refused and
+    /// nothing changes; otherwise the old interface is removed first (its
+    /// place taken by the last one) and the new one appended, so that an
+    /// interface the new one cannot be (its TAP device is taken, say) leaves
+    /// neither.
     pub fn put_network_interface(&mut self, iface: NetworkInterface) -> Result<()> {
-        let mut candidate = self.clone();
-        match candidate
-            .network_interfaces
-            .iter_mut()
-            .find(|i| i.iface_id == iface.iface_id)
-        {
-            Some(existing) => *existing = iface,
-            None => candidate.network_interfaces.push(iface),
+        let config = iface.to_net_config();
+        if let Some(mac) = config.as_ref().ok().and_then(|c| c.guest_mac) {
+            let taken = self.network_interfaces.iter().any(|other| {
+                other.iface_id != iface.iface_id
+                    && other.guest_mac.as_deref().and_then(|m| parse_mac(m).ok()) == Some(mac)
+            });
+            if taken {
+                return Err(Error::InvalidValue {
+                    field: "network-interfaces.guest_mac",
+                    reason: format!("The MAC address is already in use: {}", format_mac(&mac)),
+                });
+            }
         }
-        candidate.validate()?;
-        self.network_interfaces = candidate.network_interfaces;
+        if let Some(at) = self
+            .network_interfaces
+            .iter()
+            .position(|i| i.iface_id == iface.iface_id)
+        {
+            self.network_interfaces.swap_remove(at);
+        }
+        config?;
+        let mut candidate = self.network_interfaces.clone();
+        candidate.push(iface);
+        let checked = VmResources {
+            network_interfaces: candidate,
+            ..VmResources::default()
+        };
+        checked.check_interfaces()?;
+        self.network_interfaces = checked.network_interfaces;
         Ok(())
     }
 
     /// Adds `drive`, or replaces the drive with the same id.
     pub fn put_drive(&mut self, drive: Drive) -> Result<()> {
-        let mut drives = self.drives.clone();
-        match drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+        drive.validate()?;
+        let mut candidate = self.drives.clone();
+        match candidate.iter_mut().find(|d| d.drive_id == drive.drive_id) {
             Some(existing) => *existing = drive,
-            None => drives.push(drive),
+            None => candidate.push(drive),
         }
-        let candidate = VmResources {
-            drives,
-            ..self.clone()
+        let checked = VmResources {
+            drives: candidate,
+            ..VmResources::default()
         };
-        candidate.validate()?;
-        self.drives = candidate.drives;
+        checked.check_drives()?;
+        self.drives = checked.drives;
         Ok(())
     }
 
@@ -539,9 +786,11 @@ impl VmResources {
             .clone()
             .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
         let mut config = VmConfig::new(&boot_source.kernel_image_path, boot_args);
+        let machine = self.machine();
         config.initrd = boot_source.initrd_path.clone();
-        config.vcpu_count = self.machine_config.vcpu_count;
-        config.mem_size_mib = self.machine_config.mem_size_mib;
+        config.vcpu_count = machine.vcpu_count;
+        config.mem_size_mib = machine.mem_size_mib;
+        config.smt = machine.smt;
         config.drives = self.drives.iter().map(Drive::to_drive_config).collect();
         config.vsock = self
             .vsock
@@ -586,7 +835,7 @@ mod tests {
             }"#,
         )
         .unwrap();
-        assert_eq!(resources.machine_config.vcpu_count, 2);
+        assert_eq!(resources.machine().vcpu_count, 2);
         let config = resources.to_vm_config(StartTime::now()).unwrap();
         assert_eq!(config.mem_size_mib, 1024);
         assert_eq!(config.cmdline, "console=ttyS0 reboot=k panic=1 pci=off");
@@ -596,19 +845,201 @@ mod tests {
     #[test]
     fn defaults_follow_firecracker() {
         let resources = parse(r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
-        assert_eq!(resources.machine_config, MachineConfig::default());
+        assert_eq!(resources.machine(), MachineConfig::default());
         let config = resources.to_vm_config(StartTime::now()).unwrap();
         assert_eq!(config.cmdline, DEFAULT_BOOT_ARGS);
         assert_eq!((config.vcpu_count, config.mem_size_mib), (1, 128));
     }
 
     #[test]
-    fn unknown_fields_are_refused_with_a_position() {
-        let err = parse(r#"{"boot-source": {"kernel_image_path": "k"}, "bogus": 1}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
-        assert!(err.to_string().contains("line 1"), "{err}");
+    fn unknown_fields_are_refused_where_firecracker_refuses_them() {
+        // Ignored at the top level, in `metrics` and in token buckets.
+        let resources = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"}, "bogus": 1,
+                "metrics": {"metrics_path": "m", "extra": true},
+                "drives": [{"drive_id": "d", "path_on_host": "/d", "is_root_device": false,
+                            "rate_limiter": {"ops": {"size": 1, "refill_time": 1, "x": 0}}}]}"#,
+        )
+        .unwrap();
+        resources.validate().unwrap();
+        // Refused, with a position, everywhere else.
         let err = parse(r#"{"boot-source": {"kernel_image_path": "k", "kernel": 1}}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `kernel`"), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let err = parse(r#"{"vsock": {"guest_cid": 3, "uds_path": "v", "port": 1}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `port`"), "{err}");
+    }
+
+    #[test]
+    fn firecrackers_own_test_config_is_accepted() {
+        let text = r#"{
+          "boot-source": {"kernel_image_path": "vmlinux.bin",
+                          "boot_args": "console=ttyS0 reboot=k panic=1", "initrd_path": null},
+          "drives": [{"drive_id": "rootfs", "partuuid": null, "is_root_device": true,
+                      "cache_type": "Unsafe", "is_read_only": false,
+                      "path_on_host": "bionic.rootfs.ext4", "io_engine": "Sync",
+                      "rate_limiter": null, "socket": null}],
+          "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
+                             "track_dirty_pages": false, "huge_pages": "None"},
+          "cpu-config": null, "balloon": null, "network-interfaces": [], "vsock": null,
+          "logger": null, "metrics": null, "mmds-config": null, "entropy": null,
+          "pmem": [], "memory-hotplug": null
+        }"#;
+        let resources = parse(text).unwrap();
+        resources.validate().unwrap();
+        let config = resources.to_vm_config(StartTime::now()).unwrap();
+        assert_eq!(config.vcpu_count, 2);
+        assert!(!config.drives[0].block.read_only);
+    }
+
+    #[test]
+    fn missing_features_are_refused_by_name_when_asked_for() {
+        for (json, name) in [
+            (
+                r#"{"balloon": {"amount_mib": 1, "deflate_on_oom": true}}"#,
+                "balloon",
+            ),
+            (r#"{"cpu-config": {}}"#, "cpu-config"),
+            (
+                r#"{"mmds-config": {"network_interfaces": ["1"]}}"#,
+                "mmds-config",
+            ),
+            (r#"{"entropy": {}}"#, "entropy"),
+            (r#"{"pmem": [{"id": "p", "path_on_host": "/p"}]}"#, "pmem"),
+            (
+                r#"{"memory-hotplug": {"total_size_mib": 1024}}"#,
+                "memory-hotplug",
+            ),
+        ] {
+            let err = parse(json).unwrap().validate().unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("`{name}` is not supported by this version of Ember")
+            );
+        }
+        let drive = |extra: &str| {
+            parse(&format!(
+                r#"{{"drives": [{{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, {extra}}}]}}"#
+            ))
+            .unwrap()
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        assert!(drive(r#""io_engine": "Sync""#).is_ok());
+        assert!(drive(r#""io_engine": "Async""#)
+            .unwrap_err()
+            .contains("io_uring"));
+        assert!(drive(r#""socket": "/vhost.sock""#)
+            .unwrap_err()
+            .contains("vhost-user"));
+        let err = parse(r#"{"drives": [{"drive_id": "d", "is_root_device": false}]}"#)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("needs a backing file"), "{err}");
+    }
+
+    #[test]
+    fn machine_updates_follow_firecracker() {
+        let config = MachineConfig::default();
+        let smt = MachineConfigUpdate {
+            smt: Some(true),
+            vcpu_count: Some(2),
+            ..Default::default()
+        };
+        let updated = config.update(&smt).unwrap();
+        assert!(updated.smt);
+        let odd = MachineConfigUpdate {
+            vcpu_count: Some(3),
+            ..Default::default()
+        };
+        let err = updated.update(&odd).unwrap_err().to_string();
+        assert!(err.contains(INVALID_VCPU_COUNT), "{err}");
+        let none = MachineConfigUpdate {
+            cpu_template: Some(CpuTemplate::None),
+            huge_pages: Some(HugePages::None),
+            ..Default::default()
+        };
+        assert_eq!(updated.update(&none).unwrap().cpu_template, None);
+        for (update, feature) in [
+            (
+                MachineConfigUpdate {
+                    cpu_template: Some(CpuTemplate::C3),
+                    ..Default::default()
+                },
+                "CPU templates",
+            ),
+            (
+                MachineConfigUpdate {
+                    huge_pages: Some(HugePages::Hugetlbfs2M),
+                    ..Default::default()
+                },
+                "huge_pages",
+            ),
+            (
+                MachineConfigUpdate {
+                    track_dirty_pages: Some(true),
+                    ..Default::default()
+                },
+                "track_dirty_pages",
+            ),
+        ] {
+            let err = config.update(&update).unwrap_err().to_string();
+            assert!(err.contains(feature), "{err}");
+        }
+        let zero = MachineConfigUpdate {
+            mem_size_mib: Some(0),
+            ..Default::default()
+        };
+        let err = config.update(&zero).unwrap_err().to_string();
+        assert!(err.contains(INVALID_MEMORY_SIZE), "{err}");
+    }
+
+    #[test]
+    fn a_mac_address_is_used_once() {
+        let iface = |id: &str, tap: &str, mac: &str| NetworkInterface {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+            guest_mac: Some(mac.into()),
+            mtu: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        let mut resources = VmResources::default();
+        resources
+            .put_network_interface(iface("1", "tap1", "06:00:00:00:00:01"))
+            .unwrap();
+        let err = resources
+            .put_network_interface(iface("2", "tap2", "06:00:00:00:00:01"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("The MAC address is already in use: 06:00:00:00:00:01"),
+            "{err}"
+        );
+        // Replacing the interface that has it is fine; it moves to the end.
+        resources
+            .put_network_interface(iface("2", "tap2", "06:00:00:00:00:02"))
+            .unwrap();
+        resources
+            .put_network_interface(iface("1", "tap1", "06:00:00:00:00:01"))
+            .unwrap();
+        assert_eq!(resources.network_interfaces[1].iface_id, "1");
+        // An update that cannot be leaves neither interface, as in Firecracker.
+        assert!(resources
+            .put_network_interface(iface("1", "tap2", "06:00:00:00:00:01"))
+            .is_err());
+        assert_eq!(resources.network_interfaces.len(), 1);
+        resources
+            .put_network_interface(iface("1", "tap1", "06:00:00:00:00:01"))
+            .unwrap();
+        let mut with_mtu = iface("2", "tap2", "06:00:00:00:00:02");
+        with_mtu.mtu = Some(67);
+        assert!(resources.put_network_interface(with_mtu.clone()).is_err());
+        with_mtu.mtu = Some(1400);
+        resources.put_network_interface(with_mtu).unwrap();
+        let last = resources.network_interfaces.last().unwrap();
+        assert_eq!(last.to_net_config().unwrap().mtu, Some(1400));
     }
 
     #[test]
@@ -629,29 +1060,6 @@ mod tests {
 
     #[test]
     fn unsupported_settings_are_named() {
-        let mut resources = parse(r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
-        resources.machine_config.smt = true;
-        assert!(matches!(resources.validate(), Err(Error::Unsupported(_))));
-        resources.machine_config.smt = false;
-        resources.machine_config.vcpu_count = 0;
-        assert!(matches!(
-            resources.validate(),
-            Err(Error::InvalidValue { .. })
-        ));
-        resources.machine_config.vcpu_count = 1;
-        resources.machine_config.mem_size_mib = 0;
-        assert!(matches!(
-            resources.validate(),
-            Err(Error::InvalidValue { .. })
-        ));
-
-        let resources =
-            parse(r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": {}}"#).unwrap();
-        let err = resources.validate().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "`balloon` is not supported by this version of Ember"
-        );
         let resources = parse(
             r#"{"boot-source": {"kernel_image_path": "k"},
                 "vsock": {"guest_cid": 2, "uds_path": "/tmp/v.sock"}}"#,
@@ -662,6 +1070,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("reserved"));
+        let resources = VmResources {
+            machine_config: Some(MachineConfig {
+                vcpu_count: 0,
+                ..MachineConfig::default()
+            }),
+            ..VmResources::default()
+        };
+        assert!(matches!(
+            resources.validate(),
+            Err(Error::InvalidValue { .. })
+        ));
     }
 
     #[test]
@@ -674,7 +1093,7 @@ mod tests {
         config.vcpu_count = ember_vmm::MAX_VCPU_COUNT + 1;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("machine-config.vcpu_count"), "{err}");
-        assert!(err.contains("between 1 and 32"), "{err}");
+        assert!(err.contains(INVALID_VCPU_COUNT), "{err}");
 
         config.vcpu_count = 1;
         let phys_bits = ember_vmm::host_phys_addr_bits();
@@ -718,13 +1137,14 @@ mod tests {
     fn drive(id: &str, root: bool) -> Drive {
         Drive {
             drive_id: id.into(),
-            path_on_host: format!("/img/{id}").into(),
+            path_on_host: Some(format!("/img/{id}").into()),
             is_root_device: root,
-            is_read_only: false,
+            is_read_only: None,
             partuuid: None,
             cache_type: CacheType::Unsafe,
             rate_limiter: None,
             io_engine: None,
+            socket: None,
         }
     }
 
@@ -760,10 +1180,13 @@ mod tests {
         resources.put_drive(drive("a", false)).unwrap();
         resources.put_drive(drive("b", true)).unwrap();
         assert_eq!(resources.drives.len(), 2, "replaced by id");
-        assert!(resources.put_drive(drive("bad/id", false)).is_err());
-        assert!(resources.put_drive(drive("", false)).is_err());
+        let err = resources
+            .put_drive(drive("c", true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(SECOND_ROOT_DRIVE), "{err}");
         let mut async_io = drive("c", false);
-        async_io.io_engine = Some("Async".into());
+        async_io.io_engine = Some(IoEngine::Async);
         assert!(resources.put_drive(async_io).is_err());
     }
 

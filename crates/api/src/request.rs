@@ -2,21 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::MachineConfigUpdate;
 use crate::model::{BootSource, Drive, Logger, MachineConfig, Metrics, NetworkInterface};
-
-/// `PATCH /machine-config`: any subset of the machine configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineConfigUpdate {
-    /// New vCPU count.
-    pub vcpu_count: Option<u8>,
-    /// New memory size.
-    pub mem_size_mib: Option<u64>,
-    /// New SMT setting.
-    pub smt: Option<bool>,
-    /// New dirty-page tracking setting.
-    pub track_dirty_pages: Option<bool>,
-}
 
 /// `PUT /actions`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -115,6 +102,25 @@ pub enum ApiRequest {
     GetVmConfig,
 }
 
+impl ApiRequest {
+    /// Firecracker's warning when the request uses a deprecated field; its
+    /// answer then carries `Deprecation: true`.
+    pub fn deprecation(&self) -> Option<&'static str> {
+        match self {
+            ApiRequest::PutMachineConfig(config) if config.cpu_template.is_some() => {
+                Some("PUT /machine-config: cpu_template field is deprecated.")
+            }
+            ApiRequest::PatchMachineConfig(update) if update.cpu_template.is_some() => {
+                Some("PATCH /machine-config: cpu_template field is deprecated.")
+            }
+            ApiRequest::PutVsock(vsock) if vsock.vsock_id.is_some() => {
+                Some("PUT /vsock: vsock_id field is deprecated.")
+            }
+            _ => None,
+        }
+    }
+}
+
 /// An answer to a request: an HTTP status and an optional JSON body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiResponse {
@@ -122,6 +128,8 @@ pub struct ApiResponse {
     pub status: u16,
     /// JSON body.
     pub body: Option<String>,
+    /// The request used a deprecated field or route (`Deprecation: true`).
+    pub deprecated: bool,
 }
 
 /// The body of an error response.
@@ -136,6 +144,7 @@ impl ApiResponse {
         ApiResponse {
             status: 204,
             body: None,
+            deprecated: false,
         }
     }
 
@@ -145,6 +154,7 @@ impl ApiResponse {
             Ok(body) => ApiResponse {
                 status: 200,
                 body: Some(body),
+                deprecated: false,
             },
             Err(e) => ApiResponse::error(500, &format!("cannot serialize the response: {e}")),
         }
@@ -159,6 +169,7 @@ impl ApiResponse {
         ApiResponse {
             status,
             body: Some(body),
+            deprecated: false,
         }
     }
 

@@ -4,7 +4,9 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::model::{BootSource, Drive, Logger, MachineConfig, Metrics, NetworkInterface, Vsock};
+use crate::model::{
+    check_path_id, BootSource, Drive, Logger, MachineConfig, Metrics, NetworkInterface, Vsock,
+};
 use crate::request::{
     ActionRequest, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate,
     NetworkInterfaceUpdate, VmPatch,
@@ -54,111 +56,138 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/vm/config", &[Method::Get]),
 ];
 
-fn json<T: DeserializeOwned>(body: Option<&[u8]>, what: &str) -> Result<T, ApiResponse> {
-    let body = body.filter(|b| !b.is_empty()).ok_or_else(|| {
-        ApiResponse::bad_request(&format!("{what}: the request needs a JSON body"))
-    })?;
-    serde_json::from_slice(body)
-        .map_err(|e| ApiResponse::bad_request(&format!("{what}: invalid JSON body: {e}")))
+/// Firecracker resources Ember does not serve yet, by their first path segment.
+const MISSING_RESOURCES: &[&str] = &[
+    "balloon",
+    "cpu-config",
+    "entropy",
+    "hotplug",
+    "mmds",
+    "pmem",
+    "serial",
+    "snapshot",
+];
+
+fn fault(message: &str) -> ApiResponse {
+    ApiResponse::bad_request(message)
 }
 
-fn no_body(body: Option<&[u8]>, what: &str) -> Result<(), ApiResponse> {
-    match body {
-        Some(b) if !b.is_empty() => Err(ApiResponse::bad_request(&format!(
-            "{what}: this request takes no body"
-        ))),
-        _ => Ok(()),
-    }
+/// The request body as `T`, refused in Firecracker's words.
+fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
+    serde_json::from_slice(body).map_err(|e| {
+        fault(&format!(
+            "An error occurred when deserializing the json body of a request: {e}."
+        ))
+    })
 }
 
-/// Checks that the id in the path and the id in the body agree.
-fn same_id(path_id: &str, body_id: &str, field: &str) -> Result<(), ApiResponse> {
+/// The resource id from the path, checked as Firecracker checks it.
+fn checked_id(id: Option<&str>) -> Result<&str, ApiResponse> {
+    let id = id.unwrap_or_default();
+    check_path_id(id).map_err(fault)?;
+    Ok(id)
+}
+
+/// Checks that the id in the path and the id in the body agree (drives).
+fn same_drive_id(path_id: &str, body_id: &str) -> Result<(), ApiResponse> {
     if path_id == body_id {
         Ok(())
     } else {
-        Err(ApiResponse::bad_request(&format!(
-            "the path names `{path_id}` but the body's {field} is `{body_id}`"
+        Err(fault(
+            "The id from the path does not match the id from the body!",
+        ))
+    }
+}
+
+/// Checks that the id in the path and the id in the body agree (interfaces).
+fn same_iface_id(path_id: &str, body_id: &str) -> Result<(), ApiResponse> {
+    if path_id == body_id {
+        Ok(())
+    } else {
+        Err(fault(&format!(
+            "The id from the path [{path_id}] does not match the id from the body [{body_id}]!"
         )))
     }
 }
 
-fn path_id<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
-    path.strip_prefix(prefix)
-        .filter(|id| !id.is_empty() && !id.contains('/'))
+fn invalid_path(method: Method, resource: &str) -> ApiResponse {
+    if MISSING_RESOURCES.contains(&resource) {
+        return fault(&format!(
+            "`/{resource}` is not supported by this version of Ember \
+             (Invalid request method and/or path: {} {resource}.)",
+            method.as_str()
+        ));
+    }
+    fault(&format!(
+        "Invalid request method and/or path: {} {resource}.",
+        method.as_str()
+    ))
 }
 
 /// Parses one request. The error is the response to send back.
+///
+/// Paths are read as Firecracker reads them: leading slashes are ignored,
+/// the first segment names the resource, the second (if the resource takes
+/// one) is the id or sub-resource, and any further segments are ignored. A
+/// GET must come without a body, a PUT or PATCH with one (an empty body is
+/// none).
 pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiRequest, ApiResponse> {
-    let what = format!("{} {path}", method.as_str());
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
+    let body = body.filter(|b| !b.is_empty());
+    let mut segments = path.trim_start_matches('/').split_terminator('/');
+    let resource = segments.next().unwrap_or_default();
+    let second = segments.next();
     use Method::*;
-    let request = match (method, path) {
-        (Get, "/") => {
-            no_body(body, &what)?;
-            ApiRequest::GetInstanceInfo
+    let request = match (method, resource, body) {
+        (Get, "", None) => ApiRequest::GetInstanceInfo,
+        (Get, "version", None) => ApiRequest::GetVersion,
+        (Get, "vm", None) if second == Some("config") => ApiRequest::GetVmConfig,
+        (Get, "machine-config", None) => ApiRequest::GetMachineConfig,
+        (Get, _, Some(_)) => return Err(fault("GET request cannot have a body.")),
+        (Put, "actions", Some(body)) => {
+            ApiRequest::Action(json::<ActionRequest>(body)?.action_type)
         }
-        (Get, "/version") => {
-            no_body(body, &what)?;
-            ApiRequest::GetVersion
-        }
-        (Get, "/machine-config") => {
-            no_body(body, &what)?;
-            ApiRequest::GetMachineConfig
-        }
-        (Put, "/machine-config") => {
-            ApiRequest::PutMachineConfig(json::<MachineConfig>(body, &what)?)
-        }
-        (Patch, "/machine-config") => {
-            ApiRequest::PatchMachineConfig(json::<MachineConfigUpdate>(body, &what)?)
-        }
-        (Put, "/boot-source") => ApiRequest::PutBootSource(json::<BootSource>(body, &what)?),
-        (Put, "/vsock") => ApiRequest::PutVsock(json::<Vsock>(body, &what)?),
-        (Put, "/logger") => ApiRequest::PutLogger(json::<Logger>(body, &what)?),
-        (Put, "/metrics") => ApiRequest::PutMetrics(json::<Metrics>(body, &what)?),
-        (Put, "/actions") => ApiRequest::Action(json::<ActionRequest>(body, &what)?.action_type),
-        (Patch, "/vm") => ApiRequest::PatchVm(json::<VmPatch>(body, &what)?.state),
-        (Get, "/vm/config") => {
-            no_body(body, &what)?;
-            ApiRequest::GetVmConfig
-        }
-        (Put, p) if path_id(p, "/drives/").is_some() => {
-            let drive = json::<Drive>(body, &what)?;
-            same_id(
-                path_id(p, "/drives/").unwrap_or(""),
-                &drive.drive_id,
-                "drive_id",
-            )?;
+        (Put, "boot-source", Some(body)) => ApiRequest::PutBootSource(json::<BootSource>(body)?),
+        (Put, "drives", Some(body)) => {
+            let id = checked_id(second)?;
+            let drive = json::<Drive>(body)?;
+            same_drive_id(id, &drive.drive_id)?;
             ApiRequest::PutDrive(drive)
         }
-        (Patch, p) if path_id(p, "/drives/").is_some() => {
-            let update = json::<DriveUpdate>(body, &what)?;
-            same_id(
-                path_id(p, "/drives/").unwrap_or(""),
-                &update.drive_id,
-                "drive_id",
-            )?;
-            ApiRequest::PatchDrive(update)
+        (Put, "logger", Some(body)) => ApiRequest::PutLogger(json::<Logger>(body)?),
+        (Put, "machine-config", Some(body)) => {
+            ApiRequest::PutMachineConfig(json::<MachineConfig>(body)?)
         }
-        (Put, p) if path_id(p, "/network-interfaces/").is_some() => {
-            let iface = json::<NetworkInterface>(body, &what)?;
-            let id = path_id(p, "/network-interfaces/").unwrap_or("");
-            same_id(id, &iface.iface_id, "iface_id")?;
+        (Put, "metrics", Some(body)) => ApiRequest::PutMetrics(json::<Metrics>(body)?),
+        (Put, "network-interfaces", Some(body)) => {
+            let id = checked_id(second)?;
+            let iface = json::<NetworkInterface>(body)?;
+            same_iface_id(id, &iface.iface_id)?;
             ApiRequest::PutNetworkInterface(iface)
         }
-        (Patch, p) if path_id(p, "/network-interfaces/").is_some() => {
-            let update = json::<NetworkInterfaceUpdate>(body, &what)?;
-            let id = path_id(p, "/network-interfaces/").unwrap_or("");
-            same_id(id, &update.iface_id, "iface_id")?;
+        (Put, "vsock", Some(body)) => ApiRequest::PutVsock(json::<Vsock>(body)?),
+        (Put, _, None) => return Err(fault("Empty PUT request.")),
+        (Patch, "drives", Some(body)) => {
+            let id = checked_id(second)?;
+            let update = json::<DriveUpdate>(body)?;
+            same_drive_id(id, &update.drive_id)?;
+            ApiRequest::PatchDrive(update)
+        }
+        (Patch, "machine-config", Some(body)) => {
+            let update = json::<MachineConfigUpdate>(body)?;
+            if update.is_empty() {
+                return Err(fault("Empty PATCH request."));
+            }
+            ApiRequest::PatchMachineConfig(update)
+        }
+        (Patch, "network-interfaces", Some(body)) => {
+            let id = checked_id(second)?;
+            let update = json::<NetworkInterfaceUpdate>(body)?;
+            same_iface_id(id, &update.iface_id)?;
             ApiRequest::PatchNetworkInterface(update)
         }
-        _ => {
-            return Err(ApiResponse::bad_request(&format!(
-                "invalid request method and/or path: {what}"
-            )))
-        }
+        (Patch, "vm", Some(body)) => ApiRequest::PatchVm(json::<VmPatch>(body)?.state),
+        (Patch, _, None) => return Err(fault("Empty PATCH request.")),
+        (method, resource, _) => return Err(invalid_path(method, resource)),
     };
     Ok(request)
 }
@@ -214,44 +243,234 @@ mod tests {
             parse(Method::Get, "/vm/config/", None),
             Ok(ApiRequest::GetVmConfig)
         );
+        let Ok(ApiRequest::PutDrive(drive)) = parse(
+            Method::Put,
+            "/drives/rootfs",
+            Some(br#"{"drive_id": "rootfs", "path_on_host": "/x", "is_root_device": true, "io_engine": "Sync", "socket": null}"#),
+        ) else {
+            panic!("drive")
+        };
+        assert_eq!(drive.is_read_only, None, "absent: false when built");
     }
 
     #[test]
-    fn bad_requests_say_why() {
-        assert!(fault(parse(Method::Put, "/machine-config", Some(b"{nope")))
-            .contains("invalid JSON body"));
-        assert!(fault(parse(
-            Method::Put,
+    fn bad_requests_say_why_in_firecrackers_words() {
+        let deserializing = "An error occurred when deserializing the json body of a request: ";
+        let cases: &[(Method, &str, Option<&[u8]>, &str)] = &[
+            (
+                Method::Put,
+                "/machine-config",
+                Some(b"{nope"),
+                deserializing,
+            ),
+            (
+                Method::Put,
+                "/machine-config",
+                Some(br#"{"vcpu_count": 1, "mem_size_mib": 1, "turbo": true}"#),
+                "unknown field `turbo`",
+            ),
+            (
+                Method::Put,
+                "/machine-config",
+                Some(br#"{"mem_size_mib": 128}"#),
+                "missing field `vcpu_count` at line 1 column 21.",
+            ),
+            (Method::Put, "/boot-source", None, "Empty PUT request."),
+            (Method::Put, "/nowhere", None, "Empty PUT request."),
+            (Method::Patch, "/vm", Some(b""), "Empty PATCH request."),
+            (
+                Method::Patch,
+                "/machine-config",
+                Some(b"{}"),
+                "Empty PATCH request.",
+            ),
+            (
+                Method::Get,
+                "/",
+                Some(b"{}"),
+                "GET request cannot have a body.",
+            ),
+            (
+                Method::Get,
+                "/nowhere",
+                None,
+                "Invalid request method and/or path: GET nowhere.",
+            ),
+            (
+                Method::Get,
+                "/vm",
+                None,
+                "Invalid request method and/or path: GET vm.",
+            ),
+            (
+                Method::Patch,
+                "/boot-source",
+                Some(b"{}"),
+                "Invalid request method and/or path: PATCH boot-source.",
+            ),
+            (
+                Method::Put,
+                "/balloon",
+                Some(b"{}"),
+                "`/balloon` is not supported by this version of Ember",
+            ),
+            (
+                Method::Put,
+                "/drives/",
+                Some(b"{}"),
+                "The ID cannot be empty.",
+            ),
+            (
+                Method::Put,
+                "/drives",
+                Some(b"{}"),
+                "The ID cannot be empty.",
+            ),
+            (
+                Method::Put,
+                "/drives/a-b",
+                Some(b"{}"),
+                "API Resource IDs can only contain alphanumeric characters and underscores.",
+            ),
+            (
+                Method::Patch,
+                "/network-interfaces/a.b",
+                Some(b"{}"),
+                "API Resource IDs can only contain",
+            ),
+            (
+                Method::Put,
+                "/drives/a",
+                Some(br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": true}"#),
+                "The id from the path does not match the id from the body!",
+            ),
+            (
+                Method::Put,
+                "/network-interfaces/a",
+                Some(br#"{"iface_id": "b", "host_dev_name": "tap0"}"#),
+                "The id from the path [a] does not match the id from the body [b]!",
+            ),
+            (
+                Method::Put,
+                "/actions",
+                Some(br#"{"action_type": "Explode"}"#),
+                "unknown variant `Explode`",
+            ),
+        ];
+        for (method, path, body, expected) in cases {
+            let message = fault(parse(*method, path, *body));
+            assert!(
+                message.contains(expected),
+                "{} {path}: {message}",
+                method.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn paths_are_read_as_firecracker_reads_them() {
+        let machine = |path: &str| parse(Method::Get, path, None);
+        for path in [
             "/machine-config",
-            Some(br#"{"vcpu_count": 1, "mem_size_mib": 1, "turbo": true}"#)
-        ))
-        .contains("unknown field `turbo`"));
-        assert!(fault(parse(
-            Method::Put,
-            "/machine-config",
-            Some(br#"{"vcpu_count": "one", "mem_size_mib": 1}"#)
-        ))
-        .contains("invalid type"));
-        assert!(fault(parse(Method::Put, "/boot-source", None)).contains("needs a JSON body"));
-        assert!(fault(parse(Method::Get, "/nowhere", None))
-            .contains("invalid request method and/or path: GET /nowhere"));
-        assert!(
-            fault(parse(Method::Patch, "/boot-source", Some(b"{}"))).contains("PATCH /boot-source")
+            "//machine-config",
+            "/machine-config/",
+            "/machine-config/extra",
+        ] {
+            assert_eq!(machine(path), Ok(ApiRequest::GetMachineConfig), "{path}");
+        }
+        for path in ["/", "//", ""] {
+            assert_eq!(
+                parse(Method::Get, path, None),
+                Ok(ApiRequest::GetInstanceInfo),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            parse(Method::Get, "/vm/config/x", None),
+            Ok(ApiRequest::GetVmConfig)
         );
-        assert!(fault(parse(Method::Put, "/drives/", Some(b"{}"))).contains("invalid request"));
-        assert!(fault(parse(Method::Get, "/", Some(b"{}"))).contains("takes no body"));
-        assert!(fault(parse(
+        let drive = br#"{"drive_id": "d", "path_on_host": "/x", "is_root_device": false}"#;
+        for path in ["/drives/d", "//drives/d/", "/drives/d/extra"] {
+            assert!(
+                matches!(
+                    parse(Method::Put, path, Some(drive)),
+                    Ok(ApiRequest::PutDrive(_))
+                ),
+                "{path}"
+            );
+        }
+        // Firecracker's id rule: Unicode alphanumerics and `_`, any length.
+        let long = "d".repeat(65);
+        let body =
+            format!(r#"{{"drive_id": "{long}", "path_on_host": "/x", "is_root_device": false}}"#);
+        let path = format!("/drives/{long}");
+        assert!(parse(Method::Put, &path, Some(body.as_bytes())).is_ok());
+        let body = r#"{"iface_id": "é_1", "host_dev_name": "tap0"}"#;
+        assert!(parse(
             Method::Put,
-            "/drives/a",
-            Some(br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": true, "is_read_only": false}"#)
-        ))
-        .contains("`a`"));
-        assert!(fault(parse(
-            Method::Put,
-            "/actions",
-            Some(br#"{"action_type": "Explode"}"#)
-        ))
-        .contains("unknown variant"));
+            "/network-interfaces/é_1",
+            Some(body.as_bytes())
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn deprecated_fields_are_flagged() {
+        let put = |path: &str, body: &[u8]| parse(Method::Put, path, Some(body)).unwrap();
+        let with = put(
+            "/machine-config",
+            br#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}"#,
+        );
+        assert_eq!(
+            with.deprecation(),
+            Some("PUT /machine-config: cpu_template field is deprecated.")
+        );
+        let without = put(
+            "/machine-config",
+            br#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+        );
+        assert_eq!(without.deprecation(), None);
+        let vsock = put(
+            "/vsock",
+            br#"{"vsock_id": "v", "guest_cid": 3, "uds_path": "/v"}"#,
+        );
+        assert_eq!(
+            vsock.deprecation(),
+            Some("PUT /vsock: vsock_id field is deprecated.")
+        );
+        let patch = parse(
+            Method::Patch,
+            "/machine-config",
+            Some(br#"{"cpu_template": "None"}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            patch.deprecation(),
+            Some("PATCH /machine-config: cpu_template field is deprecated.")
+        );
+    }
+
+    /// Whether another row serves `method` on the resource of `template`
+    /// (`PATCH /vm/config` is `PATCH /vm`: further segments are ignored).
+    fn served_elsewhere(template: &str, method: Method) -> bool {
+        let first = |t: &str| {
+            t.trim_start_matches('/')
+                .split('/')
+                .next()
+                .map(str::to_owned)
+        };
+        ROUTES.iter().any(|(other, methods)| {
+            *other != template
+                && first(other) == first(template)
+                && methods.contains(&method)
+                && !other.contains("/{")
+                && other.matches('/').count() == 1
+        })
+    }
+
+    /// A body a request of `method` may carry: none for GET.
+    fn body_for(method: Method) -> Option<&'static [u8]> {
+        (method != Method::Get).then_some(b"{}")
     }
 
     #[test]
@@ -261,12 +480,12 @@ mod tests {
                 .replace("{drive_id}", "d")
                 .replace("{iface_id}", "i");
             for method in [Method::Get, Method::Put, Method::Patch] {
-                if methods.contains(&method) {
+                if methods.contains(&method) || served_elsewhere(template, method) {
                     continue;
                 }
-                let message = fault(parse(method, &path, Some(b"{}")));
+                let message = fault(parse(method, &path, body_for(method)));
                 assert!(
-                    message.contains("invalid request method and/or path"),
+                    message.contains("Invalid request method and/or path"),
                     "{} {path} is routed but not in the table",
                     method.as_str()
                 );
@@ -281,11 +500,11 @@ mod tests {
                 .replace("{drive_id}", "d")
                 .replace("{iface_id}", "i");
             for method in *methods {
-                let result = parse(*method, &path, Some(b"{}"));
+                let result = parse(*method, &path, body_for(*method));
                 if let Err(response) = result {
                     let message = response.body.unwrap_or_default();
                     assert!(
-                        !message.contains("invalid request method and/or path"),
+                        !message.contains("Invalid request method and/or path"),
                         "{} {path} is in the table but not routed",
                         method.as_str()
                     );

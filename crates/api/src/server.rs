@@ -409,8 +409,17 @@ impl Server {
                 self.counters.record_latency(what, false, sent.elapsed());
             }
             if let Some(slot) = self.connections.get_mut(&id) {
-                slot.conn
-                    .respond(answer.status, answer.body.as_deref(), true);
+                let headers: &[(&str, &str)] = if answer.deprecated {
+                    &[("Deprecation", "true")]
+                } else {
+                    &[]
+                };
+                let reply = crate::http::Answer {
+                    status: answer.status,
+                    body: answer.body.as_deref(),
+                    headers,
+                };
+                slot.conn.respond_with(reply, true);
                 self.advance(id, now);
             }
             self.dispatch()?;
@@ -486,8 +495,13 @@ fn route(raw: RawRequest, counters: &ApiCounters) -> std::result::Result<ApiRequ
     };
     let Some(method) = raw.method else {
         return Err(refused(ApiResponse::bad_request(&format!(
-            "invalid request method and/or path: {} {}",
-            raw.method_name, raw.path
+            "Invalid request method and/or path: {} {}.",
+            raw.method_name,
+            raw.path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or_default()
         ))));
     };
     counters.count_request(method, &raw.path);

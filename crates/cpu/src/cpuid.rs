@@ -1,6 +1,7 @@
 //! CPUID as a microVM presents it: what the host's KVM supports, with the
-//! hypervisor bit set, a flat topology of N single-threaded cores in one
-//! package, no performance monitoring, and the host's brand string.
+//! hypervisor bit set, a topology of one package holding N vCPUs as cores of
+//! one or (with SMT) two threads, no performance monitoring, and the host's
+//! brand string.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -117,6 +118,16 @@ pub struct Topology {
     pub vcpu_index: u8,
     /// vCPUs in the VM.
     pub vcpu_count: u8,
+    /// Threads per core: 2 with SMT, else 1 (the APIC ID's low bit is then
+    /// the thread).
+    pub threads_per_core: u8,
+}
+
+impl Topology {
+    /// Threads per core as the guest sees them: never more than the vCPUs.
+    fn threads(&self) -> u32 {
+        u32::from(self.threads_per_core.clamp(1, self.vcpu_count.max(1)))
+    }
 }
 
 /// Turns the CPUID KVM supports into the CPUID of one vCPU: hypervisor bit,
@@ -125,9 +136,12 @@ pub fn normalize(cpuid: &mut CpuId, topology: Topology, brand: &[u8; 48]) -> Res
     let Topology {
         vcpu_index,
         vcpu_count,
+        ..
     } = topology;
     let apic_id = u32::from(vcpu_index);
     let count = u32::from(vcpu_count.max(1));
+    let threads = topology.threads();
+    let thread_bits = id_bits(u8::try_from(threads).unwrap_or(1));
     let vendor = Vendor::of(cpuid);
     let max_basic = max_leaf(cpuid, 0);
 
@@ -144,9 +158,11 @@ pub fn normalize(cpuid: &mut CpuId, topology: Topology, brand: &[u8; 48]) -> Res
             }
             4 if vendor == Vendor::Intel && entry.eax & 0x1f != 0 => {
                 let cache_level = (entry.eax >> 5) & 0x7;
-                let sharing = if cache_level >= 3 { count - 1 } else { 0 };
-                entry.eax =
-                    (entry.eax & 0x3fff) | ((count - 1).min(63) << 26) | ((sharing & 0xfff) << 14);
+                let sharing = if cache_level >= 3 { count } else { threads };
+                let cores = count.div_ceil(threads);
+                entry.eax = (entry.eax & 0x3fff)
+                    | ((cores - 1).min(63) << 26)
+                    | (((sharing - 1) & 0xfff) << 14);
             }
             // No thermal/power management and no performance monitoring.
             6 => {
@@ -173,7 +189,8 @@ pub fn normalize(cpuid: &mut CpuId, topology: Topology, brand: &[u8; 48]) -> Res
             }
             0x8000_001e if vendor == Vendor::Amd => {
                 entry.eax = apic_id;
-                entry.ebx = apic_id & 0xff; // compute unit = core, one thread each
+                // Compute unit = core, with its threads.
+                entry.ebx = ((threads - 1) << 8) | ((apic_id >> thread_bits) & 0xff);
                 entry.ecx = 0; // one node
                 entry.edx = 0;
             }
@@ -192,7 +209,7 @@ pub fn normalize(cpuid: &mut CpuId, topology: Topology, brand: &[u8; 48]) -> Res
             edx: apic_id,
             ..Default::default()
         };
-        upsert(cpuid, level(0, 0, 1, LEVEL_TYPE_SMT))?;
+        upsert(cpuid, level(0, thread_bits, threads, LEVEL_TYPE_SMT))?;
         upsert(cpuid, level(1, id_bits(vcpu_count), count, LEVEL_TYPE_CORE))?;
         upsert(cpuid, level(2, 0, 0, 0))?;
     }
@@ -271,6 +288,7 @@ mod tests {
             Topology {
                 vcpu_index: 3,
                 vcpu_count: 4,
+                threads_per_core: 1,
             },
             &brand,
         )
@@ -291,6 +309,62 @@ mod tests {
     }
 
     #[test]
+    fn smt_makes_pairs_of_threads() {
+        let mut cpuid = CpuId::from_entries(&[
+            entry(0, 0, [0x1c, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+            entry(1, 0, [0, 0, 0, 0]),
+            entry(0xb, 0, [0; 4]),
+            entry(0x8000_0000, 0, [0x8000_001e, 0, 0, 0]),
+            entry(0x8000_001e, 0, [0; 4]),
+        ])
+        .unwrap();
+        normalize(
+            &mut cpuid,
+            Topology {
+                vcpu_index: 3,
+                vcpu_count: 4,
+                threads_per_core: 2,
+            },
+            &host_brand_string(),
+        )
+        .unwrap();
+        assert_eq!(regs(&cpuid, 0xb, 0), [1, 2, 0x100, 3], "two threads a core");
+        assert_eq!(
+            regs(&cpuid, 0xb, 1),
+            [2, 4, 0x201, 3],
+            "four in the package"
+        );
+        assert_eq!(
+            regs(&cpuid, 0x8000_001e, 0)[..2],
+            [3, 0x101],
+            "core 1, 2 threads"
+        );
+    }
+
+    #[test]
+    fn intel_caches_are_shared_by_the_threads_of_a_core() {
+        // "GenuineIntel" = ebx "Genu", edx "ineI", ecx "ntel".
+        let vendor = entry(0, 0, [0xb, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]);
+        let l1 = entry(4, 0, [0x21, 0, 0, 0]);
+        let l3 = entry(4, 3, [0x63, 0, 0, 0]);
+        let mut cpuid = CpuId::from_entries(&[vendor, l1, l3]).unwrap();
+        let topology = Topology {
+            vcpu_index: 0,
+            vcpu_count: 4,
+            threads_per_core: 2,
+        };
+        normalize(&mut cpuid, topology, &host_brand_string()).unwrap();
+        let [l1_eax, ..] = regs(&cpuid, 4, 0);
+        assert_eq!((l1_eax >> 14) & 0xfff, 1, "L1 shared by 2 threads");
+        assert_eq!(l1_eax >> 26, 1, "2 cores");
+        assert_eq!(
+            (regs(&cpuid, 4, 3)[0] >> 14) & 0xfff,
+            3,
+            "L3 shared by all 4"
+        );
+    }
+
+    #[test]
     fn single_vcpu_has_no_htt() {
         let mut cpuid = amd_like();
         normalize(
@@ -298,6 +372,7 @@ mod tests {
             Topology {
                 vcpu_index: 0,
                 vcpu_count: 1,
+                threads_per_core: 2,
             },
             &host_brand_string(),
         )
@@ -316,6 +391,7 @@ mod tests {
             Topology {
                 vcpu_index: 0,
                 vcpu_count: 1,
+                threads_per_core: 2,
             },
             &brand,
         )

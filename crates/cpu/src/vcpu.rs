@@ -151,7 +151,8 @@ impl Vcpu {
         &self.fd
     }
 
-    /// Sets CPUID, MSRs, the local APIC's LINT pins and the FPU. The boot
+    /// Sets CPUID (for a VM of `vcpu_count` vCPUs, `threads_per_core` to a
+    /// core), MSRs, the local APIC's LINT pins and the FPU. The boot
     /// processor (`entry` is `Some`) also gets its entry registers, GDT and page
     /// tables; application processors wait for INIT/SIPI from it.
     pub fn configure<M: GuestMemoryBackend>(
@@ -159,6 +160,7 @@ impl Vcpu {
         kvm: &Kvm,
         supported_cpuid: &CpuId,
         vcpu_count: u8,
+        threads_per_core: u8,
         mem: &M,
         entry: Option<EntryPoint>,
     ) -> Result<()> {
@@ -168,6 +170,7 @@ impl Vcpu {
             Topology {
                 vcpu_index: self.index,
                 vcpu_count,
+                threads_per_core,
             },
             &host_brand_string(),
         )?;

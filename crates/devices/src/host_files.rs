@@ -8,13 +8,14 @@
 //!   checked again on the open descriptor with `fstat`, which is what counts.
 //! - [`bind_unix_listener`] binds a listening Unix socket, replacing a stale
 //!   socket left by a process that died ([`clear_stale_socket`]) and refusing
-//!   a live socket or anything that is not a socket.
+//!   a live socket or anything that is not a socket; [`BoundListener`] is
+//!   such a socket that removes its file when dropped.
 
 use std::fs::{File, FileType, OpenOptions};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What an input file may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +140,54 @@ pub fn bind_unix_listener(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
+/// A listening Unix socket bound at a path (non-blocking), whose file is
+/// removed when it is dropped, unless something else has replaced it.
+#[derive(Debug)]
+pub struct BoundListener {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file this listener created.
+    file_id: Option<(u64, u64)>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+impl BoundListener {
+    /// Binds at `path` as [`bind_unix_listener`] does.
+    pub fn bind(path: &Path) -> io::Result<BoundListener> {
+        let listener = bind_unix_listener(path)?;
+        let bound = BoundListener {
+            listener,
+            path: path.to_path_buf(),
+            file_id: file_id(path),
+        };
+        bound.listener.set_nonblocking(true)?;
+        Ok(bound)
+    }
+
+    /// The listening socket.
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// Where it is bound.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BoundListener {
+    fn drop(&mut self) {
+        if self.file_id.is_some() && file_id(&self.path) == self.file_id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +277,24 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
         let err = clear_stale_socket(dir.path()).unwrap_err().to_string();
         assert!(err.contains("it is a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_bound_listener_removes_only_its_own_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let bound = BoundListener::bind(&path).unwrap();
+        assert_eq!(bound.path(), path);
+        assert!(UnixStream::connect(&path).is_ok(), "it listens");
+        let err = BoundListener::bind(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AddrInUse, "{err}");
+        drop(bound);
+        assert!(!path.exists(), "removed on drop");
+
+        let bound = BoundListener::bind(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        drop(bound);
+        assert!(path.exists(), "a file that replaced the socket is kept");
     }
 }

@@ -223,12 +223,14 @@ fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
 pub fn build(mut config: VmConfig) -> Result<Vm> {
     check_vcpu_count(config.vcpu_count)?;
     let layout = memory_layout(config.mem_size_mib)?;
-    let kernel_file = open("kernel image", &config.kernel)?;
-    let initrd_file = config
-        .initrd
-        .as_deref()
-        .map(|path| open("initrd", path))
-        .transpose()?;
+    let kernel_file = match config.opened.kernel.take() {
+        Some(file) => file,
+        None => open("kernel image", &config.kernel)?,
+    };
+    let initrd_file = match (config.opened.initrd.take(), config.initrd.as_deref()) {
+        (Some(file), Some(_)) => Some(file),
+        (_, path) => path.map(|path| open("initrd", path)).transpose()?,
+    };
     check_cmdline(&config.cmdline)?;
 
     let kvm = open_kvm(&config.kvm_device)?;
@@ -254,6 +256,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
             nets: &config.net_interfaces,
             vsock: config.vsock.as_ref(),
         },
+        &mut config.opened,
     )?;
     let cmdline = extend_cmdline(&config.cmdline, &virtio.cmdline);
     let entry = load_guest(
@@ -276,7 +279,15 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
     for index in 0..config.vcpu_count {
         let vcpu = Vcpu::new(&vm_fd, index)?;
         let boot_entry = (index == 0).then_some(entry);
-        vcpu.configure(&kvm, &supported, config.vcpu_count, &memory, boot_entry)?;
+        let threads_per_core = if config.smt { 2 } else { 1 };
+        vcpu.configure(
+            &kvm,
+            &supported,
+            config.vcpu_count,
+            threads_per_core,
+            &memory,
+            boot_entry,
+        )?;
         vcpus.push(vcpu);
     }
 

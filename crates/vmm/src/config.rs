@@ -2,6 +2,7 @@
 //! REST API, the command line) translate their input into a [`VmConfig`].
 
 use std::fmt;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -90,6 +91,8 @@ pub struct DriveConfig {
 pub struct VmConfig {
     /// Number of vCPUs (1 to the host's limit).
     pub vcpu_count: u8,
+    /// Two threads per core (the guest sees pairs of vCPUs as siblings).
+    pub smt: bool,
     /// Guest RAM in MiB.
     pub mem_size_mib: u64,
     /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
@@ -114,6 +117,24 @@ pub struct VmConfig {
     pub start_time: StartTime,
     /// Seccomp filters for the VMM and vCPU threads; `None` runs unfiltered.
     pub seccomp: Option<ember_jailer::seccomp::Filters>,
+    /// Inputs opened before the build (as Firecracker opens them when they
+    /// are configured); the rest are opened by the build.
+    pub opened: OpenedInputs,
+}
+
+/// Files and sockets of a [`VmConfig`] opened ahead of the build: a file
+/// deleted or replaced after it was opened still serves the VM.
+#[derive(Debug, Default)]
+pub struct OpenedInputs {
+    /// The kernel image, opened from [`VmConfig::kernel`].
+    pub kernel: Option<File>,
+    /// The initrd, opened from [`VmConfig::initrd`].
+    pub initrd: Option<File>,
+    /// Backing files by drive id, opened with
+    /// [`open_disk`](ember_devices::virtio::block::open_disk).
+    pub drives: Vec<(String, File)>,
+    /// The vsock device's socket, bound at its `uds_path`.
+    pub vsock: Option<ember_devices::host_files::BoundListener>,
 }
 
 impl VmConfig {
@@ -121,6 +142,7 @@ impl VmConfig {
     pub fn new(kernel: impl Into<PathBuf>, cmdline: impl Into<String>) -> VmConfig {
         VmConfig {
             vcpu_count: 1,
+            smt: false,
             mem_size_mib: 128,
             kernel: kernel.into(),
             initrd: None,
@@ -133,6 +155,7 @@ impl VmConfig {
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),
             seccomp: None,
+            opened: OpenedInputs::default(),
         }
     }
 }

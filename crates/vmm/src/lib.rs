@@ -20,7 +20,7 @@ mod virtio_devices;
 mod vm;
 
 pub use builder::{build, check_cmdline, check_vcpu_count, memory_layout, MAX_VCPU_COUNT};
-pub use config::{DriveConfig, SerialInput, SerialOutput, VmConfig};
+pub use config::{DriveConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
 pub use virtio_devices::{SharedBlock, SharedNet};
@@ -29,8 +29,11 @@ pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 pub use ember_cpu::cpuid::host_phys_addr_bits;
 pub use ember_devices::host_files;
 pub use ember_devices::legacy::{BootTime, StartTime};
+pub use ember_devices::virtio::block::open_disk;
 pub use ember_devices::virtio::block::{BlockConfig, CacheType};
-pub use ember_devices::virtio::net::{MacAddr, NetConfig, RateLimiterConfig, RateLimiterUpdate};
+pub use ember_devices::virtio::net::{
+    DisplayMac, MacAddr, NetConfig, RateLimiterConfig, RateLimiterUpdate,
+};
 pub use ember_devices::virtio::vsock::VsockConfig;
 pub use ember_jailer::seccomp;
 pub use ember_ratelimit::{BucketConfig, BucketUpdate};

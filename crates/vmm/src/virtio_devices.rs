@@ -14,7 +14,7 @@ use ember_memory::GuestMemoryMmap;
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 
-use crate::config::DriveConfig;
+use crate::config::{DriveConfig, OpenedInputs};
 use crate::vm::Subscriber;
 use crate::{Error, Result};
 
@@ -142,6 +142,7 @@ pub(crate) fn attach_devices(
     memory: &GuestMemoryMmap,
     mmio: &mut Bus,
     configs: DeviceConfigs<'_>,
+    opened: &mut OpenedInputs,
 ) -> Result<VirtioDevices> {
     let DeviceConfigs {
         drives,
@@ -156,12 +157,7 @@ pub(crate) fn attach_devices(
         devices: VirtioDevices::default(),
     };
     for drive in guest_order(drives)? {
-        let block: SharedBlock = Arc::new(Mutex::new(Block::new(drive.block.clone()).map_err(
-            |source| Error::Drive {
-                id: drive.block.drive_id.clone(),
-                source,
-            },
-        )?));
+        let block: SharedBlock = Arc::new(Mutex::new(new_block(drive, opened)?));
         if drive.is_root_device {
             placer.devices.cmdline.push(root_args(drive));
         }
@@ -187,13 +183,34 @@ pub(crate) fn attach_devices(
         placer.devices.nets.push((config.iface_id.clone(), net));
     }
     if let Some(config) = vsock {
-        let device: SharedVsock = Arc::new(Mutex::new(
-            Vsock::new(config.clone()).map_err(Error::Vsock)?,
-        ));
+        let device = match opened.vsock.take() {
+            Some(listener) => Vsock::with_listener(config.guest_cid, listener),
+            None => Vsock::new(config.clone()),
+        };
+        let device: SharedVsock = Arc::new(Mutex::new(device.map_err(Error::Vsock)?));
         placer.attach(device.clone())?;
         placer.devices.vsock = Some(device);
     }
     Ok(placer.devices)
+}
+
+/// The block device for `drive`, on its backing file if it was opened ahead.
+fn new_block(drive: &DriveConfig, opened: &mut OpenedInputs) -> Result<Block<GuestMemoryMmap>> {
+    let id = &drive.block.drive_id;
+    let file = opened
+        .drives
+        .iter()
+        .position(|(opened_id, _)| opened_id == id)
+        .map(|at| opened.drives.swap_remove(at).1);
+    let config = drive.block.clone();
+    match file {
+        Some(file) => Block::with_file(config, file),
+        None => Block::new(config),
+    }
+    .map_err(|source| Error::Drive {
+        id: id.clone(),
+        source,
+    })
 }
 
 /// Refuses a name used twice.

@@ -119,7 +119,13 @@ fn metrics_and_logs_go_where_configured() {
         "/metrics",
         &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
     );
-    ember.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    // As in Firecracker, flushing is for a started VM.
+    let early = ember.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(early.status, 400, "{early:?}");
     ember.boot(ELF64_PATH, "console=ttyS0 ember.test=boottimer", 1);
     assert_eq!(ember.wait_exit(), 0);
 
@@ -132,10 +138,7 @@ fn metrics_and_logs_go_where_configured() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(
-        lines.len() >= 2,
-        "one line on FlushMetrics, one at exit: {lines:?}"
-    );
+    assert!(!lines.is_empty(), "a line at exit: {lines:?}");
     let last = lines.last().unwrap();
     assert!(last["vcpu"]["exit_io_out"].as_u64().unwrap() > 10);
     assert!(last["uart"]["write_count"].as_u64().unwrap() > 10);
@@ -244,7 +247,7 @@ fn bad_requests_get_400_and_the_vmm_keeps_serving() {
         "PUT",
         "/machine-config",
         Some("{\"vcpu_count\": 2,"),
-        "invalid JSON body",
+        "An error occurred when deserializing the json body of a request",
     );
     bad(
         "PUT",
@@ -264,19 +267,19 @@ fn bad_requests_get_400_and_the_vmm_keeps_serving() {
         Some(r#"{"vcpu_count": 0, "mem_size_mib": 8}"#),
         "vcpu_count",
     );
-    bad("DELETE", "/machine-config", None, "invalid request method");
-    bad("POST", "/actions", Some("{}"), "invalid request method");
+    bad("DELETE", "/machine-config", None, "Invalid request method");
+    bad("POST", "/actions", Some("{}"), "Invalid request method");
     bad(
         "PATCH",
         "/boot-source",
         Some("{}"),
-        "invalid request method and/or path",
+        "Invalid request method and/or path",
     );
     bad(
         "GET",
         "/no/such/path",
         None,
-        "invalid request method and/or path",
+        "Invalid request method and/or path: GET no.",
     );
     bad(
         "PUT",
@@ -288,25 +291,25 @@ fn bad_requests_get_400_and_the_vmm_keeps_serving() {
         "PATCH",
         "/vm",
         Some(r#"{"state": "Paused"}"#),
-        "only allowed once the VM is running",
+        "not supported before starting the microVM",
     );
     bad(
         "PUT",
         "/actions",
         Some(r#"{"action_type": "SendCtrlAltDel"}"#),
-        "only allowed once the VM is running",
+        "not supported before starting the microVM",
     );
     bad(
         "PUT",
         "/actions",
         Some(r#"{"action_type": "FlushMetrics"}"#),
-        "no metrics destination",
+        "not supported before starting the microVM",
     );
     bad(
         "PUT",
         "/boot-source",
         Some(r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#),
-        "cannot open the kernel image /nonexistent/vmlinux",
+        "The kernel file cannot be opened: No such file or directory (os error 2) (/nonexistent/vmlinux)",
     );
     bad(
         "PUT",
@@ -314,7 +317,7 @@ fn bad_requests_get_400_and_the_vmm_keeps_serving() {
         Some(&format!(
             r#"{{"kernel_image_path": "{ELF64_PATH}", "initrd_path": "/nonexistent/initrd"}}"#
         )),
-        "cannot open the initrd",
+        "The initrd file cannot be opened",
     );
     bad(
         "PUT",
@@ -334,7 +337,7 @@ fn bad_requests_get_400_and_the_vmm_keeps_serving() {
         Some(
             r#"{"drive_id": "other", "path_on_host": "/x", "is_root_device": true, "is_read_only": true}"#,
         ),
-        "`rootfs`",
+        "The id from the path does not match the id from the body!",
     );
 
     // A body over the size limit.
@@ -405,7 +408,7 @@ fn wrong_state_and_double_start() {
         assert_eq!(reply.status, 400, "{method} {path}");
         let fault = reply.fault();
         assert!(
-            fault.contains("already") || fault.contains("only allowed before"),
+            fault.contains("The requested operation is not supported after starting the microVM"),
             "{fault}"
         );
     }
@@ -555,7 +558,7 @@ fn swapping_a_drive_while_running_shows_the_new_content_after_a_rescan() {
     assert_eq!(reply.status, 400, "PATCH before start");
     assert!(reply
         .fault()
-        .contains("only allowed once the VM is running"));
+        .contains("not supported before starting the microVM"));
     ember.boot(ELF64_PATH, "console=ttyS0 ember.test=blk-rescan", 1);
     ember.wait_for("blk-rescan: waiting");
     let reply = ember.call("PATCH", "/drives/nope", Some(r#"{"drive_id": "nope"}"#));
@@ -649,7 +652,7 @@ fn network_interfaces_over_the_api() {
             "/network-interfaces/eth0",
             Some(r#"{"iface_id": "eth9", "host_dev_name": "ember-api0"}"#),
         );
-        assert!(bad.fault().contains("`eth0`"), "{}", bad.fault());
+        assert!(bad.fault().contains("[eth0]"), "{}", bad.fault());
         ember.ok(
             "PUT",
             "/network-interfaces/eth0",
@@ -663,7 +666,7 @@ fn network_interfaces_over_the_api() {
         );
         assert!(early
             .fault()
-            .contains("only allowed once the VM is running"));
+            .contains("not supported before starting the microVM"));
         ember.boot(ELF64_PATH, "console=ttyS0 ember.test=net-recv", 1);
         let port = host::HostPort::new("ember-api0");
         ember.wait_for("net-recv: ready");

@@ -3,8 +3,11 @@
 //!
 //! Invariants: nothing panics; every error is a 400 whose body is a JSON
 //! object with a string `fault_message` (and nothing else); every request
-//! accepted is on a route of `ROUTES` for its method, requests that take no
-//! body were given none, and a drive's id in the body is the one in the path.
+//! accepted is, once its path is read as Firecracker reads it (leading
+//! slashes dropped, the first segment the resource, the second its id or
+//! sub-resource, the rest ignored), on a route of `ROUTES` for its method;
+//! requests that take no body were given none; a drive's or interface's id
+//! is the one in the path, and made of alphanumeric characters and `_`.
 //!
 //! Input format: a method byte (modulo 3: GET, PUT, PATCH), a byte whose low
 //! bit says whether there is a body, then the path up to the first newline
@@ -40,6 +43,22 @@ fn matches(template: &str, path: &str) -> bool {
         })
 }
 
+/// The route `path` is read as: `/resource`, `/resource/id` for drives and
+/// interfaces, `/vm/config` for a GET of it.
+fn canonical(method: Method, path: &str) -> (String, Option<String>) {
+    let mut segments = path.trim_start_matches('/').split_terminator('/');
+    let resource = segments.next().unwrap_or_default();
+    let second = segments.next();
+    match (method, resource) {
+        (_, "drives" | "network-interfaces") => {
+            let id = second.unwrap_or_default().to_owned();
+            (format!("/{resource}/{id}"), Some(id))
+        }
+        (Method::Get, "vm") => (format!("/vm/{}", second.unwrap_or_default()), None),
+        _ => (format!("/{resource}"), None),
+    }
+}
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
     let (Some(&m), Some(&flags)) = (data.first(), data.get(1)) else {
@@ -62,12 +81,9 @@ pub fn run(data: &[u8]) {
             assert_eq!(object.len(), 1, "{body}");
         }
         Ok(request) => {
-            let normalized = path
-                .strip_suffix('/')
-                .filter(|p| !p.is_empty())
-                .unwrap_or(&path);
+            let (normalized, id) = canonical(method, &path);
             let routed = ROUTES.iter().any(|(template, methods)| {
-                methods.contains(&method) && matches(template, normalized)
+                methods.contains(&method) && matches(template, &normalized)
             });
             assert!(
                 routed,
@@ -80,10 +96,18 @@ pub fn run(data: &[u8]) {
                     "GET with a body accepted"
                 );
             }
-            let id = normalized.rsplit('/').next().unwrap_or_default();
+            if let Some(id) = &id {
+                assert!(
+                    !id.is_empty() && id.chars().all(|c| c == '_' || c.is_alphanumeric()),
+                    "id {id:?} accepted"
+                );
+            }
+            let id = id.unwrap_or_default();
             match &request {
                 ApiRequest::PutDrive(drive) => assert_eq!(drive.drive_id, id),
                 ApiRequest::PatchDrive(update) => assert_eq!(update.drive_id, id),
+                ApiRequest::PutNetworkInterface(iface) => assert_eq!(iface.iface_id, id),
+                ApiRequest::PatchNetworkInterface(update) => assert_eq!(update.iface_id, id),
                 _ => {}
             }
         }

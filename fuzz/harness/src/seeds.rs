@@ -593,6 +593,16 @@ pub fn api_request() -> Vec<Seed> {
             Some(r#"{"action_type": "Explode"}"#),
         ),
         ("nowhere", Method::Patch, "/nowhere", Some("{}")),
+        ("double-slash", Method::Get, "//machine-config", None),
+        ("extra-segment", Method::Get, "/machine-config/extra", None),
+        (
+            "drive-extra-segment",
+            Method::Put,
+            "/drives/d/extra",
+            Some(r#"{"drive_id": "d", "path_on_host": "/x", "is_root_device": false}"#),
+        ),
+        ("bad-id", Method::Put, "/network-interfaces/a-b", Some("{}")),
+        ("empty-patch", Method::Patch, "/machine-config", Some("{}")),
     ];
     for &(name, method, path, body) in wrong {
         seeds.push(seed(

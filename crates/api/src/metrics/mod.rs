@@ -10,13 +10,14 @@ pub mod api;
 pub mod schema;
 pub mod translate;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_vmm::MetricGroup;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::destination::Destination;
 use crate::logger;
@@ -28,6 +29,8 @@ use translate::Deltas;
 pub struct MetricsWriter {
     destination: Destination,
     deltas: Deltas,
+    /// Members put in every line beside the timestamp.
+    labels: Map<String, Value>,
 }
 
 impl MetricsWriter {
@@ -36,7 +39,28 @@ impl MetricsWriter {
         Ok(MetricsWriter {
             destination: Destination::open(path)?,
             deltas: Deltas::default(),
+            labels: Map::new(),
         })
+    }
+
+    /// Puts `id` (Firecracker's `emit_id`) and `properties` in every line.
+    pub fn with_labels(
+        mut self,
+        id: Option<String>,
+        properties: Option<BTreeMap<String, String>>,
+    ) -> MetricsWriter {
+        if let Some(id) = id {
+            self.labels.insert("id".into(), Value::from(id));
+        }
+        if let Some(properties) = properties {
+            let object = properties
+                .into_iter()
+                .map(|(key, value)| (key, Value::from(value)))
+                .collect();
+            self.labels
+                .insert("properties".into(), Value::Object(object));
+        }
+        self
     }
 
     /// The next JSON line for Ember's cumulative counters `groups`, with
@@ -53,6 +77,7 @@ impl MetricsWriter {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         object.insert("utc_timestamp_ms".into(), Value::from(now_ms));
+        object.extend(self.labels.clone());
         let mut line = Value::Object(object).to_string();
         line.push('\n');
         line

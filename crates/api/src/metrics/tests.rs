@@ -193,3 +193,16 @@ fn event_counts_restart_at_every_flush_and_values_stay() {
         assert_eq!(line["logger"]["missed_metrics_count"], 0);
     }
 }
+
+#[test]
+fn lines_can_carry_the_id_and_properties() {
+    let (_dir, writer) = writer();
+    let properties = BTreeMap::from([("pool".to_owned(), "a".to_owned())]);
+    let mut writer = writer.with_labels(Some("vm-1".into()), Some(properties));
+    let line = parse(&writer.line(&[]));
+    assert_eq!(line["id"], "vm-1");
+    assert_eq!(line["properties"]["pool"], "a");
+    let (_dir, mut plain) = self::writer();
+    let line = parse(&plain.line(&[]));
+    assert!(line.get("id").is_none() && line.get("properties").is_none());
+}

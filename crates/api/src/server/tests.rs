@@ -1,5 +1,6 @@
 //! The server loop against a stand-in VMM thread that answers every request
-//! with its own debug text (and stops after `GET /machine-config`), with
+//! with its own debug text, flagged deprecated as the request says (and
+//! stops after `GET /machine-config`), with
 //! small limits so each rule shows quickly.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,7 +33,9 @@ fn start(limits: ServerLimits, delay: Duration) -> TestServer {
                 std::thread::sleep(delay);
             }
             let body = serde_json::json!({ "request": format!("{request:?}") });
-            api_end.responses.send(ApiResponse::ok(&body)).unwrap();
+            let mut answer = ApiResponse::ok(&body);
+            answer.deprecated = request.deprecation().is_some();
+            api_end.responses.send(answer).unwrap();
             if request == ApiRequest::GetMachineConfig {
                 return;
             }
@@ -133,7 +136,7 @@ fn pipelined_requests_get_one_answer_each_in_order() {
     assert!(read_response(&mut reader).1.contains("GetInstanceInfo"));
     let third = read_response(&mut reader);
     assert_eq!(third.0, 400);
-    assert!(fault(&third.1).contains("/nope"), "{third:?}");
+    assert!(fault(&third.1).contains("GET nope"), "{third:?}");
     assert_eq!(server.counters.get.load(Ordering::Relaxed), 3);
     assert_eq!(server.counters.failed.load(Ordering::Relaxed), 1);
     stop(server);
@@ -232,5 +235,37 @@ fn a_slow_vmm_does_not_stop_other_clients_from_connecting() {
     );
     assert_eq!(slow.join().unwrap().0, 200);
     assert_eq!(get(&server.socket, "/").0, 200);
+    stop(server);
+}
+
+#[test]
+fn deprecated_requests_are_answered_with_a_deprecation_header() {
+    let server = start(small_limits(), Duration::ZERO);
+    let head_of = |body: &str| {
+        let mut stream = connect(&server.socket);
+        let request = format!(
+            "PUT /vsock HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                return head;
+            }
+            head.push_str(&line);
+        }
+    };
+    let deprecated = head_of(r#"{"vsock_id":"v","guest_cid":3,"uds_path":"/v"}"#);
+    assert!(
+        deprecated.contains("\r\nDeprecation: true\r\n"),
+        "{deprecated}"
+    );
+    let current = head_of(r#"{"guest_cid":3,"uds_path":"/v"}"#);
+    assert!(current.starts_with("HTTP/1.1 200"), "{current}");
+    assert!(!current.contains("Deprecation"), "{current}");
     stop(server);
 }

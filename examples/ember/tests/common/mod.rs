@@ -29,12 +29,22 @@ pub struct Reply {
     pub status: u16,
     /// The body.
     pub body: String,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+
+    /// The value of header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_str())
     }
 
     /// The body's `fault_message`.
@@ -54,11 +64,15 @@ pub fn read_reply(stream: impl Read) -> Reply {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
     let mut length = 0usize;
+    let mut headers = Vec::new();
     loop {
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         if line == "\r\n" || line.is_empty() {
             break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
         }
         if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             length = value.trim().parse().unwrap();
@@ -69,6 +83,7 @@ pub fn read_reply(stream: impl Read) -> Reply {
     Reply {
         status,
         body: String::from_utf8(body).unwrap(),
+        headers,
     }
 }
 

@@ -110,6 +110,17 @@ impl<M: GuestMemoryHandle> Block<M> {
     /// Opens the backing file and builds an inactive device.
     pub fn new(config: BlockConfig) -> Result<Block<M>> {
         let disk = Disk::open(&config.path, config.read_only)?;
+        Block::on_disk(config, disk)
+    }
+
+    /// Builds an inactive device on `file`, the backing file already opened
+    /// from `config.path` (with [`open_disk`](super::open_disk)).
+    pub fn with_file(config: BlockConfig, file: std::fs::File) -> Result<Block<M>> {
+        let disk = Disk::from_file(file, &config.path, config.read_only)?;
+        Block::on_disk(config, disk)
+    }
+
+    fn on_disk(config: BlockConfig, disk: Disk) -> Result<Block<M>> {
         let mut avail_features = feature_bit(VIRTIO_F_VERSION_1)
             | feature_bit(VIRTIO_RING_F_EVENT_IDX)
             | feature_bit(VIRTIO_BLK_F_FLUSH)

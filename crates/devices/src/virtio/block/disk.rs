@@ -22,6 +22,13 @@ pub enum CacheType {
     Writeback,
 }
 
+/// Opens the backing file at `path` as a block device opens it: a regular
+/// file or a block device, for writing too unless `read_only`, never
+/// blocking (see [`open_input`]).
+pub fn open_disk(path: &Path, read_only: bool) -> io::Result<File> {
+    open_input(path, InputKind::RegularFileOrBlockDevice, !read_only)
+}
+
 /// An open backing file and its size in sectors.
 #[derive(Debug)]
 pub(crate) struct Disk {
@@ -37,12 +44,20 @@ impl Disk {
     /// [`open_input`]). The capacity is the size (from seeking to the end,
     /// which also works for block devices) rounded down to whole sectors.
     pub(crate) fn open(path: &Path, read_only: bool) -> Result<Disk> {
+        let file = open_disk(path, read_only).map_err(|error| Error::BackingFile {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Disk::from_file(file, path, read_only)
+    }
+
+    /// A disk on `file`, already opened from `path` as [`Disk::open`] opens
+    /// it (see [`open_disk`](crate::virtio::block::open_disk)).
+    pub(crate) fn from_file(file: File, path: &Path, read_only: bool) -> Result<Disk> {
         let fail = |error| Error::BackingFile {
             path: path.to_path_buf(),
             error,
         };
-        let file =
-            open_input(path, InputKind::RegularFileOrBlockDevice, !read_only).map_err(fail)?;
         let size = (&file).seek(SeekFrom::End(0)).map_err(fail)?;
         if !size.is_multiple_of(SECTOR_SIZE) {
             log::warn!(

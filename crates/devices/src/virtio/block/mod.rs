@@ -15,7 +15,7 @@ mod state;
 mod tests;
 
 pub use device::{Block, BlockConfig, ID_BYTES, QUEUE_SIZE, SEG_MAX};
-pub use disk::CacheType;
+pub use disk::{open_disk, CacheType};
 pub use state::{BlockCounters, BlockState};
 
 /// Bytes per sector: the unit of the capacity and of request offsets.

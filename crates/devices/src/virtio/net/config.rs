@@ -54,6 +54,8 @@ pub struct NetConfig {
     pub host_dev_name: String,
     /// The guest's MAC address; a random locally administered one when `None`.
     pub guest_mac: Option<MacAddr>,
+    /// The MTU advertised to the guest (`VIRTIO_NET_F_MTU`); none when `None`.
+    pub mtu: Option<u16>,
     /// Limits on frames going to the guest.
     pub rx_rate_limiter: RateLimiterConfig,
     /// Limits on frames coming from the guest.

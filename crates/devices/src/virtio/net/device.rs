@@ -11,7 +11,8 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::Queue;
@@ -33,8 +34,9 @@ use crate::virtio::{feature_bit, GuestMemoryHandle, VirtioDevice, VirtioInterrup
 use crate::{Error, Result};
 
 const QUEUE_MAX_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
-/// Configuration space: mac (6 bytes), status (le16).
-const CONFIG_LEN: usize = 8;
+/// Configuration space: mac (6 bytes), status (le16), max_virtqueue_pairs
+/// (le16, always 1), mtu (le16, meaningful with `VIRTIO_NET_F_MTU`).
+const CONFIG_LEN: usize = 12;
 
 /// What the device holds between DRIVER_OK and reset.
 pub(super) struct Active<M> {
@@ -59,6 +61,7 @@ pub struct Net<M> {
     iface_id: String,
     tap: Tap,
     mac: MacAddr,
+    mtu: Option<u16>,
     avail_features: u64,
     tap_offloads_supported: u32,
     config_generation: u32,
@@ -126,16 +129,20 @@ impl<M: GuestMemoryHandle> Net<M> {
             Some(mac) => check_mac(mac)?,
             None => random_mac(&config.iface_id),
         };
-        let avail_features = feature_bit(VIRTIO_F_VERSION_1)
+        let mut avail_features = feature_bit(VIRTIO_F_VERSION_1)
             | feature_bit(VIRTIO_RING_F_EVENT_IDX)
             | feature_bit(VIRTIO_NET_F_MAC)
             | feature_bit(VIRTIO_NET_F_STATUS)
             | offload_features(tap_offloads_supported);
+        if config.mtu.is_some() {
+            avail_features |= feature_bit(VIRTIO_NET_F_MTU);
+        }
         let event = || EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd);
         Ok(Net {
             iface_id: config.iface_id,
             tap,
             mac,
+            mtu: config.mtu,
             avail_features,
             tap_offloads_supported,
             config_generation: 0,
@@ -200,7 +207,9 @@ impl<M: GuestMemoryHandle> Net<M> {
         let mut config = [0u8; CONFIG_LEN];
         config[..6].copy_from_slice(&self.mac);
         let status = u16::try_from(VIRTIO_NET_S_LINK_UP).unwrap_or(1);
-        config[6..].copy_from_slice(&status.to_le_bytes());
+        config[6..8].copy_from_slice(&status.to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        config[10..].copy_from_slice(&self.mtu.unwrap_or(0).to_le_bytes());
         config
     }
 

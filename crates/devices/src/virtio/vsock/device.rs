@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +18,7 @@ use super::muxer::Muxer;
 use super::packet::{parse_tx, RxBuffer};
 use super::timer::DeadlineTimer;
 use super::{Limits, VsockCounters, VsockState};
+use crate::host_files::BoundListener;
 use crate::virtio::common::{
     consume_event, ignore_config_write, read_config_space, signal_used, ActivationQueues,
     DeviceEvents,
@@ -70,8 +70,6 @@ struct Active<M> {
 pub struct Vsock<M> {
     guest_cid: u64,
     uds_path: PathBuf,
-    /// Device and inode of the socket file the device created.
-    socket_id: Option<(u64, u64)>,
     avail_features: u64,
     queue_evts: [EventFd; 3],
     /// Wakes the event loop after a reset, to close the streams.
@@ -96,16 +94,12 @@ impl<M> fmt::Debug for Vsock<M> {
     }
 }
 
-impl<M> Drop for Vsock<M> {
-    fn drop(&mut self) {
-        // Remove the socket file, unless something else replaced it.
-        let ours = std::fs::symlink_metadata(&self.uds_path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        if ours.is_some() && ours == self.socket_id {
-            let _ = std::fs::remove_file(&self.uds_path);
-        }
+/// Refuses a reserved CID (0 to 2) or `VMADDR_CID_ANY` and above.
+fn check_cid(guest_cid: u64) -> Result<()> {
+    if guest_cid < 3 || guest_cid >= u64::from(u32::MAX) {
+        return Err(Error::InvalidVsockCid(guest_cid));
     }
+    Ok(())
 }
 
 fn new_eventfd() -> Result<EventFd> {
@@ -113,24 +107,28 @@ fn new_eventfd() -> Result<EventFd> {
 }
 
 impl<M: GuestMemoryHandle> Vsock<M> {
-    /// Checks the CID, binds the Unix socket and builds an inactive device.
+    /// Checks the CID, binds the Unix socket (see [`BoundListener::bind`])
+    /// and builds an inactive device. The socket file is removed when the
+    /// device is dropped.
     pub fn new(config: VsockConfig) -> Result<Vsock<M>> {
-        if config.guest_cid < 3 || config.guest_cid >= u64::from(u32::MAX) {
-            return Err(Error::InvalidVsockCid(config.guest_cid));
-        }
-        let socket_error = |error| Error::VsockSocket {
-            path: config.uds_path.clone(),
-            error,
-        };
-        let muxer = Muxer::new(config.guest_cid, &config.uds_path, Limits::default())
-            .map_err(socket_error)?;
-        let socket_id = std::fs::symlink_metadata(&config.uds_path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
+        check_cid(config.guest_cid)?;
+        let listener =
+            BoundListener::bind(&config.uds_path).map_err(|error| Error::VsockSocket {
+                path: config.uds_path.clone(),
+                error,
+            })?;
+        Vsock::with_listener(config.guest_cid, listener)
+    }
+
+    /// Checks the CID and builds an inactive device on a socket already
+    /// bound (at its `uds_path`), which it removes when dropped.
+    pub fn with_listener(guest_cid: u64, listener: BoundListener) -> Result<Vsock<M>> {
+        check_cid(guest_cid)?;
+        let uds_path = listener.path().to_path_buf();
+        let muxer = Muxer::new(guest_cid, listener, Limits::default());
         Ok(Vsock {
-            guest_cid: config.guest_cid,
-            uds_path: config.uds_path,
-            socket_id,
+            guest_cid,
+            uds_path,
             avail_features: feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_RING_F_EVENT_IDX),
             queue_evts: [new_eventfd()?, new_eventfd()?, new_eventfd()?],
             wake: new_eventfd()?,

@@ -13,8 +13,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
@@ -23,7 +22,7 @@ use super::connection::{ConnKey, Connection, Phase};
 use super::packet::{Header, Op, RxBuffer, TYPE_STREAM};
 use super::unix::{connect_nonblocking, port_path, HostClient, LineStatus};
 use super::{Limits, VsockCounters, HOST_CID, HOST_PORT_FIRST};
-use crate::host_files::bind_unix_listener;
+use crate::host_files::BoundListener;
 use crate::virtio::iov::GuestIoVecs;
 
 /// Most RST replies waiting for RX buffers; more are dropped.
@@ -45,8 +44,7 @@ struct Client {
 #[derive(Debug)]
 pub(crate) struct Muxer {
     guest_cid: u64,
-    uds_path: PathBuf,
-    listener: UnixListener,
+    listener: BoundListener,
     /// Set while the listener is ignored after an accept failure.
     listener_paused_until: Option<Instant>,
     /// Whether the listener is watched for IN (it is always registered).
@@ -72,14 +70,11 @@ pub(crate) struct Muxer {
 }
 
 impl Muxer {
-    /// Binds the listening socket at `uds_path`, replacing a stale socket
-    /// left there by a VMM that died (see [`bind_unix_listener`]).
-    pub(crate) fn new(guest_cid: u64, uds_path: &Path, limits: Limits) -> io::Result<Muxer> {
-        let listener = bind_unix_listener(uds_path)?;
-        listener.set_nonblocking(true)?;
-        Ok(Muxer {
+    /// A multiplexer accepting host clients on `listener` (bound at the
+    /// device's `uds_path`, see [`BoundListener`]).
+    pub(crate) fn new(guest_cid: u64, listener: BoundListener, limits: Limits) -> Muxer {
+        Muxer {
             guest_cid,
-            uds_path: uds_path.to_path_buf(),
             listener,
             listener_paused_until: None,
             listener_watched: false,
@@ -96,7 +91,7 @@ impl Muxer {
             graveyard: Vec::new(),
             earliest: None,
             counters: VsockCounters::default(),
-        })
+        }
     }
 
     #[cfg(test)]
@@ -112,7 +107,7 @@ impl Muxer {
 
     /// Adds the listener to the epoll set (once, from the subscriber's init).
     pub(crate) fn register_listener(&mut self, ops: &mut EventOps) -> event_manager::Result<()> {
-        ops.add(Events::new(&self.listener, EventSet::IN))?;
+        ops.add(Events::new(self.listener.listener(), EventSet::IN))?;
         self.listener_watched = true;
         Ok(())
     }
@@ -308,7 +303,7 @@ impl Muxer {
             self.queue_rst(key);
             return;
         }
-        let path = port_path(&self.uds_path, key.local_port);
+        let path = port_path(self.listener.path(), key.local_port);
         match connect_nonblocking(&path) {
             Ok(stream) => {
                 let conn = Connection::guest_initiated(key, self.guest_cid, stream, hdr);
@@ -325,7 +320,7 @@ impl Muxer {
 
     /// An epoll event on the listener or one of the streams.
     pub(crate) fn on_fd_event(&mut self, fd: RawFd, set: EventSet, now: Instant) {
-        if fd == self.listener.as_raw_fd() {
+        if fd == self.listener.listener().as_raw_fd() {
             self.accept_clients(now);
         } else if self.clients.contains_key(&fd) {
             self.client_event(fd, set);
@@ -341,7 +336,7 @@ impl Muxer {
 
     fn accept_clients(&mut self, now: Instant) {
         for _ in 0..ACCEPT_BATCH {
-            match self.listener.accept() {
+            match self.listener.listener().accept() {
                 Ok((stream, _)) => {
                     if self.in_use() >= self.limits.max_connections {
                         log::warn!("vsock: connection limit reached; host client closed");
@@ -532,7 +527,7 @@ impl Muxer {
             } else {
                 EventSet::empty()
             };
-            match ops.modify(Events::new(&self.listener, set)) {
+            match ops.modify(Events::new(self.listener.listener(), set)) {
                 Ok(()) => self.listener_watched = watch_listener,
                 Err(e) => {
                     log::warn!("vsock: cannot change the listener's events: {e:?}");

@@ -229,11 +229,18 @@ fn config_space_holds_the_mac_and_link_status() {
         assert_eq!(net.device_type(), 1);
         assert_eq!(net.queue_max_sizes(), [256, 256]);
         assert_eq!(net.queue_events().len(), 2);
-        let mut config = [0xffu8; 12];
+        let mut config = [0xffu8; 16];
         net.read_config(0, &mut config);
         assert_eq!(config[..6], MAC);
         assert_eq!(config[6..8], [1, 0], "VIRTIO_NET_S_LINK_UP");
-        assert_eq!(config[8..], [0; 4], "past the end reads as 0");
+        assert_eq!(config[8..10], [1, 0], "one queue pair");
+        assert_eq!(config[10..12], [0, 0], "no MTU");
+        assert_eq!(config[12..], [0; 4], "past the end reads as 0");
+        assert_eq!(
+            net.state().avail_features & (1 << 3),
+            0,
+            "no VIRTIO_NET_F_MTU"
+        );
         let mut mac_tail = [0u8; 2];
         net.read_config(4, &mut mac_tail);
         assert_eq!(mac_tail, MAC[4..]);
@@ -254,6 +261,16 @@ fn config_space_holds_the_mac_and_link_status() {
         .unwrap();
         assert_eq!(generated.mac()[0] & 3, 2);
         assert_ne!(generated.mac(), MAC);
+        // An MTU is offered and read at offset 10.
+        let with_mtu = Net::<Mem>::new(NetConfig {
+            mtu: Some(1400),
+            ..net_config("ember-mtu")
+        })
+        .unwrap();
+        assert_ne!(with_mtu.state().avail_features & (1 << 3), 0);
+        let mut mtu = [0u8; 2];
+        with_mtu.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 1400);
         let bad = Net::<Mem>::new(NetConfig {
             guest_mac: Some([1, 2, 3, 4, 5, 6]),
             ..net_config("ember-bad")
