@@ -30,6 +30,47 @@ pub struct Forked {
     pub pid: i32,
 }
 
+/// When the jailer started, for the start-time arguments it passes to the
+/// program as Firecracker's jailer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartTimes {
+    /// `CLOCK_MONOTONIC` in microseconds.
+    pub monotonic_us: u64,
+    /// This process's CPU time in microseconds.
+    pub cpu_us: u64,
+}
+
+impl StartTimes {
+    /// Now.
+    pub fn now() -> StartTimes {
+        StartTimes {
+            monotonic_us: sys::clock_us(libc::CLOCK_MONOTONIC),
+            cpu_us: sys::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID),
+        }
+    }
+}
+
+/// The arguments Firecracker's jailer puts before the user's (after `--`):
+/// `--id ID --start-time-us N --start-time-cpu-us N --parent-cpu-time-us N`.
+/// `start` is when the jailer started; `forked` says whether the program runs
+/// in a child forked after now, whose CPU clock starts again from 0, so its
+/// start CPU time is 0 and all the jailer's CPU time so far is the parent's.
+pub fn firecracker_args(id: &str, start: StartTimes, forked: bool) -> Vec<String> {
+    let cpu_now = sys::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
+    let start_cpu = if forked { 0 } else { cpu_now };
+    let parent_cpu = cpu_now.saturating_sub(start.cpu_us);
+    vec![
+        "--id".to_owned(),
+        id.to_owned(),
+        "--start-time-us".to_owned(),
+        start.monotonic_us.to_string(),
+        "--start-time-cpu-us".to_owned(),
+        start_cpu.to_string(),
+        "--parent-cpu-time-us".to_owned(),
+        parent_cpu.to_string(),
+    ]
+}
+
 /// A jail built on the host, ready to be entered.
 #[derive(Debug)]
 pub struct Jail {
@@ -38,7 +79,7 @@ pub struct Jail {
     cgroups: Option<Cgroups>,
     dev_null: Option<OwnedFd>,
     program: CString,
-    argv: Vec<CString>,
+    user_args: Vec<CString>,
     undo: Undo,
 }
 
@@ -94,19 +135,31 @@ impl Jail {
         let mut program = OsString::from("/");
         program.push(config.exec_name());
         let program = cstring(program)?;
-        let mut argv = vec![program.clone()];
-        for arg in config.exec_args() {
-            argv.push(cstring(arg.clone())?);
-        }
+        let user_args = config
+            .exec_args()
+            .iter()
+            .map(|arg| cstring(arg.clone()))
+            .collect::<Result<_>>()?;
         Ok(Jail {
             config,
             root,
             cgroups,
             dev_null,
             program,
-            argv,
+            user_args,
             undo,
         })
+    }
+
+    /// The program's `argv`: its path in the jail, [`firecracker_args`], then
+    /// the user's arguments (those after `--`), in Firecracker's jailer's order.
+    fn argv(&self, forked: bool) -> Result<Vec<CString>> {
+        let mut argv = vec![self.program.clone()];
+        for arg in firecracker_args(self.config.id(), self.config.start_times(), forked) {
+            argv.push(cstring(arg.into())?);
+        }
+        argv.extend(self.user_args.iter().cloned());
+        Ok(argv)
     }
 
     /// The jail's root directory on the host.
@@ -165,12 +218,13 @@ impl Jail {
                 source,
             })?;
         }
+        let argv = self.argv(self.config.new_pid_ns() || setsid_in_child)?;
         let launch = Launch {
             uid: self.config.uid(),
             gid: self.config.gid(),
             dev_null: self.dev_null.as_ref().map(AsFd::as_fd),
             program: &self.program,
-            argv: &self.argv,
+            argv: &argv,
         };
         if !self.config.new_pid_ns() && !setsid_in_child {
             let (stage, source) = process::drop_privileges_and_exec(&launch);

@@ -22,6 +22,7 @@
 pub mod args;
 pub mod cgroup;
 mod dirs;
+pub mod elf;
 mod jail;
 mod mount_ns;
 mod mountinfo;
@@ -36,7 +37,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use args::{JailConfig, JailerArgs};
-pub use jail::{Forked, Jail};
+pub use jail::{firecracker_args, Forked, Jail, StartTimes};
 pub use undo::Undo;
 
 /// Everything that can go wrong while validating, building or entering a jail,
@@ -80,6 +81,22 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// The program is dynamically linked and its ELF interpreter is not in
+    /// the jail, so it could not start there.
+    #[error(
+        "--exec-file {path}: dynamically linked (ELF interpreter {interpreter}), but the jail \
+         holds no shared libraries: build it statically, e.g. RUSTFLAGS=\"-C \
+         target-feature=+crt-static\" cargo build --release -p ember --target \
+         x86_64-unknown-linux-gnu (or put the interpreter and libraries in {jail_root} first)"
+    )]
+    DynamicallyLinked {
+        /// The program.
+        path: PathBuf,
+        /// The interpreter it names.
+        interpreter: PathBuf,
+        /// The jail root it was looked for in.
+        jail_root: PathBuf,
     },
     /// Something the jail must create already exists.
     #[error("{0} already exists; remove it or pick another --id")]
@@ -153,6 +170,9 @@ pub enum Error {
     /// names an unknown system call.
     #[error("seccomp filter: {0}")]
     SeccompCompile(seccompiler::Error),
+    /// The seccomp filter file is neither JSON nor a valid compiled filter.
+    #[error("seccomp filter: not JSON, and not a valid compiled filter (Firecracker's seccompiler-bin format): {0}")]
+    SeccompBinary(String),
     /// The seccomp filter file lacks a filter for a thread kind.
     #[error(
         "seccomp filter: no filter for thread kind {0:?} (need \"vmm\", \"vcpu\" and \"api\")"

@@ -63,7 +63,7 @@ fn a_call_outside_each_thread_kinds_filter_ends_the_process_naming_it() {
 
     // The vCPU thread's first ioctl is KVM_RUN.
     let no_vcpu_ioctl = filter_file_without(dir.path(), "vcpu.json", "vcpu", "ioctl");
-    assert_violation(&run(&no_vcpu_ioctl), libc::SYS_ioctl, "ember_vcpu0");
+    assert_violation(&run(&no_vcpu_ioctl), libc::SYS_ioctl, "fc_vcpu 0");
 
     // The VMM thread waits on its event loop.
     let no_vmm_wait = filter_file_without(dir.path(), "vmm.json", "vmm", "epoll_wait");
@@ -141,7 +141,7 @@ fn seccomp_modes_of_a_parked_vm(extra: &[&str]) -> Vec<(String, u32)> {
 fn every_thread_is_filtered_by_default_and_none_with_no_seccomp() {
     let filtered = seccomp_modes_of_a_parked_vm(&[]);
     let names: Vec<&str> = filtered.iter().map(|(name, _)| name.as_str()).collect();
-    for expected in ["ember", "ember_vcpu0", "ember_vcpu1"] {
+    for expected in ["ember", "fc_vcpu 0", "fc_vcpu 1"] {
         assert!(names.contains(&expected), "no {expected} in {names:?}");
     }
     assert!(filtered.iter().all(|&(_, mode)| mode == 2), "{filtered:?}");
