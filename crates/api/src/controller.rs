@@ -43,7 +43,7 @@ struct InstanceInfo<'a> {
     vmm_version: &'static str,
 }
 
-/// `GET /version` body.
+/// `GET /version` body: the same Firecracker version as `ember --version`.
 #[derive(Serialize)]
 struct VersionInfo {
     firecracker_version: &'static str,
@@ -270,7 +270,7 @@ impl Controller {
                 vmm_version: VERSION,
             }),
             ApiRequest::GetVersion => ApiResponse::ok(&VersionInfo {
-                firecracker_version: VERSION,
+                firecracker_version: crate::REPORTED_FIRECRACKER_VERSION,
                 ember_version: VERSION,
             }),
             ApiRequest::GetMachineConfig => ApiResponse::ok(&self.resources.machine_config),
@@ -471,6 +471,7 @@ impl Controller {
             level,
             show_level: request.show_level.unwrap_or(false),
             show_origin: request.show_log_origin.unwrap_or(false),
+            module: request.module.clone(),
         };
         match logger::configure(config) {
             Ok(()) => {
@@ -492,6 +493,18 @@ impl Controller {
             if response.status >= 400 {
                 return Err(response.body.unwrap_or_default());
             }
+        }
+        Ok(())
+    }
+
+    /// Sets up metrics to `path` as `PUT /metrics` would (for `--metrics-path`);
+    /// the refusal's message on failure.
+    pub fn configure_metrics(&mut self, path: &std::path::Path) -> std::result::Result<(), String> {
+        let response = self.put_metrics(Metrics {
+            metrics_path: path.to_owned(),
+        });
+        if response.status >= 400 {
+            return Err(response.body.unwrap_or_default());
         }
         Ok(())
     }

@@ -42,6 +42,12 @@ pub struct ApiCounters {
     pub refused_connections: AtomicU64,
     /// Connections closed because they timed out.
     pub timed_out_connections: AtomicU64,
+    /// Microseconds from the start time the jailer passed (`--start-time-us`)
+    /// to the API socket's creation, as Firecracker's metric of that name.
+    pub process_startup_time_us: AtomicU64,
+    /// CPU microseconds used by then, this process's since
+    /// `--start-time-cpu-us` plus the jailer's (`--parent-cpu-time-us`).
+    pub process_startup_time_cpu_us: AtomicU64,
 }
 
 impl ApiCounters {
@@ -57,6 +63,14 @@ impl ApiCounters {
             (
                 "timed_out_connection_count",
                 load(&self.timed_out_connections),
+            ),
+            (
+                "process_startup_time_us",
+                load(&self.process_startup_time_us),
+            ),
+            (
+                "process_startup_time_cpu_us",
+                load(&self.process_startup_time_cpu_us),
             ),
         ]
     }

@@ -30,8 +30,9 @@ pub struct Forked {
     pub pid: i32,
 }
 
-/// When the jailer started, for the start-time arguments it passes to the
-/// program as Firecracker's jailer does.
+/// A moment on the monotonic clock and in this process's CPU time: when the
+/// jailer started, for the start-time arguments it passes to the program as
+/// Firecracker's jailer does (and, in the program, the end of its start-up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StartTimes {
     /// `CLOCK_MONOTONIC` in microseconds.

@@ -133,7 +133,7 @@ fn seccomp_modes_of_a_parked_vm(extra: &[&str]) -> Vec<(String, u32)> {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
     assert!(parked, "the guest never parked");
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert_died_by(status, libc::SIGTERM);
     modes
 }
 
@@ -197,4 +197,16 @@ fn filter_files_that_cannot_be_used_are_one_line_errors() {
             errors[0]
         );
     }
+}
+
+#[test]
+fn a_filter_file_compiled_by_seccompiler_bin_filters_every_thread() {
+    let compiled = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../crates/jailer/src/seccomp/compiled/default-filters.bpf"
+    );
+    let modes = seccomp_modes_of_a_parked_vm(&["--seccomp-filter", compiled]);
+    let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
+    assert!(names.contains(&"fc_vcpu 0"), "{names:?}");
+    assert!(modes.iter().all(|&(_, mode)| mode == 2), "{modes:?}");
 }
