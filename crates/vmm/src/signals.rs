@@ -22,6 +22,10 @@ use crate::{Error, Result};
 static TERMINATION_FD: AtomicI32 = AtomicI32::new(-1);
 /// The last termination signal received, or 0.
 static TERMINATION_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The thread that installed the handlers (its kernel thread id), or 0:
+/// [`die_by_signal`] sends the signal there, since asking for the calling
+/// thread's id (`gettid`, which `raise` does) is outside the seccomp filters.
+static INSTALLING_THREAD: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_termination(num: c_int, _info: *mut siginfo_t, _ctx: *mut c_void) {
     TERMINATION_SIGNAL.store(num, Ordering::SeqCst);
@@ -67,20 +71,27 @@ fn register_one_shot(num: c_int) -> std::result::Result<(), vmm_sys_util::errno:
 
 /// Ends the process by `num` with the signal's default action, after a clean
 /// stop caused by that signal (whose one-shot handler has already reset it to
-/// the default). Blocks nothing and calls only `rt_sigprocmask`, `getpid` and
-/// `tgkill`, which the main thread's seccomp filter allows. Returns only if
-/// the signal did not end the process (its disposition is not the default,
-/// for example when it was not delivered through [`TerminationSignals`]);
-/// the caller should then exit with `128 + num`.
+/// the default). Call it from the thread that installed
+/// [`TerminationSignals`]: it unblocks `num` and sends it to that thread with
+/// only `rt_sigprocmask`, `getpid` and `tgkill`, which the main thread's
+/// seccomp filter allows (without an installation, or in a forked child,
+/// it falls back to `raise`).
+/// Returns only if the signal did not end the process (its disposition is
+/// not the default, for example when it was not delivered through
+/// [`TerminationSignals`]); the caller should then exit with `128 + num`.
 pub fn die_by_signal(num: c_int) {
+    let thread = INSTALLING_THREAD.load(Ordering::SeqCst);
     // SAFETY: an empty sigset_t built by sigemptyset/sigaddset is valid; the
-    // calls only change this thread's signal mask, then send it `num`.
+    // calls only change this thread's signal mask, then send `num` to a
+    // thread of this process.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, num);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        libc::raise(num);
+        if thread <= 0 || libc::syscall(libc::SYS_tgkill, libc::getpid(), thread, num) != 0 {
+            libc::raise(num);
+        }
     }
 }
 
@@ -95,6 +106,8 @@ impl TerminationSignals {
     /// documentation). Only one instance should exist per process.
     pub fn install() -> Result<TerminationSignals> {
         let event = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        // SAFETY: gettid has no preconditions.
+        INSTALLING_THREAD.store(unsafe { libc::gettid() }, Ordering::SeqCst);
         TERMINATION_FD.store(std::os::fd::AsRawFd::as_raw_fd(&event), Ordering::SeqCst);
         for (num, what) in TERMINATION_SIGNALS {
             register_one_shot(num).map_err(|source| Error::Signal { what, source })?;
