@@ -138,7 +138,7 @@ mod tests {
         bytes[4] = CLASS_64;
         bytes[5] = DATA_LSB;
         bytes[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        bytes[0x36..0x38].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+        bytes[0x36..0x38].copy_from_slice(&u16::try_from(PHDR_SIZE).unwrap().to_le_bytes());
         bytes[0x38..0x3a].copy_from_slice(&phnum.to_le_bytes());
         for i in 0..usize::from(phnum) {
             let at = 64 + i * PHDR_SIZE;
@@ -148,7 +148,8 @@ mod tests {
             let at = 64 + PHDR_SIZE; // the second header
             bytes[at..at + 4].copy_from_slice(&PT_INTERP.to_le_bytes());
             bytes[at + 8..at + 16].copy_from_slice(&0x200u64.to_le_bytes());
-            bytes[at + 32..at + 40].copy_from_slice(&(path.len() as u64 + 1).to_le_bytes());
+            bytes[at + 32..at + 40]
+                .copy_from_slice(&(u64::try_from(path.len()).unwrap() + 1).to_le_bytes());
             bytes[0x200..0x200 + path.len()].copy_from_slice(path);
         }
         bytes

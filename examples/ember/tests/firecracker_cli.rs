@@ -162,18 +162,9 @@ fn metrics_path_sets_up_metrics_from_the_start() {
     assert_error(&out, "--metrics-path");
 }
 
-/// `CLOCK_MONOTONIC` in microseconds.
+/// `CLOCK_MONOTONIC` in microseconds, as the jailer's `--start-time-us`.
 fn monotonic_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
-        0
-    );
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    ember_jailer::StartTimes::now().monotonic_us
 }
 
 /// `api_server`'s start-up metrics of an `ember --api-sock EXTRA`.

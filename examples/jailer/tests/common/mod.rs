@@ -109,16 +109,7 @@ pub fn probe_args(stdout: &str) -> Vec<String> {
 
 /// `CLOCK_MONOTONIC` in microseconds, as the jailer's `--start-time-us`.
 pub fn monotonic_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
-        0
-    );
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    ember_jailer::StartTimes::now().monotonic_us
 }
 
 /// Parses `key=value` pairs, several per line allowed.
