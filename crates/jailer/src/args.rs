@@ -28,7 +28,9 @@ Usage:
   ember-jailer --id ID --exec-file PATH --uid UID --gid GID [OPTIONS] [-- ARGS...]
 
 Starts PATH jailed in <chroot-base-dir>/<exec-file name>/<ID>/root, as UID:GID,
-in a new mount namespace, with ARGS as its arguments.
+in a new mount namespace, as Firecracker's jailer does: with the arguments
+--id ID --start-time-us N --start-time-cpu-us N --parent-cpu-time-us N, then ARGS.
+PATH must be statically linked (or its ELF interpreter already in the jail).
 
 Options:
   --id ID                   Jail id: 1 to 64 characters among A-Z, a-z, 0-9, '-'
@@ -39,12 +41,11 @@ Options:
   --daemonize               Start a new session; stdin, stdout and stderr go to /dev/null
   --new-pid-ns              Run the program as PID 1 of a new PID namespace; its pid
                             is written to <exec-file name>.pid in the jail
-  --cgroup-version 1|2      cgroup version (default 1 when v1 controllers are mounted,
-                            else 2)
+  --cgroup-version 1|2      cgroup version (default 1, as Firecracker)
   --cgroup KEY=VALUE        Write VALUE to the jail's cgroup file KEY (cpu.*, cpuset.*,
                             memory.*, pids.*); repeatable
-  --parent-cgroup NAME      Parent of the jail's cgroups (default ember); the cgroup is
-                            <mount>/<NAME>/<exec-file name>/<ID>
+  --parent-cgroup NAME      Parent of the jail's cgroups (default the exec file's name);
+                            the cgroup is <mount>/<NAME>/<ID>
   --resource-limit RES=N    fsize=N or no-file=N (default no-file=2048, at least 128);
                             repeatable
   --version                 Print the version

@@ -11,7 +11,8 @@
 //!    their values;
 //! 3. [`Jail::exec`] enters it (new mount namespace, `pivot_root`, cgroups,
 //!    network namespace, resource limits, optional new session and PID
-//!    namespace), drops to the unprivileged uid/gid and executes the program.
+//!    namespace), drops to the unprivileged uid/gid and executes the program
+//!    with Firecracker's jailer's arguments first ([`firecracker_args`]).
 //!
 //! Every step records what it created in an [`Undo`] list, so a failure at
 //! any point, including a failed `execve`, leaves nothing behind.

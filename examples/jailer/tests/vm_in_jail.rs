@@ -5,8 +5,10 @@
 //!
 //! `ember` is the sibling binary built by `cargo test --workspace`. It is
 //! dynamically linked, so the test copies its ELF interpreter and libraries
-//! (as `ldd` lists them) into the jail first; production jails should run a
-//! statically linked `ember` instead (see crates/jailer/README.md).
+//! (as `ldd` lists them) into the jail first, which is what lets it through
+//! the jailer's check for dynamically linked programs (the interpreter is in
+//! the jail); production jails should run a statically linked `ember`
+//! instead (see crates/jailer/README.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
