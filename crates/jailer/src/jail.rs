@@ -311,3 +311,35 @@ impl Jail {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firecracker_args_come_in_the_jailers_order() {
+        let start = StartTimes {
+            monotonic_us: 1234,
+            cpu_us: 0,
+        };
+        let args = firecracker_args("vm-1", start, false);
+        let names: Vec<&str> = args.iter().step_by(2).map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "--id",
+                "--start-time-us",
+                "--start-time-cpu-us",
+                "--parent-cpu-time-us"
+            ]
+        );
+        assert_eq!((args[1].as_str(), args[3].as_str()), ("vm-1", "1234"));
+        // Not forked: the program's CPU clock continues this process's, and
+        // everything since the start counts as the jailer's.
+        let start_cpu: u64 = args[5].parse().unwrap();
+        let parent_cpu: u64 = args[7].parse().unwrap();
+        assert_eq!(start_cpu, parent_cpu, "the start CPU time was 0");
+        // Forked: the child's CPU clock starts from 0.
+        assert_eq!(firecracker_args("vm-1", start, true)[5], "0");
+    }
+}
