@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn boot_time_line() {
-        let line = "2026-11-25T10:23:39.724022 [anonymous-instance:ember_vcpu0] \
+        let line = "2026-11-25T10:23:39.724022 [anonymous-instance:fc_vcpu 0] \
                     guest-boot-time-us=22697 guest-boot-time-ms=22 guest-boot-cpu-us=9534";
         assert_eq!(
             parse_boot_time(line),

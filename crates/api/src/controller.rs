@@ -46,7 +46,7 @@ struct InstanceInfo<'a> {
     vmm_version: &'static str,
 }
 
-/// `GET /version` body.
+/// `GET /version` body: the same Firecracker version as `ember --version`.
 #[derive(Serialize)]
 struct VersionInfo {
     firecracker_version: &'static str,
@@ -294,7 +294,7 @@ impl Controller {
                 vmm_version: VERSION,
             }),
             ApiRequest::GetVersion => ApiResponse::ok(&VersionInfo {
-                firecracker_version: VERSION,
+                firecracker_version: crate::REPORTED_FIRECRACKER_VERSION,
                 ember_version: VERSION,
             }),
             ApiRequest::GetMachineConfig => ApiResponse::ok(&self.resources.machine()),
@@ -492,6 +492,7 @@ impl Controller {
             level,
             show_level: request.show_level.unwrap_or(false),
             show_origin: request.show_log_origin.unwrap_or(false),
+            module: request.module.clone(),
         };
         match logger::configure(config) {
             Ok(()) => {
@@ -513,6 +514,20 @@ impl Controller {
             if response.status >= 400 {
                 return Err(response.body.unwrap_or_default());
             }
+        }
+        Ok(())
+    }
+
+    /// Sets up metrics to `path` as `PUT /metrics` would (for `--metrics-path`);
+    /// the refusal's message on failure.
+    pub fn configure_metrics(&mut self, path: &std::path::Path) -> std::result::Result<(), String> {
+        let response = self.put_metrics(Metrics {
+            metrics_path: path.to_owned(),
+            emit_id: false,
+            properties: None,
+        });
+        if response.status >= 400 {
+            return Err(response.body.unwrap_or_default());
         }
         Ok(())
     }

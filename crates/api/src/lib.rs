@@ -11,6 +11,26 @@
 //!   shape) and [`service`] runs it all.
 //! - [`logger`], [`metrics`], [`destination`]: logs and metrics to files or FIFOs.
 
+/// The Firecracker release whose API (swagger) and command line Ember
+/// follows, as a macro so that it can be `concat!`ed.
+macro_rules! firecracker_version {
+    () => {
+        "1.16.1"
+    };
+}
+
+/// The Firecracker release whose API and command line Ember follows.
+pub const FIRECRACKER_VERSION: &str = firecracker_version!();
+
+/// What Ember reports where Firecracker reports its version (`--version`'s
+/// `Firecracker vX.Y.Z` line and `GET /version`'s `firecracker_version`):
+/// [`FIRECRACKER_VERSION`] with Ember's own version as semver build metadata,
+/// e.g. `1.16.1+ember.0.1.0`. Tools that compare Firecracker versions (Kata
+/// Containers, the Go SDK) read 1.16.1, since build metadata does not count
+/// in semver comparisons, and it still says that this is Ember.
+pub const REPORTED_FIRECRACKER_VERSION: &str =
+    concat!(firecracker_version!(), "+ember.", env!("CARGO_PKG_VERSION"));
+
 pub mod channel;
 pub mod config_file;
 pub mod connection;
@@ -85,6 +105,9 @@ pub enum Error {
     /// The VMM failed.
     #[error(transparent)]
     Vmm(#[from] ember_vmm::Error),
+    /// `--metrics-path` could not be set up.
+    #[error("--metrics-path: {0}")]
+    MetricsPath(String),
     /// The config file's `logger` or `metrics` object was refused.
     #[error("config file: {0}")]
     ConfigFileSettings(String),

@@ -27,6 +27,11 @@ pub struct LoggerConfig {
     pub show_level: bool,
     /// Show the source file and line of each line.
     pub show_origin: bool,
+    /// Only lines from modules whose path starts with this (`--module`, the
+    /// `module` of `PUT /logger`, as Firecracker's filter); all when `None`.
+    /// Ember's module paths start with its crates' names (`ember_vmm`,
+    /// `ember_api`, `ember_devices`, ...).
+    pub module: Option<String>,
 }
 
 impl Default for LoggerConfig {
@@ -37,7 +42,19 @@ impl Default for LoggerConfig {
             level: LevelFilter::Info,
             show_level: false,
             show_origin: false,
+            module: None,
         }
+    }
+}
+
+/// Whether `config`'s module filter lets a line from `module_path` through:
+/// a line must come from a module whose path starts with the filter, so a
+/// line without a module path is dropped when a filter is set.
+fn module_enabled(config: &LoggerConfig, module_path: Option<&str>) -> bool {
+    match (&config.module, module_path) {
+        (None, _) => true,
+        (Some(filter), Some(path)) => path.starts_with(filter.as_str()),
+        (Some(_), None) => false,
     }
 }
 
@@ -129,6 +146,9 @@ impl Log for Logger {
             return;
         }
         let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
+        if !module_enabled(&sink.config, record.module_path()) {
+            return;
+        }
         let line = format_line(&sink.config, record);
         match &mut sink.out {
             Output::Stderr => {
@@ -208,6 +228,17 @@ mod tests {
     }
 
     #[test]
+    fn the_module_filter_matches_path_prefixes() {
+        let mut config = LoggerConfig::default();
+        assert!(module_enabled(&config, None));
+        config.module = Some("ember_vmm".into());
+        assert!(module_enabled(&config, Some("ember_vmm::vm")));
+        assert!(module_enabled(&config, Some("ember_vmm")));
+        assert!(!module_enabled(&config, Some("ember_api::controller")));
+        assert!(!module_enabled(&config, None));
+    }
+
+    #[test]
     fn levels_parse_like_firecracker() {
         assert_eq!(parse_level("Warning"), Some(LevelFilter::Warn));
         assert_eq!(parse_level("info"), Some(LevelFilter::Info));
@@ -225,6 +256,7 @@ mod tests {
             level: LevelFilter::Debug,
             show_level: true,
             show_origin: true,
+            module: Some("ember_api::logger".into()),
         })
         .unwrap();
         log::debug!("hello {}", 42);

@@ -265,7 +265,7 @@ pub struct Logger {
     /// Show each line's source location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub show_log_origin: Option<bool>,
-    /// Accepted for compatibility: Ember logs all modules.
+    /// Only lines from modules whose path starts with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
 }

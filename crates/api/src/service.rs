@@ -31,6 +31,45 @@ pub struct ServiceOptions {
     pub overrides: VmOverrides,
     /// What the API server accepts from its clients.
     pub api_limits: ServerLimits,
+    /// Metrics destination from the command line (`--metrics-path`), set up
+    /// as `PUT /metrics` would before anything else.
+    pub metrics_path: Option<PathBuf>,
+    /// The start times the jailer passed, for the start-up metrics.
+    pub process_start: ProcessStartTimes,
+}
+
+/// The start times Firecracker's jailer passes to the program it starts
+/// (`--start-time-us`, `--start-time-cpu-us`, `--parent-cpu-time-us`), used
+/// as Firecracker uses them: once the API socket exists, the `api_server`
+/// metrics `process_startup_time_us` (monotonic time since `start_time_us`)
+/// and `process_startup_time_cpu_us` (this process's CPU time since
+/// `start_time_cpu_us`, plus `parent_cpu_time_us`) are set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessStartTimes {
+    /// `CLOCK_MONOTONIC` microseconds when the jailer started.
+    pub start_time_us: Option<u64>,
+    /// This process's CPU microseconds when the program was executed.
+    pub start_time_cpu_us: Option<u64>,
+    /// CPU microseconds the jailer used before.
+    pub parent_cpu_time_us: Option<u64>,
+}
+
+impl ProcessStartTimes {
+    /// Records the start-up times in `counters`: from the jailer's start
+    /// times where it passed them, as Firecracker measures them, otherwise
+    /// from this process's own start (`own`: its wall and CPU microseconds).
+    pub fn report(&self, counters: &ApiCounters, own: (u64, u64)) {
+        let now = ember_jailer::StartTimes::now();
+        let wall = self
+            .start_time_us
+            .map_or(own.0, |start| now.monotonic_us.saturating_sub(start));
+        let cpu = self.start_time_cpu_us.map_or(own.1, |start| {
+            now.cpu_us
+                .saturating_sub(start)
+                .saturating_add(self.parent_cpu_time_us.unwrap_or(0))
+        });
+        counters.record_startup(wall, cpu);
+    }
 }
 
 /// Serves the API and runs the VM it configures; returns how the VM ended.
@@ -63,7 +102,8 @@ pub fn run(
                 })
                 .map_err(Error::Io)?;
             let startup = options.start_time.elapsed();
-            counters.record_startup(startup.wall_us, startup.cpu_us);
+            let own = (startup.wall_us, startup.cpu_us);
+            options.process_start.report(&counters, own);
             Some(guard)
         }
         None => None,
@@ -78,12 +118,23 @@ pub fn run(
         counters,
         options.overrides,
     )?));
-    if start_now {
+    {
         let mut controller = controller.lock().unwrap_or_else(PoisonError::into_inner);
-        controller
-            .apply_config_file_settings()
-            .map_err(Error::ConfigFileSettings)?;
-        controller.request_start(options.start_time);
+        if start_now {
+            controller
+                .apply_config_file_settings()
+                .map_err(Error::ConfigFileSettings)?;
+        }
+        // After the config file's own `metrics`: both at once are refused,
+        // as Firecracker refuses to set up metrics twice.
+        if let Some(path) = &options.metrics_path {
+            controller
+                .configure_metrics(path)
+                .map_err(Error::MetricsPath)?;
+        }
+        if start_now {
+            controller.request_start(options.start_time);
+        }
     }
     let mut event_loop =
         EventLoop::new().map_err(|e| Error::Vmm(ember_vmm::Error::EventLoop(e)))?;

@@ -4,7 +4,7 @@
 Usage: split_trace.py [--check x86_64.json] TRACE...
 
 A thread is classified by the name it gives itself (PR_SET_NAME):
-`ember_vcpu<N>` is a vcpu thread, `ember_api` an api thread, and the first
+`fc_vcpu <N>` is a vcpu thread, `ember_api` an api thread, and the first
 thread of the log (the process) is the vmm thread. Only the system calls made
 after the point where the filter is installed count:
 
@@ -111,7 +111,7 @@ def classify(path):
     for tid, name, args in events:
         if name == "prctl" and "PR_SET_NAME" in args:
             thread_name = re.search(r'"([^"]*)"', args).group(1)
-            if thread_name.startswith("ember_vcpu"):
+            if thread_name.startswith("fc_vcpu "):
                 vcpu_tids.add(tid)
                 threads[tid] = "vcpu"
             elif thread_name == "ember_api":

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use lexopt::prelude::*;
 
-use crate::cgroup::DEFAULT_PARENT;
 use crate::cgroup::{parse_parent, CgroupHost, CgroupPlan, CgroupSetting, CgroupVersion};
 use crate::dirs::check_below;
+use crate::elf::{self, ExecKind};
+use crate::jail::StartTimes;
 use crate::netns::NetNs;
 use crate::rlimit::{self, ResourceLimit};
 use crate::{sys, Error, Result};
@@ -27,7 +28,9 @@ Usage:
   ember-jailer --id ID --exec-file PATH --uid UID --gid GID [OPTIONS] [-- ARGS...]
 
 Starts PATH jailed in <chroot-base-dir>/<exec-file name>/<ID>/root, as UID:GID,
-in a new mount namespace, with ARGS as its arguments.
+in a new mount namespace, as Firecracker's jailer does: with the arguments
+--id ID --start-time-us N --start-time-cpu-us N --parent-cpu-time-us N, then ARGS.
+PATH must be statically linked (or its ELF interpreter already in the jail).
 
 Options:
   --id ID                   Jail id: 1 to 64 characters among A-Z, a-z, 0-9, '-'
@@ -38,12 +41,11 @@ Options:
   --daemonize               Start a new session; stdin, stdout and stderr go to /dev/null
   --new-pid-ns              Run the program as PID 1 of a new PID namespace; its pid
                             is written to <exec-file name>.pid in the jail
-  --cgroup-version 1|2      cgroup version (default 1 when v1 controllers are mounted,
-                            else 2)
+  --cgroup-version 1|2      cgroup version (default 1, as Firecracker)
   --cgroup KEY=VALUE        Write VALUE to the jail's cgroup file KEY (cpu.*, cpuset.*,
                             memory.*, pids.*); repeatable
-  --parent-cgroup NAME      Parent of the jail's cgroups (default ember); the cgroup is
-                            <mount>/<NAME>/<exec-file name>/<ID>
+  --parent-cgroup NAME      Parent of the jail's cgroups (default the exec file's name);
+                            the cgroup is <mount>/<NAME>/<ID>
   --resource-limit RES=N    fsize=N or no-file=N (default no-file=2048, at least 128);
                             repeatable
   --version                 Print the version
@@ -211,6 +213,7 @@ impl JailerArgs {
         let chroot_base = validate_chroot_base(&base)?;
 
         let root = Path::new(&exec_name).join(id).join("root");
+        check_linkage(&exec_file, &chroot_base.join(&root))?;
         for dir in ["dev/net", "run"] {
             check_below(&chroot_base, &root.join(dir), false)?;
         }
@@ -246,6 +249,7 @@ impl JailerArgs {
             cgroups,
             resource_limits,
             exec_args: self.exec_args.clone(),
+            start_times: StartTimes::now(),
         })
     }
 
@@ -267,22 +271,16 @@ impl JailerArgs {
             .as_deref()
             .map(CgroupVersion::parse)
             .transpose()?;
-        let parent = parse_parent(self.parent_cgroup.as_deref().unwrap_or(DEFAULT_PARENT))?;
+        let parent = match &self.parent_cgroup {
+            Some(parent) => parse_parent(parent)?,
+            None => PathBuf::from(exec_name),
+        };
         if settings.is_empty() {
             return Ok(None);
         }
         let host = CgroupHost::read()?;
-        let version = match version.or_else(|| host.default_version()) {
-            Some(version) => version,
-            None => {
-                return Err(Error::CgroupUnavailable {
-                    version: 2,
-                    controller: settings[0].controller().to_owned(),
-                    detail: ": no cgroup file system is mounted".to_owned(),
-                })
-            }
-        };
-        CgroupPlan::new(&host, version, &settings, &parent, exec_name, id).map(Some)
+        let version = version.unwrap_or(CgroupVersion::V1);
+        CgroupPlan::new(&host, version, &settings, &parent, id).map(Some)
     }
 }
 
@@ -367,6 +365,31 @@ fn validate_exec_file(path: &Path) -> Result<(PathBuf, OsString)> {
     Ok((real, name))
 }
 
+/// Refuses a dynamically linked program whose ELF interpreter is not in the
+/// jail root: a jail holds no shared libraries, so it could not start. An
+/// interpreter already placed in an existing jail (with its libraries, by the
+/// operator) lets it through.
+fn check_linkage(exec_file: &Path, jail_root: &Path) -> Result<()> {
+    let bad = |source| Error::BadPath {
+        flag: "exec-file",
+        path: exec_file.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(exec_file).map_err(bad)?;
+    let ExecKind::Dynamic(interpreter) = elf::classify(&mut file).map_err(bad)? else {
+        return Ok(());
+    };
+    let inside = jail_root.join(interpreter.strip_prefix("/").unwrap_or(&interpreter));
+    if std::fs::symlink_metadata(inside).is_ok() {
+        return Ok(());
+    }
+    Err(Error::DynamicallyLinked {
+        path: exec_file.to_owned(),
+        interpreter,
+        jail_root: jail_root.to_owned(),
+    })
+}
+
 /// Resolves the chroot base to an absolute path whose existing part is a
 /// directory on a file system that allows device nodes and execution.
 fn validate_chroot_base(base: &Path) -> Result<PathBuf> {
@@ -440,9 +463,22 @@ pub struct JailConfig {
     cgroups: Option<CgroupPlan>,
     resource_limits: Vec<ResourceLimit>,
     exec_args: Vec<OsString>,
+    start_times: StartTimes,
 }
 
 impl JailConfig {
+    /// When the jailer started (by default, when the arguments were
+    /// validated), for the start-time arguments passed to the program.
+    pub fn start_times(&self) -> StartTimes {
+        self.start_times
+    }
+
+    /// Sets when the jailer started: call it with [`StartTimes::now`] taken
+    /// first thing in `main`, as Firecracker's jailer measures from there.
+    pub fn set_start_times(&mut self, start: StartTimes) {
+        self.start_times = start;
+    }
+
     /// The jail id.
     pub fn id(&self) -> &str {
         &self.id
@@ -520,7 +556,8 @@ impl JailConfig {
         &self.resource_limits
     }
 
-    /// The program's arguments.
+    /// The user's arguments for the program (after `--`); the program gets
+    /// [`crate::firecracker_args`] before them.
     pub fn exec_args(&self) -> &[OsString] {
         &self.exec_args
     }

@@ -30,6 +30,48 @@ pub struct Forked {
     pub pid: i32,
 }
 
+/// A moment on the monotonic clock and in this process's CPU time: when the
+/// jailer started, for the start-time arguments it passes to the program as
+/// Firecracker's jailer does (and, in the program, the end of its start-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartTimes {
+    /// `CLOCK_MONOTONIC` in microseconds.
+    pub monotonic_us: u64,
+    /// This process's CPU time in microseconds.
+    pub cpu_us: u64,
+}
+
+impl StartTimes {
+    /// Now.
+    pub fn now() -> StartTimes {
+        StartTimes {
+            monotonic_us: sys::clock_us(libc::CLOCK_MONOTONIC),
+            cpu_us: sys::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID),
+        }
+    }
+}
+
+/// The arguments Firecracker's jailer puts before the user's (after `--`):
+/// `--id ID --start-time-us N --start-time-cpu-us N --parent-cpu-time-us N`.
+/// `start` is when the jailer started; `forked` says whether the program runs
+/// in a child forked after now, whose CPU clock starts again from 0, so its
+/// start CPU time is 0 and all the jailer's CPU time so far is the parent's.
+pub fn firecracker_args(id: &str, start: StartTimes, forked: bool) -> Vec<String> {
+    let cpu_now = sys::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
+    let start_cpu = if forked { 0 } else { cpu_now };
+    let parent_cpu = cpu_now.saturating_sub(start.cpu_us);
+    vec![
+        "--id".to_owned(),
+        id.to_owned(),
+        "--start-time-us".to_owned(),
+        start.monotonic_us.to_string(),
+        "--start-time-cpu-us".to_owned(),
+        start_cpu.to_string(),
+        "--parent-cpu-time-us".to_owned(),
+        parent_cpu.to_string(),
+    ]
+}
+
 /// A jail built on the host, ready to be entered.
 #[derive(Debug)]
 pub struct Jail {
@@ -38,7 +80,7 @@ pub struct Jail {
     cgroups: Option<Cgroups>,
     dev_null: Option<OwnedFd>,
     program: CString,
-    argv: Vec<CString>,
+    user_args: Vec<CString>,
     undo: Undo,
 }
 
@@ -94,19 +136,31 @@ impl Jail {
         let mut program = OsString::from("/");
         program.push(config.exec_name());
         let program = cstring(program)?;
-        let mut argv = vec![program.clone()];
-        for arg in config.exec_args() {
-            argv.push(cstring(arg.clone())?);
-        }
+        let user_args = config
+            .exec_args()
+            .iter()
+            .map(|arg| cstring(arg.clone()))
+            .collect::<Result<_>>()?;
         Ok(Jail {
             config,
             root,
             cgroups,
             dev_null,
             program,
-            argv,
+            user_args,
             undo,
         })
+    }
+
+    /// The program's `argv`: its path in the jail, [`firecracker_args`], then
+    /// the user's arguments (those after `--`), in Firecracker's jailer's order.
+    fn argv(&self, forked: bool) -> Result<Vec<CString>> {
+        let mut argv = vec![self.program.clone()];
+        for arg in firecracker_args(self.config.id(), self.config.start_times(), forked) {
+            argv.push(cstring(arg.into())?);
+        }
+        argv.extend(self.user_args.iter().cloned());
+        Ok(argv)
     }
 
     /// The jail's root directory on the host.
@@ -165,12 +219,13 @@ impl Jail {
                 source,
             })?;
         }
+        let argv = self.argv(self.config.new_pid_ns() || setsid_in_child)?;
         let launch = Launch {
             uid: self.config.uid(),
             gid: self.config.gid(),
             dev_null: self.dev_null.as_ref().map(AsFd::as_fd),
             program: &self.program,
-            argv: &self.argv,
+            argv: &argv,
         };
         if !self.config.new_pid_ns() && !setsid_in_child {
             let (stage, source) = process::drop_privileges_and_exec(&launch);
@@ -254,5 +309,37 @@ impl Jail {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firecracker_args_come_in_the_jailers_order() {
+        let start = StartTimes {
+            monotonic_us: 1234,
+            cpu_us: 0,
+        };
+        let args = firecracker_args("vm-1", start, false);
+        let names: Vec<&str> = args.iter().step_by(2).map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "--id",
+                "--start-time-us",
+                "--start-time-cpu-us",
+                "--parent-cpu-time-us"
+            ]
+        );
+        assert_eq!((args[1].as_str(), args[3].as_str()), ("vm-1", "1234"));
+        // Not forked: the program's CPU clock continues this process's, and
+        // everything since the start counts as the jailer's.
+        let start_cpu: u64 = args[5].parse().unwrap();
+        let parent_cpu: u64 = args[7].parse().unwrap();
+        assert_eq!(start_cpu, parent_cpu, "the start CPU time was 0");
+        // Forked: the child's CPU clock starts from 0.
+        assert_eq!(firecracker_args("vm-1", start, true)[5], "0");
     }
 }

@@ -11,7 +11,8 @@
 //!    their values;
 //! 3. [`Jail::exec`] enters it (new mount namespace, `pivot_root`, cgroups,
 //!    network namespace, resource limits, optional new session and PID
-//!    namespace), drops to the unprivileged uid/gid and executes the program.
+//!    namespace), drops to the unprivileged uid/gid and executes the program
+//!    with Firecracker's jailer's arguments first ([`firecracker_args`]).
 //!
 //! Every step records what it created in an [`Undo`] list, so a failure at
 //! any point, including a failed `execve`, leaves nothing behind.
@@ -22,6 +23,7 @@
 pub mod args;
 pub mod cgroup;
 mod dirs;
+pub mod elf;
 mod jail;
 mod mount_ns;
 mod mountinfo;
@@ -36,7 +38,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use args::{JailConfig, JailerArgs};
-pub use jail::{Forked, Jail};
+pub use jail::{firecracker_args, Forked, Jail, StartTimes};
 pub use undo::Undo;
 
 /// Everything that can go wrong while validating, building or entering a jail,
@@ -80,6 +82,22 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// The program is dynamically linked and its ELF interpreter is not in
+    /// the jail, so it could not start there.
+    #[error(
+        "--exec-file {path}: dynamically linked (ELF interpreter {interpreter}), but the jail \
+         holds no shared libraries: build it statically, e.g. RUSTFLAGS=\"-C \
+         target-feature=+crt-static\" cargo build --release -p ember --target \
+         x86_64-unknown-linux-gnu (or put the interpreter and libraries in {jail_root} first)"
+    )]
+    DynamicallyLinked {
+        /// The program.
+        path: PathBuf,
+        /// The interpreter it names.
+        interpreter: PathBuf,
+        /// The jail root it was looked for in.
+        jail_root: PathBuf,
     },
     /// Something the jail must create already exists.
     #[error("{0} already exists; remove it or pick another --id")]
@@ -153,6 +171,9 @@ pub enum Error {
     /// names an unknown system call.
     #[error("seccomp filter: {0}")]
     SeccompCompile(seccompiler::Error),
+    /// The seccomp filter file is neither JSON nor a valid compiled filter.
+    #[error("seccomp filter: not JSON, and not a valid compiled filter (Firecracker's seccompiler-bin format): {0}")]
+    SeccompBinary(String),
     /// The seccomp filter file lacks a filter for a thread kind.
     #[error(
         "seccomp filter: no filter for thread kind {0:?} (need \"vmm\", \"vcpu\" and \"api\")"

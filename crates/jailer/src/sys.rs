@@ -380,6 +380,22 @@ pub(crate) fn setresuid(real: uid_t, effective: uid_t, saved: uid_t) -> io::Resu
     check(unsafe { libc::setresuid(real, effective, saved) }).map(drop)
 }
 
+/// Microseconds on `clock` (`CLOCK_MONOTONIC`, `CLOCK_PROCESS_CPUTIME_ID`);
+/// 0 if the clock cannot be read.
+pub(crate) fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000)
+}
+
 /// `execv(path, argv)` with the current environment; returns only on failure.
 pub(crate) fn execv(path: &CStr, args: &[CString]) -> io::Error {
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();

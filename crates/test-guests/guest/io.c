@@ -36,7 +36,7 @@
 /* At most this many stale bytes are read when draining. */
 #define I8042_DRAIN_MAX 64u
 
-#define KEYS_DEFAULT_MAX 11
+#define KEYS_DEFAULT_MAX 4
 #define KEYS_MAX_MAX 64
 #define KEYS_DEFAULT_IDLE 3000000
 

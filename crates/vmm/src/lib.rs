@@ -23,6 +23,7 @@ pub use builder::{build, check_cmdline, check_vcpu_count, memory_layout, MAX_VCP
 pub use config::{DriveConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
+pub use vcpu_threads::vcpu_thread_name;
 pub use virtio_devices::{SharedBlock, SharedNet};
 pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 

@@ -4,14 +4,17 @@
 //! flushed) instead of dying mid-write. [`TERMINATION_SIGNALS`] lists them:
 //! SIGTERM and SIGINT, and the signals whose default action would otherwise
 //! kill the VMM without any of that (SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
-//! SIGALRM). [`ignore_write_signals`] makes SIGPIPE and SIGXFSZ write errors
-//! instead of deaths.
+//! SIGALRM). Each handler is one-shot (`SA_RESETHAND`): once the VM has
+//! stopped cleanly, [`die_by_signal`] raises the signal again with its default
+//! action, so the parent sees death by that signal, as with Firecracker (which
+//! does not catch them); a second signal during the clean stop ends the
+//! process at once. [`ignore_write_signals`] makes SIGPIPE and SIGXFSZ write
+//! errors instead of deaths.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use libc::{c_int, c_void, siginfo_t};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::signal::register_signal_handler;
 
 use crate::{Error, Result};
 
@@ -26,6 +29,10 @@ static RECEIVED: AtomicU64 = AtomicU64::new(0);
 fn signal_bit(num: c_int) -> Option<u64> {
     u32::try_from(num).ok().and_then(|n| 1u64.checked_shl(n))
 }
+/// The thread that installed the handlers (its kernel thread id), or 0:
+/// [`die_by_signal`] sends the signal there, since asking for the calling
+/// thread's id (`gettid`, which `raise` does) is outside the seccomp filters.
+static INSTALLING_THREAD: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_termination(num: c_int, _info: *mut siginfo_t, _ctx: *mut c_void) {
     TERMINATION_SIGNAL.store(num, Ordering::SeqCst);
@@ -53,6 +60,51 @@ pub const TERMINATION_SIGNALS: [(c_int, &str); 7] = [
     (libc::SIGALRM, "SIGALRM"),
 ];
 
+/// Installs `on_termination` for `num`, reset to the default action on its
+/// first delivery (`SA_RESETHAND`), with every signal blocked while it runs.
+fn register_one_shot(num: c_int) -> std::result::Result<(), vmm_sys_util::errno::Error> {
+    // SAFETY: a zeroed sigaction is a valid value (no handler, empty mask, no flags).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_termination as *const () as libc::sighandler_t;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+    // SAFETY: `sa_mask` is a valid sigset_t owned by `action`.
+    if unsafe { libc::sigfillset(&mut action.sa_mask) } < 0 {
+        return Err(vmm_sys_util::errno::Error::last());
+    }
+    // SAFETY: `action` is fully initialised and its handler only does
+    // async-signal-safe work (atomics and write(2)); the old action is not wanted.
+    match unsafe { libc::sigaction(num, &action, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        _ => Err(vmm_sys_util::errno::Error::last()),
+    }
+}
+
+/// Ends the process by `num` with the signal's default action, after a clean
+/// stop caused by that signal (whose one-shot handler has already reset it to
+/// the default). Call it from the thread that installed
+/// [`TerminationSignals`]: it unblocks `num` and sends it to that thread with
+/// only `rt_sigprocmask`, `getpid` and `tgkill`, which the main thread's
+/// seccomp filter allows (without an installation, or in a forked child,
+/// it falls back to `raise`).
+/// Returns only if the signal did not end the process (its disposition is
+/// not the default, for example when it was not delivered through
+/// [`TerminationSignals`]); the caller should then exit with `128 + num`.
+pub fn die_by_signal(num: c_int) {
+    let thread = INSTALLING_THREAD.load(Ordering::SeqCst);
+    // SAFETY: an empty sigset_t built by sigemptyset/sigaddset is valid; the
+    // calls only change this thread's signal mask, then send `num` to a
+    // thread of this process.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, num);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        if thread <= 0 || libc::syscall(libc::SYS_tgkill, libc::getpid(), thread, num) != 0 {
+            libc::raise(num);
+        }
+    }
+}
+
 /// Routes the [`TERMINATION_SIGNALS`] to an eventfd while it lives.
 #[derive(Debug)]
 pub struct TerminationSignals {
@@ -60,13 +112,15 @@ pub struct TerminationSignals {
 }
 
 impl TerminationSignals {
-    /// Installs the handlers. Only one instance should exist per process.
+    /// Installs the handlers, each for one delivery (see the module's
+    /// documentation). Only one instance should exist per process.
     pub fn install() -> Result<TerminationSignals> {
         let event = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        // SAFETY: gettid has no preconditions.
+        INSTALLING_THREAD.store(unsafe { libc::gettid() }, Ordering::SeqCst);
         TERMINATION_FD.store(std::os::fd::AsRawFd::as_raw_fd(&event), Ordering::SeqCst);
         for (num, what) in TERMINATION_SIGNALS {
-            register_signal_handler(num, on_termination)
-                .map_err(|source| Error::Signal { what, source })?;
+            register_one_shot(num).map_err(|source| Error::Signal { what, source })?;
         }
         Ok(TerminationSignals { event })
     }
@@ -137,18 +191,42 @@ mod tests {
     }
 
     #[test]
-    fn every_termination_signal_reaches_the_eventfd() {
+    fn every_termination_signal_reaches_the_eventfd_once() {
         let signals = TerminationSignals::install().unwrap();
         assert!(!received(libc::SIGPIPE));
         for (num, name) in TERMINATION_SIGNALS {
+            assert_ne!(disposition(num), libc::SIG_DFL, "{name}");
             // SAFETY: raising a signal whose handler was just installed.
             assert_eq!(unsafe { libc::raise(num) }, 0, "{name}");
             assert_eq!(signals.event_fd().read().unwrap(), 1, "{name}");
             assert_eq!(last_signal(), Some(num), "{name}");
             assert!(received(num), "{name}");
+            // One-shot: the next one would take the default action.
+            assert_eq!(disposition(num), libc::SIG_DFL, "{name}");
         }
         assert!(!received(libc::SIGPIPE));
         assert!(!received(-1));
+    }
+
+    #[test]
+    fn die_by_signal_kills_with_the_default_action() {
+        // In a forked child, so that the test process survives.
+        // SAFETY: the child only calls async-signal-safe functions before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: SIG_DFL installs no code; then the child ends one way or the other.
+            unsafe {
+                libc::signal(libc::SIGUSR1, libc::SIG_DFL);
+                die_by_signal(libc::SIGUSR1);
+                libc::_exit(3);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child into a valid int.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGUSR1);
     }
 
     #[test]

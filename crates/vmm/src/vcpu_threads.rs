@@ -21,6 +21,12 @@ use vmm_sys_util::signal::Killable;
 use crate::io::IoBuses;
 use crate::{Error, Result};
 
+/// The name of vCPU `index`'s thread: `fc_vcpu N`, as Firecracker names its
+/// vCPU threads (tools such as Kata Containers find them by that name to pin them).
+pub fn vcpu_thread_name(index: impl std::fmt::Display) -> String {
+    format!("fc_vcpu {index}")
+}
+
 /// How often a state change re-kicks threads that have not answered.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 /// How long a state change waits for the vCPU threads.
@@ -156,7 +162,7 @@ impl VcpuThreads {
             finished,
         };
         for vcpu in vcpus {
-            let name = format!("ember_vcpu{}", vcpu.index());
+            let name = vcpu_thread_name(vcpu.index());
             let (io, control, reports, wake, alive, filter) = (
                 io.clone(),
                 threads.control.clone(),

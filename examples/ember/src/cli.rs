@@ -5,8 +5,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use ember_api::logger::{parse_level, LoggerConfig};
+use ember_api::service::ProcessStartTimes;
 use ember_vmm::{BlockConfig, CacheType, DriveConfig, NetConfig, VsockConfig};
 use lexopt::prelude::*;
+use lexopt::Arg;
 
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
@@ -28,23 +30,38 @@ Usage:
       send \"CONNECT <port>\\n\"; guest connections to port P go to PATH_P.
 
 Options:
-  --id ID              Instance id shown in logs (default anonymous-instance)
+  --id ID              Instance id shown in logs: 1 to 64 of A-Z a-z 0-9 -
+                       (default anonymous-instance)
   --log-path PATH      Write logs to a file or FIFO instead of standard error
   --level LEVEL        Error, Warning, Info (default), Debug, Trace or Off
+  --module PREFIX      Only log lines from modules whose path starts with PREFIX
+                       (Ember's modules are ember_vmm::..., ember_api::..., ...)
   --show-level         Show each log line's level
   --show-log-origin    Show each log line's source file and line
+  --metrics-path PATH  Write metrics to a file or FIFO from the start, as PUT /metrics
+                       (API and config-file modes)
   --boot-timer         Accepted for Firecracker compatibility: the boot timer is always on
   --kvm-device PATH    KVM device to open (default /dev/kvm)
   --http-api-max-payload-size BYTES
                        Largest API request body accepted (default 51200)
-  --seccomp-filter FILE  Per-thread seccomp filters from a JSON file (seccompiler's
-                       format, thread names vmm, vcpu, api) instead of the built-in ones
+  --mmds-size-limit BYTES
+                       Accepted for Firecracker compatibility (Ember has no MMDS yet)
+  --start-time-us US, --start-time-cpu-us US, --parent-cpu-time-us US
+                       Start times from a jailer (monotonic and CPU microseconds), for
+                       the api_server process_startup_time_us/_cpu_us metrics
+  --seccomp-filter FILE  Per-thread seccomp filters (threads vmm, vcpu, api) instead of
+                       the built-in ones: seccompiler's JSON, or a file Firecracker's
+                       seccompiler-bin compiled
   --no-seccomp         Run without seccomp filters (they are on by default)
-  --version            Print the version
+  --version            Print the version: `Firecracker vX.Y.Z+ember.E` (Ember E
+                       following Firecracker X.Y.Z's API)
   --help               Print this help
+Refused: --metadata (Ember has no MMDS yet) and --enable-pci (Ember has no PCI).
 
 Exit status: 0 when the guest resets or powers off, 1 on an error, 2 on bad usage,
-128+N when stopped by signal N, 159 when a thread breaks its seccomp filter.";
+159 when a thread breaks its seccomp filter; after a clean stop on a termination
+signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM) Ember dies
+by that signal.";
 
 /// API socket used when neither `--api-sock` nor `--no-api` is given.
 pub const DEFAULT_API_SOCKET: &str = "/run/ember.socket";
@@ -169,7 +186,7 @@ pub enum SeccompChoice {
     /// The built-in filters.
     #[default]
     BuiltIn,
-    /// Filters from a JSON file.
+    /// Filters from a file: JSON, or Firecracker's compiled format.
     File(PathBuf),
     /// None.
     Off,
@@ -208,12 +225,23 @@ pub struct Args {
     pub seccomp: SeccompChoice,
     /// Largest API request body, in bytes.
     pub api_max_payload: usize,
+    /// Metrics destination (`--metrics-path`), set up at start.
+    pub metrics_path: Option<PathBuf>,
+    /// MMDS store limit in bytes (`--mmds-size-limit`): accepted and kept for
+    /// when Ember has an MMDS; Firecracker's default is the API payload limit.
+    pub mmds_size_limit: Option<usize>,
+    /// The start times a jailer passed.
+    pub process_start: ProcessStartTimes,
+}
+
+fn custom(message: String) -> lexopt::Error {
+    lexopt::Error::Custom(message.into())
 }
 
 fn string(value: OsString, flag: &str) -> Result<String, lexopt::Error> {
     value
         .into_string()
-        .map_err(|_| lexopt::Error::Custom(format!("{flag}: not valid UTF-8").into()))
+        .map_err(|_| custom(format!("{flag}: not valid UTF-8")))
 }
 
 fn number<T: std::str::FromStr>(
@@ -223,156 +251,309 @@ fn number<T: std::str::FromStr>(
 ) -> Result<T, lexopt::Error> {
     let text = string(parser.value()?, flag)?;
     text.parse()
-        .map_err(|_| lexopt::Error::Custom(format!("{flag} {text}: {what}").into()))
+        .map_err(|_| custom(format!("{flag} {text}: {what}")))
 }
+
+/// The command line as it is read, before it becomes [`Args`].
+struct State {
+    logger: LoggerConfig,
+    kvm_device: Option<PathBuf>,
+    seccomp: SeccompChoice,
+    seccomp_flags: u32,
+    api_max_payload: usize,
+    metrics_path: Option<PathBuf>,
+    mmds_size_limit: Option<usize>,
+    process_start: ProcessStartTimes,
+    config_file: Option<PathBuf>,
+    api_socket: Option<PathBuf>,
+    no_api: bool,
+    run: bool,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    vcpus: u8,
+    mem_mib: u64,
+    drives: Vec<DriveConfig>,
+    nets: Vec<NetConfig>,
+    vsock: Option<VsockConfig>,
+    guest_args: Vec<String>,
+    help: bool,
+    version: bool,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            logger: LoggerConfig::default(),
+            kvm_device: None,
+            seccomp: SeccompChoice::BuiltIn,
+            seccomp_flags: 0,
+            api_max_payload: ember_api::http::DEFAULT_MAX_PAYLOAD_BYTES,
+            metrics_path: None,
+            mmds_size_limit: None,
+            process_start: ProcessStartTimes::default(),
+            config_file: None,
+            api_socket: None,
+            no_api: false,
+            run: false,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            vcpus: 1,
+            mem_mib: 128,
+            drives: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+            guest_args: Vec::new(),
+            help: false,
+            version: false,
+        }
+    }
+
+    /// Takes an argument other than a long option; `run` is accepted as the
+    /// first word that is not an option, so options a jailer puts first
+    /// (`--id`, the start times) may come before it.
+    fn take(&mut self, arg: Arg<'_>) -> Result<(), lexopt::Error> {
+        match arg {
+            Value(word) if !self.run && word == "run" => self.run = true,
+            Value(word) if self.run => self.guest_args.push(string(word, "guest argument")?),
+            Short('h') => self.help = true,
+            Short('V') => self.version = true,
+            other => return Err(other.unexpected()),
+        }
+        Ok(())
+    }
+
+    /// Takes the long option `--flag`.
+    fn take_long(&mut self, flag: &str, parser: &mut lexopt::Parser) -> Result<(), lexopt::Error> {
+        let known = self.logging(flag, parser)?
+            || self.firecracker(flag, parser)?
+            || self.run && self.run_option(flag, parser)?;
+        if known {
+            Ok(())
+        } else {
+            Err(Long(flag).unexpected())
+        }
+    }
+
+    /// Logging options; `false` if `flag` is not one.
+    fn logging(&mut self, flag: &str, parser: &mut lexopt::Parser) -> Result<bool, lexopt::Error> {
+        match flag {
+            "id" => {
+                let id = string(parser.value()?, "--id")?;
+                ember_jailer::args::validate_id(&id).map_err(|e| custom(e.to_string()))?;
+                self.logger.instance_id = id;
+            }
+            "log-path" => self.logger.path = Some(PathBuf::from(parser.value()?)),
+            "level" => {
+                let text = string(parser.value()?, "--level")?;
+                self.logger.level = parse_level(&text)
+                    .ok_or_else(|| custom(format!("--level {text}: unknown level")))?;
+            }
+            "module" => self.logger.module = Some(string(parser.value()?, "--module")?),
+            "show-level" => self.logger.show_level = true,
+            "show-log-origin" => self.logger.show_origin = true,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Firecracker's other options and Ember's own; `false` if `flag` is not one.
+    fn firecracker(
+        &mut self,
+        flag: &str,
+        parser: &mut lexopt::Parser,
+    ) -> Result<bool, lexopt::Error> {
+        let us = "not a number of microseconds";
+        match flag {
+            "config-file" => self.config_file = Some(PathBuf::from(parser.value()?)),
+            "no-api" => self.no_api = true,
+            "api-sock" => self.api_socket = Some(PathBuf::from(parser.value()?)),
+            "boot-timer" => {}
+            "http-api-max-payload-size" => {
+                self.api_max_payload =
+                    number(parser, "--http-api-max-payload-size", "not a size in bytes")?
+            }
+            "mmds-size-limit" => {
+                self.mmds_size_limit =
+                    Some(number(parser, "--mmds-size-limit", "not a size in bytes")?)
+            }
+            "metadata" => return Err(custom(MMDS_MISSING.to_owned())),
+            "enable-pci" => return Err(custom(PCI_MISSING.to_owned())),
+            "metrics-path" => self.metrics_path = Some(PathBuf::from(parser.value()?)),
+            "start-time-us" => {
+                self.process_start.start_time_us = Some(number(parser, "--start-time-us", us)?)
+            }
+            "start-time-cpu-us" => {
+                self.process_start.start_time_cpu_us =
+                    Some(number(parser, "--start-time-cpu-us", us)?)
+            }
+            "parent-cpu-time-us" => {
+                self.process_start.parent_cpu_time_us =
+                    Some(number(parser, "--parent-cpu-time-us", us)?)
+            }
+            "kvm-device" => self.kvm_device = Some(PathBuf::from(parser.value()?)),
+            "seccomp-filter" => {
+                self.seccomp = SeccompChoice::File(PathBuf::from(parser.value()?));
+                self.seccomp_flags += 1;
+            }
+            "no-seccomp" => {
+                self.seccomp = SeccompChoice::Off;
+                self.seccomp_flags += 1;
+            }
+            "help" => self.help = true,
+            "version" => self.version = true,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// `ember run`'s options; `false` if `flag` is not one.
+    fn run_option(
+        &mut self,
+        flag: &str,
+        parser: &mut lexopt::Parser,
+    ) -> Result<bool, lexopt::Error> {
+        match flag {
+            "kernel" => self.kernel = Some(PathBuf::from(parser.value()?)),
+            "initrd" => self.initrd = Some(PathBuf::from(parser.value()?)),
+            "cmdline" => self.cmdline = Some(string(parser.value()?, "--cmdline")?),
+            "vcpus" => {
+                let count: u32 = number(parser, "--vcpus", "not a number of vCPUs")?;
+                self.vcpus = u8::try_from(count).map_err(|_| {
+                    custom(format!(
+                        "--vcpus {count}: at most {} vCPUs are supported",
+                        ember_vmm::MAX_VCPU_COUNT
+                    ))
+                })?;
+            }
+            "mem" => self.mem_mib = number(parser, "--mem", "not a size in MiB")?,
+            "net" => {
+                let spec = string(parser.value()?, "--net")?;
+                self.nets
+                    .push(parse_net(&spec, self.nets.len()).map_err(custom)?);
+            }
+            "vsock" => {
+                let spec = string(parser.value()?, "--vsock")?;
+                self.vsock = Some(parse_vsock(&spec).map_err(custom)?);
+            }
+            "drive" => {
+                let spec = string(parser.value()?, "--drive")?;
+                self.drives
+                    .push(parse_drive(&spec, self.drives.len()).map_err(custom)?);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// `ember run`'s VM.
+    fn run_args(&mut self) -> Result<RunArgs, lexopt::Error> {
+        let api_flag = [
+            (self.config_file.is_some(), "--config-file"),
+            (self.api_socket.is_some(), "--api-sock"),
+            (self.no_api, "--no-api"),
+            (self.metrics_path.is_some(), "--metrics-path"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        if let Some(flag) = api_flag {
+            return Err(custom(format!(
+                "{flag} does not go with `ember run` (it is for the API and config-file modes)"
+            )));
+        }
+        let kernel = self
+            .kernel
+            .take()
+            .ok_or_else(|| lexopt::Error::MissingValue {
+                option: Some("--kernel".into()),
+            })?;
+        Ok(RunArgs {
+            kernel,
+            initrd: self.initrd.take(),
+            cmdline: self
+                .cmdline
+                .take()
+                .unwrap_or_else(|| DEFAULT_RUN_CMDLINE.to_owned()),
+            guest_args: std::mem::take(&mut self.guest_args),
+            vcpus: self.vcpus,
+            mem_mib: self.mem_mib,
+            drives: std::mem::take(&mut self.drives),
+            nets: std::mem::take(&mut self.nets),
+            vsock: self.vsock.take(),
+        })
+    }
+
+    /// The API or config-file mode.
+    fn api_command(&mut self) -> Result<Command, lexopt::Error> {
+        if !self.no_api {
+            return Ok(Command::Api {
+                socket: self
+                    .api_socket
+                    .take()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
+                config_file: self.config_file.take(),
+            });
+        }
+        match (self.config_file.take(), &self.api_socket) {
+            (Some(path), None) => Ok(Command::ConfigFile(path)),
+            (_, Some(_)) => Err(custom(
+                "--no-api and --api-sock contradict each other".to_owned(),
+            )),
+            (None, None) => Err(custom(
+                "nothing to boot: --no-api needs --config-file FILE".to_owned(),
+            )),
+        }
+    }
+
+    fn finish(mut self) -> Result<Args, lexopt::Error> {
+        if self.seccomp_flags > 1 {
+            return Err(custom(
+                "give at most one of --seccomp-filter and --no-seccomp".to_owned(),
+            ));
+        }
+        let command = if self.help {
+            Command::Help
+        } else if self.version {
+            Command::Version
+        } else if self.run {
+            Command::Run(self.run_args()?)
+        } else {
+            self.api_command()?
+        };
+        Ok(Args {
+            command,
+            logger: self.logger,
+            kvm_device: self.kvm_device,
+            seccomp: self.seccomp,
+            api_max_payload: self.api_max_payload,
+            metrics_path: self.metrics_path,
+            mmds_size_limit: self.mmds_size_limit,
+            process_start: self.process_start,
+        })
+    }
+}
+
+/// Why `--metadata` is refused.
+pub const MMDS_MISSING: &str =
+    "--metadata: Ember has no MMDS (microVM metadata service) yet, so it cannot take metadata";
+/// Why `--enable-pci` is refused.
+pub const PCI_MISSING: &str =
+    "--enable-pci: Ember has no PCI support (its devices are virtio over MMIO)";
 
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::Error> {
     let mut parser = lexopt::Parser::from_args(args);
-    let mut logger = LoggerConfig::default();
-    let mut kvm_device = None;
-    let mut seccomp = SeccompChoice::BuiltIn;
-    let mut seccomp_flags = 0;
-    let mut api_max_payload = ember_api::http::DEFAULT_MAX_PAYLOAD_BYTES;
-    let mut config_file = None;
-    let mut api_socket = None;
-    let mut no_api = false;
-    let mut run = false;
-    let (mut kernel, mut initrd, mut cmdline) = (None, None, None);
-    let (mut vcpus, mut mem_mib) = (1u8, 128u64);
-    let mut drives = Vec::new();
-    let mut nets = Vec::new();
-    let mut vsock = None;
-    let mut guest_args = Vec::new();
-    let mut help = false;
-    let mut version = false;
-    let mut first = true;
-
+    let mut state = State::new();
     while let Some(arg) = parser.next()? {
-        match arg {
-            Value(word) if first && word == "run" => run = true,
-            Long("config-file") if !run => config_file = Some(PathBuf::from(parser.value()?)),
-            Long("no-api") if !run => no_api = true,
-            Long("api-sock") if !run => api_socket = Some(PathBuf::from(parser.value()?)),
-            Long("boot-timer") => {}
-            Long("http-api-max-payload-size") if !run => {
-                api_max_payload = number(
-                    &mut parser,
-                    "--http-api-max-payload-size",
-                    "not a size in bytes",
-                )?;
-            }
-            Long("id") => logger.instance_id = string(parser.value()?, "--id")?,
-            Long("log-path") => logger.path = Some(PathBuf::from(parser.value()?)),
-            Long("level") => {
-                let text = string(parser.value()?, "--level")?;
-                logger.level = parse_level(&text).ok_or_else(|| {
-                    lexopt::Error::Custom(format!("--level {text}: unknown level").into())
-                })?;
-            }
-            Long("show-level") => logger.show_level = true,
-            Long("show-log-origin") => logger.show_origin = true,
-            Long("kvm-device") => kvm_device = Some(PathBuf::from(parser.value()?)),
-            Long("seccomp-filter") => {
-                seccomp = SeccompChoice::File(PathBuf::from(parser.value()?));
-                seccomp_flags += 1;
-            }
-            Long("no-seccomp") => {
-                seccomp = SeccompChoice::Off;
-                seccomp_flags += 1;
-            }
-            Long("kernel") if run => kernel = Some(PathBuf::from(parser.value()?)),
-            Long("initrd") if run => initrd = Some(PathBuf::from(parser.value()?)),
-            Long("cmdline") if run => cmdline = Some(string(parser.value()?, "--cmdline")?),
-            Long("vcpus") if run => {
-                let count: u32 = number(&mut parser, "--vcpus", "not a number of vCPUs")?;
-                vcpus = u8::try_from(count).map_err(|_| {
-                    lexopt::Error::Custom(
-                        format!(
-                            "--vcpus {count}: at most {} vCPUs are supported",
-                            ember_vmm::MAX_VCPU_COUNT
-                        )
-                        .into(),
-                    )
-                })?;
-            }
-            Long("mem") if run => mem_mib = number(&mut parser, "--mem", "not a size in MiB")?,
-            Long("net") if run => {
-                let spec = string(parser.value()?, "--net")?;
-                nets.push(
-                    parse_net(&spec, nets.len()).map_err(|e| lexopt::Error::Custom(e.into()))?,
-                );
-            }
-            Long("vsock") if run => {
-                let spec = string(parser.value()?, "--vsock")?;
-                vsock = Some(parse_vsock(&spec).map_err(|e| lexopt::Error::Custom(e.into()))?);
-            }
-            Long("drive") if run => {
-                let spec = string(parser.value()?, "--drive")?;
-                drives.push(
-                    parse_drive(&spec, drives.len())
-                        .map_err(|e| lexopt::Error::Custom(e.into()))?,
-                );
-            }
-            Value(word) if run => guest_args.push(string(word, "guest argument")?),
-            Long("help") | Short('h') => help = true,
-            Long("version") | Short('V') => version = true,
-            other => return Err(other.unexpected()),
+        if let Long(flag) = arg {
+            let flag = flag.to_owned();
+            state.take_long(&flag, &mut parser)?;
+        } else {
+            state.take(arg)?;
         }
-        first = false;
     }
-
-    if seccomp_flags > 1 {
-        return Err(lexopt::Error::Custom(
-            "give at most one of --seccomp-filter and --no-seccomp".into(),
-        ));
-    }
-    let command = if help {
-        Command::Help
-    } else if version {
-        Command::Version
-    } else if run {
-        let kernel = kernel.ok_or_else(|| lexopt::Error::MissingValue {
-            option: Some("--kernel".into()),
-        })?;
-        Command::Run(RunArgs {
-            kernel,
-            initrd,
-            cmdline: cmdline.unwrap_or_else(|| DEFAULT_RUN_CMDLINE.to_owned()),
-            guest_args,
-            vcpus,
-            mem_mib,
-            drives,
-            nets,
-            vsock,
-        })
-    } else if no_api {
-        match (config_file, api_socket) {
-            (Some(path), None) => Command::ConfigFile(path),
-            (_, Some(_)) => {
-                return Err(lexopt::Error::Custom(
-                    "--no-api and --api-sock contradict each other".into(),
-                ))
-            }
-            (None, None) => {
-                return Err(lexopt::Error::Custom(
-                    "nothing to boot: --no-api needs --config-file FILE".into(),
-                ))
-            }
-        }
-    } else {
-        Command::Api {
-            socket: api_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
-            config_file,
-        }
-    };
-    Ok(Args {
-        command,
-        logger,
-        kvm_device,
-        seccomp,
-        api_max_payload,
-    })
+    state.finish()
 }
 
 #[cfg(test)]
@@ -449,6 +630,59 @@ mod tests {
         );
         assert_eq!(parsed.logger.instance_id, "vm1");
         assert!(parsed.logger.show_level);
+    }
+
+    #[test]
+    fn options_a_jailer_puts_first_may_precede_run() {
+        let parsed = args(
+            "--id vm-1 --start-time-us 10 --start-time-cpu-us 20 --parent-cpu-time-us 30 \
+             run --kernel k",
+        )
+        .unwrap();
+        assert!(matches!(parsed.command, Command::Run(_)));
+        assert_eq!(parsed.logger.instance_id, "vm-1");
+        assert_eq!(
+            parsed.process_start,
+            ProcessStartTimes {
+                start_time_us: Some(10),
+                start_time_cpu_us: Some(20),
+                parent_cpu_time_us: Some(30),
+            }
+        );
+        // Only the first word is the subcommand.
+        assert!(args("run --kernel k run").is_ok());
+        assert!(args("--api-sock s run2").is_err());
+    }
+
+    #[test]
+    fn firecrackers_other_options() {
+        let parsed = args(
+            "--api-sock s --metrics-path m.fifo --mmds-size-limit 4096 --module ember_vmm \
+             --http-api-max-payload-size 1000",
+        )
+        .unwrap();
+        assert_eq!(parsed.metrics_path, Some(PathBuf::from("m.fifo")));
+        assert_eq!(parsed.mmds_size_limit, Some(4096));
+        assert_eq!(parsed.logger.module.as_deref(), Some("ember_vmm"));
+        assert_eq!(parsed.api_max_payload, 1000);
+        for (line, needle) in [
+            ("--metadata m.json --api-sock s", "no MMDS"),
+            ("--enable-pci --api-sock s", "no PCI"),
+            ("--mmds-size-limit lots", "not a size"),
+            ("--start-time-us -1", "not a number of microseconds"),
+            ("--id a_b", "invalid --id"),
+            (
+                "run --kernel k --metrics-path m",
+                "--metrics-path does not go with",
+            ),
+            (
+                "--config-file f run --kernel k",
+                "--config-file does not go with",
+            ),
+        ] {
+            let err = args(line).unwrap_err().to_string();
+            assert!(err.contains(needle), "{line:?}: {err}");
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn seccomp_filters(choice: &SeccompChoice) -> Result<Option<seccomp::Filters>, S
         SeccompChoice::File(path) => {
             let file = open_input(path, InputKind::RegularFile, false)
                 .map_err(|e| format!("cannot open seccomp filter file {}: {e}", path.display()))?;
-            seccomp::filters_from_json(file)
+            seccomp::filters_from_file(file)
                 .map_err(|e| format!("seccomp filter file {}: {e}", path.display()))?
         }
     };
@@ -67,7 +67,6 @@ fn seccomp_filters(choice: &SeccompChoice) -> Result<Option<seccomp::Filters>, S
     Ok(Some(filters))
 }
 
-/// Serves the API on `socket`, booting `config_file` at once if given.
 /// Serves the API on `socket` (none with `--no-api`), booting `config_file`
 /// at once if given.
 fn serve(
@@ -97,12 +96,18 @@ fn serve(
             },
             ..ServerLimits::default()
         },
+        metrics_path: args.metrics_path.clone(),
+        process_start: args.process_start,
     };
     ember_api::service::run(options, Some(&signals)).map_err(|e| e.to_string())
 }
 
-fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
+/// Boots what the command line asks for and returns how the VM ended.
+fn boot(args: &Args, start: StartTime) -> Result<ExitReason, String> {
     ember_api::logger::configure(args.logger.clone()).map_err(|e| e.to_string())?;
+    if let Some(limit) = args.mmds_size_limit {
+        log::info!("--mmds-size-limit {limit}: accepted; Ember has no MMDS yet");
+    }
     let reason = if let Command::Api {
         socket,
         config_file,
@@ -113,7 +118,7 @@ fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
         serve(args, None, Some(path), start)?
     } else {
         let Some(mut config) = vm_config(args, start)? else {
-            return Ok(0);
+            return Ok(ExitReason::Stopped);
         };
         config.seccomp = seccomp_filters(&args.seccomp)?;
         let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
@@ -122,7 +127,19 @@ fn boot(args: &Args, start: StartTime) -> Result<u8, String> {
     };
     log::info!("VM stopped: {reason:?}");
     log::logger().flush();
-    Ok(u8::try_from(reason.exit_code()).unwrap_or(EXIT_ERROR))
+    Ok(reason)
+}
+
+/// The process's end for `reason`: after a termination signal, death by that
+/// signal (its default action, as Firecracker, which does not catch it, dies),
+/// once everything has been cleaned up; otherwise the exit status.
+fn exit_for(reason: ExitReason) -> ExitCode {
+    if let ExitReason::Signal(signal) = reason {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        ember_vmm::signals::die_by_signal(signal);
+    }
+    ExitCode::from(u8::try_from(reason.exit_code()).unwrap_or(EXIT_ERROR))
 }
 
 fn main() -> ExitCode {
@@ -147,11 +164,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("ember {}", env!("CARGO_PKG_VERSION"));
+            // Firecracker's format, first line `Firecracker vX.Y.Z`, which
+            // Kata Containers and the Go SDK parse; see the README.
+            println!("Firecracker v{}\n", ember_api::REPORTED_FIRECRACKER_VERSION);
             ExitCode::SUCCESS
         }
         _ => match boot(&args, start) {
-            Ok(code) => ExitCode::from(code),
+            Ok(reason) => exit_for(reason),
             Err(message) => {
                 log::error!("{message}");
                 log::logger().flush();

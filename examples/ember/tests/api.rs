@@ -90,16 +90,14 @@ fn ctrl_alt_del_reaches_the_guests_i8042() {
     ember.boot(PVH_PATH, "console=ttyS0 ember.test=keys", 1);
     ember.wait_for("keys: ready");
     ember.ok("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
-    ember.wait_for("keys: done count=0xb");
+    ember.wait_for("keys: done count=0x4");
     let keys: Vec<String> = ember
         .output()
         .lines()
         .filter_map(|l| l.strip_prefix("key=").map(str::to_owned))
         .collect();
-    assert_eq!(
-        keys,
-        ["0x14", "0x11", "0xe0", "0x71", "0xe0", "0xf0", "0x71", "0xf0", "0x11", "0xf0", "0x14"]
-    );
+    // Firecracker's sequence: Ctrl, Alt, Delete make codes, no break codes.
+    assert_eq!(keys, ["0x14", "0x11", "0xe0", "0x71"]);
     assert_eq!(ember.wait_exit(), 0);
 }
 
@@ -512,7 +510,7 @@ fn socket_paths_are_checked() {
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    assert_died_by(child.wait().unwrap(), libc::SIGTERM);
     assert!(!stale.exists(), "removed on exit");
 }
 

@@ -63,7 +63,7 @@ fn a_call_outside_each_thread_kinds_filter_ends_the_process_naming_it() {
 
     // The vCPU thread's first ioctl is KVM_RUN.
     let no_vcpu_ioctl = filter_file_without(dir.path(), "vcpu.json", "vcpu", "ioctl");
-    assert_violation(&run(&no_vcpu_ioctl), libc::SYS_ioctl, "ember_vcpu0");
+    assert_violation(&run(&no_vcpu_ioctl), libc::SYS_ioctl, "fc_vcpu 0");
 
     // The VMM thread waits on its event loop.
     let no_vmm_wait = filter_file_without(dir.path(), "vmm.json", "vmm", "epoll_wait");
@@ -133,7 +133,7 @@ fn seccomp_modes_of_a_parked_vm(extra: &[&str]) -> Vec<(String, u32)> {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
     assert!(parked, "the guest never parked");
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert_died_by(status, libc::SIGTERM);
     modes
 }
 
@@ -141,7 +141,7 @@ fn seccomp_modes_of_a_parked_vm(extra: &[&str]) -> Vec<(String, u32)> {
 fn every_thread_is_filtered_by_default_and_none_with_no_seccomp() {
     let filtered = seccomp_modes_of_a_parked_vm(&[]);
     let names: Vec<&str> = filtered.iter().map(|(name, _)| name.as_str()).collect();
-    for expected in ["ember", "ember_vcpu0", "ember_vcpu1"] {
+    for expected in ["ember", "fc_vcpu 0", "fc_vcpu 1"] {
         assert!(names.contains(&expected), "no {expected} in {names:?}");
     }
     assert!(filtered.iter().all(|&(_, mode)| mode == 2), "{filtered:?}");
@@ -197,4 +197,16 @@ fn filter_files_that_cannot_be_used_are_one_line_errors() {
             errors[0]
         );
     }
+}
+
+#[test]
+fn a_filter_file_compiled_by_seccompiler_bin_filters_every_thread() {
+    let compiled = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../crates/jailer/src/seccomp/compiled/default-filters.bpf"
+    );
+    let modes = seccomp_modes_of_a_parked_vm(&["--seccomp-filter", compiled]);
+    let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
+    assert!(names.contains(&"fc_vcpu 0"), "{names:?}");
+    assert!(modes.iter().all(|&(_, mode)| mode == 2), "{modes:?}");
 }

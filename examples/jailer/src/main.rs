@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use ember_jailer::args::{Command, USAGE};
-use ember_jailer::{Jail, JailerArgs};
+use ember_jailer::{Jail, JailerArgs, StartTimes};
 
 /// Exit status when jailing failed after validation (nothing is left behind).
 const EXIT_ERROR: u8 = 1;
@@ -21,6 +21,7 @@ fn fail(code: u8, error: &ember_jailer::Error) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    let start = StartTimes::now();
     let args = match JailerArgs::parse(std::env::args_os().skip(1)) {
         Ok(Command::Jail(args)) => args,
         Ok(Command::Help) => {
@@ -33,10 +34,11 @@ fn main() -> ExitCode {
         }
         Err(e) => return fail(EXIT_USAGE, &e),
     };
-    let config = match args.validate() {
+    let mut config = match args.validate() {
         Ok(config) => config,
         Err(e) => return fail(EXIT_USAGE, &e),
     };
+    config.set_start_times(start);
     if let Some(warning) = config.root_warning() {
         eprintln!("ember-jailer: warning: {warning}");
     }

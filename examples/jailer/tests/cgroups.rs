@@ -24,7 +24,7 @@ fn a_pids_limit_refuses_forks_and_the_program_is_in_the_cgroup() {
     let pid = child.id().to_string();
     assert!(procs.lines().any(|p| p == pid), "{pid} not in {procs}");
     let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let path = format!("/{}/{PROBE_NAME}/{}", cgroup.parent, cgroup.id);
+    let path = format!("/{}/{}", cgroup.parent, cgroup.id);
     assert!(
         membership.lines().any(|l| l.ends_with(&path)),
         "{membership}"
@@ -67,5 +67,36 @@ fn new_cpuset_levels_get_usable_cpus_and_memory_nodes() {
             !read("cpuset.mems").trim().is_empty(),
             "inherited from the parent"
         );
+    }
+}
+
+#[test]
+fn the_default_parent_is_the_exec_file_name_and_the_default_version_1() {
+    require_root();
+    let (version, mount) = pids_hierarchy();
+    let id = unique("defaults");
+    // No --parent-cgroup: <mount>/<exec file name>/<id>, as Firecracker.
+    let _cleanup = CgroupCleanup::new(&mount, PROBE_NAME, &id);
+    let base = Base::new();
+    let flags = ["--cgroup-version", version, "--cgroup", "pids.max=7"];
+    let (child, _) = start_waiting(base.command(&id, &flags, &["--wait"]));
+    let leaf = mount.join(PROBE_NAME).join(&id);
+    let limit = std::fs::read_to_string(leaf.join("pids.max")).unwrap();
+    assert_eq!(limit.trim(), "7");
+    finish(child);
+
+    // No --cgroup-version: v1, as Firecracker; refused up front where no v1
+    // pids hierarchy is mounted.
+    let id = unique("default-version");
+    let _cleanup = CgroupCleanup::new(&mount, PROBE_NAME, &id);
+    let (code, _, stderr) = run(base.command(&id, &["--cgroup", "pids.max=7"], &[]));
+    if version == "1" {
+        assert_eq!(code, 0, "{stderr}");
+        assert!(mount.join(PROBE_NAME).join(&id).join("pids.max").exists());
+    } else {
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("cgroup v1"), "{stderr}");
+        assert!(stderr.contains("--cgroup-version 2"), "{stderr}");
+        assert!(!base.root(&id).exists(), "nothing is created");
     }
 }

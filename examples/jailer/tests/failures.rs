@@ -191,14 +191,43 @@ fn a_failed_exec_in_a_new_pid_namespace_leaves_nothing_behind() {
 }
 
 #[test]
-fn a_dynamically_linked_program_fails_with_a_hint_and_leaves_nothing() {
+fn a_dynamically_linked_program_is_refused_up_front_unless_its_interpreter_is_in_the_jail() {
     require_root();
     let base = Base::new();
+    let interpreter = dynamic_interpreter(JAILER);
     // The jailer itself is dynamically linked; the jail has no ld.so.
-    let (code, _, stderr) = run(base.command_for(JAILER, &unique("dynamic"), &[], &[]));
-    assert_eq!(code, 1, "{stderr}");
-    assert_one_line_error(&stderr, "build it statically");
-    assert!(!base.exists());
+    let id = unique("dynamic");
+    let (code, _, stderr) = run(base.command_for(JAILER, &id, &[], &[]));
+    assert_eq!(code, 2, "{stderr}");
+    assert_one_line_error(&stderr, "dynamically linked");
+    assert!(stderr.contains("build it statically"), "{stderr}");
+    assert!(stderr.contains("target-feature=+crt-static"), "{stderr}");
+    assert!(stderr.contains(&interpreter), "{stderr}");
+    assert!(!base.exists(), "nothing is created");
+
+    // With the interpreter placed in the jail first (the libraries are the
+    // operator's business), it passes the check (the empty stand-in then
+    // fails at execve, a later step).
+    let root = base.path().join("ember-jailer").join(&id).join("root");
+    let inside = root.join(interpreter.trim_start_matches('/'));
+    std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+    std::fs::write(&inside, b"").unwrap();
+    let (code, _, stderr) = run(base.command_for(JAILER, &id, &[], &[]));
+    assert_ne!(code, 2, "{stderr}");
+    assert!(!stderr.contains("dynamically linked"), "{stderr}");
+}
+
+/// The ELF interpreter `program` names, as `ldd`'s last line shows it.
+fn dynamic_interpreter(program: &str) -> String {
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with('/') && w.contains("ld-"))
+        .expect("the jailer test binary is dynamically linked")
+        .to_owned()
 }
 
 #[test]

@@ -238,3 +238,47 @@ fn the_program_joins_the_network_namespace() {
     assert_eq!(probe_ns, wanted);
     assert_ne!(probe_ns, std::fs::read_link("/proc/self/ns/net").unwrap());
 }
+
+#[test]
+fn the_program_gets_firecrackers_start_arguments_before_the_users() {
+    require_root();
+    let base = Base::new();
+    for (name, flags) in [
+        ("startargs", &[][..]),
+        ("startargs-pidns", &["--new-pid-ns"][..]),
+    ] {
+        let id = unique(name);
+        let before = monotonic_us();
+        let (code, stdout, stderr) = run(base.command(&id, flags, &["user", "args"]));
+        assert_eq!(code, 0, "{stderr}");
+        let args = probe_args(&stdout);
+        assert_eq!(args.len(), 10, "{args:?}");
+        let names = [&args[0], &args[2], &args[4], &args[6]];
+        assert_eq!(
+            names,
+            [
+                "--id",
+                "--start-time-us",
+                "--start-time-cpu-us",
+                "--parent-cpu-time-us"
+            ],
+            "{args:?}"
+        );
+        assert_eq!(args[1], id);
+        let start: u64 = args[3].parse().unwrap();
+        assert!(
+            (before..=monotonic_us()).contains(&start),
+            "{start} not while the jailer ran"
+        );
+        let start_cpu: u64 = args[5].parse().unwrap();
+        let _parent_cpu: u64 = args[7].parse().unwrap();
+        if name.ends_with("pidns") {
+            assert_eq!(start_cpu, 0, "a forked child's CPU clock starts at 0");
+        }
+        assert_eq!(
+            &args[8..],
+            ["user", "args"],
+            "the user's arguments come last"
+        );
+    }
+}

@@ -106,7 +106,10 @@ impl CgroupHost {
     pub(crate) fn mount_for(&self, version: CgroupVersion, controller: &str) -> Result<PathBuf> {
         let Some(mount) = self.mount(version, controller) else {
             let what = match version {
-                CgroupVersion::V1 => "no cgroup v1 hierarchy is mounted for it",
+                CgroupVersion::V1 => {
+                    "no cgroup v1 hierarchy is mounted for it (v1 is the default, as in \
+                     Firecracker; give --cgroup-version 2 for the unified hierarchy)"
+                }
                 CgroupVersion::V2 => "no cgroup2 file system is mounted",
             };
             return Err(Self::unavailable(version, controller, format!(": {what}")));

@@ -1,9 +1,10 @@
 //! cgroups for the jailed process, v1 or v2.
 //!
 //! `--cgroup KEY=VALUE` writes VALUE into
-//! `<mount>/<parent>/<exec-name>/<id>/KEY`, where `<mount>` is the hierarchy of
-//! KEY's controller (v1) or the unified hierarchy (v2) and `<parent>` is
-//! `--parent-cgroup` (default `ember`); the jailed process then joins that
+//! `<mount>/<parent>/<id>/KEY`, where `<mount>` is the hierarchy of KEY's
+//! controller (v1) or the unified hierarchy (v2) and `<parent>` is
+//! `--parent-cgroup` (default: the exec file's name), as with Firecracker's
+//! jailer; the jailed process then joins that
 //! cgroup. Only the `cpu`, `cpuset`, `memory` and `pids` controllers are
 //! accepted. Nothing is created when no `--cgroup` is given.
 //!
@@ -22,7 +23,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub use host::CgroupHost;
-pub use setting::{parse_parent, CgroupSetting, CgroupVersion, CONTROLLERS, DEFAULT_PARENT};
+pub use setting::{parse_parent, CgroupSetting, CgroupVersion, CONTROLLERS};
 
 use crate::dirs::Dir;
 use crate::undo::{Step, Undo};
@@ -33,7 +34,7 @@ use crate::{sys, Error, Result};
 struct Group {
     /// Where the hierarchy is mounted.
     mount: PathBuf,
-    /// `<parent>/<exec-name>/<id>` below the mount.
+    /// `<parent>/<id>` below the mount.
     relative: PathBuf,
     /// Controllers the settings use (enabled along the path in v2).
     controllers: Vec<String>,
@@ -55,17 +56,17 @@ pub struct CgroupPlan {
 }
 
 impl CgroupPlan {
-    /// Plans the cgroups for `settings` (which must not be empty), checking
-    /// that each controller is available on `host` for `version`.
+    /// Plans the cgroups for `settings` (which must not be empty) in
+    /// `<parent>/<id>`, checking that each controller is available on `host`
+    /// for `version`.
     pub fn new(
         host: &CgroupHost,
         version: CgroupVersion,
         settings: &[CgroupSetting],
         parent: &Path,
-        exec_name: &OsStr,
         id: &str,
     ) -> Result<CgroupPlan> {
-        let relative = parent.join(exec_name).join(id);
+        let relative = parent.join(id);
         let mut groups: Vec<Group> = Vec::new();
         for setting in settings {
             let controller = setting.controller();

@@ -8,13 +8,10 @@ use crate::{Error, Result};
 /// The controllers whose files `--cgroup` may write.
 pub const CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
 
-/// The parent cgroup when `--parent-cgroup` is not given.
-pub const DEFAULT_PARENT: &str = "ember";
-
 /// A cgroup version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupVersion {
-    /// One hierarchy per controller (Firecracker's default).
+    /// One hierarchy per controller (the default, as in Firecracker).
     V1,
     /// The unified hierarchy.
     V2,

@@ -39,8 +39,7 @@ fn v2_plan_enables_controllers_and_writes_values() {
         &host,
         CgroupVersion::V2,
         &settings(&["pids.max=64", "memory.max=256M"]),
-        Path::new(DEFAULT_PARENT),
-        OsStr::new("prog"),
+        Path::new("ember/prog"),
         "vm1",
     )
     .unwrap();
@@ -76,8 +75,7 @@ fn v2_plan_refuses_controllers_the_root_does_not_offer() {
         &host,
         CgroupVersion::V2,
         &settings(&["cpuset.cpus=0"]),
-        Path::new("ember"),
-        OsStr::new("prog"),
+        Path::new("ember/prog"),
         "vm1",
     )
     .unwrap_err();
@@ -102,8 +100,7 @@ fn v1_settings_are_grouped_per_hierarchy() {
         &host,
         CgroupVersion::V1,
         &settings(&["cpu.shares=512", "pids.max=8", "cpu.cfs_quota_us=1000"]),
-        Path::new("vms"),
-        OsStr::new("prog"),
+        Path::new("vms/prog"),
         "vm1",
     )
     .unwrap();
@@ -127,8 +124,7 @@ fn a_failed_write_removes_the_levels_it_created() {
         &host,
         CgroupVersion::V1,
         &settings(&["pids.max=8"]),
-        Path::new("ember"),
-        OsStr::new("prog"),
+        Path::new("ember/prog"),
         "vm1",
     )
     .unwrap();

@@ -11,6 +11,7 @@
 //! writes `seccomp violation: syscall N on thread NAME` to standard error and
 //! ends the process with status [`VIOLATION_EXIT_CODE`].
 
+pub mod compiled;
 mod sigsys;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,6 +85,37 @@ pub fn filters_from_json<R: Read>(reader: R) -> Result<Filters> {
     Ok(filters)
 }
 
+/// Reads a filter file in either format, told apart by content: JSON (its
+/// first non-blank byte is `{`) as [`filters_from_json`] takes it, or
+/// Firecracker's compiled format (what `seccompiler-bin` writes; see
+/// [`compiled`]). Either way it must hold exactly the thread kinds `vmm`,
+/// `vcpu` and `api`; in the compiled format an empty program means that
+/// thread runs unfiltered, as in Firecracker.
+pub fn filters_from_file<R: Read>(reader: R) -> Result<Filters> {
+    let limit = compiled::MAX_FILE_BYTES as u64 + 1;
+    let mut bytes = Vec::new();
+    reader
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(Error::SeccompRead)?;
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        return filters_from_json(bytes.as_slice());
+    }
+    let programs = compiled::decode(&bytes).map_err(|e| Error::SeccompBinary(e.0))?;
+    let mut filters = Filters::new();
+    for (name, program) in programs {
+        let kind = ThreadKind::from_name(&name).ok_or(Error::SeccompUnknownThread(name))?;
+        filters.insert(kind, program);
+    }
+    for kind in ThreadKind::ALL {
+        if !filters.contains_key(&kind) {
+            return Err(Error::SeccompMissingThread(kind.name()));
+        }
+    }
+    Ok(filters)
+}
+
 /// How many distinct system calls each filter of a filter file has rules for
 /// (for an allow-list, how many it allows), for reports.
 pub fn syscall_counts<R: Read>(mut reader: R) -> Result<BTreeMap<ThreadKind, usize>> {
@@ -144,7 +176,13 @@ pub fn confine_allocator() {
 ///
 /// Allocation-free, so it may be called in a child forked from a
 /// multi-threaded process.
+///
+/// An empty program installs nothing (a compiled filter file's way of
+/// leaving a thread unfiltered, as in Firecracker).
 pub fn apply(program: &BpfProgram) -> Result<()> {
+    if program.is_empty() {
+        return Ok(());
+    }
     sigsys::install_handler()?;
     sigsys::remember_thread_name();
     seccompiler::apply_filter(program).map_err(Error::SeccompInstall)

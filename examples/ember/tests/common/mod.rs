@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -228,16 +228,22 @@ impl Ember {
         }
     }
 
-    /// Waits for the process to exit and returns its status code.
-    pub fn wait_exit(&mut self) -> i32 {
+    /// Waits for the process to end and returns its status.
+    pub fn wait_status(&mut self) -> ExitStatus {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
+                return status;
             }
             assert!(Instant::now() < deadline, "ember did not exit");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Waits for the process to exit and returns its status code (-1 when a
+    /// signal ended it).
+    pub fn wait_exit(&mut self) -> i32 {
+        self.wait_status().code().unwrap_or(-1)
     }
 
     /// `GET /`'s `state`.
@@ -326,6 +332,18 @@ pub fn send_signal(pid: i32, signal: i32) {
     // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
     let sent = unsafe { libc::kill(pid, signal) };
     assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// Asserts that `status` is death by `signal` (as Firecracker dies on a
+/// termination signal), not an exit.
+pub fn assert_died_by(status: ExitStatus, signal: i32) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.code(),
+        None,
+        "{status:?}: an exit, not death by signal {signal}"
+    );
+    assert_eq!(status.signal(), Some(signal), "{status:?}");
 }
 
 /// Makes a FIFO at `path`.

@@ -97,6 +97,21 @@ impl Base {
     }
 }
 
+/// The arguments the probe reports it was given (its `args=` line), split
+/// on spaces.
+pub fn probe_args(stdout: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("args="))
+        .expect("the probe reports its arguments");
+    line.split(' ').map(str::to_owned).collect()
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, as the jailer's `--start-time-us`.
+pub fn monotonic_us() -> u64 {
+    ember_jailer::StartTimes::now().monotonic_us
+}
+
 /// Parses `key=value` pairs, several per line allowed.
 pub fn report(text: &str) -> BTreeMap<String, String> {
     text.split_whitespace()
@@ -179,10 +194,10 @@ pub fn pids_hierarchy() -> (&'static str, PathBuf) {
     ("2", v2)
 }
 
-/// Removes `<mount>/<parent>/<PROBE_NAME>/<id>` and its two parents, which a
-/// successful jail leaves behind, when dropped (so also when a test fails).
+/// Removes `<mount>/<parent>/<id>` and its parent, which a successful jail
+/// leaves behind, when dropped (so also when a test fails).
 pub struct CgroupCleanup {
-    dirs: [PathBuf; 3],
+    dirs: [PathBuf; 2],
 }
 
 impl CgroupCleanup {
@@ -190,7 +205,7 @@ impl CgroupCleanup {
     pub fn new(mount: &Path, parent: &str, id: &str) -> CgroupCleanup {
         let top = mount.join(parent);
         CgroupCleanup {
-            dirs: [top.join(PROBE_NAME).join(id), top.join(PROBE_NAME), top],
+            dirs: [top.join(id), top],
         }
     }
 }
@@ -255,12 +270,10 @@ impl JailCgroup {
         flags
     }
 
-    /// The jail's own cgroup directory.
+    /// The jail's own cgroup directory: `<mount>/<parent>/<id>`, as
+    /// Firecracker's jailer makes it.
     pub fn leaf(&self) -> PathBuf {
-        self.mount
-            .join(&self.parent)
-            .join(PROBE_NAME)
-            .join(&self.id)
+        self.mount.join(&self.parent).join(&self.id)
     }
 
     /// Checks that the jailer removed every cgroup it created.
