@@ -55,15 +55,14 @@ pub struct ProcessStartTimes {
 }
 
 impl ProcessStartTimes {
-    /// Records the start-up times in `counters`: from the jailer's start
-    /// times where it passed them, as Firecracker measures them, otherwise
-    /// from this process's own start (`own`: its wall and CPU microseconds).
-    pub fn report(&self, counters: &ApiCounters, own: (u64, u64)) {
+    /// Records the start-up times in `counters`, each only when the jailer
+    /// passed its start, as Firecracker does.
+    pub fn report(&self, counters: &ApiCounters) {
         let now = ember_jailer::StartTimes::now();
         let wall = self
             .start_time_us
-            .map_or(own.0, |start| now.monotonic_us.saturating_sub(start));
-        let cpu = self.start_time_cpu_us.map_or(own.1, |start| {
+            .map(|start| now.monotonic_us.saturating_sub(start));
+        let cpu = self.start_time_cpu_us.map(|start| {
             now.cpu_us
                 .saturating_sub(start)
                 .saturating_add(self.parent_cpu_time_us.unwrap_or(0))
@@ -101,9 +100,7 @@ pub fn run(
                     }
                 })
                 .map_err(Error::Io)?;
-            let startup = options.start_time.elapsed();
-            let own = (startup.wall_us, startup.cpu_us);
-            options.process_start.report(&counters, own);
+            options.process_start.report(&counters);
             Some(guard)
         }
         None => None,

@@ -117,19 +117,22 @@ fn metrics(path: &Path) -> Vec<serde_json::Value> {
 fn metrics_path_sets_up_metrics_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metrics.json");
-    let vmm = Ember::start(&["--metrics-path", path.to_str().unwrap()]);
-    // As if PUT /metrics had been done: FlushMetrics works, a second is refused.
-    vmm.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
-    assert_eq!(metrics(&path).len(), 1);
+    let mut vmm = Ember::start(&["--metrics-path", path.to_str().unwrap()]);
+    // As if PUT /metrics had been done: a second is refused, and the stop
+    // writes a last line.
     let body = format!(r#"{{"metrics_path": "{}"}}"#, path.display());
     let reply = vmm.call("PUT", "/metrics", Some(&body));
     assert_eq!(reply.status, 400);
     assert!(
-        reply.fault().contains("already configured"),
+        reply
+            .fault()
+            .contains("Reinitialization of metrics not allowed"),
         "{}",
         reply.fault()
     );
-    drop(vmm);
+    vmm.signal(libc::SIGTERM);
+    vmm.wait_exit();
+    assert_eq!(metrics(&path).len(), 1);
 
     // Without the API too: the config-file VM's last metrics line at exit.
     let config = temp_file(
@@ -173,8 +176,10 @@ fn startup_metrics(extra: &[&str]) -> (u64, u64) {
     let path = dir.path().join("metrics.json");
     let mut args = vec!["--metrics-path", path.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let vmm = Ember::start(&args);
-    vmm.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    let mut vmm = Ember::start(&args);
+    // The line written at the stop.
+    vmm.signal(libc::SIGTERM);
+    vmm.wait_exit();
     let line = metrics(&path).remove(0);
     let get = |key: &str| line["api_server"][key].as_u64().unwrap();
     (

@@ -254,10 +254,15 @@ impl ApiCounters {
         slot.store(micros(elapsed), Ordering::Relaxed);
     }
 
-    /// Records the time from the process start to the API serving.
-    pub fn record_startup(&self, wall_us: u64, cpu_us: u64) {
-        self.startup_us.store(wall_us, Ordering::Relaxed);
-        self.startup_cpu_us.store(cpu_us, Ordering::Relaxed);
+    /// Records the time from the process start to the API serving, each
+    /// figure only when it was measured.
+    pub fn record_startup(&self, wall_us: Option<u64>, cpu_us: Option<u64>) {
+        if let Some(wall_us) = wall_us {
+            self.startup_us.store(wall_us, Ordering::Relaxed);
+        }
+        if let Some(cpu_us) = cpu_us {
+            self.startup_cpu_us.store(cpu_us, Ordering::Relaxed);
+        }
     }
 
     /// The Firecracker groups of request counters, one per method.

@@ -158,7 +158,7 @@ fn event_counts_restart_at_every_flush_and_values_stay() {
     let path = dir.path().join("metrics.json");
     let mut writer = MetricsWriter::open(&path).unwrap();
     let api = ApiCounters::default();
-    api.record_startup(1234, 56);
+    api.record_startup(Some(1234), Some(56));
     api.count_request(routes::Method::Put, "/drives/rootfs");
     let groups = |n| {
         let mut groups = vm_groups(n);
