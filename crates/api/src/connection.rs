@@ -51,7 +51,10 @@ enum Phase {
 pub struct Connection {
     stream: UnixStream,
     input: Vec<u8>,
-    /// Bytes of `input` already searched for the end of the head.
+    /// Bytes at the front of `input` already taken (dropped at the next read,
+    /// so pipelined requests cost one move per read, not one per request).
+    consumed: usize,
+    /// Bytes of the pending input already searched for the end of the head.
     scanned: usize,
     head: Option<Head>,
     continue_sent: bool,
@@ -85,6 +88,7 @@ impl Connection {
         Connection {
             stream,
             input: Vec::new(),
+            consumed: 0,
             scanned: 0,
             head: None,
             continue_sent: false,
@@ -121,16 +125,29 @@ impl Connection {
         events
     }
 
+    /// Input is read only while a request is being received, there is room
+    /// for it, and every answer so far has been taken by the client: one that
+    /// pipelines requests without reading answers is not read either.
     fn wants_input(&self, limits: &HttpLimits) -> bool {
         self.phase == Phase::Reading
             && !self.peer_closed
-            && self.input.len() < request_capacity(limits)
+            && self.written >= self.output.len()
+            && self.pending().len() < request_capacity(limits)
+    }
+
+    /// The input not taken yet.
+    fn pending(&self) -> &[u8] {
+        self.input.get(self.consumed..).unwrap_or_default()
     }
 
     /// Reads what the socket has, up to what the current request may still
     /// need. Passed file descriptors are never taken: reading without a
     /// control buffer makes the kernel close them.
     pub fn receive(&mut self, limits: &HttpLimits, now: Instant) -> io::Result<()> {
+        if self.consumed > 0 && self.wants_input(limits) {
+            self.input.drain(..self.consumed);
+            self.consumed = 0;
+        }
         while self.wants_input(limits) {
             let room = request_capacity(limits) - self.input.len();
             let old_len = self.input.len();
@@ -167,7 +184,7 @@ impl Connection {
         &mut self,
         limits: &HttpLimits,
     ) -> Option<Result<RawRequest, FramingError>> {
-        if self.phase != Phase::Reading {
+        if self.phase != Phase::Reading || self.written < self.output.len() {
             return None;
         }
         self.skip_blank_lines();
@@ -179,7 +196,7 @@ impl Connection {
         }
         let head = self.head.as_ref()?;
         let total = head.len + head.content_length;
-        if self.input.len() < total {
+        if self.pending().len() < total {
             if head.expects_continue && !self.continue_sent {
                 self.output.extend_from_slice(http::CONTINUE);
                 self.continue_sent = true;
@@ -187,8 +204,12 @@ impl Connection {
             return None;
         }
         let head = self.head.take()?;
-        let body = self.input.get(head.len..total).unwrap_or_default().to_vec();
-        self.input.drain(..total);
+        let body = self
+            .pending()
+            .get(head.len..total)
+            .unwrap_or_default()
+            .to_vec();
+        self.consumed += total;
         self.scanned = 0;
         self.continue_sent = false;
         self.keep_alive = head.keep_alive;
@@ -205,26 +226,26 @@ impl Connection {
     fn skip_blank_lines(&mut self) {
         if self.head.is_none() {
             let blank = self
-                .input
+                .pending()
                 .iter()
                 .take_while(|&&b| b == b'\r' || b == b'\n')
                 .count();
             if blank > 0 {
-                self.input.drain(..blank);
+                self.consumed += blank;
                 self.scanned = 0;
             }
         }
-        if self.input.is_empty() && self.head.is_none() {
+        if self.pending().is_empty() && self.head.is_none() {
             self.request_started = None;
         }
     }
 
     fn parse_head(&mut self, limits: &HttpLimits) -> Option<Result<Head, FramingError>> {
-        match http::find_head_end(&self.input, self.scanned) {
+        match http::find_head_end(self.pending(), self.scanned) {
             Some(end) if end <= limits.max_header_bytes => {
-                Some(http::parse_head(&self.input, end, limits))
+                Some(http::parse_head(self.pending(), end, limits))
             }
-            found if found.is_some() || self.input.len() >= limits.max_header_bytes => {
+            found if found.is_some() || self.pending().len() >= limits.max_header_bytes => {
                 Some(Err(FramingError {
                     status: 400,
                     message: format!(
@@ -234,7 +255,7 @@ impl Connection {
                 }))
             }
             _ => {
-                self.scanned = self.input.len();
+                self.scanned = self.pending().len();
                 None
             }
         }
@@ -261,13 +282,19 @@ impl Connection {
             Phase::Closing
         };
         self.head = None;
-        self.request_started = None;
         self.release_input_if_idle();
+        // A pipelined request already (partly) here has been under way since
+        // its bytes came.
+        self.request_started = (!self.pending().is_empty()).then_some(self.last_progress);
     }
 
     fn release_input_if_idle(&mut self) {
-        if self.input.is_empty() && self.input.capacity() > KEEP_CAPACITY {
-            self.input = Vec::new();
+        if self.pending().is_empty() {
+            self.input.clear();
+            self.consumed = 0;
+            if self.input.capacity() > KEEP_CAPACITY {
+                self.input = Vec::new();
+            }
         }
     }
 
@@ -306,7 +333,7 @@ impl Connection {
 
     /// Bytes of requests held (at most one request's worth).
     pub fn buffered_bytes(&self) -> usize {
-        self.input.len()
+        self.pending().len()
     }
 
     /// Whether a request has been handed over and awaits its answer.
@@ -326,15 +353,14 @@ impl Connection {
     }
 
     /// When the connection is to be dropped if nothing happens: a request
-    /// must arrive whole within `request_timeout` of its first byte, an
-    /// answer must make progress and an idle connection must be used within
+    /// must arrive whole within `request_timeout` of its first byte (also
+    /// while earlier answers wait for the client to read them), an answer
+    /// must make progress and an idle connection must be used within
     /// `idle_timeout`. No deadline while the VMM works on its request.
     pub fn deadline(&self, request_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
         match (self.phase, self.request_started) {
             (Phase::Answering, _) => None,
-            (Phase::Reading, Some(started)) if self.written >= self.output.len() => {
-                Some(started + request_timeout)
-            }
+            (Phase::Reading, Some(started)) => Some(started + request_timeout),
             _ => Some(self.last_progress + idle_timeout),
         }
     }
@@ -407,6 +433,12 @@ mod tests {
         );
         conn.respond(200, Some("{}"), true);
         assert_eq!(
+            conn.take_request(&limits),
+            None,
+            "not before the answer is sent"
+        );
+        conn.send_pending(Instant::now()).unwrap();
+        assert_eq!(
             conn.take_request(&limits).unwrap().unwrap().path,
             "/version"
         );
@@ -449,6 +481,59 @@ mod tests {
         conn.respond(refused.status, Some("{}"), false);
         conn.send_pending(Instant::now()).unwrap();
         assert!(conn.is_done());
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_its_answers_is_not_read_either() {
+        let limits = HttpLimits::default();
+        let (mut conn, mut client) = pair();
+        client.set_nonblocking(true).unwrap();
+        let request = b"GET /nope HTTP/1.1\r\n\r\n";
+        let mut answered = 0;
+        for _ in 0..20_000 {
+            let _ = client.write(request);
+            conn.receive(&limits, Instant::now()).unwrap();
+            while let Some(taken) = conn.take_request(&limits) {
+                assert!(taken.is_ok());
+                conn.respond(400, Some(&"x".repeat(500)), true);
+                conn.send_pending(Instant::now()).unwrap();
+                answered += 1;
+            }
+        }
+        // The socket holds what the client did not read; the connection
+        // holds at most one answer and one request's bytes.
+        assert!(
+            conn.output.len() - conn.written <= 1024,
+            "{}",
+            conn.output.len()
+        );
+        assert!(conn.buffered_bytes() <= limits.max_header_bytes + limits.max_payload_bytes);
+        assert!(
+            answered < 20_000,
+            "stopped answering once the client stopped reading"
+        );
+        assert_eq!(
+            conn.interest(&limits),
+            EventSet::OUT,
+            "waits to write, not to read"
+        );
+    }
+
+    #[test]
+    fn a_request_behind_unread_answers_still_has_its_deadline() {
+        let limits = HttpLimits::default();
+        let (mut conn, mut client) = pair();
+        let (request, idle) = (Duration::from_secs(1), Duration::from_secs(100));
+        let start = Instant::now();
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\nGET /vers")
+            .unwrap();
+        conn.receive(&limits, start).unwrap();
+        conn.take_request(&limits).unwrap().unwrap();
+        conn.respond(200, Some("{}"), true);
+        // The answer is not sent (as if the client's buffer were full): the
+        // partial request behind it is still bound by the request timeout.
+        assert_eq!(conn.deadline(request, idle), Some(start + request));
     }
 
     #[test]

@@ -138,9 +138,16 @@ pub fn parse_head(buf: &[u8], end: usize, limits: &HttpLimits) -> Result<Head, F
     for header in request.headers.iter() {
         let value = std::str::from_utf8(header.value).unwrap_or("").trim();
         if header.name.eq_ignore_ascii_case("content-length") {
+            // Digits only (RFC 9110, 8.6): no sign, no spaces inside.
+            let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
             let length = value
                 .parse::<usize>()
-                .map_err(|_| refuse(format!("invalid Content-Length `{value}`")))?;
+                .ok()
+                .filter(|_| digits)
+                .ok_or_else(|| {
+                    let shown = String::from_utf8_lossy(header.value);
+                    refuse(format!("invalid Content-Length `{}`", shown.trim()))
+                })?;
             if content_length.is_some_and(|earlier| earlier != length) {
                 return Err(refuse("conflicting Content-Length headers".into()));
             }
@@ -310,6 +317,12 @@ mod tests {
                 "PUT / HTTP/1.1\r\nContent-Length: 51201\r\n\r\n",
                 400,
                 "51201",
+            ),
+            ("GET / HTTP/1.1\r\nContent-Length: +2\r\n\r\n", 400, "`+2`"),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
+                400,
+                "`1 2`",
             ),
             ("GET / HTTP/2.0\r\n\r\n", 400, "malformed"),
             ("\x00\x01\r\n\r\n", 400, "malformed"),

@@ -164,6 +164,50 @@ impl Log for Logger {
     }
 }
 
+/// Lines dropped by a rate limit since the process started.
+static RATE_LIMITED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A budget of log lines per second for lines a client can cause (each
+/// failed API request logs one): past it lines are dropped and counted
+/// ([`rate_limited_lines`], Firecracker's `logger.rate_limited_log_count`).
+#[derive(Debug)]
+pub struct LineBudget {
+    per_second: u32,
+    window_start: std::time::Instant,
+    used: u32,
+}
+
+impl LineBudget {
+    /// A budget of `per_second` lines.
+    pub fn new(per_second: u32) -> LineBudget {
+        LineBudget {
+            per_second,
+            window_start: std::time::Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Whether one more line may be logged at `now`; counts it if not.
+    pub fn allow(&mut self, now: std::time::Instant) -> bool {
+        if now.duration_since(self.window_start) >= std::time::Duration::from_secs(1) {
+            self.window_start = now;
+            self.used = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            true
+        } else {
+            RATE_LIMITED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Lines a [`LineBudget`] dropped.
+pub fn rate_limited_lines() -> u64 {
+    RATE_LIMITED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Log lines that could not be written (a full FIFO, a failing disk).
 pub fn missed_lines() -> u64 {
     let current = LOGGER.get().map_or(0, |logger| {

@@ -23,6 +23,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use crate::channel::{VmmChannel, VmmGone};
 use crate::connection::{Connection, RawRequest};
 use crate::http::HttpLimits;
+use crate::logger::LineBudget;
 use crate::request::{ApiRequest, ApiResponse};
 use crate::routes;
 use crate::{Error, Result};
@@ -106,6 +107,8 @@ struct Server {
     in_flight: Option<u64>,
     /// A request in flight whose latency is a metric, and when it was sent.
     timed: Option<(Timed, Instant)>,
+    /// Failed requests logged this second.
+    log_budget: LineBudget,
 }
 
 /// Accepts one connection, non-blocking and close-on-exec.
@@ -164,6 +167,7 @@ impl Server {
             waiting: VecDeque::new(),
             in_flight: None,
             timed: None,
+            log_budget: LineBudget::new(FAILURE_LOG_LINES_PER_SECOND),
         })
     }
 
@@ -322,27 +326,36 @@ impl Server {
         let Some(slot) = self.connections.get_mut(&id) else {
             return;
         };
-        while let Some(taken) = slot.conn.take_request(&limits) {
-            match taken {
-                Err(refused) => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    log::info!("API: refused request: {}", refused.message);
-                    let fault = ApiResponse::error(refused.status, &refused.message);
-                    slot.conn
-                        .respond(fault.status, fault.body.as_deref(), false);
-                }
+        // Requests are taken one at a time: the next only once the client
+        // has taken the last answer (take_request waits for that).
+        loop {
+            if slot.conn.send_pending(now).is_err() {
+                self.close(id);
+                return;
+            }
+            let Some(taken) = slot.conn.take_request(&limits) else {
+                break;
+            };
+            let (answer, keep_open) = match taken {
+                Err(refused) => (ApiResponse::error(refused.status, &refused.message), false),
                 Ok(raw) => match route(raw, &self.counters) {
                     Ok(request) => {
                         self.waiting.push_back((id, request));
                         break;
                     }
-                    Err(answer) => slot
-                        .conn
-                        .respond(answer.status, answer.body.as_deref(), true),
+                    Err(answer) => (answer, true),
                 },
-            }
+            };
+            count_failure(&answer, &self.counters, &mut self.log_budget);
+            slot.conn
+                .respond(answer.status, answer.body.as_deref(), keep_open);
         }
-        if slot.conn.send_pending(now).is_err() || slot.conn.is_done() {
+        if slot.conn.send_pending(now).is_err() {
+            self.close(id);
+        } else if slot.conn.is_done() {
+            // What else the client sent is read and dropped, so it sees the
+            // end of the stream after the answer rather than a reset.
+            slot.conn.discard_input();
             self.close(id);
         } else {
             self.update_registration(id);
@@ -404,7 +417,7 @@ impl Server {
                 log::warn!("API: an answer nobody asked for was dropped");
                 continue;
             };
-            count_failure(&answer, &self.counters);
+            count_failure(&answer, &self.counters, &mut self.log_budget);
             if let Some((what, sent)) = self.timed.take() {
                 self.counters.record_latency(what, false, sent.elapsed());
             }
@@ -476,25 +489,29 @@ impl Server {
     }
 }
 
-fn count_failure(answer: &ApiResponse, counters: &ApiCounters) {
+/// Failed-request log lines a second: a client decides how many requests
+/// fail, so it must not decide how much is logged (past this, lines are
+/// counted in `logger.rate_limited_log_count`).
+const FAILURE_LOG_LINES_PER_SECOND: u32 = 20;
+
+/// Counts a failed answer and logs it within `budget`.
+fn count_failure(answer: &ApiResponse, counters: &ApiCounters, budget: &mut LineBudget) {
     if answer.status >= 400 {
         counters.failed.fetch_add(1, Ordering::Relaxed);
-        log::info!(
-            "API request failed ({}): {}",
-            answer.status,
-            answer.body.as_deref().unwrap_or("")
-        );
+        if budget.allow(Instant::now()) {
+            log::info!(
+                "API request failed ({}): {}",
+                answer.status,
+                answer.body.as_deref().unwrap_or("")
+            );
+        }
     }
 }
 
 /// The typed request for `raw`, or the answer when it cannot be one.
 fn route(raw: RawRequest, counters: &ApiCounters) -> std::result::Result<ApiRequest, ApiResponse> {
-    let refused = |answer: ApiResponse| {
-        count_failure(&answer, counters);
-        answer
-    };
     let Some(method) = raw.method else {
-        return Err(refused(ApiResponse::bad_request(&format!(
+        return Err(ApiResponse::bad_request(&format!(
             "Invalid request method and/or path: {} {}.",
             raw.method_name,
             raw.path
@@ -502,14 +519,12 @@ fn route(raw: RawRequest, counters: &ApiCounters) -> std::result::Result<ApiRequ
                 .split('/')
                 .next()
                 .unwrap_or_default()
-        ))));
+        )));
     };
     counters.count_request(method, &raw.path);
     let body = (!raw.body.is_empty()).then_some(raw.body.as_slice());
-    let request = routes::parse(method, &raw.path, body).map_err(|answer| {
-        counters.count_refused(method, &raw.path);
-        refused(answer)
-    })?;
+    let request = routes::parse(method, &raw.path, body)
+        .inspect_err(|_| counters.count_refused(method, &raw.path))?;
     counters.count_deprecated(&request);
     log::debug!("API request: {} {}", method.as_str(), raw.path);
     Ok(request)

@@ -134,10 +134,9 @@ fn a_guest_using_a_drive_shows_in_firecracker_named_metrics() {
     assert_eq!(at(after, "logger.missed_metrics_count"), 0);
     assert_eq!(at(after, "seccomp.num_faults"), 0);
     assert_eq!(at(after, "vmm.panic_count"), 0);
-    for line in &lines {
-        let startup = at(line, "api_server.process_startup_time_us");
-        assert!(startup > 0 && startup < 60_000_000, "{startup}");
-    }
+    // As in Firecracker, start-up times are measured only from the start
+    // times a jailer passes (firecracker_cli.rs tests those).
+    assert_eq!(at(after, "api_server.process_startup_time_us"), 0);
 }
 
 #[test]

@@ -123,7 +123,13 @@ pub fn process_groups(api: &ApiCounters) -> Vec<MetricGroup> {
         .collect();
     let mut groups = api.groups();
     groups.extend([
-        MetricGroup::new("logger", vec![("missed_log_count", logger::missed_lines())]),
+        MetricGroup::new(
+            "logger",
+            vec![
+                ("missed_log_count", logger::missed_lines()),
+                ("rate_limited_log_count", logger::rate_limited_lines()),
+            ],
+        ),
         MetricGroup::new("signals", signals),
         MetricGroup::new(
             "vmm",
