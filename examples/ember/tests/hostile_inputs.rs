@@ -288,7 +288,7 @@ fn every_termination_signal_stops_the_vm_cleanly() {
         libc::SIGALRM,
     ] {
         let ember = Ember::start(&[]);
-        let metrics = put_metrics(&ember);
+        let metrics = ember.put_metrics();
         ember.boot(ELF64_PATH, "console=ttyS0 ember.test=hlt", 1);
         ember.wait_for("hlt: parked");
         ember.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
@@ -305,21 +305,10 @@ fn every_termination_signal_stops_the_vm_cleanly() {
     }
 }
 
-/// Sends the metrics to a file in the process's directory; returns its path.
-fn put_metrics(ember: &Ember) -> PathBuf {
-    let metrics = ember.dir().join("metrics");
-    ember.ok(
-        "PUT",
-        "/metrics",
-        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
-    );
-    metrics
-}
-
 #[test]
 fn a_signal_before_the_vm_starts_still_flushes_the_metrics() {
     let ember = Ember::start(&[]);
-    let metrics = put_metrics(&ember);
+    let metrics = ember.put_metrics();
     assert_alive(&ember, "Not started");
     assert_stops_cleanly(ember, libc::SIGUSR1, &metrics);
 }

@@ -67,21 +67,10 @@ fn lines(path: &Path) -> Vec<Value> {
     lines
 }
 
-/// Sends metrics to a file in the process's directory; returns its path.
-fn put_metrics(ember: &Ember) -> std::path::PathBuf {
-    let metrics = ember.dir().join("metrics.json");
-    ember.ok(
-        "PUT",
-        "/metrics",
-        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
-    );
-    metrics
-}
-
 #[test]
 fn a_guest_using_a_drive_shows_in_firecracker_named_metrics() {
     let mut ember = Ember::start(&[]);
-    let metrics = put_metrics(&ember);
+    let metrics = ember.put_metrics();
     let disk = temp_file(ember.dir(), "disk.img", &[0u8; 16 * 512]);
     let drive = |id: &str| {
         format!(
@@ -142,7 +131,7 @@ fn a_guest_using_a_drive_shows_in_firecracker_named_metrics() {
 #[test]
 fn pause_and_resume_latencies_and_signals_are_reported() {
     let mut ember = Ember::start(&[]);
-    let metrics = put_metrics(&ember);
+    let metrics = ember.put_metrics();
     ember.boot(
         ELF64_PATH,
         "console=ttyS0 ember.test=spin count.delay=20000",

@@ -72,8 +72,14 @@ pub fn default_filters() -> Result<Filters> {
 /// `filter`).
 pub fn filters_from_json<R: Read>(reader: R) -> Result<Filters> {
     let compiled = seccompiler::compile_from_json(reader, ARCH).map_err(Error::SeccompCompile)?;
+    by_thread(compiled)
+}
+
+/// The programs of a filter file by thread kind: exactly `vmm`, `vcpu` and
+/// `api`, no other.
+fn by_thread(programs: impl IntoIterator<Item = (String, BpfProgram)>) -> Result<Filters> {
     let mut filters = Filters::new();
-    for (name, program) in compiled {
+    for (name, program) in programs {
         let kind = ThreadKind::from_name(&name).ok_or(Error::SeccompUnknownThread(name))?;
         filters.insert(kind, program);
     }
@@ -103,17 +109,7 @@ pub fn filters_from_file<R: Read>(reader: R) -> Result<Filters> {
         return filters_from_json(bytes.as_slice());
     }
     let programs = compiled::decode(&bytes).map_err(|e| Error::SeccompBinary(e.0))?;
-    let mut filters = Filters::new();
-    for (name, program) in programs {
-        let kind = ThreadKind::from_name(&name).ok_or(Error::SeccompUnknownThread(name))?;
-        filters.insert(kind, program);
-    }
-    for kind in ThreadKind::ALL {
-        if !filters.contains_key(&kind) {
-            return Err(Error::SeccompMissingThread(kind.name()));
-        }
-    }
-    Ok(filters)
+    by_thread(programs)
 }
 
 /// How many distinct system calls each filter of a filter file has rules for

@@ -164,6 +164,17 @@ impl Ember {
         }
     }
 
+    /// Sends the metrics to `DIR/metrics.json` (`PUT /metrics`); returns the path.
+    pub fn put_metrics(&self) -> PathBuf {
+        let metrics = self.dir().join("metrics.json");
+        self.ok(
+            "PUT",
+            "/metrics",
+            &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+        );
+        metrics
+    }
+
     /// What ember wrote to standard error so far (its log by default).
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
