@@ -284,6 +284,43 @@ pub struct Metrics {
     pub properties: Option<BTreeMap<String, String>>,
 }
 
+/// The body of `PUT /serial`: where the guest's console goes instead of
+/// standard output. Firecracker keeps it out of config files and
+/// `GET /vm/config`, and so does Ember.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// A file (created or appended to) or FIFO for the console output.
+    pub serial_out_path: Option<PathBuf>,
+    /// A limit on the console's output bandwidth.
+    pub rate_limiter: Option<TokenBucket>,
+}
+
+impl SerialConfig {
+    /// Refuses what Ember does not provide: a rate limit on the console.
+    pub fn validate(&self) -> Result<()> {
+        match self.rate_limiter {
+            Some(_) => Err(Error::Unsupported("serial rate_limiter")),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the output destination, if one is named (never blocking, see
+    /// [`Destination::open`](crate::destination::Destination::open)).
+    pub fn open_output(&self) -> Result<Option<crate::destination::Destination>> {
+        self.validate()?;
+        let Some(path) = &self.serial_out_path else {
+            return Ok(None);
+        };
+        crate::destination::Destination::open(path)
+            .map(Some)
+            .map_err(|source| Error::OpenSerial {
+                path: path.clone(),
+                source,
+            })
+    }
+}
+
 /// The `vsock` object: Firecracker's hybrid vsock over a Unix socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -49,6 +49,7 @@ pub const ROUTES: &[(&str, &[Method])] = &[
         &[Method::Put, Method::Patch],
     ),
     ("/vsock", &[Method::Put]),
+    ("/serial", &[Method::Put]),
     ("/logger", &[Method::Put]),
     ("/metrics", &[Method::Put]),
     ("/actions", &[Method::Put]),
@@ -64,7 +65,6 @@ const MISSING_RESOURCES: &[&str] = &[
     "hotplug",
     "mmds",
     "pmem",
-    "serial",
     "snapshot",
 ];
 
@@ -165,6 +165,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PutNetworkInterface(iface)
         }
         (Put, "vsock", Some(body)) => ApiRequest::PutVsock(json::<Vsock>(body)?),
+        (Put, "serial", Some(body)) => ApiRequest::PutSerial(json(body)?),
         (Put, _, None) => return Err(fault("Empty PUT request.")),
         (Patch, "drives", Some(body)) => {
             let id = checked_id(second)?;

@@ -77,6 +77,12 @@ const COUNTED_ROUTES: &[CountedRoute] = &[
     ),
     counted(Method::Put, "/vsock", "vsock_count", Some("vsock_fails")),
     counted(
+        Method::Put,
+        "/serial",
+        "serial_count",
+        Some("serial_fails"),
+    ),
+    counted(
         Method::Patch,
         "/drives/{id}",
         "drive_count",
