@@ -233,7 +233,9 @@ impl Controller {
         let serial_out = self.serial_out.take();
         let started = self.resources.to_vm_config(start).and_then(|mut config| {
             config.opened = opened;
-            if let Some(out) = serial_out.map_or_else(|| self.serial.open_output(), |d| Ok(Some(d)))? {
+            if let Some(out) =
+                serial_out.map_or_else(|| self.serial.open_output(), |d| Ok(Some(d)))?
+            {
                 // As Firecracker: a console sent elsewhere takes no input.
                 config.serial_output = SerialOutput::Writer(Box::new(out));
                 config.serial_input = SerialInput::None;

@@ -106,7 +106,10 @@ mod tests {
                 Ok(n) => written += n,
                 Err(e) => break e,
             }
-            assert!(written <= 16 << 20, "a FIFO nobody reads took {written} bytes");
+            assert!(
+                written <= 16 << 20,
+                "a FIFO nobody reads took {written} bytes"
+            );
         };
         assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
         assert!(written > 0);

@@ -1242,4 +1242,29 @@ mod tests {
         assert_eq!(limiter.ops.unwrap().one_time_burst, Some(5));
         assert_eq!(limiter.bandwidth.unwrap().size, 1000);
     }
+
+    #[test]
+    fn serial_output_is_opened_only_when_named_and_not_limited() {
+        assert!(SerialConfig::default().open_output().unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let named = |path: PathBuf| SerialConfig {
+            serial_out_path: Some(path),
+            rate_limiter: None,
+        };
+        let console = dir.path().join("console");
+        assert!(named(console.clone()).open_output().unwrap().is_some());
+        assert!(console.exists(), "created");
+        let error = named(dir.path().to_owned()).open_output().unwrap_err();
+        assert!(matches!(error, Error::OpenSerial { .. }), "{error}");
+        let limited = SerialConfig {
+            rate_limiter: Some(TokenBucket {
+                size: 1,
+                one_time_burst: None,
+                refill_time: 1,
+            }),
+            ..named(console)
+        };
+        let error = limited.open_output().unwrap_err();
+        assert!(error.to_string().contains("rate_limiter"), "{error}");
+    }
 }

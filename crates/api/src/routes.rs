@@ -207,6 +207,24 @@ mod tests {
     }
 
     #[test]
+    fn put_serial_takes_firecrackers_body_only() {
+        let parsed = parse(
+            Method::Put,
+            "/serial",
+            Some(br#"{"serial_out_path": "serial"}"#),
+        );
+        let Ok(ApiRequest::PutSerial(config)) = parsed else {
+            panic!("serial: {parsed:?}")
+        };
+        assert_eq!(config.serial_out_path, Some("serial".into()));
+        assert!(
+            fault(parse(Method::Put, "/serial", Some(br#"{"path": "x"}"#)))
+                .contains("unknown field `path`")
+        );
+        assert!(fault(parse(Method::Get, "/serial", None)).starts_with("Invalid request method"));
+    }
+
+    #[test]
     fn firecracker_requests_parse() {
         assert_eq!(
             parse(Method::Get, "/", None),

@@ -34,9 +34,8 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
             config.net_interfaces = run.nets.clone();
             config.vsock = run.vsock.clone();
             if let Some(path) = &run.serial_out {
-                let out = Destination::open(path).map_err(|e| {
-                    format!("--serial-out: cannot open {}: {e}", path.display())
-                })?;
+                let out = Destination::open(path)
+                    .map_err(|e| format!("--serial-out: cannot open {}: {e}", path.display()))?;
                 config.serial_output = SerialOutput::Writer(Box::new(out));
                 config.serial_input = SerialInput::None;
             }

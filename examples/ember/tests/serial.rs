@@ -48,7 +48,11 @@ fn the_console_is_appended_to_the_file_and_not_to_stdout() {
     assert!(text.starts_with("before\n"), "{text}");
     assert!(text.contains("count=0x2\n"), "{text}");
     assert!(text.contains("guest: done"), "{text}");
-    assert!(!ember.output().contains("guest: start"), "{}", ember.output());
+    assert!(
+        !ember.output().contains("guest: start"),
+        "{}",
+        ember.output()
+    );
 }
 
 #[test]
@@ -92,7 +96,10 @@ fn bad_bodies_and_paths_are_refused_at_the_put() {
     let ember = Ember::start(&[]);
     let dir = ember.dir().display().to_string();
     let cases = [
-        (format!(r#"{{"serial_out_path": "{dir}"}}"#), "Is a directory"),
+        (
+            format!(r#"{{"serial_out_path": "{dir}"}}"#),
+            "Is a directory",
+        ),
         (
             format!(r#"{{"serial_out_path": "{dir}/missing/console"}}"#),
             "No such file or directory",
@@ -134,7 +141,11 @@ fn put_serial_after_the_start_is_refused() {
     let other = ember.dir().join("other.log");
     let reply = put_serial(&ember, &other);
     assert_eq!(reply.status, 400);
-    assert!(reply.fault().contains("after starting"), "{}", reply.fault());
+    assert!(
+        reply.fault().contains("after starting"),
+        "{}",
+        reply.fault()
+    );
     assert!(!other.exists());
 }
 
@@ -155,7 +166,10 @@ fn run_serial_out_sends_the_console_to_a_file() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stdout(&out).contains("guest:"), "{}", stdout(&out));
     let text = std::fs::read_to_string(&console).unwrap();
-    assert!(text.contains("count=0x1\n") && text.contains("guest: done"), "{text}");
+    assert!(
+        text.contains("count=0x1\n") && text.contains("guest: done"),
+        "{text}"
+    );
 
     let missing = dir.path().join("no/such/dir");
     let out = ember(&[
