@@ -14,7 +14,7 @@ use ember_vmm::seccomp::Filters;
 use ember_vmm::signals::TerminationSignals;
 use ember_vmm::{
     BucketUpdate, EventLoop, ExitReason, MetricGroup, OpenedInputs, RateLimiterUpdate, RunState,
-    RunningVm, StartTime,
+    RunningVm, SerialInput, SerialOutput, StartTime,
 };
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde::Serialize;
@@ -22,12 +22,13 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::channel::{ApiEnd, Responder};
+use crate::destination::Destination;
 use crate::full_config::FullVmConfig;
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::{api::Timed, MetricsWriter};
 use crate::model::{
-    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter, TokenBucket, VmResources,
-    Vsock,
+    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter, SerialConfig,
+    TokenBucket, VmResources, Vsock,
 };
 use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, NetworkInterfaceUpdate, VmStateRequest,
@@ -71,6 +72,10 @@ pub struct Controller {
     resources: VmResources,
     /// Files and sockets opened at PUT, for the VM to be built from.
     opened: OpenedInputs,
+    /// `PUT /serial`, and its destination opened then (reopened at the start
+    /// if a failed start used it up).
+    serial: SerialConfig,
+    serial_out: Option<Destination>,
     phase: Phase,
     requests: Receiver<ApiRequest>,
     responses: Responder,
@@ -166,6 +171,8 @@ impl Controller {
             instance_id,
             resources,
             opened: OpenedInputs::default(),
+            serial: SerialConfig::default(),
+            serial_out: None,
             phase: Phase::Configuring,
             requests: api.requests,
             responses: api.responses,
@@ -223,8 +230,16 @@ impl Controller {
             return;
         };
         let opened = std::mem::take(&mut self.opened);
+        let serial_out = self.serial_out.take();
         let started = self.resources.to_vm_config(start).and_then(|mut config| {
             config.opened = opened;
+            if let Some(out) =
+                serial_out.map_or_else(|| self.serial.open_output(), |d| Ok(Some(d)))?
+            {
+                // As Firecracker: a console sent elsewhere takes no input.
+                config.serial_output = SerialOutput::Writer(Box::new(out));
+                config.serial_input = SerialInput::None;
+            }
             config.seccomp = self.overrides.seccomp.clone();
             if let Some(device) = &self.overrides.kvm_device {
                 config.kvm_device = device.clone();
@@ -317,6 +332,7 @@ impl Controller {
                 }
             }
             ApiRequest::PutVsock(vsock) => self.put_vsock(vsock),
+            ApiRequest::PutSerial(serial) => self.put_serial(serial),
             ApiRequest::PutLogger(request) => self.put_logger(request),
             ApiRequest::PutMetrics(request) => self.put_metrics(request),
         };
@@ -371,6 +387,19 @@ impl Controller {
         self.opened.drives.retain(|(opened, _)| *opened != id);
         self.opened.drives.push((id, file));
         ApiResponse::no_content()
+    }
+
+    /// Opens the console's destination now, so that a path that cannot be
+    /// written to is refused here rather than at `InstanceStart`.
+    fn put_serial(&mut self, serial: SerialConfig) -> ApiResponse {
+        match serial.open_output() {
+            Ok(out) => {
+                self.serial_out = out;
+                self.serial = serial;
+                ApiResponse::no_content()
+            }
+            Err(e) => refused(&e),
+        }
     }
 
     /// Binds the vsock socket now, as Firecracker does (a previous vsock's

@@ -1,6 +1,6 @@
-//! Where logs and metrics go: a regular file (appended to) or a FIFO, opened
-//! non-blocking so a reader that stops reading costs a counted, lost line and
-//! never a stuck VMM.
+//! Where logs, metrics and the serial console go: a regular file (appended
+//! to) or a FIFO, opened non-blocking so a reader that stops reading costs a
+//! counted, lost line (or byte, for the console) and never a stuck VMM.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -58,6 +58,19 @@ impl Destination {
     }
 }
 
+/// Raw bytes, for the serial console: a write the destination cannot take at
+/// once (a full FIFO) fails with `WouldBlock` instead of waiting, and the
+/// caller counts the bytes lost.
+impl Write for Destination {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +89,30 @@ mod tests {
         }
         // A pipe holds 64 KiB: most of the 200 KB could not be written.
         assert!(dest.missed_lines() > 100, "{}", dest.missed_lines());
+    }
+
+    #[test]
+    fn raw_writes_to_a_full_fifo_fail_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let mut dest = Destination::open(&fifo).unwrap();
+        let chunk = [b'x'; 4096];
+        let mut written = 0;
+        let error = loop {
+            match dest.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) => break e,
+            }
+            assert!(
+                written <= 16 << 20,
+                "a FIFO nobody reads took {written} bytes"
+            );
+        };
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        assert!(written > 0);
     }
 
     #[test]

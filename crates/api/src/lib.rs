@@ -85,6 +85,14 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The serial console's output cannot be opened.
+    #[error("cannot open the serial output {path}: {source}")]
+    OpenSerial {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A logger is already installed in this process.
     #[error("a logger is already installed")]
     LoggerInstalled,

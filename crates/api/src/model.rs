@@ -284,6 +284,43 @@ pub struct Metrics {
     pub properties: Option<BTreeMap<String, String>>,
 }
 
+/// The body of `PUT /serial`: where the guest's console goes instead of
+/// standard output. Firecracker keeps it out of config files and
+/// `GET /vm/config`, and so does Ember.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// A file (created or appended to) or FIFO for the console output.
+    pub serial_out_path: Option<PathBuf>,
+    /// A limit on the console's output bandwidth.
+    pub rate_limiter: Option<TokenBucket>,
+}
+
+impl SerialConfig {
+    /// Refuses what Ember does not provide: a rate limit on the console.
+    pub fn validate(&self) -> Result<()> {
+        match self.rate_limiter {
+            Some(_) => Err(Error::Unsupported("serial rate_limiter")),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the output destination, if one is named (never blocking, see
+    /// [`Destination::open`](crate::destination::Destination::open)).
+    pub fn open_output(&self) -> Result<Option<crate::destination::Destination>> {
+        self.validate()?;
+        let Some(path) = &self.serial_out_path else {
+            return Ok(None);
+        };
+        crate::destination::Destination::open(path)
+            .map(Some)
+            .map_err(|source| Error::OpenSerial {
+                path: path.clone(),
+                source,
+            })
+    }
+}
+
 /// The `vsock` object: Firecracker's hybrid vsock over a Unix socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1204,5 +1241,30 @@ mod tests {
         let limiter = drive.rate_limiter.unwrap();
         assert_eq!(limiter.ops.unwrap().one_time_burst, Some(5));
         assert_eq!(limiter.bandwidth.unwrap().size, 1000);
+    }
+
+    #[test]
+    fn serial_output_is_opened_only_when_named_and_not_limited() {
+        assert!(SerialConfig::default().open_output().unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let named = |path: PathBuf| SerialConfig {
+            serial_out_path: Some(path),
+            rate_limiter: None,
+        };
+        let console = dir.path().join("console");
+        assert!(named(console.clone()).open_output().unwrap().is_some());
+        assert!(console.exists(), "created");
+        let error = named(dir.path().to_owned()).open_output().unwrap_err();
+        assert!(matches!(error, Error::OpenSerial { .. }), "{error}");
+        let limited = SerialConfig {
+            rate_limiter: Some(TokenBucket {
+                size: 1,
+                one_time_burst: None,
+                refill_time: 1,
+            }),
+            ..named(console)
+        };
+        let error = limited.open_output().unwrap_err();
+        assert!(error.to_string().contains("rate_limiter"), "{error}");
     }
 }

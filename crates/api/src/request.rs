@@ -90,6 +90,8 @@ pub enum ApiRequest {
     PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /vsock`.
     PutVsock(crate::model::Vsock),
+    /// `PUT /serial`.
+    PutSerial(crate::model::SerialConfig),
     /// `PUT /logger`.
     PutLogger(Logger),
     /// `PUT /metrics`.

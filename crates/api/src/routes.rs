@@ -49,6 +49,7 @@ pub const ROUTES: &[(&str, &[Method])] = &[
         &[Method::Put, Method::Patch],
     ),
     ("/vsock", &[Method::Put]),
+    ("/serial", &[Method::Put]),
     ("/logger", &[Method::Put]),
     ("/metrics", &[Method::Put]),
     ("/actions", &[Method::Put]),
@@ -64,7 +65,6 @@ const MISSING_RESOURCES: &[&str] = &[
     "hotplug",
     "mmds",
     "pmem",
-    "serial",
     "snapshot",
 ];
 
@@ -165,6 +165,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PutNetworkInterface(iface)
         }
         (Put, "vsock", Some(body)) => ApiRequest::PutVsock(json::<Vsock>(body)?),
+        (Put, "serial", Some(body)) => ApiRequest::PutSerial(json(body)?),
         (Put, _, None) => return Err(fault("Empty PUT request.")),
         (Patch, "drives", Some(body)) => {
             let id = checked_id(second)?;
@@ -203,6 +204,24 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_str(response.body.as_deref().unwrap()).unwrap();
         body["fault_message"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn put_serial_takes_firecrackers_body_only() {
+        let parsed = parse(
+            Method::Put,
+            "/serial",
+            Some(br#"{"serial_out_path": "serial"}"#),
+        );
+        let Ok(ApiRequest::PutSerial(config)) = parsed else {
+            panic!("serial: {parsed:?}")
+        };
+        assert_eq!(config.serial_out_path, Some("serial".into()));
+        assert!(
+            fault(parse(Method::Put, "/serial", Some(br#"{"path": "x"}"#)))
+                .contains("unknown field `path`")
+        );
+        assert!(fault(parse(Method::Get, "/serial", None)).starts_with("Invalid request method"));
     }
 
     #[test]

@@ -28,6 +28,8 @@ Usage:
       (ids default to net0, net1, ...; a random local MAC without mac=).
       --vsock cid=N,uds=PATH adds a vsock device: host clients connect to PATH and
       send \"CONNECT <port>\\n\"; guest connections to port P go to PATH_P.
+      --serial-out PATH sends the console to a file (appended to) or FIFO instead of
+      standard output, as PUT /serial; what a full FIFO cannot take is lost and counted.
 
 Options:
   --id ID              Instance id shown in logs: 1 to 64 of A-Z a-z 0-9 -
@@ -90,6 +92,8 @@ pub struct RunArgs {
     pub nets: Vec<NetConfig>,
     /// The vsock device.
     pub vsock: Option<VsockConfig>,
+    /// A file or FIFO for the console instead of standard output.
+    pub serial_out: Option<PathBuf>,
 }
 
 /// Parses a `--vsock` value.
@@ -276,6 +280,7 @@ struct State {
     drives: Vec<DriveConfig>,
     nets: Vec<NetConfig>,
     vsock: Option<VsockConfig>,
+    serial_out: Option<PathBuf>,
     guest_args: Vec<String>,
     help: bool,
     version: bool,
@@ -304,6 +309,7 @@ impl State {
             drives: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            serial_out: None,
             guest_args: Vec::new(),
             help: false,
             version: false,
@@ -437,6 +443,7 @@ impl State {
                 let spec = string(parser.value()?, "--vsock")?;
                 self.vsock = Some(parse_vsock(&spec).map_err(custom)?);
             }
+            "serial-out" => self.serial_out = Some(PathBuf::from(parser.value()?)),
             "drive" => {
                 let spec = string(parser.value()?, "--drive")?;
                 self.drives
@@ -481,6 +488,7 @@ impl State {
             drives: std::mem::take(&mut self.drives),
             nets: std::mem::take(&mut self.nets),
             vsock: self.vsock.take(),
+            serial_out: self.serial_out.take(),
         })
     }
 
@@ -566,14 +574,18 @@ mod tests {
 
     #[test]
     fn run_with_everything() {
-        let parsed =
-            args("run --kernel k --initrd i --vcpus 4 --mem 512 --level Debug -- echo hi").unwrap();
+        let parsed = args(
+            "run --kernel k --initrd i --vcpus 4 --mem 512 --level Debug --serial-out c.fifo \
+             -- echo hi",
+        )
+        .unwrap();
         let Command::Run(run) = parsed.command else {
             panic!("not run")
         };
         assert_eq!(run.kernel, PathBuf::from("k"));
         assert_eq!(run.initrd, Some(PathBuf::from("i")));
         assert_eq!((run.vcpus, run.mem_mib), (4, 512));
+        assert_eq!(run.serial_out, Some(PathBuf::from("c.fifo")));
         assert_eq!(
             run.full_cmdline(),
             format!("{DEFAULT_RUN_CMDLINE} -- echo hi")

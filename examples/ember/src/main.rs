@@ -8,13 +8,14 @@ use std::process::ExitCode;
 
 use cli::{Args, Command, SeccompChoice};
 use ember_api::controller::VmOverrides;
+use ember_api::destination::Destination;
 use ember_api::http::HttpLimits;
 use ember_api::server::ServerLimits;
 use ember_api::service::ServiceOptions;
 use ember_vmm::host_files::{open_input, InputKind};
 use ember_vmm::seccomp;
 use ember_vmm::signals::TerminationSignals;
-use ember_vmm::{ExitReason, StartTime, VmConfig};
+use ember_vmm::{ExitReason, SerialInput, SerialOutput, StartTime, VmConfig};
 
 /// Exit status for an error while building or running the VM.
 const EXIT_ERROR: u8 = 1;
@@ -32,6 +33,12 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
             config.drives = run.drives.clone();
             config.net_interfaces = run.nets.clone();
             config.vsock = run.vsock.clone();
+            if let Some(path) = &run.serial_out {
+                let out = Destination::open(path)
+                    .map_err(|e| format!("--serial-out: cannot open {}: {e}", path.display()))?;
+                config.serial_output = SerialOutput::Writer(Box::new(out));
+                config.serial_input = SerialInput::None;
+            }
             config.start_time = start;
             config
         }

@@ -16,7 +16,8 @@
 //! `test_get_full_config_after_restoring_snapshot` and
 //! `test_negative_snapshot_load_api` (snapshots), `track_dirty_pages: true`
 //! in `test_api_machine_config` (diff snapshots), `io_engine: "Async"`
-//! (io_uring) and the vhost-user drive of `test_drive_patch`.
+//! (io_uring), the vhost-user drive of `test_drive_patch` and the serial
+//! console's `rate_limiter` (`PUT /serial` itself is in `serial.rs`).
 //! `test_send_ctrl_alt_del` needs a Linux guest with SSH; `api.rs` covers
 //! Ctrl-Alt-Del with the test guest.
 

@@ -76,6 +76,7 @@ const COUNTED_ROUTES: &[CountedRoute] = &[
         Some("network_fails"),
     ),
     counted(Method::Put, "/vsock", "vsock_count", Some("vsock_fails")),
+    counted(Method::Put, "/serial", "serial_count", Some("serial_fails")),
     counted(
         Method::Patch,
         "/drives/{id}",
