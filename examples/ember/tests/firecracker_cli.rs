@@ -216,14 +216,12 @@ fn the_jailers_start_times_become_the_startup_metrics() {
 
 #[test]
 fn enable_pci_is_refused_naming_the_missing_feature() {
-    for (args, feature) in [(&["--enable-pci", "--api-sock", "/nonexistent/s"][..], "PCI")] {
-        let out = ember(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = stderr(&out);
-        let first = err.lines().next().unwrap();
-        assert!(first.starts_with("ember: "), "{err}");
-        assert!(first.contains(feature), "{err}");
-    }
+    let out = ember(&["--enable-pci", "--api-sock", "/nonexistent/s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let first = err.lines().next().unwrap();
+    assert!(first.starts_with("ember: "), "{err}");
+    assert!(first.contains("PCI"), "{err}");
 }
 
 #[test]
