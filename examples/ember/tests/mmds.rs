@@ -318,3 +318,47 @@ fn a_config_file_configures_the_mmds() {
         );
     });
 }
+
+#[test]
+fn mmds_requests_are_counted_under_firecrackers_names() {
+    host::in_netns(|| {
+        let ember = Ember::start(&[]);
+        let metrics = ember.dir().join("metrics.json");
+        ember.ok(
+            "PUT",
+            "/metrics",
+            &json!({"metrics_path": metrics}).to_string(),
+        );
+        add_interface(&ember, "0");
+        get(&ember);
+        ember.ok("PUT", "/mmds", "{}");
+        fault(
+            &ember.call("PUT", "/mmds", Some("{nope")),
+            400,
+            "deserializing",
+        );
+        ember.ok("PUT", "/mmds/config", r#"{"network_interfaces": ["0"]}"#);
+        ember.ok("PATCH", "/mmds", r#"{"a": 1}"#);
+        fault(
+            &ember.call("PATCH", "/mmds", Some("[")),
+            400,
+            "deserializing",
+        );
+        ember.boot(ELF64_PATH, PARKED, 1);
+        ember.wait_for("hlt: parked");
+        ember.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        let line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let count = |group: &str, key: &str| line[group][key].as_u64().unwrap();
+        assert_eq!(count("get_api_requests", "mmds_count"), 1, "{line}");
+        assert_eq!(count("put_api_requests", "mmds_count"), 3, "{line}");
+        assert_eq!(count("put_api_requests", "mmds_fails"), 1, "{line}");
+        assert_eq!(count("patch_api_requests", "mmds_count"), 2, "{line}");
+        assert_eq!(count("patch_api_requests", "mmds_fails"), 1, "{line}");
+        assert_eq!(
+            count("deprecated_api", "deprecated_http_api_calls"),
+            1,
+            "{line}"
+        );
+    });
+}
