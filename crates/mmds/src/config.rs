@@ -44,7 +44,7 @@ impl MmdsConfig {
     /// Checks the configuration as Firecracker does, in its order: the
     /// address is link local, at least one interface is named, and each
     /// named one is among `existing` interface ids.
-    pub fn validate<'a>(&self, existing: impl Fn(&str) -> bool + 'a) -> Result<()> {
+    pub fn validate(&self, existing: impl Fn(&str) -> bool) -> Result<()> {
         if !is_link_local_valid(self.ipv4_address()) {
             return Err(Error::InvalidIpv4Addr);
         }
