@@ -26,6 +26,7 @@ use crate::destination::Destination;
 use crate::full_config::FullVmConfig;
 use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::{api::Timed, MetricsWriter};
+use crate::mmds::{config_refused, MmdsHost};
 use crate::model::{
     BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter, SerialConfig,
     TokenBucket, VmResources, Vsock,
@@ -96,6 +97,8 @@ pub struct VmOverrides {
     pub seccomp: Option<Filters>,
     /// The KVM device to open instead of `/dev/kvm`.
     pub kvm_device: Option<std::path::PathBuf>,
+    /// The MMDS data store (`--mmds-size-limit`, `--metadata`).
+    pub mmds: MmdsHost,
 }
 
 impl std::fmt::Debug for Controller {
@@ -318,7 +321,11 @@ impl Controller {
             ApiRequest::PatchDrive(update) => self.patch_drive(update),
             ApiRequest::PatchNetworkInterface(update) => self.patch_network_interface(update),
             ApiRequest::PatchVm(state) => self.patch_vm(state),
+            ApiRequest::GetMmds => self.overrides.mmds.get(!configuring),
+            ApiRequest::PutMmds(data) => self.overrides.mmds.put(data, !configuring),
+            ApiRequest::PatchMmds(patch) => self.overrides.mmds.patch(patch, !configuring),
             _ if !configuring => not_after_start(),
+            ApiRequest::PutMmdsConfig(config) => self.put_mmds_config(config),
             ApiRequest::PutMachineConfig(config) => {
                 self.update_machine_config(&MachineConfigUpdate::from(config))
             }
@@ -337,6 +344,18 @@ impl Controller {
             ApiRequest::PutMetrics(request) => self.put_metrics(request),
         };
         Some(response)
+    }
+
+    /// Checks the configuration against the interfaces the VM has and
+    /// applies it to the store.
+    fn put_mmds_config(&mut self, config: ember_mmds::MmdsConfig) -> ApiResponse {
+        match self.resources.set_mmds_config(config) {
+            Ok(config) => {
+                self.overrides.mmds.configure(config);
+                ApiResponse::no_content()
+            }
+            Err(e) => config_refused(&e),
+        }
     }
 
     fn update_machine_config(&mut self, update: &MachineConfigUpdate) -> ApiResponse {
@@ -532,9 +551,12 @@ impl Controller {
         }
     }
 
-    /// Applies the `logger` and `metrics` objects of a config file, as if
-    /// they had come through the API. Returns the first refusal.
+    /// Applies the `logger`, `metrics` and `mmds-config` objects of a config
+    /// file, as if they had come through the API. Returns the first refusal.
     pub fn apply_config_file_settings(&mut self) -> std::result::Result<(), String> {
+        if let Some(config) = &self.resources.mmds_config {
+            self.overrides.mmds.configure(config);
+        }
         let responses = [
             self.resources.logger.clone().map(|l| self.put_logger(l)),
             self.resources.metrics.clone().map(|m| self.put_metrics(m)),

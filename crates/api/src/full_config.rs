@@ -24,7 +24,7 @@ pub struct FullVmConfig {
     machine_config: MachineConfig,
     metrics: Option<()>,
     #[serde(rename = "mmds-config")]
-    mmds_config: Option<()>,
+    mmds_config: Option<ember_mmds::MmdsConfig>,
     #[serde(rename = "network-interfaces")]
     network_interfaces: Vec<NetworkInterface>,
     vsock: Option<Vsock>,
@@ -84,7 +84,10 @@ impl FullVmConfig {
             logger: None,
             machine_config: resources.machine(),
             metrics: None,
-            mmds_config: None,
+            mmds_config: resources
+                .mmds_config
+                .as_ref()
+                .map(ember_mmds::MmdsConfig::reported),
             network_interfaces: resources
                 .network_interfaces
                 .iter()

@@ -9,6 +9,8 @@
 //!   typed ones, which cross to the VMM thread through [`channel`]; there
 //!   [`controller`] answers them (`GET /vm/config` in [`full_config`]'s
 //!   shape) and [`service`] runs it all.
+//! - [`mmds`]: the API's side of the microVM metadata service (the store
+//!   itself is the `ember-mmds` crate).
 //! - [`logger`], [`metrics`], [`destination`]: logs and metrics to files or FIFOs.
 
 /// The Firecracker release whose API (swagger) and command line Ember
@@ -40,6 +42,7 @@ pub mod full_config;
 pub mod http;
 pub mod logger;
 pub mod metrics;
+pub mod mmds;
 pub mod model;
 pub mod request;
 pub mod routes;
@@ -116,6 +119,14 @@ pub enum Error {
     /// `--metrics-path` could not be set up.
     #[error("--metrics-path: {0}")]
     MetricsPath(String),
+    /// The `--metadata` file was refused.
+    #[error("--metadata {path}: {reason}")]
+    Metadata {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The config file's `logger` or `metrics` object was refused.
     #[error("config file: {0}")]
     ConfigFileSettings(String),

@@ -484,6 +484,9 @@ pub struct VmResources {
     /// Where to write metrics.
     #[serde(default)]
     pub metrics: Option<Metrics>,
+    /// The microVM metadata service (MMDS) configuration.
+    #[serde(rename = "mmds-config", default)]
+    pub mmds_config: Option<ember_mmds::MmdsConfig>,
     /// Firecracker features Ember does not provide yet: accepted when null (or
     /// empty), refused by name otherwise.
     #[serde(flatten)]
@@ -499,9 +502,6 @@ pub struct MissingFeatures {
     /// A custom CPU template.
     #[serde(rename = "cpu-config", default)]
     pub cpu_config: Option<serde_json::Value>,
-    /// The microVM metadata service.
-    #[serde(rename = "mmds-config", default)]
-    pub mmds_config: Option<serde_json::Value>,
     /// The entropy device.
     #[serde(default)]
     pub entropy: Option<serde_json::Value>,
@@ -519,7 +519,6 @@ impl MissingFeatures {
         let asked = [
             ("balloon", self.balloon.is_some()),
             ("cpu-config", self.cpu_config.is_some()),
-            ("mmds-config", self.mmds_config.is_some()),
             ("entropy", self.entropy.is_some()),
             ("pmem", !self.pmem.is_empty()),
             ("memory-hotplug", self.memory_hotplug.is_some()),
@@ -689,6 +688,7 @@ impl VmResources {
             vsock.to_vsock_config()?;
         }
         self.check_interfaces()?;
+        self.check_mmds_config()?;
         self.check_drives()?;
         if let Some(config) = &self.machine_config {
             // As Firecracker, a file's `cpu_template: "None"` means no template.
@@ -753,6 +753,33 @@ impl VmResources {
             }
         }
         Ok(())
+    }
+
+    /// Checks `mmds-config` as `PUT /mmds/config` does: a link-local
+    /// address and only interfaces the VM has.
+    pub fn check_mmds_config(&self) -> Result<()> {
+        let Some(config) = &self.mmds_config else {
+            return Ok(());
+        };
+        self.mmds_config_fits(config)
+            .map_err(|e| Error::InvalidValue {
+                field: "mmds-config",
+                reason: e.to_string(),
+            })
+    }
+
+    fn mmds_config_fits(&self, config: &ember_mmds::MmdsConfig) -> ember_mmds::Result<()> {
+        config.validate(|id| self.network_interfaces.iter().any(|i| i.iface_id == id))
+    }
+
+    /// `PUT /mmds/config`: checked as [`VmResources::check_mmds_config`]
+    /// checks it, then kept.
+    pub fn set_mmds_config(
+        &mut self,
+        config: ember_mmds::MmdsConfig,
+    ) -> ember_mmds::Result<&ember_mmds::MmdsConfig> {
+        self.mmds_config_fits(&config)?;
+        Ok(self.mmds_config.insert(config))
     }
 
     /// Adds `iface`, or replaces the interface with the same id, as
@@ -930,6 +957,32 @@ mod tests {
     }
 
     #[test]
+    fn mmds_config_names_existing_interfaces_and_a_link_local_address() {
+        let with = |mmds: &str| {
+            parse(&format!(
+                r#"{{"network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0"}}],
+                    "mmds-config": {mmds}}}"#
+            ))
+            .unwrap()
+            .validate()
+        };
+        let good = with(r#"{"network_interfaces": ["eth0"], "version": "V2"}"#);
+        assert!(good.is_ok(), "{good:?}");
+        for (mmds, reason) in [
+            (r#"{"network_interfaces": ["eth1"]}"#, "does not correspond"),
+            (r#"{"network_interfaces": []}"#, "is empty"),
+            (
+                r#"{"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}"#,
+                "not link local",
+            ),
+        ] {
+            let err = with(mmds).unwrap_err().to_string();
+            assert!(err.starts_with("invalid mmds-config: "), "{err}");
+            assert!(err.contains(reason), "{err}");
+        }
+    }
+
+    #[test]
     fn missing_features_are_refused_by_name_when_asked_for() {
         for (json, name) in [
             (
@@ -937,10 +990,6 @@ mod tests {
                 "balloon",
             ),
             (r#"{"cpu-config": {}}"#, "cpu-config"),
-            (
-                r#"{"mmds-config": {"network_interfaces": ["1"]}}"#,
-                "mmds-config",
-            ),
             (r#"{"entropy": {}}"#, "entropy"),
             (r#"{"pmem": [{"id": "p", "path_on_host": "/p"}]}"#, "pmem"),
             (

@@ -102,6 +102,14 @@ pub enum ApiRequest {
     PatchVm(VmStateRequest),
     /// `GET /vm/config`.
     GetVmConfig,
+    /// `GET /mmds`.
+    GetMmds,
+    /// `PUT /mmds`.
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`.
+    PatchMmds(serde_json::Value),
+    /// `PUT /mmds/config`.
+    PutMmdsConfig(ember_mmds::MmdsConfig),
 }
 
 impl ApiRequest {
@@ -117,6 +125,9 @@ impl ApiRequest {
             }
             ApiRequest::PutVsock(vsock) if vsock.vsock_id.is_some() => {
                 Some("PUT /vsock: vsock_id field is deprecated.")
+            }
+            ApiRequest::PutMmdsConfig(config) if config.version == ember_mmds::MmdsVersion::V1 => {
+                Some("PUT /mmds/config: V1 is deprecated. Use V2 instead.")
             }
             _ => None,
         }

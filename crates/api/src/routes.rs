@@ -55,6 +55,8 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/actions", &[Method::Put]),
     ("/vm", &[Method::Patch]),
     ("/vm/config", &[Method::Get]),
+    ("/mmds", &[Method::Get, Method::Put, Method::Patch]),
+    ("/mmds/config", &[Method::Put]),
 ];
 
 /// Firecracker resources Ember does not serve yet, by their first path segment.
@@ -63,7 +65,6 @@ const MISSING_RESOURCES: &[&str] = &[
     "cpu-config",
     "entropy",
     "hotplug",
-    "mmds",
     "pmem",
     "snapshot",
 ];
@@ -110,6 +111,15 @@ fn same_iface_id(path_id: &str, body_id: &str) -> Result<(), ApiResponse> {
     }
 }
 
+/// `PUT /mmds` (the document) or `PUT /mmds/config`.
+fn put_mmds(second: Option<&str>, body: &[u8]) -> Result<ApiRequest, ApiResponse> {
+    match second {
+        None => Ok(ApiRequest::PutMmds(json(body)?)),
+        Some("config") => Ok(ApiRequest::PutMmdsConfig(json(body)?)),
+        Some(other) => Err(fault(&format!("Unrecognized PUT request path `{other}`."))),
+    }
+}
+
 fn invalid_path(method: Method, resource: &str) -> ApiResponse {
     if MISSING_RESOURCES.contains(&resource) {
         return fault(&format!(
@@ -142,6 +152,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
         (Get, "version", None) => ApiRequest::GetVersion,
         (Get, "vm", None) if second == Some("config") => ApiRequest::GetVmConfig,
         (Get, "machine-config", None) => ApiRequest::GetMachineConfig,
+        (Get, "mmds", None) => ApiRequest::GetMmds,
         (Get, _, Some(_)) => return Err(fault("GET request cannot have a body.")),
         (Put, "actions", Some(body)) => {
             ApiRequest::Action(json::<ActionRequest>(body)?.action_type)
@@ -158,6 +169,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PutMachineConfig(json::<MachineConfig>(body)?)
         }
         (Put, "metrics", Some(body)) => ApiRequest::PutMetrics(json::<Metrics>(body)?),
+        (Put, "mmds", Some(body)) => put_mmds(second, body)?,
         (Put, "network-interfaces", Some(body)) => {
             let id = checked_id(second)?;
             let iface = json::<NetworkInterface>(body)?;
@@ -186,6 +198,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             same_iface_id(id, &update.iface_id)?;
             ApiRequest::PatchNetworkInterface(update)
         }
+        (Patch, "mmds", Some(body)) => ApiRequest::PatchMmds(json(body)?),
         (Patch, "vm", Some(body)) => ApiRequest::PatchVm(json::<VmPatch>(body)?.state),
         (Patch, _, None) => return Err(fault("Empty PATCH request.")),
         (method, resource, _) => return Err(invalid_path(method, resource)),
@@ -383,6 +396,76 @@ mod tests {
                 "{} {path}: {message}",
                 method.as_str()
             );
+        }
+    }
+
+    #[test]
+    fn mmds_requests_parse_as_firecracker_parses_them() {
+        let json = serde_json::json!({"latest": {"meta-data": {"ami-id": "x"}}});
+        let text = json.to_string();
+        assert_eq!(parse(Method::Get, "/mmds", None), Ok(ApiRequest::GetMmds));
+        assert_eq!(
+            parse(Method::Put, "/mmds", Some(text.as_bytes())),
+            Ok(ApiRequest::PutMmds(json.clone()))
+        );
+        assert_eq!(
+            parse(Method::Patch, "/mmds", Some(text.as_bytes())),
+            Ok(ApiRequest::PatchMmds(json))
+        );
+        let Ok(ApiRequest::PutMmdsConfig(config)) = parse(
+            Method::Put,
+            "/mmds/config",
+            Some(br#"{"network_interfaces": ["eth0"], "version": "V2"}"#),
+        ) else {
+            panic!("mmds config")
+        };
+        assert_eq!(config.version, ember_mmds::MmdsVersion::V2);
+        let v1 = parse(
+            Method::Put,
+            "/mmds/config",
+            Some(br#"{"network_interfaces": ["eth0"]}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            v1.deprecation(),
+            Some("PUT /mmds/config: V1 is deprecated. Use V2 instead.")
+        );
+        let cases: &[(Method, &str, Option<&[u8]>, &str)] = &[
+            (
+                Method::Put,
+                "/mmds/other",
+                Some(b"{}"),
+                "Unrecognized PUT request path `other`.",
+            ),
+            (
+                Method::Put,
+                "/mmds",
+                Some(b"{nope"),
+                "An error occurred when deserializing the json body of a request",
+            ),
+            (
+                Method::Put,
+                "/mmds/config",
+                Some(br#"{"network_interfaces": ["eth0"], "ipv4_address": ""}"#),
+                "invalid IPv4 address syntax",
+            ),
+            (
+                Method::Put,
+                "/mmds/config",
+                Some(br#"{"network_interfaces": [], "version": "V3"}"#),
+                "unknown variant `V3`",
+            ),
+            (Method::Patch, "/mmds", None, "Empty PATCH request."),
+            (
+                Method::Get,
+                "/mmds",
+                Some(b"{}"),
+                "GET request cannot have a body.",
+            ),
+        ];
+        for (method, path, body, expected) in cases {
+            let message = fault(parse(*method, path, *body));
+            assert!(message.contains(expected), "{path}: {message}");
         }
     }
 

@@ -47,7 +47,9 @@ Options:
   --http-api-max-payload-size BYTES
                        Largest API request body accepted (default 51200)
   --mmds-size-limit BYTES
-                       Accepted for Firecracker compatibility (Ember has no MMDS yet)
+                       Largest MMDS document, as compact JSON (default: the API payload
+                       limit)
+  --metadata FILE      Put FILE's JSON in the MMDS at start (API and config-file modes)
   --start-time-us US, --start-time-cpu-us US, --parent-cpu-time-us US
                        Start times from a jailer (monotonic and CPU microseconds), for
                        the api_server process_startup_time_us/_cpu_us metrics
@@ -58,7 +60,7 @@ Options:
   --version            Print the version: `Firecracker vX.Y.Z+ember.E` (Ember E
                        following Firecracker X.Y.Z's API)
   --help               Print this help
-Refused: --metadata (Ember has no MMDS yet) and --enable-pci (Ember has no PCI).
+Refused: --enable-pci (Ember has no PCI).
 
 Exit status: 0 when the guest resets or powers off, 1 on an error, 2 on bad usage,
 159 when a thread breaks its seccomp filter; after a clean stop on a termination
@@ -231,9 +233,11 @@ pub struct Args {
     pub api_max_payload: usize,
     /// Metrics destination (`--metrics-path`), set up at start.
     pub metrics_path: Option<PathBuf>,
-    /// MMDS store limit in bytes (`--mmds-size-limit`): accepted and kept for
-    /// when Ember has an MMDS; Firecracker's default is the API payload limit.
+    /// MMDS store limit in bytes (`--mmds-size-limit`); Firecracker's
+    /// default is the API payload limit.
     pub mmds_size_limit: Option<usize>,
+    /// A JSON file to put in the MMDS at start (`--metadata`).
+    pub metadata: Option<PathBuf>,
     /// The start times a jailer passed.
     pub process_start: ProcessStartTimes,
 }
@@ -267,6 +271,7 @@ struct State {
     api_max_payload: usize,
     metrics_path: Option<PathBuf>,
     mmds_size_limit: Option<usize>,
+    metadata: Option<PathBuf>,
     process_start: ProcessStartTimes,
     config_file: Option<PathBuf>,
     api_socket: Option<PathBuf>,
@@ -296,6 +301,7 @@ impl State {
             api_max_payload: ember_api::http::DEFAULT_MAX_PAYLOAD_BYTES,
             metrics_path: None,
             mmds_size_limit: None,
+            metadata: None,
             process_start: ProcessStartTimes::default(),
             config_file: None,
             api_socket: None,
@@ -384,7 +390,7 @@ impl State {
                 self.mmds_size_limit =
                     Some(number(parser, "--mmds-size-limit", "not a size in bytes")?)
             }
-            "metadata" => return Err(custom(MMDS_MISSING.to_owned())),
+            "metadata" => self.metadata = Some(PathBuf::from(parser.value()?)),
             "enable-pci" => return Err(custom(PCI_MISSING.to_owned())),
             "metrics-path" => self.metrics_path = Some(PathBuf::from(parser.value()?)),
             "start-time-us" => {
@@ -461,6 +467,7 @@ impl State {
             (self.api_socket.is_some(), "--api-sock"),
             (self.no_api, "--no-api"),
             (self.metrics_path.is_some(), "--metrics-path"),
+            (self.metadata.is_some(), "--metadata"),
         ]
         .into_iter()
         .find_map(|(given, flag)| given.then_some(flag));
@@ -537,14 +544,12 @@ impl State {
             api_max_payload: self.api_max_payload,
             metrics_path: self.metrics_path,
             mmds_size_limit: self.mmds_size_limit,
+            metadata: self.metadata,
             process_start: self.process_start,
         })
     }
 }
 
-/// Why `--metadata` is refused.
-pub const MMDS_MISSING: &str =
-    "--metadata: Ember has no MMDS (microVM metadata service) yet, so it cannot take metadata";
 /// Why `--enable-pci` is refused.
 pub const PCI_MISSING: &str =
     "--enable-pci: Ember has no PCI support (its devices are virtio over MMIO)";
@@ -670,15 +675,19 @@ mod tests {
     fn firecrackers_other_options() {
         let parsed = args(
             "--api-sock s --metrics-path m.fifo --mmds-size-limit 4096 --module ember_vmm \
-             --http-api-max-payload-size 1000",
+             --http-api-max-payload-size 1000 --metadata m.json",
         )
         .unwrap();
+        assert_eq!(parsed.metadata, Some(PathBuf::from("m.json")));
         assert_eq!(parsed.metrics_path, Some(PathBuf::from("m.fifo")));
         assert_eq!(parsed.mmds_size_limit, Some(4096));
         assert_eq!(parsed.logger.module.as_deref(), Some("ember_vmm"));
         assert_eq!(parsed.api_max_payload, 1000);
         for (line, needle) in [
-            ("--metadata m.json --api-sock s", "no MMDS"),
+            (
+                "run --kernel k --metadata m.json",
+                "--metadata does not go with",
+            ),
             ("--enable-pci --api-sock s", "no PCI"),
             ("--mmds-size-limit lots", "not a size"),
             ("--start-time-us -1", "not a number of microseconds"),

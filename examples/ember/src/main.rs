@@ -10,6 +10,7 @@ use cli::{Args, Command, SeccompChoice};
 use ember_api::controller::VmOverrides;
 use ember_api::destination::Destination;
 use ember_api::http::HttpLimits;
+use ember_api::mmds::MmdsHost;
 use ember_api::server::ServerLimits;
 use ember_api::service::ServiceOptions;
 use ember_vmm::host_files::{open_input, InputKind};
@@ -74,6 +75,18 @@ fn seccomp_filters(choice: &SeccompChoice) -> Result<Option<seccomp::Filters>, S
     Ok(Some(filters))
 }
 
+/// The MMDS store the command line sets up: Firecracker's size limit (the
+/// API payload limit unless `--mmds-size-limit` says otherwise), filled from
+/// `--metadata`.
+fn mmds_host(args: &Args) -> Result<MmdsHost, String> {
+    let mut mmds = MmdsHost::new(args.mmds_size_limit.unwrap_or(args.api_max_payload));
+    if let Some(path) = &args.metadata {
+        mmds.load_metadata(path).map_err(|e| e.to_string())?;
+        log::info!("MMDS filled from {}", path.display());
+    }
+    Ok(mmds)
+}
+
 /// Serves the API on `socket` (none with `--no-api`), booting `config_file`
 /// at once if given.
 fn serve(
@@ -95,6 +108,7 @@ fn serve(
         overrides: VmOverrides {
             seccomp: seccomp_filters(&args.seccomp)?,
             kvm_device: args.kvm_device.clone(),
+            mmds: mmds_host(args)?,
         },
         api_limits: ServerLimits {
             http: HttpLimits {
@@ -112,9 +126,6 @@ fn serve(
 /// Boots what the command line asks for and returns how the VM ended.
 fn boot(args: &Args, start: StartTime) -> Result<ExitReason, String> {
     ember_api::logger::configure(args.logger.clone()).map_err(|e| e.to_string())?;
-    if let Some(limit) = args.mmds_size_limit {
-        log::info!("--mmds-size-limit {limit}: accepted; Ember has no MMDS yet");
-    }
     let reason = if let Command::Api {
         socket,
         config_file,

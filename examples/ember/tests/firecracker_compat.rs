@@ -2,13 +2,14 @@
 //! field and error case, the status class and (where Firecracker's
 //! `tests/integration_tests/functional/test_api.py` checks it) the
 //! `fault_message` text Firecracker gives, and the request sequences of
-//! `test_api.py` and `docs/getting-started.md` that Ember can serve. The
+//! `test_api.py`, `docs/getting-started.md` and the API side of
+//! `test_mmds.py` that Ember can serve. The
 //! expectations come from Firecracker's spec (`firecracker.yaml`) and tests,
 //! not from Ember's behaviour; the deliberate differences are marked.
 //!
 //! Not replayed, until the features land (each refused by name meanwhile):
-//! `test_api_mmds_config` and `test_map_private_seccomp_regression` (MMDS),
-//! `test_api_cpu_config` and the C3/T2 templates of
+//! the guest's side of `test_mmds.py` (the VMM answering the guest's
+//! requests to the MMDS address is not built yet), `test_api_cpu_config` and the C3/T2 templates of
 //! `test_api_put_update_pre_boot` (CPU templates), `test_api_entropy`
 //! (entropy device), `test_api_memory_hotplug` (virtio-mem),
 //! `test_api_balloon` (balloon), `test_pmem_api` and
@@ -137,11 +138,6 @@ fn a_config_file_asking_for_a_missing_feature_is_refused_by_name() {
             "`balloon`",
         ),
         ("pmem", json!([{"id": "p", "path_on_host": "/p"}]), "`pmem`"),
-        (
-            "mmds-config",
-            json!({"network_interfaces": ["1"]}),
-            "`mmds-config`",
-        ),
         ("entropy", json!({}), "`entropy`"),
         ("cpu-config", json!({}), "`cpu-config`"),
         (
@@ -923,6 +919,11 @@ fn full_config_as_test_get_full_config() {
             })
             .to_string(),
         );
+        let mmds_config = json!({
+            "version": "V2", "ipv4_address": "169.254.169.250",
+            "network_interfaces": ["1"], "imds_compat": true
+        });
+        ember.ok("PUT", "/mmds/config", &mmds_config.to_string());
         let expected = json!({
             "machine-config": {
                 "vcpu_count": 2, "mem_size_mib": 256, "smt": false,
@@ -945,7 +946,7 @@ fn full_config_as_test_get_full_config() {
             }],
             "logger": null,
             "metrics": null,
-            "mmds-config": null,
+            "mmds-config": mmds_config,
             "entropy": null
         });
         assert_eq!(ember.call("GET", "/vm/config", None).json(), expected);
@@ -962,6 +963,156 @@ fn full_config_as_test_get_full_config() {
         ember.wait_for("hlt: parked");
         assert_eq!(ember.call("GET", "/vm/config", None).json(), expected);
     });
+}
+
+#[test]
+fn mmds_config_as_test_api_mmds_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = disk(dir.path(), "rootfs.ext4", 8);
+    let ember = Ember::start(&[]);
+    basic_config(&ember, PARKED, &rootfs);
+    let put = |body: Value| ember.call("PUT", "/mmds/config", Some(&body.to_string()));
+    let no_such = "The list of network interface IDs provided contains at least one ID that \
+                   does not correspond to any existing network interface.";
+    refused(
+        &put(json!({"network_interfaces": []})),
+        "The list of network interface IDs that allow forwarding MMDS requests is empty.",
+    );
+    refused(&put(json!({"network_interfaces": ["foo"]})), no_such);
+    ember.ok(
+        "PUT",
+        "/network-interfaces/1",
+        r#"{"iface_id": "1", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "ember-fc1"}"#,
+    );
+    refused(&put(json!({"network_interfaces": ["1", "foo"]})), no_such);
+    refused(
+        &put(json!({"version": "foo", "network_interfaces": ["1"]})),
+        "An error occurred when deserializing the json body of a request: \
+         unknown variant `foo`, expected `V1` or `V2`",
+    );
+    let mmds_config = || ember.call("GET", "/vm/config", None).json()["mmds-config"].clone();
+    assert_eq!(put(json!({"network_interfaces": ["1"]})).status, 204);
+    assert_eq!(mmds_config()["version"], "V1");
+    let custom = json!({"ipv4_address": "169.254.169.250", "network_interfaces": ["1"]});
+    assert_eq!(put(custom).status, 204);
+    assert_eq!(mmds_config()["ipv4_address"], "169.254.169.250");
+    let v2 =
+        json!({"version": "V2", "ipv4_address": "169.254.169.250", "network_interfaces": ["1"]});
+    assert_eq!(put(v2.clone()).status, 204);
+    assert_eq!(mmds_config()["version"], "V2");
+    // test_custom_ipv4's invalid addresses.
+    for address in ["", "1.1.1.1"] {
+        let reply = put(json!({"ipv4_address": address, "network_interfaces": ["1"]}));
+        assert_eq!(reply.status, 400, "{reply:?}");
+    }
+    // test_api_machine_config: not after the start.
+    host::in_netns(move || {
+        let ember = Ember::start(&[]);
+        basic_config(&ember, PARKED, &rootfs);
+        ember.ok(
+            "PUT",
+            "/network-interfaces/1",
+            r#"{"iface_id": "1", "host_dev_name": "ember-fc1"}"#,
+        );
+        start(&ember);
+        ember.wait_for("hlt: parked");
+        refused(
+            &ember.call("PUT", "/mmds/config", Some(&v2.to_string())),
+            NOT_SUPPORTED_AFTER_START,
+        );
+    });
+}
+
+#[test]
+fn deprecated_mmds_config_as_test_deprecated_mmds_config() {
+    let ember = Ember::start(&[]);
+    ember.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "host_dev_name": "ember-fc0"}"#,
+    );
+    for (body, deprecated) in [
+        (r#"{"network_interfaces": ["eth0"]}"#, true),
+        (r#"{"network_interfaces": ["eth0"], "version": "V1"}"#, true),
+        (
+            r#"{"network_interfaces": ["eth0"], "version": "V2"}"#,
+            false,
+        ),
+    ] {
+        let reply = ember.call("PUT", "/mmds/config", Some(body));
+        assert_eq!(reply.status, 204, "{reply:?}");
+        assert_eq!(reply.header("deprecation").is_some(), deprecated, "{body}");
+    }
+}
+
+#[test]
+fn mmds_document_as_test_mmds_dummy() {
+    let ember = Ember::start(&[]);
+    ember.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "host_dev_name": "ember-fc0"}"#,
+    );
+    ember.ok(
+        "PUT",
+        "/mmds/config",
+        r#"{"network_interfaces": ["eth0"], "version": "V2"}"#,
+    );
+    let get = || ember.call("GET", "/mmds", None).json();
+    assert_eq!(get(), json!({}));
+    let dummy = json!({"latest": {"meta-data": {"ami-id": "dummy"}}});
+    refused(
+        &ember.call("PATCH", "/mmds", Some(&dummy.to_string())),
+        "The MMDS data store is not initialized.",
+    );
+    ember.ok("PUT", "/mmds", &dummy.to_string());
+    assert_eq!(get(), dummy);
+    assert_eq!(get(), dummy);
+    let dummy = json!({"latest": {"meta-data": {
+        "ami-id": "another_dummy", "secret_key": "eaasda48141411aeaeae"
+    }}});
+    ember.ok("PATCH", "/mmds", &dummy.to_string());
+    assert_eq!(get(), dummy);
+}
+
+#[test]
+fn mmds_limits_as_test_mmds_limit_scenario() {
+    let ember = Ember::start(&[
+        "--http-api-max-payload-size",
+        "512000",
+        "--mmds-size-limit",
+        "51200",
+    ]);
+    let get = || ember.call("GET", "/mmds", None).json();
+    let dummy = json!({"latest": {"meta-data": {"ami-id": "dummy"}}});
+    ember.ok("PUT", "/mmds", &dummy.to_string());
+    let large =
+        json!({"latest": {"meta-data": {"ami-id": "smth", "secret_key": "a".repeat(51200)}}});
+    let reply = ember.call("PUT", "/mmds", Some(&large.to_string()));
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert_eq!(get(), dummy);
+    let fill =
+        json!({"latest": {"meta-data": {"ami-id": "smth", "secret_key": "a".repeat(51137)}}});
+    ember.ok("PATCH", "/mmds", &fill.to_string());
+    let more = json!({"latest": {"meta-data": {"ami-id": "smth", "secret_key2": "b".repeat(10)}}});
+    let reply = ember.call("PATCH", "/mmds", Some(&more.to_string()));
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert!(!get().to_string().contains("secret_key2"));
+    let shrink = json!({"latest": {"meta-data": {"ami-id": "smth", "secret_key": "a"}}});
+    ember.ok("PATCH", "/mmds", &shrink.to_string());
+    assert_eq!(get().to_string().len(), 59);
+    let grow = json!({"latest": {"meta-data": {"ami-id": "smth", "secret_key": "a".repeat(100)}}});
+    ember.ok("PATCH", "/mmds", &grow.to_string());
+    assert_eq!(get().to_string().len(), 158);
+}
+
+#[test]
+fn a_large_mmds_body_as_test_map_private_seccomp_regression() {
+    let ember = Ember::start(&["--http-api-max-payload-size", &(2 << 20).to_string()]);
+    assert_eq!(ember.call("GET", "/mmds", None).json(), json!({}));
+    let data = json!({"latest": {"meta-data": {"ami-id": "b".repeat(1 << 20)}}});
+    ember.ok("PUT", "/mmds", &data.to_string());
+    assert_eq!(ember.call("GET", "/mmds", None).json(), data);
 }
 
 #[test]

@@ -95,6 +95,9 @@ const COUNTED_ROUTES: &[CountedRoute] = &[
         "machine_cfg_count",
         Some("machine_cfg_fails"),
     ),
+    counted(Method::Get, "/mmds", "mmds_count", None),
+    counted(Method::Put, "/mmds", "mmds_count", Some("mmds_fails")),
+    counted(Method::Patch, "/mmds", "mmds_count", Some("mmds_fails")),
 ];
 
 /// The Firecracker group of a method's request counters.
@@ -121,6 +124,12 @@ fn counted_route(method: Method, path: &str) -> Option<usize> {
     let path = match path.strip_suffix('/') {
         Some(p) if !p.is_empty() => p,
         _ => path,
+    };
+    // Firecracker counts every `/mmds/...` (`/mmds/config` too) as `/mmds`.
+    let path = if path.starts_with("/mmds/") {
+        "/mmds"
+    } else {
+        path
     };
     COUNTED_ROUTES
         .iter()
@@ -236,6 +245,7 @@ impl ApiCounters {
         let deprecated = match request {
             ApiRequest::PutMachineConfig(config) => config.cpu_template.is_some(),
             ApiRequest::PutVsock(vsock) => vsock.vsock_id.is_some(),
+            ApiRequest::PutMmdsConfig(config) => config.version == ember_mmds::MmdsVersion::V1,
             _ => false,
         };
         if deprecated {
@@ -358,6 +368,23 @@ mod tests {
     }
 
     #[test]
+    fn every_mmds_path_counts_as_mmds() {
+        let counters = ApiCounters::default();
+        counters.count_request(Method::Get, "/mmds");
+        counters.count_request(Method::Put, "/mmds");
+        counters.count_request(Method::Put, "/mmds/config");
+        counters.count_refused(Method::Put, "/mmds/config");
+        counters.count_request(Method::Patch, "/mmds/");
+        counters.count_refused(Method::Patch, "/mmds");
+        let groups = counters.groups();
+        assert_eq!(value(&groups, "get_api_requests", "mmds_count"), 1);
+        assert_eq!(value(&groups, "put_api_requests", "mmds_count"), 2);
+        assert_eq!(value(&groups, "put_api_requests", "mmds_fails"), 1);
+        assert_eq!(value(&groups, "patch_api_requests", "mmds_count"), 1);
+        assert_eq!(value(&groups, "patch_api_requests", "mmds_fails"), 1);
+    }
+
+    #[test]
     fn counted_routes_are_served_and_named_as_firecracker_names_them() {
         for route in COUNTED_ROUTES {
             assert!(
@@ -403,6 +430,16 @@ mod tests {
                 "/machine-config",
                 r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
             ),
+            parse(
+                Method::Put,
+                "/mmds/config",
+                r#"{"network_interfaces": ["eth0"]}"#,
+            ),
+            parse(
+                Method::Put,
+                "/mmds/config",
+                r#"{"network_interfaces": ["eth0"], "version": "V2"}"#,
+            ),
         ];
         for request in &requests {
             counters.count_deprecated(request);
@@ -410,7 +447,7 @@ mod tests {
         let groups = counters.groups();
         assert_eq!(
             value(&groups, "deprecated_api", "deprecated_http_api_calls"),
-            2
+            3
         );
     }
 
