@@ -317,6 +317,10 @@ impl Controller {
                 }
             }
             ApiRequest::PutVsock(vsock) => self.put_vsock(vsock),
+            ApiRequest::PutEntropy(entropy) => {
+                self.resources.entropy = Some(entropy);
+                ApiResponse::no_content()
+            }
             ApiRequest::PutLogger(request) => self.put_logger(request),
             ApiRequest::PutMetrics(request) => self.put_metrics(request),
         };

@@ -90,6 +90,8 @@ pub enum ApiRequest {
     PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /vsock`.
     PutVsock(crate::model::Vsock),
+    /// `PUT /entropy`.
+    PutEntropy(crate::model::Entropy),
     /// `PUT /logger`.
     PutLogger(Logger),
     /// `PUT /metrics`.

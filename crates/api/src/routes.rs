@@ -5,7 +5,8 @@
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    check_path_id, BootSource, Drive, Logger, MachineConfig, Metrics, NetworkInterface, Vsock,
+    check_path_id, BootSource, Drive, Entropy, Logger, MachineConfig, Metrics, NetworkInterface,
+    Vsock,
 };
 use crate::request::{
     ActionRequest, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate,
@@ -49,6 +50,7 @@ pub const ROUTES: &[(&str, &[Method])] = &[
         &[Method::Put, Method::Patch],
     ),
     ("/vsock", &[Method::Put]),
+    ("/entropy", &[Method::Put]),
     ("/logger", &[Method::Put]),
     ("/metrics", &[Method::Put]),
     ("/actions", &[Method::Put]),
@@ -60,7 +62,6 @@ pub const ROUTES: &[(&str, &[Method])] = &[
 const MISSING_RESOURCES: &[&str] = &[
     "balloon",
     "cpu-config",
-    "entropy",
     "hotplug",
     "mmds",
     "pmem",
@@ -165,6 +166,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PutNetworkInterface(iface)
         }
         (Put, "vsock", Some(body)) => ApiRequest::PutVsock(json::<Vsock>(body)?),
+        (Put, "entropy", Some(body)) => ApiRequest::PutEntropy(json::<Entropy>(body)?),
         (Put, _, None) => return Err(fault("Empty PUT request.")),
         (Patch, "drives", Some(body)) => {
             let id = checked_id(second)?;
@@ -203,6 +205,32 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_str(response.body.as_deref().unwrap()).unwrap();
         body["fault_message"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn entropy_requests_parse_and_unknown_fields_are_refused() {
+        let Ok(ApiRequest::PutEntropy(entropy)) = parse(
+            Method::Put,
+            "/entropy",
+            Some(br#"{"rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#),
+        ) else {
+            panic!("entropy")
+        };
+        let config = entropy.to_rng_config();
+        assert_eq!(
+            config.ops.map(|b| (b.size, b.refill_time_ms)),
+            Some((10, 1000))
+        );
+        assert!(config.bandwidth.is_none());
+        assert_eq!(
+            parse(Method::Put, "/entropy", Some(b"{}")),
+            Ok(ApiRequest::PutEntropy(Entropy::default()))
+        );
+        assert!(
+            fault(parse(Method::Put, "/entropy", Some(br#"{"rate": 1}"#)))
+                .contains("unknown field `rate`")
+        );
+        assert!(fault(parse(Method::Get, "/entropy", None)).contains("entropy"));
     }
 
     #[test]
