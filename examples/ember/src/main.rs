@@ -32,6 +32,7 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
             config.drives = run.drives.clone();
             config.net_interfaces = run.nets.clone();
             config.vsock = run.vsock.clone();
+            config.entropy = run.entropy.clone();
             config.start_time = start;
             config
         }
