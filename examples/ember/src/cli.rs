@@ -730,10 +730,17 @@ mod tests {
     fn entropy_specs() {
         assert_eq!(parse_entropy("").unwrap(), RngConfig::default());
         let limited = parse_entropy("bytes=4096,ops=10").unwrap();
-        assert_eq!(limited.bandwidth.map(|b| (b.size, b.refill_time_ms)), Some((4096, 1000)));
+        assert_eq!(
+            limited.bandwidth.map(|b| (b.size, b.refill_time_ms)),
+            Some((4096, 1000))
+        );
         assert_eq!(limited.ops.map(|b| b.size), Some(10));
-        assert!(parse_entropy("bytes=x").unwrap_err().contains("not a number"));
-        assert!(parse_entropy("rate=1").unwrap_err().contains("unknown option"));
+        assert!(parse_entropy("bytes=x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_entropy("rate=1")
+            .unwrap_err()
+            .contains("unknown option"));
         let Command::Run(run) = args("run --kernel k --entropy").unwrap().command else {
             panic!("run")
         };
