@@ -240,7 +240,7 @@ pub enum Command {
         config_file: Option<PathBuf>,
     },
     /// Boot from `ember run` arguments.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Parsed command line.
@@ -558,7 +558,7 @@ impl State {
         } else if self.version {
             Command::Version
         } else if self.run {
-            Command::Run(self.run_args()?)
+            Command::Run(Box::new(self.run_args()?))
         } else {
             self.api_command()?
         };
