@@ -44,6 +44,7 @@ pub mod process;
 pub mod procfs;
 pub mod ratelimit;
 pub mod report;
+pub mod rng;
 pub mod seccomp;
 pub mod stats;
 pub mod vsock;

@@ -340,6 +340,10 @@ impl Controller {
             }
             ApiRequest::PutVsock(vsock) => self.put_vsock(vsock),
             ApiRequest::PutSerial(serial) => self.put_serial(serial),
+            ApiRequest::PutEntropy(entropy) => {
+                self.resources.entropy = Some(entropy);
+                ApiResponse::no_content()
+            }
             ApiRequest::PutLogger(request) => self.put_logger(request),
             ApiRequest::PutMetrics(request) => self.put_metrics(request),
         };

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::model::{
-    format_mac, parse_mac, BootSource, Drive, IoEngine, MachineConfig, NetworkInterface,
+    format_mac, parse_mac, BootSource, Drive, Entropy, IoEngine, MachineConfig, NetworkInterface,
     RateLimiter, VmResources, Vsock,
 };
 
@@ -28,7 +28,7 @@ pub struct FullVmConfig {
     #[serde(rename = "network-interfaces")]
     network_interfaces: Vec<NetworkInterface>,
     vsock: Option<Vsock>,
-    entropy: Option<()>,
+    entropy: Option<Entropy>,
     pmem: [(); 0],
     #[serde(rename = "memory-hotplug")]
     memory_hotplug: Option<()>,
@@ -97,7 +97,7 @@ impl FullVmConfig {
                 vsock_id: None,
                 ..vsock
             }),
-            entropy: None,
+            entropy: resources.entropy.map(Entropy::reported),
             pmem: [],
             memory_hotplug: None,
         }
@@ -172,5 +172,25 @@ mod tests {
             json!({"guest_cid": 3, "uds_path": "v.sock"})
         );
         assert_eq!(printed["logger"], json!(null));
+    }
+
+    #[test]
+    fn the_entropy_device_is_printed_with_its_effective_limits() {
+        let resources: VmResources = serde_json::from_value(json!({
+            "entropy": {"rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 0,
+                                                       "refill_time": 100},
+                                         "ops": {"size": 0, "refill_time": 100}}},
+        }))
+        .unwrap();
+        let printed = serde_json::to_value(FullVmConfig::of(&resources)).unwrap();
+        assert_eq!(
+            printed["entropy"],
+            json!({"rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": null,
+                                                  "refill_time": 100},
+                                    "ops": null}})
+        );
+        let plain: VmResources = serde_json::from_value(json!({"entropy": {}})).unwrap();
+        let printed = serde_json::to_value(FullVmConfig::of(&plain)).unwrap();
+        assert_eq!(printed["entropy"], json!({"rate_limiter": null}));
     }
 }

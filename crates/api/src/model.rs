@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ember_vmm::{
-    BlockConfig, BucketConfig, DriveConfig, MacAddr, NetConfig, RateLimiterConfig, StartTime,
-    VmConfig, VsockConfig,
+    BlockConfig, BucketConfig, DriveConfig, MacAddr, NetConfig, RateLimiterConfig, RngConfig,
+    StartTime, VmConfig, VsockConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -174,6 +174,33 @@ pub struct RateLimiter {
     /// Operations per refill time.
     #[serde(default)]
     pub ops: Option<TokenBucket>,
+}
+
+/// Firecracker's `entropy` object: the virtio-rng device and its limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entropy {
+    /// Limits on the random bytes (`bandwidth`) and requests (`ops`) served.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+impl Entropy {
+    /// The device as the VMM takes it.
+    pub fn to_rng_config(self) -> RngConfig {
+        let limits = self.rate_limiter.unwrap_or_default().to_config();
+        RngConfig {
+            bandwidth: limits.bandwidth,
+            ops: limits.ops,
+        }
+    }
+
+    /// The device as Firecracker reports it: its limits as they take effect.
+    pub fn reported(self) -> Entropy {
+        Entropy {
+            rate_limiter: RateLimiter::effective(self.rate_limiter),
+        }
+    }
 }
 
 /// How a drive treats flush requests.
@@ -478,6 +505,9 @@ pub struct VmResources {
     /// The vsock device.
     #[serde(default)]
     pub vsock: Option<Vsock>,
+    /// The entropy (virtio-rng) device.
+    #[serde(default)]
+    pub entropy: Option<Entropy>,
     /// Where and how to log.
     #[serde(default)]
     pub logger: Option<Logger>,
@@ -502,9 +532,6 @@ pub struct MissingFeatures {
     /// A custom CPU template.
     #[serde(rename = "cpu-config", default)]
     pub cpu_config: Option<serde_json::Value>,
-    /// The entropy device.
-    #[serde(default)]
-    pub entropy: Option<serde_json::Value>,
     /// virtio-pmem devices.
     #[serde(default)]
     pub pmem: Vec<serde_json::Value>,
@@ -519,7 +546,6 @@ impl MissingFeatures {
         let asked = [
             ("balloon", self.balloon.is_some()),
             ("cpu-config", self.cpu_config.is_some()),
-            ("entropy", self.entropy.is_some()),
             ("pmem", !self.pmem.is_empty()),
             ("memory-hotplug", self.memory_hotplug.is_some()),
         ];
@@ -861,6 +887,7 @@ impl VmResources {
             .as_ref()
             .map(Vsock::to_vsock_config)
             .transpose()?;
+        config.entropy = self.entropy.map(Entropy::to_rng_config);
         config.net_interfaces = self
             .network_interfaces
             .iter()
@@ -983,6 +1010,27 @@ mod tests {
     }
 
     #[test]
+    fn an_entropy_object_makes_an_rng_device() {
+        let resources = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "entropy": {"rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 100}}}}"#,
+        )
+        .unwrap();
+        let config = resources.to_vm_config(StartTime::now()).unwrap();
+        let rng = config.entropy.unwrap();
+        assert_eq!(rng.bandwidth.map(|b| b.size), Some(4096));
+        assert!(rng.ops.is_none());
+        assert!(parse(r#"{"entropy": {"rate_limiter": {}, "x": 1}}"#).is_err());
+        let none = parse(r#"{"boot-source": {"kernel_image_path": "k"}, "entropy": null}"#);
+        assert!(none
+            .unwrap()
+            .to_vm_config(StartTime::now())
+            .unwrap()
+            .entropy
+            .is_none());
+    }
+
+    #[test]
     fn missing_features_are_refused_by_name_when_asked_for() {
         for (json, name) in [
             (
@@ -990,7 +1038,6 @@ mod tests {
                 "balloon",
             ),
             (r#"{"cpu-config": {}}"#, "cpu-config"),
-            (r#"{"entropy": {}}"#, "entropy"),
             (r#"{"pmem": [{"id": "p", "path_on_host": "/p"}]}"#, "pmem"),
             (
                 r#"{"memory-hotplug": {"total_size_mib": 1024}}"#,

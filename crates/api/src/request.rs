@@ -92,6 +92,8 @@ pub enum ApiRequest {
     PutVsock(crate::model::Vsock),
     /// `PUT /serial`.
     PutSerial(crate::model::SerialConfig),
+    /// `PUT /entropy`.
+    PutEntropy(crate::model::Entropy),
     /// `PUT /logger`.
     PutLogger(Logger),
     /// `PUT /metrics`.

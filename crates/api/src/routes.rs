@@ -5,7 +5,8 @@
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    check_path_id, BootSource, Drive, Logger, MachineConfig, Metrics, NetworkInterface, Vsock,
+    check_path_id, BootSource, Drive, Entropy, Logger, MachineConfig, Metrics, NetworkInterface,
+    Vsock,
 };
 use crate::request::{
     ActionRequest, ApiRequest, ApiResponse, DriveUpdate, MachineConfigUpdate,
@@ -50,6 +51,7 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ),
     ("/vsock", &[Method::Put]),
     ("/serial", &[Method::Put]),
+    ("/entropy", &[Method::Put]),
     ("/logger", &[Method::Put]),
     ("/metrics", &[Method::Put]),
     ("/actions", &[Method::Put]),
@@ -60,14 +62,7 @@ pub const ROUTES: &[(&str, &[Method])] = &[
 ];
 
 /// Firecracker resources Ember does not serve yet, by their first path segment.
-const MISSING_RESOURCES: &[&str] = &[
-    "balloon",
-    "cpu-config",
-    "entropy",
-    "hotplug",
-    "pmem",
-    "snapshot",
-];
+const MISSING_RESOURCES: &[&str] = &["balloon", "cpu-config", "hotplug", "pmem", "snapshot"];
 
 fn fault(message: &str) -> ApiResponse {
     ApiResponse::bad_request(message)
@@ -178,6 +173,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
         }
         (Put, "vsock", Some(body)) => ApiRequest::PutVsock(json::<Vsock>(body)?),
         (Put, "serial", Some(body)) => ApiRequest::PutSerial(json(body)?),
+        (Put, "entropy", Some(body)) => ApiRequest::PutEntropy(json::<Entropy>(body)?),
         (Put, _, None) => return Err(fault("Empty PUT request.")),
         (Patch, "drives", Some(body)) => {
             let id = checked_id(second)?;
@@ -235,6 +231,32 @@ mod tests {
                 .contains("unknown field `path`")
         );
         assert!(fault(parse(Method::Get, "/serial", None)).starts_with("Invalid request method"));
+    }
+
+    #[test]
+    fn entropy_requests_parse_and_unknown_fields_are_refused() {
+        let Ok(ApiRequest::PutEntropy(entropy)) = parse(
+            Method::Put,
+            "/entropy",
+            Some(br#"{"rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#),
+        ) else {
+            panic!("entropy")
+        };
+        let config = entropy.to_rng_config();
+        assert_eq!(
+            config.ops.map(|b| (b.size, b.refill_time_ms)),
+            Some((10, 1000))
+        );
+        assert!(config.bandwidth.is_none());
+        assert_eq!(
+            parse(Method::Put, "/entropy", Some(b"{}")),
+            Ok(ApiRequest::PutEntropy(Entropy::default()))
+        );
+        assert!(
+            fault(parse(Method::Put, "/entropy", Some(br#"{"rate": 1}"#)))
+                .contains("unknown field `rate`")
+        );
+        assert!(fault(parse(Method::Get, "/entropy", None)).contains("entropy"));
     }
 
     #[test]

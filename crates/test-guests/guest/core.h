@@ -105,4 +105,7 @@ int net_scenario(const char *name);
 /* Runs the vsock-* scenario `name` (vsock.c); returns 0 if it is not one. */
 int vsock_scenario(const char *name);
 
+/* Runs the rng-* scenario `name` (rng.c); returns 0 if it is not one. */
+int rng_scenario(const char *name);
+
 #endif

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use ember_devices::legacy::StartTime;
 use ember_devices::virtio::block::BlockConfig;
 use ember_devices::virtio::net::NetConfig;
+use ember_devices::virtio::rng::RngConfig;
 use ember_devices::virtio::vsock::VsockConfig;
 
 /// Default KVM device.
@@ -109,6 +110,8 @@ pub struct VmConfig {
     pub net_interfaces: Vec<NetConfig>,
     /// The vsock device (Firecracker's hybrid vsock over a Unix socket).
     pub vsock: Option<VsockConfig>,
+    /// The entropy (virtio-rng) device.
+    pub entropy: Option<RngConfig>,
     /// Serial output.
     pub serial_output: SerialOutput,
     /// Serial input.
@@ -151,6 +154,7 @@ impl VmConfig {
             drives: Vec::new(),
             net_interfaces: Vec::new(),
             vsock: None,
+            entropy: None,
             serial_output: SerialOutput::Stdout,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),

@@ -24,7 +24,7 @@ pub use config::{DriveConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig}
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
 pub use vcpu_threads::vcpu_thread_name;
-pub use virtio_devices::{SharedBlock, SharedNet};
+pub use virtio_devices::{SharedBlock, SharedNet, SharedRng};
 pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 
 pub use ember_cpu::cpuid::host_phys_addr_bits;
@@ -35,6 +35,7 @@ pub use ember_devices::virtio::block::{BlockConfig, CacheType};
 pub use ember_devices::virtio::net::{
     DisplayMac, MacAddr, NetConfig, RateLimiterConfig, RateLimiterUpdate,
 };
+pub use ember_devices::virtio::rng::{RngConfig, RngCounters};
 pub use ember_devices::virtio::vsock::VsockConfig;
 pub use ember_jailer::seccomp;
 pub use ember_ratelimit::{BucketConfig, BucketUpdate};
@@ -157,6 +158,9 @@ pub enum Error {
     /// The vsock device could not be set up.
     #[error("vsock: {0}")]
     Vsock(ember_devices::Error),
+    /// The entropy device could not be set up.
+    #[error("entropy device: {0}")]
+    Entropy(ember_devices::Error),
     /// A seccomp filter could not be installed.
     #[error("seccomp ({thread} thread): {source}")]
     Seccomp {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use ember_devices::virtio::block::Block;
 use ember_devices::virtio::net::{Net, NetConfig};
+use ember_devices::virtio::rng::{Rng, RngConfig};
 use ember_devices::virtio::vsock::{Vsock, VsockConfig};
 use ember_devices::virtio::{cmdline_entry, MmioTransport, VirtioDevice};
 use ember_devices::Bus;
@@ -27,6 +28,9 @@ pub type SharedBlock = Arc<Mutex<Block<GuestMemoryMmap>>>;
 /// A network device as the running VM keeps it.
 pub type SharedNet = Arc<Mutex<Net<GuestMemoryMmap>>>;
 
+/// The entropy device as the running VM keeps it.
+pub type SharedRng = Arc<Mutex<Rng<GuestMemoryMmap>>>;
+
 /// The vsock device as the running VM keeps it.
 pub type SharedVsock = Arc<Mutex<Vsock<GuestMemoryMmap>>>;
 
@@ -43,6 +47,8 @@ pub(crate) struct VirtioDevices {
     pub(crate) nets: Vec<(String, SharedNet)>,
     /// The vsock device.
     pub(crate) vsock: Option<SharedVsock>,
+    /// The entropy device.
+    pub(crate) entropy: Option<SharedRng>,
 }
 
 /// Places virtio devices one after another in the MMIO windows.
@@ -133,10 +139,11 @@ pub(crate) struct DeviceConfigs<'a> {
     pub(crate) drives: &'a [DriveConfig],
     pub(crate) nets: &'a [NetConfig],
     pub(crate) vsock: Option<&'a VsockConfig>,
+    pub(crate) entropy: Option<&'a RngConfig>,
 }
 
 /// Creates the virtio devices (drives, root first, then network interfaces,
-/// then vsock) and puts them on `mmio`.
+/// then vsock, then the entropy device) and puts them on `mmio`.
 pub(crate) fn attach_devices(
     vm: &VmFd,
     memory: &GuestMemoryMmap,
@@ -148,6 +155,7 @@ pub(crate) fn attach_devices(
         drives,
         nets,
         vsock,
+        entropy,
     } = configs;
     let mut placer = Placer {
         vm,
@@ -190,6 +198,12 @@ pub(crate) fn attach_devices(
         let device: SharedVsock = Arc::new(Mutex::new(device.map_err(Error::Vsock)?));
         placer.attach(device.clone())?;
         placer.devices.vsock = Some(device);
+    }
+    if let Some(config) = entropy {
+        let device = Rng::new(config.clone()).map_err(Error::Entropy)?;
+        let device: SharedRng = Arc::new(Mutex::new(device));
+        placer.attach(device.clone())?;
+        placer.devices.entropy = Some(device);
     }
     Ok(placer.devices)
 }

@@ -20,7 +20,7 @@ use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
-use crate::virtio_devices::{SharedBlock, SharedNet, SharedVsock};
+use crate::virtio_devices::{SharedBlock, SharedNet, SharedRng, SharedVsock};
 use crate::{Error, Result};
 
 /// A subscriber of the device event loop.
@@ -44,6 +44,7 @@ pub(crate) struct DeviceHandles {
     pub(crate) drives: Vec<(String, SharedBlock)>,
     pub(crate) nets: Vec<(String, SharedNet)>,
     pub(crate) vsock: Option<SharedVsock>,
+    pub(crate) entropy: Option<SharedRng>,
 }
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
@@ -379,7 +380,15 @@ impl RunningVm {
                 ],
             ));
         }
+        if let Some(rng) = &self.devices.entropy {
+            groups.push(rng_metrics(lock(rng).counters()));
+        }
         groups
+    }
+
+    /// The entropy device, if the VM has one.
+    pub fn entropy(&self) -> Option<SharedRng> {
+        self.devices.entropy.clone()
     }
 
     /// Stops and joins the vCPUs, flushes the serial output and restores the
@@ -405,6 +414,23 @@ impl RunningVm {
             std::mem::forget(self.memory.take());
         }
     }
+}
+
+/// The entropy device's counters as the `entropy` metrics group.
+fn rng_metrics(c: ember_devices::virtio::rng::RngCounters) -> MetricGroup {
+    MetricGroup::new(
+        "entropy",
+        vec![
+            ("requests", c.requests),
+            ("bytes", c.bytes),
+            ("invalid_chains", c.invalid_chains),
+            ("host_rng_fails", c.host_rng_fails),
+            ("throttled", c.throttled),
+            ("rate_limiter_events", c.rate_limiter_events),
+            ("ignored_notifications", c.ignored_notifications),
+            ("event_errors", c.event_errors),
+        ],
+    )
 }
 
 impl Drop for RunningVm {

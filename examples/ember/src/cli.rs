@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use ember_api::logger::{parse_level, LoggerConfig};
 use ember_api::service::ProcessStartTimes;
-use ember_vmm::{BlockConfig, CacheType, DriveConfig, NetConfig, VsockConfig};
+use ember_vmm::{
+    BlockConfig, BucketConfig, CacheType, DriveConfig, NetConfig, RngConfig, VsockConfig,
+};
 use lexopt::prelude::*;
 use lexopt::Arg;
 
@@ -30,6 +32,8 @@ Usage:
       send \"CONNECT <port>\\n\"; guest connections to port P go to PATH_P.
       --serial-out PATH sends the console to a file (appended to) or FIFO instead of
       standard output, as PUT /serial; what a full FIFO cannot take is lost and counted.
+      --entropy[=bytes=N][,ops=N] adds a virtio-rng device fed by the host's
+      getrandom, optionally limited to N random bytes and N requests a second.
 
 Options:
   --id ID              Instance id shown in logs: 1 to 64 of A-Z a-z 0-9 -
@@ -96,6 +100,33 @@ pub struct RunArgs {
     pub vsock: Option<VsockConfig>,
     /// A file or FIFO for the console instead of standard output.
     pub serial_out: Option<PathBuf>,
+    /// The entropy device.
+    pub entropy: Option<RngConfig>,
+}
+
+/// Parses the value of `--entropy=...`: `bytes=N` and `ops=N`, limits per
+/// second (each a token bucket of N refilled over a second).
+pub fn parse_entropy(spec: &str) -> Result<RngConfig, String> {
+    let mut config = RngConfig::default();
+    for option in spec.split(',').filter(|o| !o.is_empty()) {
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| format!("--entropy {spec}: unknown option `{option}`"))?;
+        let size: u64 = value
+            .parse()
+            .map_err(|_| format!("--entropy {spec}: `{value}` is not a number"))?;
+        let bucket = Some(BucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time_ms: 1000,
+        });
+        match key {
+            "bytes" => config.bandwidth = bucket,
+            "ops" => config.ops = bucket,
+            _ => return Err(format!("--entropy {spec}: unknown option `{option}`")),
+        }
+    }
+    Ok(config)
 }
 
 /// Parses a `--vsock` value.
@@ -215,7 +246,7 @@ pub enum Command {
         config_file: Option<PathBuf>,
     },
     /// Boot from `ember run` arguments.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Parsed command line.
@@ -286,6 +317,7 @@ struct State {
     nets: Vec<NetConfig>,
     vsock: Option<VsockConfig>,
     serial_out: Option<PathBuf>,
+    entropy: Option<RngConfig>,
     guest_args: Vec<String>,
     help: bool,
     version: bool,
@@ -316,6 +348,7 @@ impl State {
             nets: Vec::new(),
             vsock: None,
             serial_out: None,
+            entropy: None,
             guest_args: Vec::new(),
             help: false,
             version: false,
@@ -450,6 +483,13 @@ impl State {
                 self.vsock = Some(parse_vsock(&spec).map_err(custom)?);
             }
             "serial-out" => self.serial_out = Some(PathBuf::from(parser.value()?)),
+            "entropy" => {
+                let spec = match parser.optional_value() {
+                    Some(value) => string(value, "--entropy")?,
+                    None => String::new(),
+                };
+                self.entropy = Some(parse_entropy(&spec).map_err(custom)?);
+            }
             "drive" => {
                 let spec = string(parser.value()?, "--drive")?;
                 self.drives
@@ -496,6 +536,7 @@ impl State {
             nets: std::mem::take(&mut self.nets),
             vsock: self.vsock.take(),
             serial_out: self.serial_out.take(),
+            entropy: self.entropy.take(),
         })
     }
 
@@ -532,7 +573,7 @@ impl State {
         } else if self.version {
             Command::Version
         } else if self.run {
-            Command::Run(self.run_args()?)
+            Command::Run(Box::new(self.run_args()?))
         } else {
             self.api_command()?
         };
@@ -704,6 +745,35 @@ mod tests {
             let err = args(line).unwrap_err().to_string();
             assert!(err.contains(needle), "{line:?}: {err}");
         }
+    }
+
+    #[test]
+    fn entropy_specs() {
+        assert_eq!(parse_entropy("").unwrap(), RngConfig::default());
+        let limited = parse_entropy("bytes=4096,ops=10").unwrap();
+        assert_eq!(
+            limited.bandwidth.map(|b| (b.size, b.refill_time_ms)),
+            Some((4096, 1000))
+        );
+        assert_eq!(limited.ops.map(|b| b.size), Some(10));
+        assert!(parse_entropy("bytes=x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_entropy("rate=1")
+            .unwrap_err()
+            .contains("unknown option"));
+        let Command::Run(run) = args("run --kernel k --entropy").unwrap().command else {
+            panic!("run")
+        };
+        assert_eq!(run.entropy, Some(RngConfig::default()));
+        let Command::Run(run) = args("run --kernel k --entropy=ops=5").unwrap().command else {
+            panic!("run")
+        };
+        assert_eq!(run.entropy.unwrap().ops.map(|b| b.size), Some(5));
+        let Command::Run(run) = args("run --kernel k").unwrap().command else {
+            panic!("run")
+        };
+        assert!(run.entropy.is_none());
     }
 
     #[test]

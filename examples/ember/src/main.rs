@@ -40,6 +40,7 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
                 config.serial_output = SerialOutput::Writer(Box::new(out));
                 config.serial_input = SerialInput::None;
             }
+            config.entropy = run.entropy.clone();
             config.start_time = start;
             config
         }

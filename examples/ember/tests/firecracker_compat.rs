@@ -10,8 +10,8 @@
 //! Not replayed, until the features land (each refused by name meanwhile):
 //! the guest's side of `test_mmds.py` (the VMM answering the guest's
 //! requests to the MMDS address is not built yet), `test_api_cpu_config` and the C3/T2 templates of
-//! `test_api_put_update_pre_boot` (CPU templates), `test_api_entropy`
-//! (entropy device), `test_api_memory_hotplug` (virtio-mem),
+//! `test_api_put_update_pre_boot` (CPU templates), `test_api_memory_hotplug`
+//! (virtio-mem),
 //! `test_api_balloon` (balloon), `test_pmem_api` and
 //! `test_pmem_rate_limiter_api` (virtio-pmem),
 //! `test_get_full_config_after_restoring_snapshot` and
@@ -138,7 +138,6 @@ fn a_config_file_asking_for_a_missing_feature_is_refused_by_name() {
             "`balloon`",
         ),
         ("pmem", json!([{"id": "p", "path_on_host": "/p"}]), "`pmem`"),
-        ("entropy", json!({}), "`entropy`"),
         ("cpu-config", json!({}), "`cpu-config`"),
         (
             "memory-hotplug",
@@ -716,6 +715,45 @@ fn vsock_as_test_api_vsock() {
     start(&ember);
     refused(
         &put(format!(r#"{{"guest_cid": 17, "uds_path": "{uds_text}"}}"#)),
+        NOT_SUPPORTED_AFTER_START,
+    );
+}
+
+#[test]
+fn entropy_as_test_api_entropy() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = disk(dir.path(), "rootfs.ext4", 8);
+    let ember = Ember::start(&[]);
+    basic_config(&ember, PARKED, &rootfs);
+    // Creating the device, then overwriting it, is fine.
+    ember.ok("PUT", "/entropy", "{}");
+    ember.ok(
+        "PUT",
+        "/entropy",
+        r#"{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+    );
+    // Fields the spec does not have are refused (additionalProperties: false).
+    refused(
+        &ember.call("PUT", "/entropy", Some(r#"{"rate": 1}"#)),
+        "unknown field `rate`",
+    );
+    refused(
+        &ember.call(
+            "PUT",
+            "/entropy",
+            Some(r#"{"rate_limiter": {"bandwidth": {"size": "x", "refill_time": 1}}}"#),
+        ),
+        "",
+    );
+    assert_eq!(
+        ember.call("GET", "/vm/config", None).json()["entropy"],
+        json!({"rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": null,
+                                              "refill_time": 100},
+                                "ops": null}})
+    );
+    start(&ember);
+    refused(
+        &ember.call("PUT", "/entropy", Some("{}")),
         NOT_SUPPORTED_AFTER_START,
     );
 }

@@ -15,13 +15,14 @@ pub mod kernel;
 pub mod mmio;
 pub mod net;
 pub mod ring;
+pub mod rng;
 pub mod seeds;
 pub mod vsock;
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The fuzz targets, by name.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "virtio_block",
     "virtio_mmio",
     "config_file",
@@ -30,13 +31,20 @@ pub const TARGETS: [&str; 8] = [
     "kernel_image",
     "vsock_packet",
     "virtio_net_tx",
+    "virtio_rng",
 ];
+
+/// Held while an input runs: the device targets share guest memory and one
+/// backing file.
+pub(crate) fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Runs `data` through the named target's harness, with the allocation cap.
 /// Inputs run one at a time (the device targets share one backing file).
 pub fn run(target: &str, data: &[u8]) {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let _guard = one_at_a_time();
     let harness: fn(&[u8]) = match target {
         "virtio_block" => block::run,
         "virtio_mmio" => mmio::run,
@@ -46,6 +54,7 @@ pub fn run(target: &str, data: &[u8]) {
         "kernel_image" => kernel::run,
         "vsock_packet" => vsock::run,
         "virtio_net_tx" => net::run,
+        "virtio_rng" => rng::run,
         other => panic!("no fuzz target {other}"),
     };
     alloc::bounded(target, || harness(data));

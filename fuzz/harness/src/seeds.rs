@@ -44,6 +44,7 @@ pub fn all(readme: Option<&str>) -> Vec<(&'static str, Vec<Seed>)> {
         ("kernel_image", kernel_image()),
         ("vsock_packet", vsock_packet()),
         ("virtio_net_tx", virtio_net_tx()),
+        ("virtio_rng", virtio_rng()),
     ]
 }
 
@@ -793,5 +794,47 @@ pub fn virtio_net_tx() -> Vec<Seed> {
         .kick(0)
         .kick(0);
     seeds.push(seed("rx-frames", b.finish()));
+    seeds
+}
+
+/// Entropy requests: buffers in one or several descriptors, a read-only
+/// buffer, a chain past guest memory, a looping chain, an indirect table,
+/// huge lengths, a bogus head, a reset, and a rate-limited queue.
+pub fn virtio_rng() -> Vec<Seed> {
+    use crate::rng::{SeedBuilder, LIMITED};
+    let mut seeds = Vec::new();
+
+    let mut b = SeedBuilder::new(0);
+    b.writable(64, 1).writable(4096, 3).writable(1, 1).kick();
+    seeds.push(seed("fills", b.finish()));
+
+    let mut b = SeedBuilder::new(0);
+    b.readable(32)
+        .writable(16, 2)
+        .kick()
+        .reset()
+        .writable(8, 1)
+        .kick();
+    seeds.push(seed("read-only-then-reset", b.finish()));
+
+    let mut b = SeedBuilder::new(0);
+    b.desc(10, crate::block::MEM_END - 8, 16, W, 0)
+        .publish(10)
+        .desc(11, 0x1_0000, 8, W | NEXT, 11)
+        .publish(11)
+        .desc(12, 0x1_0000, u32::MAX, W, 0)
+        .publish(12)
+        .desc(13, 0x1_1000, 32, INDIRECT, 0)
+        .publish(13)
+        .publish(200)
+        .kick();
+    seeds.push(seed("hostile-chains", b.finish()));
+
+    let mut b = SeedBuilder::new(LIMITED);
+    for _ in 0..6 {
+        b.writable(128, 1);
+    }
+    b.kick().kick();
+    seeds.push(seed("rate-limited", b.finish()));
     seeds
 }

@@ -59,11 +59,22 @@ fn vm_groups(n: u64) -> Vec<MetricGroup> {
         "event_errors",
     ];
     let net = ["rx_frames", "rx_bytes", "tx_frames", "tx_tap_errors"];
+    let rng = [
+        "requests",
+        "bytes",
+        "invalid_chains",
+        "host_rng_fails",
+        "throttled",
+        "rate_limiter_events",
+        "ignored_notifications",
+        "event_errors",
+    ];
     let mut groups = vec![
         MetricGroup::new("block_rootfs", block.iter().map(|k| (*k, n)).collect()),
         MetricGroup::new("net_eth0", net.iter().map(|k| (*k, n)).collect()),
         MetricGroup::new("vcpu", vec![("exit_io_out", n), ("unclaimed_io", n)]),
         MetricGroup::new("vsock", vec![("rx_bytes", n), ("connections", 1)]),
+        MetricGroup::new("entropy", rng.iter().map(|k| (*k, n)).collect()),
     ];
     groups.extend(process_groups(&ApiCounters::default()));
     groups
@@ -127,6 +138,14 @@ fn ember_counters_fill_firecracker_names() {
     assert_eq!(line["ember"]["block_rootfs"]["sync_count"], 3);
     assert_eq!(line["ember"]["vsock"]["connections"], 1);
     assert_eq!(line["ember"]["signals"]["sigterm"], 0);
+    assert_eq!(line["entropy"]["entropy_event_count"], 3);
+    assert_eq!(line["entropy"]["entropy_bytes"], 3);
+    assert_eq!(line["entropy"]["entropy_event_fails"], 6);
+    assert_eq!(line["entropy"]["host_rng_fails"], 3);
+    assert_eq!(line["entropy"]["entropy_rate_limiter_throttled"], 3);
+    assert_eq!(line["entropy"]["rate_limiter_event_count"], 3);
+    assert_eq!(line["entropy"]["activate_fails"], 0);
+    assert_eq!(line["ember"]["entropy"]["ignored_notifications"], 3);
 }
 
 #[test]

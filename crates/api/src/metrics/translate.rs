@@ -43,6 +43,16 @@ const RENAMES: &[(&str, &str, &[&str])] = &[
     ("vsock", "tx_packets", &["tx_packets_count"]),
     ("vsock", "rx_bytes", &["rx_bytes_count"]),
     ("vsock", "tx_bytes", &["tx_bytes_count"]),
+    ("entropy", "requests", &["entropy_event_count"]),
+    ("entropy", "bytes", &["entropy_bytes"]),
+    ("entropy", "invalid_chains", &["entropy_event_fails"]),
+    ("entropy", "event_errors", &["entropy_event_fails"]),
+    ("entropy", "throttled", &["entropy_rate_limiter_throttled"]),
+    (
+        "entropy",
+        "rate_limiter_events",
+        &["rate_limiter_event_count"],
+    ),
 ];
 
 /// Whether Ember-only counter `key` of `group` is a value (a gauge, or a

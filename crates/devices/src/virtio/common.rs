@@ -1,4 +1,4 @@
-//! What the virtio device models (block, net, vsock) share: the
+//! What the virtio device models (block, net, rng, vsock) share: the
 //! bounds-checked configuration-space read (and the ignored write), the
 //! activation preamble (the
 //! already-active check and taking the queues), the event-loop plumbing

@@ -1,7 +1,7 @@
 //! Virtio 1.x (modern) devices on the virtio-mmio transport.
 //!
 //! - [`mmio`]: the MMIO register interface a guest driver sees ([`MmioTransport`]).
-//! - [`block`], [`net`], [`vsock`]: the devices; `common` holds what they
+//! - [`block`], [`net`], [`rng`], [`vsock`]: the devices; `common` holds what they
 //!   share (configuration reads, activation, queue events, interrupts),
 //!   `ring` their fast access to the virtqueues, `iov` vectored I/O
 //!   between guest memory and host descriptors.
@@ -20,6 +20,7 @@ mod iov;
 pub mod mmio;
 pub mod net;
 mod ring;
+pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod vsock;

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ember_vmm::{
-    build, BootTime, DriveConfig, EventLoop, ExitReason, MetricGroup, NetConfig, SerialInput,
-    SerialOutput, VmConfig, VsockConfig,
+    build, BootTime, DriveConfig, EventLoop, ExitReason, MetricGroup, NetConfig, RngConfig,
+    SerialInput, SerialOutput, VmConfig, VsockConfig,
 };
 
 /// Longest a test guest may run (the emulator runs ~1M instructions/s).
@@ -126,6 +126,7 @@ pub struct Guest {
     pub drives: Vec<DriveConfig>,
     pub nets: Vec<NetConfig>,
     pub vsock: Option<VsockConfig>,
+    pub entropy: Option<RngConfig>,
 }
 
 impl Guest {
@@ -140,11 +141,17 @@ impl Guest {
             drives: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            entropy: None,
         }
     }
 
     pub fn vsock(mut self, vsock: VsockConfig) -> Guest {
         self.vsock = Some(vsock);
+        self
+    }
+
+    pub fn entropy(mut self, entropy: RngConfig) -> Guest {
+        self.entropy = Some(entropy);
         self
     }
 
@@ -194,6 +201,7 @@ impl Guest {
         config.drives = self.drives;
         config.net_interfaces = self.nets;
         config.vsock = self.vsock;
+        config.entropy = self.entropy;
         config.serial_output = SerialOutput::Writer(Box::new(capture.clone()));
         config
     }
