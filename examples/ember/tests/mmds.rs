@@ -163,9 +163,7 @@ fn mmds_config_is_checked_and_shown_in_vm_config() {
         json!({"version": "V2", "network_interfaces": ["eth0"],
                "ipv4_address": "169.254.169.250", "imds_compat": true})
     );
-    assert!(ember
-        .log()
-        .contains("PUT /mmds/config: V1 is deprecated. Use V2 instead."));
+    ember.wait_for_log("PUT /mmds/config: V1 is deprecated. Use V2 instead.");
 }
 
 #[test]

@@ -117,6 +117,19 @@ pub struct Ember {
     dir: tempfile::TempDir,
 }
 
+/// Waits until `text()` contains `needle`, failing after [`DEADLINE`].
+fn wait_until_contains(text: impl Fn() -> String, needle: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while !text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in:\n{}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Appends each line `source` gives to the returned text, on a thread of its
 /// own, so the child never blocks on a full pipe.
 fn collect_lines(source: impl Read + Send + 'static) -> Arc<Mutex<String>> {
@@ -228,15 +241,12 @@ impl Ember {
 
     /// Waits until the serial output holds `needle`.
     pub fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        while !self.output().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} never appeared in:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until_contains(|| self.output(), needle);
+    }
+
+    /// Waits until the log (standard error) shows `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        wait_until_contains(|| self.log(), needle);
     }
 
     /// Waits for the process to end and returns its status.
