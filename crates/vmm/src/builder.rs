@@ -255,6 +255,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
             drives: &config.drives,
             nets: &config.net_interfaces,
             vsock: config.vsock.as_ref(),
+            mmds: config.mmds.as_ref(),
         },
         &mut config.opened,
     )?;

@@ -72,6 +72,27 @@ pub struct MmdsNetCounters {
     pub connections_destroyed: u64,
 }
 
+impl MmdsNetCounters {
+    /// The counters under Firecracker's names in its `mmds` group.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_accepted", self.rx_accepted),
+            ("rx_accepted_err", self.rx_accepted_err),
+            ("rx_accepted_unusual", self.rx_accepted_unusual),
+            ("rx_bad_eth", self.rx_bad_eth),
+            ("rx_count", self.rx_count),
+            ("rx_invalid_token", self.rx_invalid_token),
+            ("rx_no_token", self.rx_no_token),
+            ("tx_bytes", self.tx_bytes),
+            ("tx_count", self.tx_count),
+            ("tx_errors", self.tx_errors),
+            ("tx_frames", self.tx_frames),
+            ("connections_created", self.connections_created),
+            ("connections_destroyed", self.connections_destroyed),
+        ]
+    }
+}
+
 /// One interface's MMDS network stack.
 pub struct MmdsStack {
     address: Ipv4Addr,
@@ -115,12 +136,19 @@ pub fn is_mmds_frame(frame: &[u8], address: Ipv4Addr) -> bool {
 impl MmdsStack {
     /// A stack answering at `address` from `store`.
     pub fn new(store: Arc<Mutex<Mmds>>, address: Ipv4Addr) -> MmdsStack {
+        let mut seed = [0u8; 8];
+        // Should the generator fail, a fixed seed only makes initial
+        // sequence numbers guessable.
+        let _ = getrandom::fill(&mut seed);
+        MmdsStack::with_seed(store, address, u64::from_le_bytes(seed))
+    }
+
+    /// A stack whose TCP initial sequence numbers come from `seed`
+    /// (reproducible runs: fuzzing, tests).
+    pub fn with_seed(store: Arc<Mutex<Mmds>>, address: Ipv4Addr, seed: u64) -> MmdsStack {
         let mut pipe = FramePipe::default();
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(MMDS_MAC)));
-        let mut seed = [0u8; 8];
-        // A fixed seed only makes initial sequence numbers guessable.
-        let _ = getrandom::fill(&mut seed);
-        config.random_seed = u64::from_le_bytes(seed);
+        config.random_seed = seed;
         let mut iface = Interface::new(config, &mut pipe, Instant::ZERO);
         iface.update_ip_addrs(|addrs| {
             // A /0 prefix: the guest's address, whatever it is, is on-link.
