@@ -302,6 +302,24 @@ impl<M: GuestMemoryHandle> Net<M> {
             counters: &mut self.counters,
         };
         self.rx.process(io, ops);
+        // MMDS replies left while nothing waits in the host buffer: the
+        // budget ran out (a full queue or the limiter leave a frame
+        // pending). The TAP may stay quiet, so come back for them.
+        let waiting = self.mmds.as_ref().is_some_and(MmdsStack::has_replies);
+        if waiting && self.rx.pending_len().is_none() {
+            self.kick_mmds_replies();
+        }
+    }
+
+    /// Has the event loop run the receive path for the MMDS's replies.
+    fn kick_mmds_replies(&mut self) {
+        if let Err(e) = self.queue_evts[RX_QUEUE].write(1) {
+            event_error(
+                &self.iface_id,
+                &mut self.counters,
+                format_args!("MMDS kick: {e}"),
+            );
+        }
     }
 
     fn process_tx(&mut self) {
@@ -321,13 +339,7 @@ impl<M: GuestMemoryHandle> Net<M> {
         self.tx.process(io);
         // MMDS replies go through the receive path, from the event loop.
         if self.mmds.as_ref().is_some_and(MmdsStack::has_replies) {
-            if let Err(e) = self.queue_evts[RX_QUEUE].write(1) {
-                event_error(
-                    &self.iface_id,
-                    &mut self.counters,
-                    format_args!("MMDS kick: {e}"),
-                );
-            }
+            self.kick_mmds_replies();
         }
     }
 }
