@@ -67,10 +67,15 @@ impl Pool {
         let serial = self.next_serial;
         self.next_serial += 1;
         if self.conns.len() < MAX_CONNECTIONS {
-            let socket = Socket::new(
+            let mut socket = Socket::new(
                 SocketBuffer::new(vec![0; CONN_RX_BUF]),
                 SocketBuffer::new(vec![0; CONN_TX_BUF]),
             );
+            // The stack runs only when the guest sends or takes frames, so
+            // nothing may wait for a timer: ACKs and short segments go out
+            // at once.
+            socket.set_ack_delay(None);
+            socket.set_nagle_enabled(false);
             let handle = self.sockets.add(socket);
             self.conns.push(Conn::new(handle, serial));
             self.listen(handle);

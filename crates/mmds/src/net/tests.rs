@@ -374,3 +374,38 @@ fn a_window_flood_is_bounded_by_the_buffers() {
     );
     assert!(stack.connections() <= 2);
 }
+
+#[test]
+fn a_partial_request_is_acknowledged_at_once() {
+    let mut stack = MmdsStack::new(store(MmdsVersion::V1), MMDS_IP);
+    let client = Client::connect(&mut stack, 43000);
+    let part = b"GET /latest HT";
+    assert!(stack.detour(&tcp(
+        client.port,
+        client.seq,
+        client.ack,
+        PSH_ACK,
+        65535,
+        part
+    )));
+    let segs: Vec<Seg> = drain(&mut stack).iter().filter_map(|f| parse(f)).collect();
+    let want = client.seq + u32::try_from(part.len()).unwrap_or(0);
+    assert!(
+        segs.iter().any(|s| s.ack == want && s.payload.is_empty()),
+        "{segs:?}"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut stack = MmdsStack::new(store(MmdsVersion::V1), MMDS_IP);
+    let mut client = Client::connect(&mut stack, 43001);
+    let r = client.exchange(
+        &mut stack,
+        "GET /latest/meta-data/ami-id HTTP/1.1\r\n\r\nGET /latest/meta-data/local-ipv4 HTTP/1.1\r\n\r\n",
+    );
+    let first = r.find("ami-12345678").expect("first answer");
+    let second = r.find("10.0.0.2").expect("second answer");
+    assert!(first < second, "{r}");
+    assert_eq!(stack.counters().rx_count, 2);
+}
