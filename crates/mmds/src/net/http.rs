@@ -342,6 +342,21 @@ mod tests {
     }
 
     #[test]
+    fn absolute_targets_and_queries_name_the_same_path() {
+        let mut mmds = store(MmdsVersion::V1);
+        for target in [
+            "http://169.254.169.254/latest/meta-data/ami-id",
+            "/latest/meta-data/ami-id?x=1",
+            "//latest///meta-data/ami-id/",
+        ] {
+            let (r, _) = answer(&format!("GET {target} HTTP/1.1\r\n\r\n"), &mut mmds);
+            assert_eq!(body(&r), "ami-1", "{target}");
+        }
+        let (r, _) = answer("GET http://169.254.169.254 HTTP/1.1\r\n\r\n", &mut mmds);
+        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+    }
+
+    #[test]
     fn v2_needs_a_valid_token() {
         let mut mmds = store(MmdsVersion::V2);
         let (r, _) = answer("GET /latest/meta-data/ami-id HTTP/1.1\r\n\r\n", &mut mmds);
