@@ -6,7 +6,8 @@
 //! frame (`is_mmds_frame`), and every taken frame is counted; connections
 //! never exceed `MAX_CONNECTIONS`, queued replies never exceed
 //! `MAX_QUEUED_REPLIES` + 1; every reply is an Ethernet frame from the MMDS
-//! MAC of at most `REPLY_MTU` bytes, an ARP reply or an IPv4 packet from the
+//! MAC of at most `REPLY_MTU` bytes, ARP (a reply, or a request for a guest
+//! address) from the MMDS's MAC and address, or an IPv4 packet from the
 //! MMDS address with a valid header checksum; the heap stays under the
 //! harness's cap.
 //!
@@ -106,7 +107,11 @@ fn check_reply(frame: &[u8], address: Ipv4Addr) -> Option<u32> {
     assert_eq!(&frame[6..12], &MMDS_MAC, "reply from the MMDS MAC");
     match u16::from_be_bytes([frame[12], frame[13]]) {
         0x0806 => {
-            assert_eq!(&frame[ETH + 6..ETH + 8], &[0, 2], "only ARP replies");
+            // A reply, or a request for a guest address the neighbour
+            // cache could not learn (a multicast source, say).
+            let op = &frame[ETH + 6..ETH + 8];
+            assert!(op == [0, 1] || op == [0, 2], "ARP operation {op:?}");
+            assert_eq!(&frame[ETH + 8..ETH + 14], &MMDS_MAC);
             assert_eq!(&frame[ETH + 14..ETH + 18], &address.octets());
             None
         }
