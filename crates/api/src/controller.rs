@@ -244,6 +244,13 @@ impl Controller {
                 config.serial_input = SerialInput::None;
             }
             config.seccomp = self.overrides.seccomp.clone();
+            if let Some(mmds) = &self.resources.mmds_config {
+                config.mmds = Some(ember_vmm::MmdsNetConfig {
+                    store: self.overrides.mmds.store_or_create(),
+                    address: mmds.ipv4_address(),
+                    network_interfaces: mmds.network_interfaces.clone(),
+                });
+            }
             if let Some(device) = &self.overrides.kvm_device {
                 config.kvm_device = device.clone();
             }

@@ -59,6 +59,15 @@ impl MmdsHost {
         self.store.clone()
     }
 
+    /// The store, created empty if nothing did yet: the guest's side needs
+    /// one when `mmds-config` names interfaces.
+    pub fn store_or_create(&mut self) -> Arc<Mutex<Mmds>> {
+        let limit = self.limit;
+        self.store
+            .get_or_insert_with(|| Arc::new(Mutex::new(Mmds::new(limit))))
+            .clone()
+    }
+
     /// Runs `f` on the store. Before the start (`started` false) the store
     /// is created if need be; after it, a VM without one is refused as
     /// Firecracker refuses it.
@@ -161,6 +170,16 @@ mod tests {
 
     fn body(response: &ApiResponse) -> Value {
         serde_json::from_str(response.body.as_deref().unwrap_or("null")).unwrap()
+    }
+
+    #[test]
+    fn the_guest_side_gets_the_one_store_the_api_fills() {
+        let mut host = MmdsHost::new(64);
+        let store = host.store_or_create();
+        assert_eq!(store.lock().unwrap().limit(), 64);
+        assert!(Arc::ptr_eq(&store, &host.store_or_create()));
+        host.put(json!({"a": "b"}), true);
+        assert_eq!(store.lock().unwrap().data(), &json!({"a": "b"}));
     }
 
     #[test]

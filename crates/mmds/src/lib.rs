@@ -10,13 +10,15 @@
 //! - [`MmdsConfig`] ([`config`]): `PUT /mmds/config` and the config file's
 //!   `mmds-config`.
 //!
-//! The network part (ARP, TCP and HTTP answered by the VMM for the guest)
-//! shares one `Arc<Mutex<Mmds>>` with the API and calls, per guest request,
+//! The network part ([`net`], with the `net` feature: ARP, TCP and HTTP
+//! answered by the VMM for the guest) shares one `Arc<Mutex<Mmds>>` with the API and calls, per guest request,
 //! [`Mmds::version`], [`Mmds::generate_token`] for `PUT /latest/api/token`,
 //! [`Mmds::is_valid_token`] for V2 `GET`s, and [`Mmds::get`].
 
 pub mod config;
 pub mod merge;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod store;
 pub mod token;
 

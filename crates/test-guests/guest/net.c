@@ -205,13 +205,62 @@ static void scenario_send(struct virtio_dev *d)
 	con_putc('\n');
 }
 
-/* A scenario that handles received frames: its two status lines and what
- * it does with each frame (fn gives the buffer back). */
+/* A scenario that handles received frames: its two status lines, what it
+ * does once the buffers are posted (before, may be 0) and with each frame
+ * (fn gives the buffer back). */
 struct rx_scenario {
 	const char *ready;
 	const char *timeout;
+	void (*before)(struct virtio_dev *d);
 	void (*fn)(struct virtio_dev *d, u32 id, u32 len);
 };
+
+/* Room for one net.frame= value: 120 frame bytes as hex. */
+#define INJECT_HEX_CAP 242
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Decodes the hex string s into out; returns the byte count, 0 if s is not
+ * an even number of hex digits. */
+static u32 parse_hex(const char *s, u8 *out, u32 cap)
+{
+	u32 n = 0;
+
+	for (; s[0] && n < cap; s += 2, n++) {
+		int hi = hex_digit(s[0]);
+		int lo = hi < 0 ? -1 : hex_digit(s[1]);
+
+		if (lo < 0)
+			return 0;
+		out[n] = (u8)(hi << 4 | lo);
+	}
+	return n;
+}
+
+/* net-inject: sends each net.frame=<hex> frame, in command-line order. */
+static void inject_frames(struct virtio_dev *d)
+{
+	char hex[INJECT_HEX_CAP];
+
+	for (u32 n = 0; cmdline_token("net.frame=", n, hex, sizeof(hex)); n++) {
+		u32 len = parse_hex(hex, tx_buf + VNET_HDR_LEN, FRAME_MAX);
+		u32 status = len ? transmit(d, len) : 1;
+
+		con_puts("net-inject");
+		kv("status", status);
+		kv("len", len);
+		con_putc('\n');
+	}
+}
 
 /*
  * Fills the receive queue (descriptor i is rx_bufs[i], device-writable),
@@ -229,6 +278,8 @@ static void rx_frames(struct virtio_dev *d, const struct rx_scenario *s)
 		virtq_post(RXQ, i, rx_bufs[i], RX_BUF_SIZE);
 	virtio_notify(d, RXQ);
 	con_puts(s->ready);
+	if (s->before)
+		s->before(d);
 	for (u64 n = 0; n < count; n++) {
 		u64 wait = param("net.wait=", RECV_WAIT_DEFAULT);
 		u32 id, len;
@@ -285,17 +336,23 @@ static void echo_frame(struct virtio_dev *d, u32 id, u32 len)
 }
 
 static const struct rx_scenario net_recv = {
-	"net-recv: ready\n", "net-recv: timeout\n", recv_frame,
+	"net-recv: ready\n", "net-recv: timeout\n", 0, recv_frame,
 };
 
 static const struct rx_scenario net_echo = {
-	"net-echo: ready\n", "net-echo: timeout\n", echo_frame,
+	"net-echo: ready\n", "net-echo: timeout\n", 0, echo_frame,
+};
+
+/* net-inject: sends the net.frame= frames, then prints what comes back as
+ * net-recv does. */
+static const struct rx_scenario net_inject = {
+	"net-inject: ready\n", "net-recv: timeout\n", inject_frames, recv_frame,
 };
 
 int net_scenario(const char *name)
 {
 	static const char *const names[] = {
-		"net-info", "net-send", "net-recv", "net-echo",
+		"net-info", "net-send", "net-recv", "net-echo", "net-inject",
 	};
 	int which = name_index(name, names, sizeof(names) / sizeof(names[0]));
 
@@ -315,6 +372,9 @@ int net_scenario(const char *name)
 		break;
 	case 2:
 		rx_frames(d, &net_recv);
+		break;
+	case 4:
+		rx_frames(d, &net_inject);
 		break;
 	default:
 		rx_frames(d, &net_echo);

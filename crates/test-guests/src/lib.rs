@@ -217,6 +217,8 @@ mod tests {
             "net-send",
             "net-recv",
             "net-echo",
+            "net-inject",
+            "net.frame=",
             "net.dev=",
             "net.len=",
             "net.repeat=",

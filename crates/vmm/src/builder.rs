@@ -256,6 +256,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
             nets: &config.net_interfaces,
             vsock: config.vsock.as_ref(),
             entropy: config.entropy.as_ref(),
+            mmds: config.mmds.as_ref(),
         },
         &mut config.opened,
     )?;

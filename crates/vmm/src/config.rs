@@ -4,8 +4,10 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use ember_devices::legacy::StartTime;
 use ember_devices::virtio::block::BlockConfig;
@@ -112,6 +114,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The entropy (virtio-rng) device.
     pub entropy: Option<RngConfig>,
+    /// The MMDS, answered on the interfaces `mmds-config` names.
+    pub mmds: Option<MmdsNetConfig>,
     /// Serial output.
     pub serial_output: SerialOutput,
     /// Serial input.
@@ -123,6 +127,18 @@ pub struct VmConfig {
     /// Inputs opened before the build (as Firecracker opens them when they
     /// are configured); the rest are opened by the build.
     pub opened: OpenedInputs,
+}
+
+/// The MMDS as the guest reaches it: the store the API fills, its address,
+/// and the interfaces (by `iface_id`) whose frames to it are answered.
+#[derive(Clone, Debug)]
+pub struct MmdsNetConfig {
+    /// The data store, shared with the API.
+    pub store: Arc<Mutex<ember_mmds::Mmds>>,
+    /// The MMDS IPv4 address (169.254.169.254 by default).
+    pub address: Ipv4Addr,
+    /// The interfaces that answer for the MMDS.
+    pub network_interfaces: Vec<String>,
 }
 
 /// Files and sockets of a [`VmConfig`] opened ahead of the build: a file
@@ -155,6 +171,7 @@ impl VmConfig {
             net_interfaces: Vec::new(),
             vsock: None,
             entropy: None,
+            mmds: None,
             serial_output: SerialOutput::Stdout,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),

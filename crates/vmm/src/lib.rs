@@ -20,7 +20,7 @@ mod virtio_devices;
 mod vm;
 
 pub use builder::{build, check_cmdline, check_vcpu_count, memory_layout, MAX_VCPU_COUNT};
-pub use config::{DriveConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
+pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
 pub use vcpu_threads::vcpu_thread_name;

@@ -2,7 +2,7 @@
 //! and an IRQ from 5, its queue notifications wired as KVM ioeventfds and its
 //! interrupt as an irqfd, and an entry on the kernel command line.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ember_devices::virtio::block::Block;
 use ember_devices::virtio::net::{Net, NetConfig};
@@ -15,7 +15,7 @@ use ember_memory::GuestMemoryMmap;
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 
-use crate::config::{DriveConfig, OpenedInputs};
+use crate::config::{DriveConfig, MmdsNetConfig, OpenedInputs};
 use crate::vm::Subscriber;
 use crate::{Error, Result};
 
@@ -140,6 +140,7 @@ pub(crate) struct DeviceConfigs<'a> {
     pub(crate) nets: &'a [NetConfig],
     pub(crate) vsock: Option<&'a VsockConfig>,
     pub(crate) entropy: Option<&'a RngConfig>,
+    pub(crate) mmds: Option<&'a MmdsNetConfig>,
 }
 
 /// Creates the virtio devices (drives, root first, then network interfaces,
@@ -156,6 +157,7 @@ pub(crate) fn attach_devices(
         nets,
         vsock,
         entropy,
+        mmds,
     } = configs;
     let mut placer = Placer {
         vm,
@@ -187,6 +189,11 @@ pub(crate) fn attach_devices(
                 source,
             }
         })?));
+        if let Some(mmds) = mmds.filter(|m| m.network_interfaces.contains(&config.iface_id)) {
+            net.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_mmds(mmds.store.clone(), mmds.address);
+        }
         placer.attach(net.clone())?;
         placer.devices.nets.push((config.iface_id.clone(), net));
     }

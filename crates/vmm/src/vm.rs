@@ -359,6 +359,12 @@ impl RunningVm {
                 ],
             )
         }));
+        // One `mmds` group per interface answering for the MMDS: the metrics
+        // line adds them up.
+        groups.extend(self.devices.nets.iter().filter_map(|(_, net)| {
+            let c = lock(net).mmds_counters()?;
+            Some(MetricGroup::new("mmds", c.snapshot()))
+        }));
         if let Some(vsock) = &self.devices.vsock {
             let c = lock(vsock).counters();
             groups.push(MetricGroup::new(

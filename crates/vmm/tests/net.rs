@@ -198,3 +198,94 @@ fn a_missing_tap_name_or_a_bad_mac_is_a_clear_error() {
         assert!(err.contains("unicast"), "{err}");
     });
 }
+
+/// The guest's ARP request for `target` (from 172.16.0.2, MAC_A).
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&[172, 16, 0, 2]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// A TCP SYN from 172.16.0.2:40000 to port 80 of `target`.
+fn tcp_syn(target: [u8; 4]) -> Vec<u8> {
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 172, 16, 0, 2];
+    ip.extend_from_slice(&target);
+    let sum = ip
+        .chunks(2)
+        .map(|p| u32::from(u16::from_be_bytes([p[0], p[1]])))
+        .sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    // Ports, sequence 1000, no ack, offset 5, SYN, window 65535.
+    ip.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0x03, 0xe8, 0, 0, 0, 0]);
+    ip.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut f = vec![0x06, 0x01, 0x23, 0x45, 0x67, 0x01];
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f
+}
+
+#[test]
+fn the_mmds_answers_the_guests_arp_and_syn_and_the_tap_sees_nothing() {
+    in_netns(|| {
+        let capture = Capture::default();
+        let mmds = ember_mmds::DEFAULT_IPV4_ADDRESS.octets();
+        let frames = [arp_request(mmds), tcp_syn(mmds)]
+            .iter()
+            .map(|f| format!("net.frame={}", hex_bytes(f)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let guest = Guest::new(ELF64_PATH, "net-inject")
+            .args(&format!("net.count=2 {frames}"))
+            .net(iface("eth0", "ember-mmds0", MAC_A));
+        let mut config = guest.config(&capture);
+        config.mmds = Some(ember_vmm::MmdsNetConfig {
+            store: std::sync::Arc::new(std::sync::Mutex::new(ember_mmds::Mmds::default())),
+            address: ember_mmds::DEFAULT_IPV4_ADDRESS,
+            network_interfaces: vec!["eth0".into()],
+        });
+        let vm = build(config).unwrap();
+        let run = run_vm(vm, &capture, common::GUEST_DEADLINE);
+        run.assert_clean_reset();
+        let sent = run.lines("net-inject status=");
+        assert_eq!(sent.len(), 2, "{}", run.output);
+        assert!(
+            sent.iter().all(|l| l.contains("status=0x0")),
+            "{}",
+            run.output
+        );
+        let received = run.lines("net-recv len=");
+        assert_eq!(received.len(), 2, "{}", run.output);
+        let mmds_mac = "060123456701";
+        let ethertypes: Vec<_> = received
+            .iter()
+            .map(|l| common::value_of(l, "ethertype").unwrap())
+            .collect();
+        assert_eq!(ethertypes, ["0x806", "0x800"], "ARP reply, then SYN-ACK");
+        for line in received {
+            let head = common::value_of(line, "head").unwrap();
+            assert!(
+                head.starts_with(&format!("{}{mmds_mac}", hex_bytes(&MAC_A))),
+                "{line}"
+            );
+        }
+        assert_eq!(run.metric("mmds", "rx_accepted"), 2);
+        assert_eq!(run.metric("mmds", "connections_created"), 1);
+        assert_eq!(
+            run.metric("net_eth0", "tx_frames"),
+            0,
+            "nothing reached the TAP"
+        );
+        assert_eq!(run.metric("net_eth0", "rx_frames"), 2);
+    });
+}
+
+fn hex_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

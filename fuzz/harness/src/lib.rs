@@ -12,6 +12,7 @@ pub mod bytes;
 pub mod config;
 pub mod http;
 pub mod kernel;
+pub mod mmds;
 pub mod mmio;
 pub mod net;
 pub mod ring;
@@ -22,7 +23,7 @@ pub mod vsock;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The fuzz targets, by name.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "virtio_block",
     "virtio_mmio",
     "config_file",
@@ -32,6 +33,7 @@ pub const TARGETS: [&str; 9] = [
     "vsock_packet",
     "virtio_net_tx",
     "virtio_rng",
+    "mmds_frames",
 ];
 
 /// Held while an input runs: the device targets share guest memory and one
@@ -55,6 +57,7 @@ pub fn run(target: &str, data: &[u8]) {
         "vsock_packet" => vsock::run,
         "virtio_net_tx" => net::run,
         "virtio_rng" => rng::run,
+        "mmds_frames" => mmds::run,
         other => panic!("no fuzz target {other}"),
     };
     alloc::bounded(target, || harness(data));

@@ -45,6 +45,7 @@ pub fn all(readme: Option<&str>) -> Vec<(&'static str, Vec<Seed>)> {
         ("vsock_packet", vsock_packet()),
         ("virtio_net_tx", virtio_net_tx()),
         ("virtio_rng", virtio_rng()),
+        ("mmds_frames", mmds_frames()),
     ]
 }
 
@@ -503,6 +504,57 @@ pub fn config_file(readme: Option<&str>) -> Vec<Seed> {
             .map(|(name, text)| seed(name, text.as_bytes().to_vec())),
     );
     seeds
+}
+
+/// A guest talking to the MMDS: ARP, the handshake and requests (V1 and
+/// V2, with and without a token, IMDS compatibility), and some junk.
+pub fn mmds_frames() -> Vec<Seed> {
+    use crate::mmds::{arp_request, encode, tcp_frame, DRAIN, FIX_ACK};
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const PSH_ACK: u8 = 0x18;
+    const FIN_ACK: u8 = 0x11;
+    let conversation = |settings: u8, requests: &[&[u8]]| {
+        let mut frames = vec![
+            (DRAIN, arp_request()),
+            (DRAIN, tcp_frame(40000, 100, 0, SYN, &[])),
+            (FIX_ACK | DRAIN, tcp_frame(40000, 101, 0, ACK, &[])),
+        ];
+        let mut seq = 101u32;
+        for request in requests {
+            frames.push((FIX_ACK | DRAIN, tcp_frame(40000, seq, 0, PSH_ACK, request)));
+            seq += u32::try_from(request.len()).unwrap_or(0);
+            frames.push((FIX_ACK | DRAIN, tcp_frame(40000, seq, 0, ACK, &[])));
+        }
+        frames.push((FIX_ACK | DRAIN, tcp_frame(40000, seq, 0, FIN_ACK, &[])));
+        encode(settings, &frames)
+    };
+    let get = b"GET /latest/meta-data/ami-id HTTP/1.1\r\nAccept: application/json\r\n\r\n";
+    let token = b"PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n";
+    let with_bad_token = b"GET /latest/ HTTP/1.1\r\nX-metadata-token: abc\r\n\r\n";
+    let flood: Vec<(u8, Vec<u8>)> = (0..300u16)
+        .map(|i| (0, tcp_frame(1000 + i, 1, 0, SYN, &[])))
+        .collect();
+    vec![
+        seed("get", conversation(0, &[get])),
+        seed("v2-token", conversation(1, &[get, token, with_bad_token])),
+        seed(
+            "imds-compat",
+            conversation(2, &[get, b"GET /latest/meta-data/ HTTP/1.0\r\n\r\n"]),
+        ),
+        seed(
+            "bad-requests",
+            conversation(0, &[b"PATCH / HTTP/1.1\r\n\r\n", b"\x00\x01\r\n\r\n"]),
+        ),
+        seed("syn-flood", encode(0, &flood)),
+        seed(
+            "short-frames",
+            encode(
+                0,
+                &[(DRAIN, vec![0; 10]), (DRAIN, arp_request()[..20].to_vec())],
+            ),
+        ),
+    ]
 }
 
 /// Requests whole, in pieces, pipelined, waiting for `100 Continue`, and

@@ -3,8 +3,12 @@
 //! in `rx` and `tx`.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use ember_mmds::net::MmdsStack;
+use ember_mmds::Mmds;
 
 use ember_ratelimit::RateLimiter;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -69,6 +73,8 @@ pub struct Net<M> {
     rx: Rx,
     tx: Tx,
     counters: NetCounters,
+    /// The MMDS stack, on interfaces named in `mmds-config`.
+    mmds: Option<MmdsStack>,
     active: Option<Active<M>>,
 }
 
@@ -150,6 +156,7 @@ impl<M: GuestMemoryHandle> Net<M> {
             rx: Rx::new(limiter(&config.rx_rate_limiter)?),
             tx: Tx::new(limiter(&config.tx_rate_limiter)?),
             counters: NetCounters::default(),
+            mmds: None,
             active: None,
         })
     }
@@ -172,6 +179,19 @@ impl<M: GuestMemoryHandle> Net<M> {
     /// The counters.
     pub fn counters(&self) -> NetCounters {
         self.counters
+    }
+
+    /// Answers the guest's frames to the MMDS at `address` from `store`
+    /// here instead of sending them to the TAP (`mmds-config` names this
+    /// interface).
+    pub fn set_mmds(&mut self, store: Arc<Mutex<Mmds>>, address: Ipv4Addr) {
+        self.mmds = Some(MmdsStack::new(store, address));
+    }
+
+    /// The MMDS counters (Firecracker's `mmds` group), if the interface
+    /// answers for the MMDS.
+    pub fn mmds_counters(&self) -> Option<ember_mmds::net::MmdsNetCounters> {
+        self.mmds.as_ref().map(MmdsStack::counters)
     }
 
     /// The device's state as plain data.
@@ -278,9 +298,28 @@ impl<M: GuestMemoryHandle> Net<M> {
             ring: Ring::new(&mut active.rx_queue, &active.mem),
             interrupt: active.interrupt.as_ref(),
             guest_csum: active.acked_features & feature_bit(VIRTIO_NET_F_GUEST_CSUM) != 0,
+            mmds: self.mmds.as_mut(),
             counters: &mut self.counters,
         };
         self.rx.process(io, ops);
+        // MMDS replies left while nothing waits in the host buffer: the
+        // budget ran out (a full queue or the limiter leave a frame
+        // pending). The TAP may stay quiet, so come back for them.
+        let waiting = self.mmds.as_ref().is_some_and(MmdsStack::has_replies);
+        if waiting && self.rx.pending_len().is_none() {
+            self.kick_mmds_replies();
+        }
+    }
+
+    /// Has the event loop run the receive path for the MMDS's replies.
+    fn kick_mmds_replies(&mut self) {
+        if let Err(e) = self.queue_evts[RX_QUEUE].write(1) {
+            event_error(
+                &self.iface_id,
+                &mut self.counters,
+                format_args!("MMDS kick: {e}"),
+            );
+        }
     }
 
     fn process_tx(&mut self) {
@@ -294,9 +333,14 @@ impl<M: GuestMemoryHandle> Net<M> {
             ring: Ring::new(&mut active.tx_queue, &active.mem),
             interrupt: active.interrupt.as_ref(),
             kick: &self.queue_evts[TX_QUEUE],
+            mmds: self.mmds.as_mut(),
             counters: &mut self.counters,
         };
         self.tx.process(io);
+        // MMDS replies go through the receive path, from the event loop.
+        if self.mmds.as_ref().is_some_and(MmdsStack::has_replies) {
+            self.kick_mmds_replies();
+        }
     }
 }
 

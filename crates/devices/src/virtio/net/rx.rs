@@ -12,6 +12,7 @@
 
 use std::io;
 
+use ember_mmds::net::MmdsStack;
 use ember_ratelimit::RateLimiter;
 use event_manager::{EventOps, EventSet, Events};
 use vm_memory::GuestMemory;
@@ -84,6 +85,8 @@ pub(super) struct RxIo<'a, M: GuestMemory> {
     pub(super) interrupt: &'a dyn VirtioInterrupt,
     /// Whether the driver accepted `VIRTIO_NET_F_GUEST_CSUM`.
     pub(super) guest_csum: bool,
+    /// The MMDS stack, whose replies go ahead of the TAP's frames.
+    pub(super) mmds: Option<&'a mut MmdsStack>,
     pub(super) counters: &'a mut NetCounters,
 }
 
@@ -233,8 +236,21 @@ impl Rx {
         }
     }
 
-    /// Reads the next frame from the TAP into the host buffer.
+    /// Reads the next frame into the host buffer: an MMDS reply if one
+    /// waits, else a frame from the TAP.
     fn read_frame<M: GuestMemory>(&mut self, io: &mut RxIo<'_, M>) -> Read {
+        if let Some(frame) = io.mmds.as_deref_mut().and_then(MmdsStack::next_reply) {
+            // Replies are at most an Ethernet MTU long: they fit.
+            let len = (VNET_HDR_LEN + frame.len()).min(self.buf.len());
+            self.buf[..VNET_HDR_LEN].fill(0);
+            self.buf[VNET_HDR_LEN..len].copy_from_slice(&frame[..len - VNET_HDR_LEN]);
+            let pending = Pending {
+                len,
+                admitted: false,
+            };
+            self.pending = Some(pending);
+            return Read::Frame(pending);
+        }
         loop {
             match io.tap.read(&mut self.buf) {
                 Ok(len) if len < VNET_HDR_LEN => {

@@ -13,6 +13,7 @@
 
 use std::io;
 
+use ember_mmds::net::{is_mmds_frame, MmdsStack};
 use ember_ratelimit::RateLimiter;
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
@@ -55,6 +56,8 @@ pub(super) struct TxIo<'a, M: GuestMemory> {
     pub(super) interrupt: &'a dyn VirtioInterrupt,
     /// The transmit queue's eventfd, to come back when the budget is spent.
     pub(super) kick: &'a EventFd,
+    /// The MMDS stack, if this interface answers for it.
+    pub(super) mmds: Option<&'a mut MmdsStack>,
     pub(super) counters: &'a mut NetCounters,
 }
 
@@ -191,6 +194,9 @@ fn transmit<M: GuestMemory>(
         io.counters.tx_throttled += 1;
         return Outcome::Throttled;
     }
+    if detour_to_mmds(buf, io, total, iovs) {
+        return Outcome::Done;
+    }
     let sent = if iovs.count() <= IOV_MAX {
         write_frame(total, || iovs.writev(io.tap))
     } else {
@@ -210,6 +216,28 @@ fn transmit<M: GuestMemory>(
         }
     }
     Outcome::Done
+}
+
+/// Gives the frame to the MMDS stack if it is for the MMDS; whether it was.
+/// Only the headers are copied to decide, the frame only if it is taken.
+fn detour_to_mmds<M: GuestMemory>(
+    buf: &mut Vec<u8>,
+    io: &mut TxIo<'_, M>,
+    total: usize,
+    iovs: &GuestIoVecs<'_, '_>,
+) -> bool {
+    let Some(mmds) = io.mmds.as_deref_mut() else {
+        return false;
+    };
+    // Ethernet, then an ARP body (28 bytes) or an IPv4 header (20).
+    let mut head = [0u8; VNET_HDR_LEN + MIN_FRAME_LEN + 28];
+    let n = iovs.copy_to(0, &mut head[..total.min(VNET_HDR_LEN + MIN_FRAME_LEN + 28)]);
+    if !is_mmds_frame(&head[VNET_HDR_LEN..n], mmds.address()) {
+        return false;
+    }
+    buf.resize(TX_BUF_LEN, 0);
+    let n = iovs.copy_to(0, &mut buf[..total]);
+    mmds.detour(&buf[VNET_HDR_LEN..n])
 }
 
 /// Writes one frame of `len` bytes to the TAP with `write`; a short write

@@ -6,6 +6,7 @@
 //! - `datapath`: frames in both directions, buffers, two interfaces,
 //!   configuration space, offloads, reset.
 //! - `hostile`: malformed chains and rings.
+//! - `mmds`: frames for the MMDS answered by the device.
 //! - `ratelimit`: the two rate limiters.
 //! - `transport`: the whole MMIO handshake.
 
@@ -14,6 +15,7 @@
 mod datapath;
 pub(crate) mod host;
 mod hostile;
+mod mmds;
 mod ratelimit;
 mod transport;
 
