@@ -331,6 +331,24 @@ impl Connection {
         }
     }
 
+    /// Whether the client has closed its end and left nothing unread, looked
+    /// at without taking anything (for reclaiming slots at the cap before
+    /// the hang-up's event is handled).
+    pub fn client_has_left(&self) -> bool {
+        let mut byte = [0u8; 1];
+        // SAFETY: a one-byte buffer that lives across the call, on the
+        // stream's own descriptor; MSG_PEEK leaves the data where it is.
+        let peeked = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        peeked == 0 && self.phase != Phase::Answering
+    }
+
     /// Bytes of requests held (at most one request's worth).
     pub fn buffered_bytes(&self) -> usize {
         self.pending().len()

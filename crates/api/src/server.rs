@@ -181,9 +181,12 @@ impl Server {
                 Err(e) => return Err(io_error("epoll_wait")(e)),
             };
             let now = Instant::now();
+            // New connections are accepted after the others' events are
+            // handled, so that slots freed by clients that left count.
+            let mut accept = false;
             for event in events.iter().take(ready) {
                 match event.data() {
-                    LISTENER => self.accept_all(now),
+                    LISTENER => accept = true,
                     ANSWERED => {
                         if self.take_answers(now).is_err() {
                             return Ok(());
@@ -191,6 +194,9 @@ impl Server {
                     }
                     id => self.on_connection_event(id, event.event_set(), now),
                 }
+            }
+            if accept {
+                self.accept_all(now);
             }
             self.expire(now);
             self.resume_accepting(now);
@@ -222,9 +228,7 @@ impl Server {
     fn accept_all(&mut self, now: Instant) {
         loop {
             match accept(&self.listener) {
-                Ok(stream) if self.connections.len() >= self.limits.max_connections => {
-                    self.refuse_connection(stream);
-                }
+                Ok(stream) if !self.has_room() => self.refuse_connection(stream),
                 Ok(stream) => {
                     let id = self.next_id;
                     self.next_id += 1;
@@ -248,6 +252,24 @@ impl Server {
                 },
             }
         }
+    }
+
+    /// Whether one more connection may be served, after dropping those whose
+    /// clients have left (their hang-ups may not have been handled yet).
+    fn has_room(&mut self) -> bool {
+        if self.connections.len() < self.limits.max_connections {
+            return true;
+        }
+        let departed: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, slot)| slot.conn.client_has_left())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in departed {
+            self.close(id);
+        }
+        self.connections.len() < self.limits.max_connections
     }
 
     /// Answers a connection over the limit with 503 and closes it.
