@@ -478,6 +478,9 @@ pub struct VmResources {
     /// The vsock device.
     #[serde(default)]
     pub vsock: Option<Vsock>,
+    /// The memory balloon.
+    #[serde(default)]
+    pub balloon: Option<crate::balloon::Balloon>,
     /// Where and how to log.
     #[serde(default)]
     pub logger: Option<Logger>,
@@ -496,9 +499,6 @@ pub struct VmResources {
 /// The config-file keys of Firecracker features Ember does not have yet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MissingFeatures {
-    /// The memory balloon.
-    #[serde(default)]
-    pub balloon: Option<serde_json::Value>,
     /// A custom CPU template.
     #[serde(rename = "cpu-config", default)]
     pub cpu_config: Option<serde_json::Value>,
@@ -517,7 +517,6 @@ impl MissingFeatures {
     /// Refuses the first feature asked for, by its key.
     pub fn validate(&self) -> Result<()> {
         let asked = [
-            ("balloon", self.balloon.is_some()),
             ("cpu-config", self.cpu_config.is_some()),
             ("entropy", self.entropy.is_some()),
             ("pmem", !self.pmem.is_empty()),
@@ -686,6 +685,9 @@ impl VmResources {
         }
         if let Some(vsock) = &self.vsock {
             vsock.to_vsock_config()?;
+        }
+        if let Some(balloon) = &self.balloon {
+            balloon.validate(self.machine().mem_size_mib)?;
         }
         self.check_interfaces()?;
         self.check_mmds_config()?;
@@ -861,6 +863,10 @@ impl VmResources {
             .as_ref()
             .map(Vsock::to_vsock_config)
             .transpose()?;
+        config.balloon = self
+            .balloon
+            .as_ref()
+            .map(crate::balloon::Balloon::to_balloon_config);
         config.net_interfaces = self
             .network_interfaces
             .iter()
@@ -985,10 +991,6 @@ mod tests {
     #[test]
     fn missing_features_are_refused_by_name_when_asked_for() {
         for (json, name) in [
-            (
-                r#"{"balloon": {"amount_mib": 1, "deflate_on_oom": true}}"#,
-                "balloon",
-            ),
             (r#"{"cpu-config": {}}"#, "cpu-config"),
             (r#"{"entropy": {}}"#, "entropy"),
             (r#"{"pmem": [{"id": "p", "path_on_host": "/p"}]}"#, "pmem"),

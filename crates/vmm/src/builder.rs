@@ -255,6 +255,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
             drives: &config.drives,
             nets: &config.net_interfaces,
             vsock: config.vsock.as_ref(),
+            balloon: config.balloon.as_ref(),
         },
         &mut config.opened,
     )?;
@@ -309,6 +310,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
             drives: virtio.drives,
             nets: virtio.nets,
             vsock: virtio.vsock,
+            balloon: virtio.balloon,
         },
         subscribers: devices.subscribers,
         terminal: devices.terminal,

@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use ember_devices::legacy::StartTime;
+use ember_devices::virtio::balloon::BalloonConfig;
 use ember_devices::virtio::block::BlockConfig;
 use ember_devices::virtio::net::NetConfig;
 use ember_devices::virtio::vsock::VsockConfig;
@@ -109,6 +110,8 @@ pub struct VmConfig {
     pub net_interfaces: Vec<NetConfig>,
     /// The vsock device (Firecracker's hybrid vsock over a Unix socket).
     pub vsock: Option<VsockConfig>,
+    /// The memory balloon.
+    pub balloon: Option<BalloonConfig>,
     /// Serial output.
     pub serial_output: SerialOutput,
     /// Serial input.
@@ -151,6 +154,7 @@ impl VmConfig {
             drives: Vec::new(),
             net_interfaces: Vec::new(),
             vsock: None,
+            balloon: None,
             serial_output: SerialOutput::Stdout,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use ember_devices::virtio::balloon::{Balloon, BalloonConfig};
 use ember_devices::virtio::block::Block;
 use ember_devices::virtio::net::{Net, NetConfig};
 use ember_devices::virtio::vsock::{Vsock, VsockConfig};
@@ -30,6 +31,9 @@ pub type SharedNet = Arc<Mutex<Net<GuestMemoryMmap>>>;
 /// The vsock device as the running VM keeps it.
 pub type SharedVsock = Arc<Mutex<Vsock<GuestMemoryMmap>>>;
 
+/// The balloon device as the running VM keeps it.
+pub type SharedBalloon = Arc<Mutex<Balloon<GuestMemoryMmap>>>;
+
 /// What attaching the virtio devices produced.
 #[derive(Default)]
 pub(crate) struct VirtioDevices {
@@ -43,6 +47,8 @@ pub(crate) struct VirtioDevices {
     pub(crate) nets: Vec<(String, SharedNet)>,
     /// The vsock device.
     pub(crate) vsock: Option<SharedVsock>,
+    /// The balloon device.
+    pub(crate) balloon: Option<SharedBalloon>,
 }
 
 /// Places virtio devices one after another in the MMIO windows.
@@ -133,10 +139,11 @@ pub(crate) struct DeviceConfigs<'a> {
     pub(crate) drives: &'a [DriveConfig],
     pub(crate) nets: &'a [NetConfig],
     pub(crate) vsock: Option<&'a VsockConfig>,
+    pub(crate) balloon: Option<&'a BalloonConfig>,
 }
 
 /// Creates the virtio devices (drives, root first, then network interfaces,
-/// then vsock) and puts them on `mmio`.
+/// then vsock, then the balloon) and puts them on `mmio`.
 pub(crate) fn attach_devices(
     vm: &VmFd,
     memory: &GuestMemoryMmap,
@@ -148,6 +155,7 @@ pub(crate) fn attach_devices(
         drives,
         nets,
         vsock,
+        balloon,
     } = configs;
     let mut placer = Placer {
         vm,
@@ -190,6 +198,12 @@ pub(crate) fn attach_devices(
         let device: SharedVsock = Arc::new(Mutex::new(device.map_err(Error::Vsock)?));
         placer.attach(device.clone())?;
         placer.devices.vsock = Some(device);
+    }
+    if let Some(config) = balloon {
+        let device = Balloon::new(*config).map_err(Error::Balloon)?;
+        let device: SharedBalloon = Arc::new(Mutex::new(device));
+        placer.attach(device.clone())?;
+        placer.devices.balloon = Some(device);
     }
     Ok(placer.devices)
 }

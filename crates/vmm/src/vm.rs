@@ -20,8 +20,9 @@ use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
-use crate::virtio_devices::{SharedBlock, SharedNet, SharedVsock};
+use crate::virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedVsock};
 use crate::{Error, Result};
+use ember_devices::virtio::balloon::BalloonCounters;
 
 /// A subscriber of the device event loop.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -44,6 +45,7 @@ pub(crate) struct DeviceHandles {
     pub(crate) drives: Vec<(String, SharedBlock)>,
     pub(crate) nets: Vec<(String, SharedNet)>,
     pub(crate) vsock: Option<SharedVsock>,
+    pub(crate) balloon: Option<SharedBalloon>,
 }
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
@@ -288,6 +290,11 @@ impl RunningVm {
             .ok_or_else(|| Error::UnknownNetworkInterface(iface_id.to_owned()))
     }
 
+    /// The balloon device.
+    pub fn balloon(&self) -> Result<SharedBalloon> {
+        self.devices.balloon.clone().ok_or(Error::NoBalloon)
+    }
+
     /// Counters of the vCPUs and devices, grouped.
     pub fn metrics(&self) -> Vec<MetricGroup> {
         let serial = lock(&self.devices.serial).counters();
@@ -379,6 +386,9 @@ impl RunningVm {
                 ],
             ));
         }
+        if let Some(balloon) = &self.devices.balloon {
+            groups.push(balloon_metrics(&lock(balloon).counters()));
+        }
         groups
     }
 
@@ -405,6 +415,26 @@ impl RunningVm {
             std::mem::forget(self.memory.take());
         }
     }
+}
+
+/// The balloon's counters: Firecracker's `balloon` group (the free page
+/// counters stay 0) and Ember's own.
+fn balloon_metrics(c: &BalloonCounters) -> MetricGroup {
+    MetricGroup::new(
+        "balloon",
+        vec![
+            ("activate_fails", c.activate_fails),
+            ("inflate_count", c.inflate_count),
+            ("stats_updates_count", c.stats_updates_count),
+            ("stats_update_fails", c.stats_update_fails),
+            ("deflate_count", c.deflate_count),
+            ("event_fails", c.event_fails),
+            ("pages_released", c.pages_released),
+            ("pages_outside", c.pages_outside),
+            ("malformed_buffers", c.malformed_buffers),
+            ("ignored_notifications", c.ignored_notifications),
+        ],
+    )
 }
 
 impl Drop for RunningVm {
