@@ -46,6 +46,9 @@ struct Active<M> {
     queues: Vec<Queue>,
     interrupt: Arc<dyn VirtioInterrupt>,
     acked_features: u64,
+    /// The driver accepted `VIRTIO_BALLOON_F_STATS_VQ`: the statistics
+    /// queue is in use and polled.
+    stats: bool,
 }
 
 /// A virtio-balloon device.
@@ -184,7 +187,7 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             return Err(BalloonError::StatisticsStateChange);
         }
         self.config.stats_polling_interval_s = interval_s;
-        if self.active.is_some() {
+        if self.active.as_ref().is_some_and(|a| a.stats) {
             self.request_stats();
             self.arm_timer().map_err(BalloonError::Timer)?;
         }
@@ -227,7 +230,9 @@ impl<M: GuestMemoryHandle> Balloon<M> {
         }
         if let Some(mut active) = self.active.take() {
             if queue == STATS_QUEUE {
-                self.drain_stats(&mut active);
+                if active.stats {
+                    self.drain_stats(&mut active);
+                }
             } else {
                 self.drain_pages(&mut active, queue);
             }
@@ -359,7 +364,7 @@ impl<M: GuestMemoryHandle> Balloon<M> {
         if let Err(e) = self.timer.acknowledge() {
             self.event_error(format_args!("cannot read the timer: {e}"));
         }
-        if self.active.is_some() {
+        if self.active.as_ref().is_some_and(|a| a.stats) {
             self.request_stats();
         }
     }
@@ -429,9 +434,17 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
         interrupt: Arc<dyn VirtioInterrupt>,
         acked_features: u64,
     ) -> Result<()> {
+        let stats = acked_features & feature_bit(VIRTIO_BALLOON_F_STATS_VQ) != 0;
+        // The statistics queue is only needed if the driver accepted it.
         let taken = ActivationQueues::new(self.active.is_some(), queues).and_then(|mut q| {
             (0..self.queue_sizes.len())
-                .map(|_| q.ready())
+                .map(|i| {
+                    if i < STATS_QUEUE || stats {
+                        q.ready()
+                    } else {
+                        q.any()
+                    }
+                })
                 .collect::<Result<Vec<_>>>()
         });
         let queues = match taken {
@@ -446,13 +459,14 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
             queues,
             interrupt,
             acked_features,
+            stats,
         });
         self.stats_desc = None;
-        if let Err(e) = self.arm_timer() {
-            self.event_error(format_args!("cannot arm the timer: {e}"));
-        }
         let mut kicked = vec![INFLATE_QUEUE, DEFLATE_QUEUE];
-        if self.queue_sizes.len() > STATS_QUEUE {
+        if stats {
+            if let Err(e) = self.arm_timer() {
+                self.event_error(format_args!("cannot arm the timer: {e}"));
+            }
             kicked.push(STATS_QUEUE);
         }
         self.kick_queues(&kicked);

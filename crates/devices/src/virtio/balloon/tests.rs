@@ -11,6 +11,7 @@ use std::time::Duration;
 use event_manager::SubscriberOps;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
@@ -349,6 +350,38 @@ fn the_polling_interval_changes_but_never_from_or_to_zero() {
         Err(BalloonError::StatisticsDisabled)
     ));
     off.update_stats_interval(0).unwrap();
+}
+
+#[test]
+fn a_driver_without_statistics_leaves_the_queue_off() {
+    let mem = memory(&RAM);
+    let b = Arc::new(Mutex::new(Balloon::<Mem>::new(config(0, 1)).unwrap()));
+    let mut manager = Manager::new().unwrap();
+    manager.add_subscriber(b.clone());
+    let mut queues: Vec<_> = QUEUE_BASES[..2]
+        .iter()
+        .map(|&base| GuestQueue::new(&mem, base, QUEUE_SIZE).device_queue(QUEUE_SIZE))
+        .collect();
+    queues.push(Queue::new(QUEUE_SIZE).unwrap());
+    let irq = Arc::new(IrqTrigger::new().unwrap());
+    let features = feature_bit(VIRTIO_F_VERSION_1);
+    b.lock()
+        .unwrap()
+        .activate(mem.clone(), queues, irq, features)
+        .unwrap();
+    notify_queue(&b, STATS_QUEUE);
+    // Past the 1 s interval: a polling timer would have ticked (and
+    // counted a failure, with no buffer).
+    let until = std::time::Instant::now() + Duration::from_millis(1300);
+    while std::time::Instant::now() < until {
+        manager.run_with_timeout(100).unwrap();
+    }
+    let c = b.lock().unwrap().counters();
+    assert_eq!(
+        (c.stats_updates_count, c.stats_update_fails),
+        (0, 0),
+        "no timer"
+    );
 }
 
 #[test]
