@@ -105,4 +105,7 @@ int net_scenario(const char *name);
 /* Runs the vsock-* scenario `name` (vsock.c); returns 0 if it is not one. */
 int vsock_scenario(const char *name);
 
+/* Runs the balloon-* scenario `name` (balloon.c); returns 0 if it is not one. */
+int balloon_scenario(const char *name);
+
 #endif

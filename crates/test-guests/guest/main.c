@@ -648,6 +648,8 @@ void guest_main(u32 proto, u64 info)
 		/* net-* scenarios (net.c) */
 	} else if (vsock_scenario(scenario)) {
 		/* vsock-* scenarios (vsock.c) */
+	} else if (balloon_scenario(scenario)) {
+		/* balloon-* scenarios (balloon.c) */
 	} else {
 		con_puts("guest: unknown scenario ");
 		con_puts(scenario);
