@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod balloon;
 pub mod block;
 pub mod bytes;
 pub mod config;
@@ -21,7 +22,7 @@ pub mod vsock;
 use std::sync::{Mutex, PoisonError};
 
 /// The fuzz targets, by name.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "virtio_block",
     "virtio_mmio",
     "config_file",
@@ -30,6 +31,7 @@ pub const TARGETS: [&str; 8] = [
     "kernel_image",
     "vsock_packet",
     "virtio_net_tx",
+    "balloon_pfns",
 ];
 
 /// Runs `data` through the named target's harness, with the allocation cap.
@@ -46,6 +48,7 @@ pub fn run(target: &str, data: &[u8]) {
         "kernel_image" => kernel::run,
         "vsock_packet" => vsock::run,
         "virtio_net_tx" => net::run,
+        "balloon_pfns" => balloon::run,
         other => panic!("no fuzz target {other}"),
     };
     alloc::bounded(target, || harness(data));

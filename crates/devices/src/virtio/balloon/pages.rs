@@ -58,6 +58,9 @@ pub fn read_pfns<M: GuestMemory>(
             return Err(BadBuffer::Writable);
         }
         let len = usize::try_from(len).map_err(|_| BadBuffer::BadLength)?;
+        if len == 0 {
+            continue;
+        }
         if len % 4 != 0 || pfns.len() * 4 + len > bytes.len() {
             return Err(BadBuffer::BadLength);
         }
@@ -187,6 +190,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pfns, [1, 2, 1]);
+        read_pfns(&mem, [desc(u64::MAX, 0, false)].into_iter(), &mut pfns).unwrap();
+        assert!(
+            pfns.is_empty(),
+            "an empty descriptor holds no PFN, wherever it points"
+        );
         let bad = |d: Vec<(GuestAddress, u32, bool)>| {
             read_pfns(&mem, d.into_iter(), &mut Vec::new()).unwrap_err()
         };
