@@ -166,6 +166,8 @@ static void scenario_follow(struct virtio_dev *d)
 		return;
 	}
 	inflate_to_target(d, "balloon-follow");
+	if (param("balloon.park=", 0))
+		park();
 }
 
 /* balloon-stats: posts a statistics buffer (free and total memory) and

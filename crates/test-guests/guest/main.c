@@ -68,7 +68,7 @@ static inline void cpuid(u32 leaf, u32 subleaf, u32 *a, u32 *b, u32 *c, u32 *d)
 			 : "a"(leaf), "c"(subleaf));
 }
 
-static void __attribute__((noreturn)) park(void)
+void park(void)
 {
 	for (;;)
 		__asm__ volatile("cli; hlt" : : : "memory");
