@@ -188,6 +188,8 @@ static void scenario_stats(struct virtio_dev *d)
 	con_puts("balloon-stats");
 	kv("returned", returned);
 	con_putc('\n');
+	if (param("balloon.park=", 0))
+		park();
 }
 
 int balloon_scenario(const char *name)

@@ -733,6 +733,40 @@ fn balloon_as_test_api_balloon() {
     );
 }
 
+/// The statistics queue under the built-in seccomp filters: the driver's
+/// activation (on a vCPU thread) must not arm the timer itself.
+#[test]
+fn balloon_statistics_reach_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = disk(dir.path(), "rootfs.ext4", 8);
+    let ember = Ember::start(&[]);
+    basic_config(
+        &ember,
+        "console=ttyS0 ember.test=balloon-stats balloon.park=1",
+        &rootfs,
+    );
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 2, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#,
+    );
+    start(&ember);
+    ember.wait_for("balloon-stats returned=0x1");
+    let stats = ember.call("GET", "/balloon/statistics", None).json();
+    assert_eq!(
+        stats,
+        json!({"target_pages": 512, "actual_pages": 0, "target_mib": 2, "actual_mib": 0,
+               "free_memory": 0x100_0000, "total_memory": 0x800_0000})
+    );
+    ember.ok(
+        "PATCH",
+        "/balloon/statistics",
+        r#"{"stats_polling_interval_s": 2}"#,
+    );
+    let got = ember.call("GET", "/balloon", None).json();
+    assert_eq!(got["stats_polling_interval_s"], 2);
+}
+
 #[test]
 fn version_as_test_api_version() {
     let dir = tempfile::tempdir().unwrap();

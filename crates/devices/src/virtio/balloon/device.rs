@@ -63,6 +63,10 @@ pub struct Balloon<M> {
     queue_sizes: Vec<u16>,
     queue_evts: Vec<EventFd>,
     timer: DeadlineTimer,
+    /// The polling period the timer is armed with (`None`: disarmed). Only
+    /// the event loop (the VMM thread) arms or disarms it: activation and
+    /// reset run on vCPU threads, whose seccomp filter has no timer calls.
+    timer_period: Option<Duration>,
     stats: BalloonStats,
     /// The statistics buffer the driver gave and the device holds.
     stats_desc: Option<u16>,
@@ -108,6 +112,7 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             queue_sizes: vec![QUEUE_SIZE; queues],
             queue_evts,
             timer: DeadlineTimer::new().map_err(BalloonError::Setup)?,
+            timer_period: None,
             stats: BalloonStats {
                 target_pages,
                 ..BalloonStats::default()
@@ -126,6 +131,12 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             amount_mib: self.stats.target_mib(),
             ..self.config
         }
+    }
+
+    /// The period the polling timer is armed with.
+    #[cfg(test)]
+    pub(crate) fn timer_period(&self) -> Option<Duration> {
+        self.timer_period
     }
 
     /// The counters.
@@ -189,17 +200,24 @@ impl<M: GuestMemoryHandle> Balloon<M> {
         self.config.stats_polling_interval_s = interval_s;
         if self.active.as_ref().is_some_and(|a| a.stats) {
             self.request_stats();
-            self.arm_timer().map_err(BalloonError::Timer)?;
         }
-        Ok(())
+        self.sync_timer().map_err(BalloonError::Timer)
     }
 
-    fn arm_timer(&mut self) -> std::io::Result<()> {
+    /// Arms the timer with the polling interval while the driver uses the
+    /// statistics queue, and disarms it otherwise. Called on the event
+    /// loop's thread (and by the host's updates, on the same thread).
+    fn sync_timer(&mut self) -> std::io::Result<()> {
+        let polling = self.active.as_ref().is_some_and(|a| a.stats);
         let period = match self.config.stats_polling_interval_s {
-            0 => None,
-            s => Some(Duration::from_secs(u64::from(s))),
+            s if s > 0 && polling => Some(Duration::from_secs(u64::from(s))),
+            _ => None,
         };
-        self.timer.set_periodic(period)
+        if period != self.timer_period {
+            self.timer.set_periodic(period)?;
+            self.timer_period = period;
+        }
+        Ok(())
     }
 
     /// Gives the statistics buffer back to the driver, which refills it.
@@ -462,11 +480,9 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
             stats,
         });
         self.stats_desc = None;
+        // The event loop arms the polling timer when it handles the kick.
         let mut kicked = vec![INFLATE_QUEUE, DEFLATE_QUEUE];
         if stats {
-            if let Err(e) = self.arm_timer() {
-                self.event_error(format_args!("cannot arm the timer: {e}"));
-            }
             kicked.push(STATS_QUEUE);
         }
         self.kick_queues(&kicked);
@@ -480,9 +496,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
     fn reset(&mut self) {
         self.active = None;
         self.stats_desc = None;
-        if let Err(e) = self.timer.set_periodic(None) {
-            self.event_error(format_args!("cannot stop the timer: {e}"));
-        }
+        // The timer is disarmed by the event loop at its next tick.
     }
 }
 
@@ -517,6 +531,9 @@ impl<M: GuestMemoryHandle> MutEventSubscriber for Balloon<M> {
             self.on_timer();
         } else {
             log::debug!("balloon: event on unknown fd {fd}");
+        }
+        if let Err(e) = self.sync_timer() {
+            self.event_error(format_args!("cannot arm the timer: {e}"));
         }
     }
 }

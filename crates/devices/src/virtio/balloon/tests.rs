@@ -407,3 +407,24 @@ fn notifications_before_activation_are_ignored_and_reset_stops_the_device() {
         Err(BalloonError::DeviceNotActive)
     ));
 }
+
+#[test]
+fn only_the_event_loop_arms_and_disarms_the_polling_timer() {
+    // Activation and reset run on vCPU threads, whose seccomp filter has
+    // no timer calls: the event loop arms the timer after activation and
+    // disarms it after a reset.
+    let mut h = Harness::new(config(0, 1));
+    assert_eq!(h.balloon.lock().unwrap().timer_period(), None);
+    h.manager.run_with_timeout(100).unwrap();
+    assert_eq!(
+        h.balloon.lock().unwrap().timer_period(),
+        Some(Duration::from_secs(1))
+    );
+    h.balloon.lock().unwrap().reset();
+    assert!(h.balloon.lock().unwrap().timer_period().is_some());
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while h.balloon.lock().unwrap().timer_period().is_some() {
+        assert!(std::time::Instant::now() < until, "still armed");
+        h.manager.run_with_timeout(100).unwrap();
+    }
+}
