@@ -48,6 +48,9 @@ pub struct BalloonStatsUpdate {
 
 /// Firecracker's answer to a balloon larger than guest memory.
 pub const TOO_MANY_PAGES: &str = "Amount of pages requested is too large.";
+/// Firecracker's answer to a memory size below the balloon's target.
+pub const INCOMPATIBLE_MEMORY: &str =
+    "The memory size (MiB) is smaller than the previously set balloon device target size.";
 /// Firecracker's answer when the VM has no balloon.
 const NOT_FOUND: &str = "Failed perform action on device: Device not found";
 
@@ -78,6 +81,13 @@ impl Balloon {
             stats_polling_interval_s: self.stats_polling_interval_s,
         }
     }
+}
+
+/// Whether the configured balloon (if any) fits in `mem_size_mib`.
+pub(crate) fn fits(resources: &VmResources, mem_size_mib: u64) -> bool {
+    resources
+        .balloon
+        .is_none_or(|b| u64::from(b.amount_mib) <= mem_size_mib)
 }
 
 /// `PUT /balloon` before the start.
@@ -274,6 +284,12 @@ mod tests {
         assert_eq!(resources.balloon, Some(Balloon::default()));
         let got = get(&resources, None);
         assert_eq!(got.status, 200);
+        resources.balloon = Some(Balloon {
+            amount_mib: 64,
+            ..Balloon::default()
+        });
+        assert!(fits(&resources, 64));
+        assert!(!fits(&resources, 63));
         let none = get(&VmResources::default(), None).body.unwrap_or_default();
         assert!(
             none.contains("Balloon config error: No balloon device found."),

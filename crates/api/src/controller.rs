@@ -382,6 +382,9 @@ impl Controller {
 
     fn update_machine_config(&mut self, update: &MachineConfigUpdate) -> ApiResponse {
         match self.resources.machine().update(update) {
+            Ok(config) if !balloon::fits(&self.resources, config.mem_size_mib) => {
+                ApiResponse::bad_request(balloon::INCOMPATIBLE_MEMORY)
+            }
             Ok(config) => {
                 self.resources.machine_config = Some(config);
                 ApiResponse::no_content()

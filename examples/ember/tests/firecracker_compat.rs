@@ -675,6 +675,20 @@ fn balloon_as_test_api_balloon() {
     assert_eq!(got["deflate_on_oom"], false);
     assert_eq!(got["stats_polling_interval_s"], 5);
     refused(&patch(r#"{"amount_mib": 2}"#), NOT_SUPPORTED_BEFORE_START);
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 200, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#,
+    );
+    refused(
+        &ember.call("PATCH", "/machine-config", Some(r#"{"mem_size_mib": 128}"#)),
+        "The memory size (MiB) is smaller than the previously set balloon device target size.",
+    );
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#,
+    );
     refused(
         &put(r#"{"amount_mib": 1024, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#),
         "Balloon config error: Amount of pages requested is too large.",
