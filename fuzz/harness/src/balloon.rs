@@ -112,7 +112,10 @@ fn model_pfns(mem: &Mem, hole: bool, chain: &Chain) -> Option<Vec<u32>> {
         return Some(Vec::new());
     }
     let len = chain.len as usize;
-    if len % 4 != 0 || len > MAX_PFNS_PER_BUFFER * 4 || !in_ram(hole, chain.addr, len as u64) {
+    if !len.is_multiple_of(4)
+        || len > MAX_PFNS_PER_BUFFER * 4
+        || !in_ram(hole, chain.addr, len as u64)
+    {
         return None;
     }
     let mut bytes = vec![0u8; len];
