@@ -95,8 +95,8 @@ pub fn coalesce(pfns: &mut Vec<u32>) -> Vec<PageRun> {
 
 /// Gives the pages of `run` that lie in guest RAM back to the host, one
 /// `madvise` per stretch inside one memory region; pages outside RAM (or a
-/// partial page at a region's end) are skipped. Work is bounded by the
-/// run's length.
+/// partial page at a region's end) are skipped a gap at a time. Work is
+/// bounded by the number of memory regions, whatever the run's length.
 pub fn discard<M: GuestMemory>(mem: &M, run: PageRun) -> Discarded {
     let mut done = Discarded::default();
     let Some(physical) = mem.physical_memory() else {
@@ -115,8 +115,9 @@ pub fn discard<M: GuestMemory>(mem: &M, run: PageRun) -> Discarded {
                 (pages > 0).then_some((region, offset, pages))
             });
         let Some((region, offset, pages)) = stretch else {
-            done.outside += 1;
-            page += 1;
+            let skipped = gap_pages(physical, page, end);
+            done.outside += skipped;
+            page += skipped;
             continue;
         };
         if release(region, offset, pages) {
@@ -127,6 +128,19 @@ pub fn discard<M: GuestMemory>(mem: &M, run: PageRun) -> Discarded {
         page += pages;
     }
     done
+}
+
+/// Pages from `page` (outside RAM) up to the first page of the next
+/// memory region, or to `end`; at least 1.
+fn gap_pages<B: GuestMemoryBackend + ?Sized>(physical: &B, page: u64, end: u64) -> u64 {
+    let at = page.saturating_mul(PAGE_SIZE);
+    let next = physical
+        .iter()
+        .map(|r| r.start_addr().0)
+        .filter(|&start| start > at)
+        .min()
+        .map_or(end, |start| start.div_ceil(PAGE_SIZE).min(end));
+    next.saturating_sub(page).max(1)
 }
 
 /// `madvise(MADV_DONTNEED)` on `pages` pages of `region` from `offset`,
@@ -235,6 +249,12 @@ mod tests {
         assert_eq!(byte(0xb000), 0xab, "page 11 is not in the run");
         let far = discard(&mem, run(u64::from(u32::MAX), 1));
         assert_eq!(far.outside, 1);
+        let huge = discard(&mem, run(0x4, 1 << 40));
+        assert_eq!(
+            (huge.released, huge.outside),
+            (4, (1 << 40) - 4),
+            "gaps at once"
+        );
         assert_eq!(discard(&mem, run(u64::MAX, 1)).outside, 0, "empty range");
     }
 
