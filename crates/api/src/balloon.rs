@@ -25,7 +25,7 @@ pub struct Balloon {
     /// Free page hinting (not in Ember yet: refused when true).
     #[serde(default)]
     pub free_page_hinting: bool,
-    /// Free page reporting (not in Ember yet: refused when true).
+    /// Free page reporting: the guest gives free pages back on its own.
     #[serde(default)]
     pub free_page_reporting: bool,
 }
@@ -55,14 +55,11 @@ pub const INCOMPATIBLE_MEMORY: &str =
 const NOT_FOUND: &str = "Failed perform action on device: Device not found";
 
 impl Balloon {
-    /// Refuses what Ember cannot provide (free page hinting and reporting)
-    /// and a balloon larger than `mem_size_mib`.
+    /// Refuses what Ember cannot provide (free page hinting) and a balloon
+    /// larger than `mem_size_mib`.
     pub fn validate(&self, mem_size_mib: u64) -> Result<()> {
         if self.free_page_hinting {
             return Err(Error::Unsupported("balloon.free_page_hinting"));
-        }
-        if self.free_page_reporting {
-            return Err(Error::Unsupported("balloon.free_page_reporting"));
         }
         if u64::from(self.amount_mib) > mem_size_mib {
             return Err(Error::InvalidValue {
@@ -79,6 +76,7 @@ impl Balloon {
             amount_mib: self.amount_mib,
             deflate_on_oom: self.deflate_on_oom,
             stats_polling_interval_s: self.stats_polling_interval_s,
+            free_page_reporting: self.free_page_reporting,
         }
     }
 }
@@ -233,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn too_large_and_free_page_features_are_refused() {
+    fn too_large_and_free_page_hinting_are_refused() {
         let b = Balloon {
             amount_mib: 129,
             ..Balloon::default()
@@ -241,28 +239,23 @@ mod tests {
         let err = b.validate(128).expect_err("too large").to_string();
         assert!(err.contains(TOO_MANY_PAGES), "{err}");
         b.validate(129).expect("fits");
-        for (b, name) in [
-            (
-                Balloon {
-                    free_page_hinting: true,
-                    ..Balloon::default()
-                },
-                "balloon.free_page_hinting",
-            ),
-            (
-                Balloon {
-                    free_page_reporting: true,
-                    ..Balloon::default()
-                },
-                "balloon.free_page_reporting",
-            ),
-        ] {
-            let err = b.validate(128).expect_err("refused").to_string();
-            assert_eq!(
-                err,
-                format!("`{name}` is not supported by this version of Ember")
-            );
-        }
+        let hinting = Balloon {
+            free_page_hinting: true,
+            ..Balloon::default()
+        };
+        let err = hinting.validate(128).expect_err("refused").to_string();
+        assert_eq!(
+            err,
+            "`balloon.free_page_hinting` is not supported by this version of Ember"
+        );
+        let reporting = Balloon {
+            free_page_reporting: true,
+            ..Balloon::default()
+        };
+        reporting
+            .validate(128)
+            .expect("free page reporting is built");
+        assert!(reporting.to_balloon_config().free_page_reporting);
     }
 
     #[test]

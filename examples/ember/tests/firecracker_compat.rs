@@ -134,11 +134,6 @@ fn a_config_file_asking_for_a_missing_feature_is_refused_by_name() {
     for (key, value, name) in [
         (
             "balloon",
-            json!({"amount_mib": 1, "deflate_on_oom": true, "free_page_reporting": true}),
-            "`balloon.free_page_reporting`",
-        ),
-        (
-            "balloon",
             json!({"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true}),
             "`balloon.free_page_hinting`",
         ),

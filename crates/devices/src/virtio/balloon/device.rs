@@ -14,11 +14,12 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemory, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::pages::{coalesce, discard, read_pfns};
+use super::pages::{coalesce, discard, read_pfns, PageRun, PAGE_SIZE};
 use super::stats::{MAX_STATS, STAT_SIZE};
 use super::{
     mib_to_pages, BalloonConfig, BalloonCounters, BalloonError, BalloonState, BalloonStats,
-    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_STATS_VQ,
+    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_FREE_PAGE_REPORTING,
+    VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::virtio::common::{read_config_space, signal_used, ActivationQueues, DeviceEvents};
 use crate::virtio::ring::{Chain, Ring};
@@ -49,6 +50,8 @@ struct Active<M> {
     /// The driver accepted `VIRTIO_BALLOON_F_STATS_VQ`: the statistics
     /// queue is in use and polled.
     stats: bool,
+    /// The driver accepted `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING`.
+    reporting: bool,
 }
 
 /// A virtio-balloon device.
@@ -62,6 +65,8 @@ pub struct Balloon<M> {
     avail_features: u64,
     queue_sizes: Vec<u16>,
     queue_evts: Vec<EventFd>,
+    /// The free page reporting queue (after the statistics queue), if offered.
+    reporting_queue: Option<usize>,
     timer: DeadlineTimer,
     /// The polling period the timer is armed with (`None`: disarmed). Only
     /// the event loop (the VMM thread) arms or disarms it: activation and
@@ -102,6 +107,12 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             avail_features |= feature_bit(VIRTIO_BALLOON_F_STATS_VQ);
             queues = 3;
         }
+        let mut reporting_queue = None;
+        if config.free_page_reporting {
+            avail_features |= feature_bit(VIRTIO_BALLOON_F_FREE_PAGE_REPORTING);
+            reporting_queue = Some(queues);
+            queues += 1;
+        }
         let queue_evts = (0..queues)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<std::io::Result<Vec<_>>>()
@@ -111,6 +122,7 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             avail_features,
             queue_sizes: vec![QUEUE_SIZE; queues],
             queue_evts,
+            reporting_queue,
             timer: DeadlineTimer::new().map_err(BalloonError::Setup)?,
             timer_period: None,
             stats: BalloonStats {
@@ -247,7 +259,11 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             return;
         }
         if let Some(mut active) = self.active.take() {
-            if queue == STATS_QUEUE {
+            if Some(queue) == self.reporting_queue {
+                if active.reporting {
+                    self.drain_reports(&mut active, queue);
+                }
+            } else if queue == STATS_QUEUE {
                 if active.stats {
                     self.drain_stats(&mut active);
                 }
@@ -300,6 +316,67 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             signal_used(&mut ring, interrupt.as_ref(), &mut |what| {
                 self.event_error(what);
             });
+        }
+    }
+
+    /// Takes the driver's free page reports: each descriptor of a chain is
+    /// a free range of guest memory, whose whole pages go back to the host
+    /// (pages outside RAM are skipped). At most a queue's worth per
+    /// notification, as [`Balloon::drain_pages`].
+    fn drain_reports(&mut self, active: &mut Active<M>, queue: usize) {
+        let Active {
+            mem,
+            queues,
+            interrupt,
+            ..
+        } = active;
+        let Some(q) = queues.get_mut(queue) else {
+            return;
+        };
+        let mut ring = Ring::new(q, &*mem);
+        let mut used = 0;
+        while used < QUEUE_SIZE {
+            let Some(chain) = ring.pop() else {
+                break;
+            };
+            let head = chain.head_index();
+            for (addr, len, _) in descriptors(chain) {
+                self.report(&*mem, addr.0, len);
+            }
+            self.counters.free_page_report_count += 1;
+            if let Err(e) = ring.add_used(head, 0) {
+                self.event_error(format_args!("cannot return report {head}: {e}"));
+            }
+            used += 1;
+        }
+        if used == QUEUE_SIZE {
+            self.kick_queues(&[queue]);
+        }
+        if used > 0 {
+            signal_used(&mut ring, interrupt.as_ref(), &mut |what| {
+                self.event_error(what);
+            });
+        }
+    }
+
+    /// Gives the whole pages of the free range `addr..addr + len` back.
+    fn report(&mut self, mem: &M, addr: u64, len: u32) {
+        let first = addr.div_ceil(PAGE_SIZE);
+        let end = addr.saturating_add(u64::from(len)) / PAGE_SIZE;
+        if end <= first {
+            return;
+        }
+        let done = discard(
+            mem,
+            PageRun {
+                first,
+                count: end - first,
+            },
+        );
+        self.counters.free_page_report_freed += done.released * PAGE_SIZE;
+        self.counters.pages_outside += done.outside;
+        if done.failed > 0 {
+            self.counters.free_page_report_fails += 1;
         }
     }
 
@@ -453,16 +530,19 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
         acked_features: u64,
     ) -> Result<()> {
         let stats = acked_features & feature_bit(VIRTIO_BALLOON_F_STATS_VQ) != 0;
-        // The statistics queue is only needed if the driver accepted it.
+        let reporting = acked_features & feature_bit(VIRTIO_BALLOON_F_FREE_PAGE_REPORTING) != 0;
+        // The statistics and reporting queues are only needed if the
+        // driver accepted them.
+        let needed = |i: usize| {
+            if Some(i) == self.reporting_queue {
+                reporting
+            } else {
+                i < STATS_QUEUE || stats
+            }
+        };
         let taken = ActivationQueues::new(self.active.is_some(), queues).and_then(|mut q| {
             (0..self.queue_sizes.len())
-                .map(|i| {
-                    if i < STATS_QUEUE || stats {
-                        q.ready()
-                    } else {
-                        q.any()
-                    }
-                })
+                .map(|i| if needed(i) { q.ready() } else { q.any() })
                 .collect::<Result<Vec<_>>>()
         });
         let queues = match taken {
@@ -478,12 +558,16 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
             interrupt,
             acked_features,
             stats,
+            reporting,
         });
         self.stats_desc = None;
         // The event loop arms the polling timer when it handles the kick.
         let mut kicked = vec![INFLATE_QUEUE, DEFLATE_QUEUE];
         if stats {
             kicked.push(STATS_QUEUE);
+        }
+        if let Some(queue) = self.reporting_queue.filter(|_| reporting) {
+            kicked.push(queue);
         }
         self.kick_queues(&kicked);
         Ok(())

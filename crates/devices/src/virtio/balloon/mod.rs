@@ -11,6 +11,10 @@
 //!   and `actual` (le32, what the driver holds, written by the driver). A
 //!   change of target raises a configuration-change interrupt.
 //! - `VIRTIO_BALLOON_F_DEFLATE_ON_OOM` is offered when asked for.
+//! - With `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING` (when asked for) a
+//!   reporting queue follows: each descriptor of a buffer is a free range
+//!   of guest memory, whose whole pages go back to the host at once.
+//!   (Free page hinting is not built.)
 //!
 //! Inflated pages are returned to the host with `madvise(MADV_DONTNEED)` on
 //! the guest memory mapping, contiguous pages in one call (see [`pages`]).
@@ -49,13 +53,15 @@ pub const VIRTIO_BALLOON_F_STATS_VQ: u32 = 1;
 /// Feature bit: the driver deflates the balloon when the guest runs out of
 /// memory.
 pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u32 = 2;
+/// Feature bit: the driver reports free pages on the reporting queue.
+pub const VIRTIO_BALLOON_F_FREE_PAGE_REPORTING: u32 = 5;
 /// Pages per MiB (4 KiB pages).
 pub const PAGES_PER_MIB: u32 = 256;
 /// Most PFNs in one inflate or deflate buffer (what Linux sends at most).
 pub const MAX_PFNS_PER_BUFFER: usize = 256;
 
-/// How a balloon is set up: Firecracker's `balloon` object without the
-/// free page features.
+/// How a balloon is set up: Firecracker's `balloon` object without free
+/// page hinting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BalloonConfig {
     /// Target size in MiB.
@@ -65,6 +71,9 @@ pub struct BalloonConfig {
     /// Statistics polling interval in seconds; 0 disables statistics (no
     /// statistics queue).
     pub stats_polling_interval_s: u16,
+    /// Offer `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING`, with its queue (after
+    /// the statistics queue).
+    pub free_page_reporting: bool,
 }
 
 /// Errors of the balloon device and its host-side control.

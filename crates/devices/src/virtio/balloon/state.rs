@@ -22,9 +22,16 @@ pub struct BalloonCounters {
     /// Failures of the event loop's work: eventfds, used rings,
     /// interrupts, the timer.
     pub event_fails: u64,
-    /// Pages given back to the host.
+    /// Free page reports (buffers) processed.
+    pub free_page_report_count: u64,
+    /// Bytes given back to the host by free page reports.
+    pub free_page_report_freed: u64,
+    /// Free page reports of which some page could not be given back.
+    pub free_page_report_fails: u64,
+    /// Pages given back to the host by inflating.
     pub pages_released: u64,
-    /// Pages the driver named outside guest RAM (skipped).
+    /// Pages the driver named (inflated or reported) outside guest RAM
+    /// (skipped).
     pub pages_outside: u64,
     /// Inflate or deflate buffers that hold no PFN list (device-writable,
     /// too long, outside guest memory).

@@ -118,6 +118,7 @@ fn config(amount_mib: u32, stats_polling_interval_s: u16) -> BalloonConfig {
         amount_mib,
         deflate_on_oom: false,
         stats_polling_interval_s,
+        free_page_reporting: false,
     }
 }
 
@@ -141,15 +142,17 @@ fn features_queues_and_config_space_follow_the_config() {
         amount_mib: 0,
         deflate_on_oom: true,
         stats_polling_interval_s: 1,
+        free_page_reporting: true,
     })
     .unwrap();
-    assert_eq!(full.queue_max_sizes().len(), 3);
+    assert_eq!(full.queue_max_sizes().len(), 4);
     assert_features(
         full.avail_features(),
         &[
             VIRTIO_F_VERSION_1,
             VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
             VIRTIO_BALLOON_F_STATS_VQ,
+            VIRTIO_BALLOON_F_FREE_PAGE_REPORTING,
         ],
     );
     let err = Balloon::<Mem>::new(config(u32::MAX / 256 + 1, 0)).unwrap_err();
@@ -427,4 +430,41 @@ fn only_the_event_loop_arms_and_disarms_the_polling_timer() {
         assert!(std::time::Instant::now() < until, "still armed");
         h.manager.run_with_timeout(100).unwrap();
     }
+}
+
+#[test]
+fn reported_free_pages_go_back_whole_and_bounded() {
+    let mut h = Harness::new(BalloonConfig {
+        free_page_reporting: true,
+        ..config(0, 0)
+    });
+    // Without statistics the reporting queue is queue 2.
+    let reporting = 2;
+    for pfn in FREE_PFN..FREE_PFN + 6 {
+        h.fill_page(pfn, 0x66);
+    }
+    let at = |pfn: u32| u64::from(pfn) << 12;
+    // Two whole pages; a range starting mid-page covering one whole page and
+    // half of the next; a range across the end of RAM; one far outside.
+    let second_end = RAM[1].0 + RAM[1].1 as u64;
+    h.chain(
+        reporting,
+        &[
+            (at(FREE_PFN), 0x2000, WRITE),
+            (at(FREE_PFN + 2) + 0x800, 0x1800, WRITE),
+            (second_end - 0x1000, 0x3000, WRITE),
+            (1 << 40, 0x7fff_f000, WRITE),
+        ],
+    );
+    h.run(reporting, 1);
+    let zeroed: Vec<bool> = (FREE_PFN..FREE_PFN + 6)
+        .map(|pfn| h.page_byte(pfn) == 0)
+        .collect();
+    assert_eq!(zeroed, [true, true, false, true, false, false]);
+    let c = h.counters();
+    assert_eq!(c.free_page_report_count, 1);
+    assert_eq!(c.free_page_report_freed, 4 * 4096);
+    assert_eq!(c.free_page_report_fails, 0);
+    assert_eq!(c.pages_outside, 2 + 0x7_ffff);
+    assert_eq!(c.inflate_count, 0, "reports are not inflations");
 }
