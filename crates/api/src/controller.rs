@@ -21,6 +21,7 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::balloon;
 use crate::channel::{ApiEnd, Responder};
 use crate::destination::Destination;
 use crate::full_config::FullVmConfig;
@@ -304,6 +305,13 @@ impl Controller {
         }
     }
 
+    fn running_vm(&self) -> Option<&RunningVm> {
+        match &self.phase {
+            Phase::Running(vm) => Some(vm),
+            _ => None,
+        }
+    }
+
     fn configuring(&self) -> bool {
         matches!(self.phase, Phase::Configuring)
     }
@@ -331,7 +339,21 @@ impl Controller {
             ApiRequest::GetMmds => self.overrides.mmds.get(!configuring),
             ApiRequest::PutMmds(data) => self.overrides.mmds.put(data, !configuring),
             ApiRequest::PatchMmds(patch) => self.overrides.mmds.patch(patch, !configuring),
+            ApiRequest::GetBalloon => balloon::get(&self.resources, self.running_vm()),
+            ApiRequest::PatchBalloon(update) => match &self.phase {
+                Phase::Running(vm) => balloon::patch(&mut self.resources, vm, update),
+                _ => not_before_start(),
+            },
+            ApiRequest::PatchBalloonStats(update) => match &self.phase {
+                Phase::Running(vm) => balloon::patch_stats(&mut self.resources, vm, update),
+                _ => not_before_start(),
+            },
+            ApiRequest::GetBalloonStats => match self.running_vm() {
+                Some(vm) => balloon::get_stats(vm),
+                None => not_before_start(),
+            },
             _ if !configuring => not_after_start(),
+            ApiRequest::PutBalloon(config) => balloon::put(&mut self.resources, config),
             ApiRequest::PutMmdsConfig(config) => self.put_mmds_config(config),
             ApiRequest::PutMachineConfig(config) => {
                 self.update_machine_config(&MachineConfigUpdate::from(config))
@@ -371,6 +393,9 @@ impl Controller {
 
     fn update_machine_config(&mut self, update: &MachineConfigUpdate) -> ApiResponse {
         match self.resources.machine().update(update) {
+            Ok(config) if !balloon::fits(&self.resources, config.mem_size_mib) => {
+                ApiResponse::bad_request(balloon::INCOMPATIBLE_MEMORY)
+            }
             Ok(config) => {
                 self.resources.machine_config = Some(config);
                 ApiResponse::no_content()

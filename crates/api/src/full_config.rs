@@ -13,7 +13,7 @@ use crate::model::{
 /// The body of `GET /vm/config` (keys in Firecracker's order).
 #[derive(Debug, Serialize)]
 pub struct FullVmConfig {
-    balloon: Option<()>,
+    balloon: Option<crate::balloon::Balloon>,
     drives: Vec<Drive>,
     #[serde(rename = "boot-source")]
     boot_source: BootSource,
@@ -74,7 +74,7 @@ impl FullVmConfig {
     /// Firecracker prints them; a missing boot source has an empty path.
     pub fn of(resources: &VmResources) -> FullVmConfig {
         FullVmConfig {
-            balloon: None,
+            balloon: resources.balloon,
             drives: root_first(&resources.drives)
                 .into_iter()
                 .map(reported_drive)
@@ -146,6 +146,7 @@ mod tests {
                                     "tx_rate_limiter": {"ops": {"size": 5, "one_time_burst": 0,
                                                                 "refill_time": 100}}}],
             "vsock": {"vsock_id": "v", "guest_cid": 3, "uds_path": "v.sock"},
+            "balloon": {"amount_mib": 8, "deflate_on_oom": true},
             "logger": {"level": "Info"},
         }))
         .unwrap();
@@ -172,6 +173,11 @@ mod tests {
             json!({"guest_cid": 3, "uds_path": "v.sock"})
         );
         assert_eq!(printed["logger"], json!(null));
+        assert_eq!(
+            printed["balloon"],
+            json!({"amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 0,
+                   "free_page_hinting": false, "free_page_reporting": false})
+        );
     }
 
     #[test]

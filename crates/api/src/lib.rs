@@ -33,6 +33,7 @@ pub const FIRECRACKER_VERSION: &str = firecracker_version!();
 pub const REPORTED_FIRECRACKER_VERSION: &str =
     concat!(firecracker_version!(), "+ember.", env!("CARGO_PKG_VERSION"));
 
+pub mod balloon;
 pub mod channel;
 pub mod config_file;
 pub mod connection;

@@ -508,6 +508,9 @@ pub struct VmResources {
     /// The entropy (virtio-rng) device.
     #[serde(default)]
     pub entropy: Option<Entropy>,
+    /// The memory balloon.
+    #[serde(default)]
+    pub balloon: Option<crate::balloon::Balloon>,
     /// Where and how to log.
     #[serde(default)]
     pub logger: Option<Logger>,
@@ -526,9 +529,6 @@ pub struct VmResources {
 /// The config-file keys of Firecracker features Ember does not have yet.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MissingFeatures {
-    /// The memory balloon.
-    #[serde(default)]
-    pub balloon: Option<serde_json::Value>,
     /// A custom CPU template.
     #[serde(rename = "cpu-config", default)]
     pub cpu_config: Option<serde_json::Value>,
@@ -544,7 +544,6 @@ impl MissingFeatures {
     /// Refuses the first feature asked for, by its key.
     pub fn validate(&self) -> Result<()> {
         let asked = [
-            ("balloon", self.balloon.is_some()),
             ("cpu-config", self.cpu_config.is_some()),
             ("pmem", !self.pmem.is_empty()),
             ("memory-hotplug", self.memory_hotplug.is_some()),
@@ -712,6 +711,9 @@ impl VmResources {
         }
         if let Some(vsock) = &self.vsock {
             vsock.to_vsock_config()?;
+        }
+        if let Some(balloon) = &self.balloon {
+            balloon.validate(self.machine().mem_size_mib)?;
         }
         self.check_interfaces()?;
         self.check_mmds_config()?;
@@ -888,6 +890,10 @@ impl VmResources {
             .map(Vsock::to_vsock_config)
             .transpose()?;
         config.entropy = self.entropy.map(Entropy::to_rng_config);
+        config.balloon = self
+            .balloon
+            .as_ref()
+            .map(crate::balloon::Balloon::to_balloon_config);
         config.net_interfaces = self
             .network_interfaces
             .iter()
@@ -1033,10 +1039,6 @@ mod tests {
     #[test]
     fn missing_features_are_refused_by_name_when_asked_for() {
         for (json, name) in [
-            (
-                r#"{"balloon": {"amount_mib": 1, "deflate_on_oom": true}}"#,
-                "balloon",
-            ),
             (r#"{"cpu-config": {}}"#, "cpu-config"),
             (r#"{"pmem": [{"id": "p", "path_on_host": "/p"}]}"#, "pmem"),
             (

@@ -90,6 +90,16 @@ pub enum ApiRequest {
     PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /vsock`.
     PutVsock(crate::model::Vsock),
+    /// `PUT /balloon`.
+    PutBalloon(crate::balloon::Balloon),
+    /// `GET /balloon`.
+    GetBalloon,
+    /// `PATCH /balloon`.
+    PatchBalloon(crate::balloon::BalloonUpdate),
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`.
+    PatchBalloonStats(crate::balloon::BalloonStatsUpdate),
     /// `PUT /serial`.
     PutSerial(crate::model::SerialConfig),
     /// `PUT /entropy`.

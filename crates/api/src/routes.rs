@@ -50,6 +50,8 @@ pub const ROUTES: &[(&str, &[Method])] = &[
         &[Method::Put, Method::Patch],
     ),
     ("/vsock", &[Method::Put]),
+    ("/balloon", &[Method::Get, Method::Put, Method::Patch]),
+    ("/balloon/statistics", &[Method::Get, Method::Patch]),
     ("/serial", &[Method::Put]),
     ("/entropy", &[Method::Put]),
     ("/logger", &[Method::Put]),
@@ -62,7 +64,7 @@ pub const ROUTES: &[(&str, &[Method])] = &[
 ];
 
 /// Firecracker resources Ember does not serve yet, by their first path segment.
-const MISSING_RESOURCES: &[&str] = &["balloon", "cpu-config", "hotplug", "pmem", "snapshot"];
+const MISSING_RESOURCES: &[&str] = &["cpu-config", "hotplug", "pmem", "snapshot"];
 
 fn fault(message: &str) -> ApiResponse {
     ApiResponse::bad_request(message)
@@ -115,6 +117,35 @@ fn put_mmds(second: Option<&str>, body: &[u8]) -> Result<ApiRequest, ApiResponse
     }
 }
 
+/// Free page hinting (`/balloon/hinting/...`) is not in Ember yet.
+fn hinting_refused(method: Method) -> ApiResponse {
+    fault(&format!(
+        "`/balloon/hinting` is not supported by this version of Ember \
+         (Invalid request method and/or path: {} balloon.)",
+        method.as_str()
+    ))
+}
+
+/// `GET /balloon` and `GET /balloon/statistics`.
+fn get_balloon(second: Option<&str>) -> Result<ApiRequest, ApiResponse> {
+    match second {
+        None => Ok(ApiRequest::GetBalloon),
+        Some("statistics") => Ok(ApiRequest::GetBalloonStats),
+        Some("hinting") => Err(hinting_refused(Method::Get)),
+        Some(other) => Err(fault(&format!("Unrecognized GET request path `{other}`."))),
+    }
+}
+
+/// `PATCH /balloon` and `PATCH /balloon/statistics`.
+fn patch_balloon(second: Option<&str>, body: &[u8]) -> Result<ApiRequest, ApiResponse> {
+    match second {
+        None => Ok(ApiRequest::PatchBalloon(json(body)?)),
+        Some("statistics") => Ok(ApiRequest::PatchBalloonStats(json(body)?)),
+        Some("hinting") => Err(hinting_refused(Method::Patch)),
+        Some(_) => Err(invalid_path(Method::Patch, "balloon")),
+    }
+}
+
 fn invalid_path(method: Method, resource: &str) -> ApiResponse {
     if MISSING_RESOURCES.contains(&resource) {
         return fault(&format!(
@@ -148,6 +179,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
         (Get, "vm", None) if second == Some("config") => ApiRequest::GetVmConfig,
         (Get, "machine-config", None) => ApiRequest::GetMachineConfig,
         (Get, "mmds", None) => ApiRequest::GetMmds,
+        (Get, "balloon", None) => get_balloon(second)?,
         (Get, _, Some(_)) => return Err(fault("GET request cannot have a body.")),
         (Put, "actions", Some(body)) => {
             ApiRequest::Action(json::<ActionRequest>(body)?.action_type)
@@ -172,6 +204,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PutNetworkInterface(iface)
         }
         (Put, "vsock", Some(body)) => ApiRequest::PutVsock(json::<Vsock>(body)?),
+        (Put, "balloon", Some(body)) if second.is_none() => ApiRequest::PutBalloon(json(body)?),
         (Put, "serial", Some(body)) => ApiRequest::PutSerial(json(body)?),
         (Put, "entropy", Some(body)) => ApiRequest::PutEntropy(json::<Entropy>(body)?),
         (Put, _, None) => return Err(fault("Empty PUT request.")),
@@ -195,6 +228,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PatchNetworkInterface(update)
         }
         (Patch, "mmds", Some(body)) => ApiRequest::PatchMmds(json(body)?),
+        (Patch, "balloon", Some(body)) => patch_balloon(second, body)?,
         (Patch, "vm", Some(body)) => ApiRequest::PatchVm(json::<VmPatch>(body)?.state),
         (Patch, _, None) => return Err(fault("Empty PATCH request.")),
         (method, resource, _) => return Err(invalid_path(method, resource)),
@@ -363,10 +397,16 @@ mod tests {
                 "Invalid request method and/or path: PATCH boot-source.",
             ),
             (
-                Method::Put,
-                "/balloon",
-                Some(b"{}"),
-                "`/balloon` is not supported by this version of Ember",
+                Method::Get,
+                "/balloon/hinting/status",
+                None,
+                "`/balloon/hinting` is not supported by this version of Ember",
+            ),
+            (
+                Method::Get,
+                "/balloon/other",
+                None,
+                "Unrecognized GET request path `other`.",
             ),
             (
                 Method::Put,

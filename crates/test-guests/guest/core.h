@@ -65,6 +65,8 @@ void kv(const char *key, u64 v);
 /* Prints "guest: done" and resets through the i8042. */
 void done(void) __attribute__((noreturn));
 void i8042_reset(void) __attribute__((noreturn));
+/* Halts the vCPU for good (cli; hlt), the VM staying up. */
+void park(void) __attribute__((noreturn));
 
 int streq(const char *a, const char *b);
 
@@ -107,5 +109,7 @@ int vsock_scenario(const char *name);
 
 /* Runs the rng-* scenario `name` (rng.c); returns 0 if it is not one. */
 int rng_scenario(const char *name);
+/* Runs the balloon-* scenario `name` (balloon.c); returns 0 if it is not one. */
+int balloon_scenario(const char *name);
 
 #endif

@@ -68,7 +68,7 @@ static inline void cpuid(u32 leaf, u32 subleaf, u32 *a, u32 *b, u32 *c, u32 *d)
 			 : "a"(leaf), "c"(subleaf));
 }
 
-static void __attribute__((noreturn)) park(void)
+void park(void)
 {
 	for (;;)
 		__asm__ volatile("cli; hlt" : : : "memory");
@@ -650,6 +650,8 @@ void guest_main(u32 proto, u64 info)
 		/* vsock-* scenarios (vsock.c) */
 	} else if (rng_scenario(scenario)) {
 		/* rng-* scenarios (rng.c) */
+	} else if (balloon_scenario(scenario)) {
+		/* balloon-* scenarios (balloon.c) */
 	} else {
 		con_puts("guest: unknown scenario ");
 		con_puts(scenario);

@@ -257,6 +257,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
             vsock: config.vsock.as_ref(),
             entropy: config.entropy.as_ref(),
             mmds: config.mmds.as_ref(),
+            balloon: config.balloon.as_ref(),
         },
         &mut config.opened,
     )?;
@@ -312,6 +313,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
             nets: virtio.nets,
             vsock: virtio.vsock,
             entropy: virtio.entropy,
+            balloon: virtio.balloon,
         },
         subscribers: devices.subscribers,
         terminal: devices.terminal,

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ember_devices::legacy::StartTime;
+use ember_devices::virtio::balloon::BalloonConfig;
 use ember_devices::virtio::block::BlockConfig;
 use ember_devices::virtio::net::NetConfig;
 use ember_devices::virtio::rng::RngConfig;
@@ -116,6 +117,8 @@ pub struct VmConfig {
     pub entropy: Option<RngConfig>,
     /// The MMDS, answered on the interfaces `mmds-config` names.
     pub mmds: Option<MmdsNetConfig>,
+    /// The memory balloon.
+    pub balloon: Option<BalloonConfig>,
     /// Serial output.
     pub serial_output: SerialOutput,
     /// Serial input.
@@ -172,6 +175,7 @@ impl VmConfig {
             vsock: None,
             entropy: None,
             mmds: None,
+            balloon: None,
             serial_output: SerialOutput::Stdout,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),

@@ -24,12 +24,13 @@ pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOu
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
 pub use vcpu_threads::vcpu_thread_name;
-pub use virtio_devices::{SharedBlock, SharedNet, SharedRng};
+pub use virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedRng};
 pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 
 pub use ember_cpu::cpuid::host_phys_addr_bits;
 pub use ember_devices::host_files;
 pub use ember_devices::legacy::{BootTime, StartTime};
+pub use ember_devices::virtio::balloon::{BalloonConfig, BalloonError, BalloonStats};
 pub use ember_devices::virtio::block::open_disk;
 pub use ember_devices::virtio::block::{BlockConfig, CacheType};
 pub use ember_devices::virtio::net::{
@@ -161,6 +162,12 @@ pub enum Error {
     /// The entropy device could not be set up.
     #[error("entropy device: {0}")]
     Entropy(ember_devices::Error),
+    /// The balloon device could not be set up.
+    #[error("balloon: {0}")]
+    Balloon(ember_devices::virtio::balloon::BalloonError),
+    /// The VM has no balloon device.
+    #[error("no balloon device")]
+    NoBalloon,
     /// A seccomp filter could not be installed.
     #[error("seccomp ({thread} thread): {source}")]
     Seccomp {

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use ember_devices::virtio::balloon::{Balloon, BalloonConfig};
 use ember_devices::virtio::block::Block;
 use ember_devices::virtio::net::{Net, NetConfig};
 use ember_devices::virtio::rng::{Rng, RngConfig};
@@ -34,6 +35,9 @@ pub type SharedRng = Arc<Mutex<Rng<GuestMemoryMmap>>>;
 /// The vsock device as the running VM keeps it.
 pub type SharedVsock = Arc<Mutex<Vsock<GuestMemoryMmap>>>;
 
+/// The balloon device as the running VM keeps it.
+pub type SharedBalloon = Arc<Mutex<Balloon<GuestMemoryMmap>>>;
+
 /// What attaching the virtio devices produced.
 #[derive(Default)]
 pub(crate) struct VirtioDevices {
@@ -49,6 +53,8 @@ pub(crate) struct VirtioDevices {
     pub(crate) vsock: Option<SharedVsock>,
     /// The entropy device.
     pub(crate) entropy: Option<SharedRng>,
+    /// The balloon device.
+    pub(crate) balloon: Option<SharedBalloon>,
 }
 
 /// Places virtio devices one after another in the MMIO windows.
@@ -141,10 +147,11 @@ pub(crate) struct DeviceConfigs<'a> {
     pub(crate) vsock: Option<&'a VsockConfig>,
     pub(crate) entropy: Option<&'a RngConfig>,
     pub(crate) mmds: Option<&'a MmdsNetConfig>,
+    pub(crate) balloon: Option<&'a BalloonConfig>,
 }
 
 /// Creates the virtio devices (drives, root first, then network interfaces,
-/// then vsock, then the entropy device) and puts them on `mmio`.
+/// then vsock, then the entropy device, then the balloon) and puts them on `mmio`.
 pub(crate) fn attach_devices(
     vm: &VmFd,
     memory: &GuestMemoryMmap,
@@ -158,6 +165,7 @@ pub(crate) fn attach_devices(
         vsock,
         entropy,
         mmds,
+        balloon,
     } = configs;
     let mut placer = Placer {
         vm,
@@ -211,6 +219,12 @@ pub(crate) fn attach_devices(
         let device: SharedRng = Arc::new(Mutex::new(device));
         placer.attach(device.clone())?;
         placer.devices.entropy = Some(device);
+    }
+    if let Some(config) = balloon {
+        let device = Balloon::new(*config).map_err(Error::Balloon)?;
+        let device: SharedBalloon = Arc::new(Mutex::new(device));
+        placer.attach(device.clone())?;
+        placer.devices.balloon = Some(device);
     }
     Ok(placer.devices)
 }

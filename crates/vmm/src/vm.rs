@@ -20,8 +20,9 @@ use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
-use crate::virtio_devices::{SharedBlock, SharedNet, SharedRng, SharedVsock};
+use crate::virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedRng, SharedVsock};
 use crate::{Error, Result};
+use ember_devices::virtio::balloon::BalloonCounters;
 
 /// A subscriber of the device event loop.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -45,6 +46,7 @@ pub(crate) struct DeviceHandles {
     pub(crate) nets: Vec<(String, SharedNet)>,
     pub(crate) vsock: Option<SharedVsock>,
     pub(crate) entropy: Option<SharedRng>,
+    pub(crate) balloon: Option<SharedBalloon>,
 }
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
@@ -289,6 +291,11 @@ impl RunningVm {
             .ok_or_else(|| Error::UnknownNetworkInterface(iface_id.to_owned()))
     }
 
+    /// The balloon device.
+    pub fn balloon(&self) -> Result<SharedBalloon> {
+        self.devices.balloon.clone().ok_or(Error::NoBalloon)
+    }
+
     /// Counters of the vCPUs and devices, grouped.
     pub fn metrics(&self) -> Vec<MetricGroup> {
         let serial = lock(&self.devices.serial).counters();
@@ -389,6 +396,9 @@ impl RunningVm {
         if let Some(rng) = &self.devices.entropy {
             groups.push(rng_metrics(lock(rng).counters()));
         }
+        if let Some(balloon) = &self.devices.balloon {
+            groups.push(balloon_metrics(&lock(balloon).counters()));
+        }
         groups
     }
 
@@ -435,6 +445,29 @@ fn rng_metrics(c: ember_devices::virtio::rng::RngCounters) -> MetricGroup {
             ("rate_limiter_events", c.rate_limiter_events),
             ("ignored_notifications", c.ignored_notifications),
             ("event_errors", c.event_errors),
+        ],
+    )
+}
+
+/// The balloon's counters: Firecracker's `balloon` group (the free page
+/// counters stay 0) and Ember's own.
+fn balloon_metrics(c: &BalloonCounters) -> MetricGroup {
+    MetricGroup::new(
+        "balloon",
+        vec![
+            ("activate_fails", c.activate_fails),
+            ("inflate_count", c.inflate_count),
+            ("stats_updates_count", c.stats_updates_count),
+            ("stats_update_fails", c.stats_update_fails),
+            ("deflate_count", c.deflate_count),
+            ("event_fails", c.event_fails),
+            ("free_page_report_count", c.free_page_report_count),
+            ("free_page_report_freed", c.free_page_report_freed),
+            ("free_page_report_fails", c.free_page_report_fails),
+            ("pages_released", c.pages_released),
+            ("pages_outside", c.pages_outside),
+            ("malformed_buffers", c.malformed_buffers),
+            ("ignored_notifications", c.ignored_notifications),
         ],
     )
 }

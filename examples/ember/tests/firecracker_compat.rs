@@ -12,7 +12,7 @@
 //! requests to the MMDS address is not built yet), `test_api_cpu_config` and the C3/T2 templates of
 //! `test_api_put_update_pre_boot` (CPU templates), `test_api_memory_hotplug`
 //! (virtio-mem),
-//! `test_api_balloon` (balloon), `test_pmem_api` and
+//! `test_pmem_api` and
 //! `test_pmem_rate_limiter_api` (virtio-pmem),
 //! `test_get_full_config_after_restoring_snapshot` and
 //! `test_negative_snapshot_load_api` (snapshots), `track_dirty_pages: true`
@@ -134,8 +134,8 @@ fn a_config_file_asking_for_a_missing_feature_is_refused_by_name() {
     for (key, value, name) in [
         (
             "balloon",
-            json!({"amount_mib": 1, "deflate_on_oom": true}),
-            "`balloon`",
+            json!({"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true}),
+            "`balloon.free_page_hinting`",
         ),
         ("pmem", json!([{"id": "p", "path_on_host": "/p"}]), "`pmem`"),
         ("cpu-config", json!({}), "`cpu-config`"),
@@ -632,6 +632,140 @@ fn updates_after_boot_as_test_api_put_update_post_boot_and_test_drive_patch() {
         NOT_SUPPORTED_AFTER_START,
     );
     drive_patches(&ember, dir.path());
+}
+
+#[test]
+fn balloon_as_test_api_balloon() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = disk(dir.path(), "rootfs.ext4", 8);
+    let ember = Ember::start(&[]);
+    let put = |body: &str| ember.call("PUT", "/balloon", Some(body));
+    let patch = |body: &str| ember.call("PATCH", "/balloon", Some(body));
+    basic_config(
+        &ember,
+        "console=ttyS0 ember.test=balloon-follow balloon.park=1",
+        &rootfs,
+    );
+    refused(&patch(r#"{"amount_mib": 0}"#), NOT_SUPPORTED_BEFORE_START);
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 1, "deflate_on_oom": true}"#,
+    );
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#,
+    );
+    let got = ember.call("GET", "/balloon", None).json();
+    assert_eq!(got["amount_mib"], 0);
+    assert_eq!(got["deflate_on_oom"], false);
+    assert_eq!(got["stats_polling_interval_s"], 5);
+    refused(&patch(r#"{"amount_mib": 2}"#), NOT_SUPPORTED_BEFORE_START);
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 200, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#,
+    );
+    refused(
+        &ember.call("PATCH", "/machine-config", Some(r#"{"mem_size_mib": 128}"#)),
+        "The memory size (MiB) is smaller than the previously set balloon device target size.",
+    );
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#,
+    );
+    refused(
+        &put(r#"{"amount_mib": 1024, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#),
+        "Balloon config error: Amount of pages requested is too large.",
+    );
+    refused(
+        &ember.call("GET", "/balloon/statistics", None),
+        NOT_SUPPORTED_BEFORE_START,
+    );
+    start(&ember);
+    // The test guest's driver must be up for the target to reach it.
+    ember.wait_for("balloon-follow: waiting");
+    refused(
+        &put(r#"{"amount_mib": 1, "deflate_on_oom": true}"#),
+        NOT_SUPPORTED_AFTER_START,
+    );
+    refused(
+        &patch(r#"{"amount_mib": 300}"#),
+        "Balloon update error: Balloon: Requested memory should be less than",
+    );
+    refused(
+        &patch(r#"{"amount_mib": 33554432}"#),
+        "Balloon update error",
+    );
+    ember.ok(
+        "PATCH",
+        "/balloon/statistics",
+        r#"{"stats_polling_interval_s": 5}"#,
+    );
+    refused(
+        &ember.call(
+            "PATCH",
+            "/balloon/statistics",
+            Some(r#"{"stats_polling_interval_s": 0}"#),
+        ),
+        "Statistics cannot be enabled/disabled after activation.",
+    );
+    ember.ok("PATCH", "/balloon", r#"{"amount_mib": 4}"#);
+    let got = ember.call("GET", "/balloon", None).json();
+    assert_eq!(got["amount_mib"], 4);
+    assert_eq!(got["deflate_on_oom"], false);
+    assert_eq!(got["stats_polling_interval_s"], 5);
+    ember.wait_for("balloon-follow num_pages=0x400 inflated=0x400");
+    let stats = ember.call("GET", "/balloon/statistics", None).json();
+    assert_eq!(stats["target_pages"], 1024);
+    assert_eq!(stats["target_mib"], 4);
+    assert_eq!(
+        stats["actual_pages"], 1024,
+        "the guest wrote actual: {stats}"
+    );
+    assert_eq!(stats["actual_mib"], 4);
+    let config = ember.call("GET", "/vm/config", None).json();
+    assert_eq!(config["balloon"]["amount_mib"], 4);
+    refused(
+        &ember.call("GET", "/balloon/hinting/status", None),
+        "`/balloon/hinting` is not supported by this version of Ember",
+    );
+}
+
+/// The statistics queue under the built-in seccomp filters: the driver's
+/// activation (on a vCPU thread) must not arm the timer itself.
+#[test]
+fn balloon_statistics_reach_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = disk(dir.path(), "rootfs.ext4", 8);
+    let ember = Ember::start(&[]);
+    basic_config(
+        &ember,
+        "console=ttyS0 ember.test=balloon-stats balloon.park=1",
+        &rootfs,
+    );
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 2, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#,
+    );
+    start(&ember);
+    ember.wait_for("balloon-stats returned=0x1");
+    let stats = ember.call("GET", "/balloon/statistics", None).json();
+    assert_eq!(
+        stats,
+        json!({"target_pages": 512, "actual_pages": 0, "target_mib": 2, "actual_mib": 0,
+               "free_memory": 0x100_0000, "total_memory": 0x800_0000})
+    );
+    ember.ok(
+        "PATCH",
+        "/balloon/statistics",
+        r#"{"stats_polling_interval_s": 2}"#,
+    );
+    let got = ember.call("GET", "/balloon", None).json();
+    assert_eq!(got["stats_polling_interval_s"], 2);
 }
 
 #[test]

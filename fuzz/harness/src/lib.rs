@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod balloon;
 pub mod block;
 pub mod bytes;
 pub mod config;
@@ -23,7 +24,7 @@ pub mod vsock;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The fuzz targets, by name.
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 11] = [
     "virtio_block",
     "virtio_mmio",
     "config_file",
@@ -34,6 +35,7 @@ pub const TARGETS: [&str; 10] = [
     "virtio_net_tx",
     "virtio_rng",
     "mmds_frames",
+    "balloon_pfns",
 ];
 
 /// Held while an input runs: the device targets share guest memory and one
@@ -58,6 +60,7 @@ pub fn run(target: &str, data: &[u8]) {
         "virtio_net_tx" => net::run,
         "virtio_rng" => rng::run,
         "mmds_frames" => mmds::run,
+        "balloon_pfns" => balloon::run,
         other => panic!("no fuzz target {other}"),
     };
     alloc::bounded(target, || harness(data));

@@ -46,6 +46,7 @@ pub fn all(readme: Option<&str>) -> Vec<(&'static str, Vec<Seed>)> {
         ("virtio_net_tx", virtio_net_tx()),
         ("virtio_rng", virtio_rng()),
         ("mmds_frames", mmds_frames()),
+        ("balloon_pfns", balloon_pfns()),
     ]
 }
 
@@ -888,5 +889,42 @@ pub fn virtio_rng() -> Vec<Seed> {
     }
     b.kick().kick();
     seeds.push(seed("rate-limited", b.finish()));
+    seeds
+}
+
+/// Inflate and deflate buffers: well-formed runs, duplicates, pages in the
+/// hole and past the end, a too-long buffer, a device-writable one, one
+/// outside memory, pages of the rings themselves.
+pub fn balloon_pfns() -> Vec<Seed> {
+    use crate::balloon::SeedBuilder;
+    let mut seeds = Vec::new();
+
+    let mut b = SeedBuilder::new(false);
+    b.pfns(true, &[4, 5, 6, 9])
+        .kick()
+        .pfns(false, &[4, 5])
+        .kick();
+    seeds.push(seed("inflate-deflate", b.finish()));
+
+    let mut b = SeedBuilder::new(true);
+    b.pfns(
+        true,
+        &[7, 7, 7, 0x1f, 0x20, 0x2f, 0x30, 0x40, u32::MAX, 0x1_0000],
+    )
+    .kick();
+    seeds.push(seed("hostile-pfns", b.finish()));
+
+    let mut b = SeedBuilder::new(false);
+    b.raw(true, 0x1_0000, 2048, 0)
+        .raw(true, 0x1_0000, 8, 1)
+        .raw(true, 0x3_fffc, 8, 0)
+        .raw(true, 0x1_0000, 6, 0)
+        .raw(false, 0, 8, 2)
+        .kick();
+    seeds.push(seed("malformed-buffers", b.finish()));
+
+    let mut b = SeedBuilder::new(false);
+    b.pfns(true, &[1, 2, 3]).kick().pfns(true, &[4]).kick();
+    seeds.push(seed("inflate-the-rings", b.finish()));
     seeds
 }

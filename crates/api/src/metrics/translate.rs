@@ -263,6 +263,11 @@ mod tests {
             Target::Firecracker(vec!["tap_write_fails", "tx_fails"])
         );
         assert_eq!(target("block_x", "sync_count"), Target::Ember);
+        assert_eq!(
+            target("balloon", "inflate_count"),
+            Target::Firecracker(vec!["inflate_count"])
+        );
+        assert_eq!(target("balloon", "pages_released"), Target::Ember);
         assert_eq!(target("nothing", "read_count"), Target::Ember);
     }
 

@@ -1,10 +1,10 @@
 //! Virtio 1.x (modern) devices on the virtio-mmio transport.
 //!
 //! - [`mmio`]: the MMIO register interface a guest driver sees ([`MmioTransport`]).
-//! - [`block`], [`net`], [`rng`], [`vsock`]: the devices; `common` holds what they
+//! - [`balloon`], [`block`], [`net`], [`rng`], [`vsock`]: the devices; `common` holds what they
 //!   share (configuration reads, activation, queue events, interrupts),
 //!   `ring` their fast access to the virtqueues, `iov` vectored I/O
-//!   between guest memory and host descriptors.
+//!   between guest memory and host descriptors, `timer` their timerfds.
 //! - [`VirtioDevice`] is the contract between the transport and a device;
 //!   [`VirtioInterrupt`] is how a device interrupts the driver.
 //!
@@ -12,6 +12,7 @@
 //! such as `vm_memory::GuestMemoryMmap`), never a KVM VM, so tests and fuzzers
 //! drive them on plain memory.
 
+pub mod balloon;
 pub mod block;
 mod common;
 mod device;
@@ -23,6 +24,7 @@ mod ring;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
+mod timer;
 pub mod vsock;
 
 pub use device::VirtioDevice;

@@ -217,6 +217,17 @@ impl Guest {
 /// Runs a built VM, stopping it after `deadline`; the metrics are read just
 /// before the VM is torn down.
 pub fn run_vm(vm: ember_vmm::Vm, capture: &Capture, deadline: Duration) -> Run {
+    run_vm_with(vm, capture, deadline, |_| {})
+}
+
+/// [`run_vm`], calling `hook` with the running VM at least every 50 ms (to
+/// act on the host side while the guest runs).
+pub fn run_vm_with(
+    vm: ember_vmm::Vm,
+    capture: &Capture,
+    deadline: Duration,
+    mut hook: impl FnMut(&ember_vmm::RunningVm),
+) -> Run {
     let timer = vm.boot_timer();
     let stop = vm.stop_handle().unwrap();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -231,7 +242,8 @@ pub fn run_vm(vm: ember_vmm::Vm, capture: &Capture, deadline: Duration) -> Run {
         if let Some(outcome) = running.take_outcome() {
             break outcome;
         }
-        event_loop.run().unwrap();
+        hook(&running);
+        event_loop.run_with_timeout(50).unwrap();
     };
     let metrics = running.metrics();
     running.shutdown();

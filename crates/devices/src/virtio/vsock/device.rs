@@ -16,7 +16,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::Muxer;
 use super::packet::{parse_tx, RxBuffer};
-use super::timer::DeadlineTimer;
 use super::{Limits, VsockCounters, VsockState};
 use crate::host_files::BoundListener;
 use crate::virtio::common::{
@@ -25,6 +24,7 @@ use crate::virtio::common::{
 };
 use crate::virtio::iov::{GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
+use crate::virtio::timer::DeadlineTimer;
 use crate::virtio::{feature_bit, GuestMemoryHandle, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 

@@ -44,7 +44,6 @@ mod packet;
 mod state;
 #[cfg(test)]
 mod tests;
-mod timer;
 mod unix;
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! The device's one-shot, non-blocking deadline timer (a timerfd on the
-//! monotonic clock), armed for the earliest connection deadline.
+//! A device's non-blocking timer (a timerfd on the monotonic clock): one-shot
+//! at a deadline (vsock's connection deadlines) or periodic (the balloon's
+//! statistics polling).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -55,6 +56,18 @@ impl DeadlineTimer {
         Ok(())
     }
 
+    /// Makes the timer fire every `period` from now (`None`: never).
+    pub(crate) fn set_periodic(&mut self, period: Option<Duration>) -> io::Result<()> {
+        self.armed_for = None;
+        match period {
+            Some(every) => {
+                let every = every.max(MIN_WAIT);
+                self.fd.reset(every, Some(every)).map_err(io::Error::from)
+            }
+            None => self.fd.clear().map_err(io::Error::from),
+        }
+    }
+
     /// Consumes an expiration (the timer is readable); a timer that has not
     /// fired (re-armed meanwhile) is fine too.
     pub(crate) fn acknowledge(&mut self) -> io::Result<()> {
@@ -104,6 +117,18 @@ mod tests {
             .set(Some(now + Duration::from_millis(20)), now)
             .unwrap();
         timer.set(None, now).unwrap();
+        assert!(!readable(&timer, 50));
+    }
+
+    #[test]
+    fn a_periodic_timer_fires_again_until_cleared() {
+        let mut timer = DeadlineTimer::new().unwrap();
+        timer.set_periodic(Some(Duration::from_millis(10))).unwrap();
+        for _ in 0..2 {
+            assert!(readable(&timer, 1000));
+            timer.acknowledge().unwrap();
+        }
+        timer.set_periodic(None).unwrap();
         assert!(!readable(&timer, 50));
     }
 }
