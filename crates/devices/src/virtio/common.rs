@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::vec;
 
 use ember_ratelimit::{RateLimiter, TokenType};
@@ -38,6 +39,38 @@ pub(crate) fn ignore_config_write(device: fmt::Arguments<'_>, offset: u64, data:
         "{device}: {}-byte write to read-only config at {offset:#x} ignored",
         data.len()
     );
+}
+
+/// What a one-queue device holds once the driver has activated it.
+pub(crate) struct SingleQueue<M> {
+    /// Guest memory.
+    pub(crate) mem: M,
+    /// The device's queue.
+    pub(crate) queue: Queue,
+    /// How the device interrupts the driver.
+    pub(crate) interrupt: Arc<dyn VirtioInterrupt>,
+    /// The features the driver accepted.
+    pub(crate) acked_features: u64,
+}
+
+impl<M> SingleQueue<M> {
+    /// Takes the one queue of an activation, which must be enabled; fails
+    /// with [`Error::AlreadyActive`] if the device is `already_active`.
+    pub(crate) fn activate(
+        already_active: bool,
+        mem: M,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        acked_features: u64,
+    ) -> Result<SingleQueue<M>> {
+        let queue = ActivationQueues::new(already_active, queues)?.ready()?;
+        Ok(SingleQueue {
+            mem,
+            queue,
+            interrupt,
+            acked_features,
+        })
+    }
 }
 
 /// The queues given to [`VirtioDevice::activate`], taken in queue order.

@@ -20,8 +20,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::disk::Disk;
 use super::request::{self, ParsedChain, Request, RequestType};
 use super::{BlockCounters, BlockState, CacheType, SECTOR_SIZE};
+use crate::virtio::common::SingleQueue as Active;
 use crate::virtio::common::{
-    admit, ignore_config_write, read_config_space, signal_used, ActivationQueues, DeviceEvents,
+    admit, ignore_config_write, read_config_space, signal_used, DeviceEvents,
 };
 use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
@@ -65,14 +66,6 @@ pub struct BlockConfig {
     pub bandwidth: Option<BucketConfig>,
     /// Operations limit.
     pub ops: Option<BucketConfig>,
-}
-
-/// What the device holds between DRIVER_OK and reset.
-struct Active<M> {
-    mem: M,
-    queue: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    acked_features: u64,
 }
 
 /// A virtio-block device.
@@ -461,13 +454,14 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Block<M> {
         interrupt: Arc<dyn VirtioInterrupt>,
         acked_features: u64,
     ) -> Result<()> {
-        let queue = ActivationQueues::new(self.active.is_some(), queues)?.ready()?;
-        self.active = Some(Active {
+        let already_active = self.active.is_some();
+        self.active = Some(Active::activate(
+            already_active,
             mem,
-            queue,
+            queues,
             interrupt,
             acked_features,
-        });
+        )?);
         // Requests made available before DRIVER_OK get picked up by the event loop.
         self.kick_queues(&[0]);
         Ok(())

@@ -15,8 +15,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::{self, ChainError};
 use super::{fill_random, RngCounters, RngState, MAX_REQUEST_BYTES};
+use crate::virtio::common::SingleQueue as Active;
 use crate::virtio::common::{
-    admit, ignore_config_write, read_config_space, signal_used, ActivationQueues, DeviceEvents,
+    admit, ignore_config_write, read_config_space, signal_used, DeviceEvents,
 };
 use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
@@ -36,14 +37,6 @@ pub struct RngConfig {
     pub bandwidth: Option<BucketConfig>,
     /// Operations (requests) limit.
     pub ops: Option<BucketConfig>,
-}
-
-/// What the device holds between DRIVER_OK and reset.
-struct Active<M> {
-    mem: M,
-    queue: Queue,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    acked_features: u64,
 }
 
 /// What one pass over the available ring did.
@@ -296,13 +289,14 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Rng<M> {
         interrupt: Arc<dyn VirtioInterrupt>,
         acked_features: u64,
     ) -> Result<()> {
-        let queue = ActivationQueues::new(self.active.is_some(), queues)?.ready()?;
-        self.active = Some(Active {
+        let already_active = self.active.is_some();
+        self.active = Some(Active::activate(
+            already_active,
             mem,
-            queue,
+            queues,
             interrupt,
             acked_features,
-        });
+        )?);
         // Requests made available before DRIVER_OK get picked up by the event loop.
         self.kick_queues(&[0]);
         Ok(())
