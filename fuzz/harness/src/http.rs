@@ -65,7 +65,7 @@ fn feed(conn: &mut Connection, client: &mut UnixStream, piece: &[u8], answers: &
                 conn.respond(204, None, true);
             }
             Err(refused) => {
-                let fault = format!("{{\"fault_message\":{:?}}}", refused.message);
+                let fault = serde_json::json!({ "fault_message": refused.message }).to_string();
                 conn.respond(refused.status, Some(&fault), false);
                 answers.refused = true;
             }
