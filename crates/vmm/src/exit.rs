@@ -1,5 +1,5 @@
 //! Why a VM stopped, and the event-loop subscriber that finds out: it watches
-//! the i8042 reset line, the vCPU threads' reports and the termination signals.
+//! the i8042 reset line, the vCPU and device threads' reports and the termination signals.
 
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
@@ -9,7 +9,6 @@ use ember_devices::trigger::EventTrigger;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vcpu_threads::VcpuReport;
 
 /// How a VM ended without an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,12 +45,21 @@ impl ExitReason {
 /// The end of a VM run: a reason, or the error a vCPU stopped with.
 pub(crate) type Outcome = crate::Result<ExitReason>;
 
+/// What a vCPU thread or the device thread says when it ends on its own.
+#[derive(Debug)]
+pub(crate) struct ThreadReport {
+    /// The thread's name.
+    pub(crate) thread: String,
+    /// Why it ended.
+    pub(crate) result: crate::Result<VcpuStop>,
+}
+
 /// Watches everything that can end the VM and keeps the first outcome.
 pub(crate) struct ExitWatcher {
     reset: EventTrigger,
     stop: EventTrigger,
     vcpu_event: EventTrigger,
-    vcpu_reports: Receiver<VcpuReport>,
+    vcpu_reports: Receiver<ThreadReport>,
     termination: Option<(EventFd, i32)>,
     outcome: Option<Outcome>,
 }
@@ -61,7 +69,7 @@ impl ExitWatcher {
         reset: EventTrigger,
         stop: EventTrigger,
         vcpu_event: EventTrigger,
-        vcpu_reports: Receiver<VcpuReport>,
+        vcpu_reports: Receiver<ThreadReport>,
         termination: Option<EventFd>,
     ) -> ExitWatcher {
         ExitWatcher {
@@ -99,7 +107,7 @@ impl ExitWatcher {
                 Ok(VcpuStop::Kicked) => continue,
                 Err(e) => Err(e),
             };
-            log::info!("vCPU {} stopped: {outcome:?}", report.index);
+            log::info!("{} stopped: {outcome:?}", report.thread);
             self.settle(outcome);
         }
     }

@@ -2,14 +2,15 @@
 //!
 //! [`builder::build`] validates the configuration, creates the KVM VM, guest
 //! memory, devices and vCPUs, and loads the kernel. [`Vm::run`] starts one
-//! thread per vCPU, runs the device event loop on the calling thread until the
-//! guest resets, powers off, fails, or a termination signal arrives, then stops
-//! and joins the vCPUs; [`Vm::start`] does the same on an event loop the caller
+//! thread per vCPU and a device thread for the devices' event loop, and waits
+//! on the calling thread until the guest resets, powers off, fails, or a
+//! termination signal arrives, then stops and joins those threads; [`Vm::start`] does the same on an event loop the caller
 //! owns (for an API server) and returns a [`RunningVm`] to pause, resume and
 //! inspect.
 
 pub mod builder;
 pub mod config;
+mod device_thread;
 mod exit;
 mod io;
 pub mod metrics;

@@ -6,6 +6,7 @@
 //! a thread first enters the run loop would otherwise be lost). A thread that
 //! never answers is left behind rather than hanging the VMM.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -18,6 +19,7 @@ use ember_devices::trigger::EventTrigger;
 use ember_jailer::seccomp::{self, BpfProgram};
 use vmm_sys_util::signal::Killable;
 
+use crate::exit::ThreadReport;
 use crate::io::IoBuses;
 use crate::{Error, Result};
 
@@ -32,13 +34,6 @@ const KICK_INTERVAL: Duration = Duration::from_millis(5);
 /// How long a state change waits for the vCPU threads.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What a vCPU thread says when it ends on its own.
-#[derive(Debug)]
-pub(crate) struct VcpuReport {
-    pub(crate) index: u8,
-    pub(crate) result: Result<VcpuStop>,
-}
-
 /// What the VMM wants the vCPU threads to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Request {
@@ -47,11 +42,30 @@ enum Request {
     Stop,
 }
 
-#[derive(Debug)]
+/// Work a parked vCPU thread does on its own vCPU (saving its state: KVM
+/// wants a vCPU's ioctls from the thread that runs it).
+type VcpuTask = Arc<dyn Fn(&Vcpu) -> Box<dyn Any + Send> + Send + Sync>;
+
 struct ControlState {
     request: Request,
     /// Threads parked because of a pause request.
     parked: usize,
+    /// The task for parked threads, with its number; each thread runs each
+    /// task once.
+    task: Option<(u64, VcpuTask)>,
+    /// What the threads answered to the current task, by vCPU index.
+    answers: Vec<(u8, Box<dyn Any + Send>)>,
+}
+
+impl std::fmt::Debug for ControlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlState")
+            .field("request", &self.request)
+            .field("parked", &self.parked)
+            .field("task", &self.task.as_ref().map(|(number, _)| number))
+            .field("answers", &self.answers.len())
+            .finish()
+    }
 }
 
 /// Shared between the VMM and the vCPU threads.
@@ -68,10 +82,11 @@ impl Control {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Called by a kicked thread: parks while paused. Returns `false` when the
-    /// thread must end.
-    fn obey(&self) -> bool {
+    /// Called by a kicked thread: parks while paused, running the tasks the
+    /// VMM posts on `vcpu`. Returns `false` when the thread must end.
+    fn obey(&self, vcpu: &Vcpu) -> bool {
         let mut state = self.lock();
+        let mut tasks_done = state.task.as_ref().map_or(0, |(number, _)| *number);
         loop {
             match state.request {
                 Request::Run => return true,
@@ -80,6 +95,17 @@ impl Control {
                     state.parked += 1;
                     self.changed.notify_all();
                     while state.request == Request::Pause {
+                        if let Some((number, task)) = state.task.clone() {
+                            if number > tasks_done {
+                                tasks_done = number;
+                                drop(state);
+                                let answer = task(vcpu);
+                                state = self.lock();
+                                state.answers.push((vcpu.index(), answer));
+                                self.changed.notify_all();
+                                continue;
+                            }
+                        }
                         state = self
                             .changed
                             .wait(state)
@@ -106,7 +132,7 @@ fn run_vcpu(
     mut vcpu: Vcpu,
     io: &IoBuses,
     control: &Control,
-    reports: &Sender<VcpuReport>,
+    reports: &Sender<ThreadReport>,
     wake: &EventTrigger,
     filter: Option<&BpfProgram>,
 ) {
@@ -120,7 +146,7 @@ fn run_vcpu(
         Err(e) => Err(e),
         Ok(()) => loop {
             match vcpu.run(io) {
-                Ok(VcpuStop::Kicked) if control.obey() => continue,
+                Ok(VcpuStop::Kicked) if control.obey(&vcpu) => continue,
                 other => break other.map_err(Error::Cpu),
             }
         },
@@ -131,7 +157,8 @@ fn run_vcpu(
         return;
     }
     let index = vcpu.index();
-    if reports.send(VcpuReport { index, result }).is_ok() {
+    let thread = vcpu_thread_name(index);
+    if reports.send(ThreadReport { thread, result }).is_ok() {
         if let Err(e) = wake.trigger() {
             log::error!("vCPU {index}: cannot wake the VMM: {e}");
         }
@@ -143,7 +170,7 @@ impl VcpuThreads {
     pub(crate) fn start(
         vcpus: Vec<Vcpu>,
         io: &Arc<IoBuses>,
-        reports: &Sender<VcpuReport>,
+        reports: &Sender<ThreadReport>,
         wake: &EventTrigger,
         filter: Option<&BpfProgram>,
     ) -> Result<VcpuThreads> {
@@ -155,6 +182,8 @@ impl VcpuThreads {
                 state: Mutex::new(ControlState {
                     request: Request::Run,
                     parked: 0,
+                    task: None,
+                    answers: Vec::new(),
                 }),
                 changed: Condvar::new(),
                 any_ended: AtomicBool::new(false),
@@ -223,6 +252,48 @@ impl VcpuThreads {
                     .unwrap_or_else(PoisonError::into_inner),
             );
         }
+    }
+
+    /// Runs `task` on every vCPU, each on its own thread, while they are
+    /// paused ([`VcpuThreads::pause`] first); returns the answers in vCPU order.
+    pub(crate) fn on_each_vcpu<T: Send + 'static>(
+        &self,
+        task: impl Fn(&Vcpu) -> T + Send + Sync + 'static,
+    ) -> Result<Vec<T>> {
+        let count = self.handles.len();
+        let mut state = self.control.lock();
+        if state.request != Request::Pause || state.parked != count {
+            return Err(Error::InvalidState("the vCPUs are not paused"));
+        }
+        let number = state.task.as_ref().map_or(1, |(number, _)| number + 1);
+        let task: VcpuTask = Arc::new(move |vcpu| Box::new(task(vcpu)));
+        state.task = Some((number, task));
+        state.answers.clear();
+        self.control.changed.notify_all();
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        while state.answers.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.control.any_ended.load(Ordering::SeqCst) {
+                return Err(Error::VcpuControl("the vCPUs did not answer in time"));
+            }
+            state = self
+                .control
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let mut answers = std::mem::take(&mut state.answers);
+        answers.sort_by_key(|(index, _)| *index);
+        answers
+            .into_iter()
+            .map(|(_, answer)| {
+                answer
+                    .downcast::<T>()
+                    .map(|answer| *answer)
+                    .map_err(|_| Error::VcpuControl("a vCPU answered another task"))
+            })
+            .collect()
     }
 
     /// Lets paused vCPUs run again.

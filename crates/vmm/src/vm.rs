@@ -1,6 +1,6 @@
-//! A built VM, and a running one: vCPU threads plus the device subscribers on
-//! an event loop the caller owns, with pause, resume, key injection, metrics
-//! and an orderly stop.
+//! A built VM, and a running one: vCPU threads, the device thread, and an exit
+//! watcher on an event loop the caller owns, with pause, resume, key
+//! injection, metrics and an orderly stop.
 
 use std::fmt;
 use std::sync::mpsc;
@@ -14,6 +14,7 @@ use ember_memory::GuestMemoryMmap;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
 
+use crate::device_thread::DeviceThread;
 use crate::exit::{ExitReason, ExitWatcher, StopHandle};
 use crate::io::IoBuses;
 use crate::metrics::MetricGroup;
@@ -92,13 +93,15 @@ impl Vm {
         &self.vm_fd
     }
 
-    /// Starts the vCPUs and registers the devices on `event_loop`. The caller
-    /// runs the loop and checks [`RunningVm::take_outcome`] after each turn.
+    /// Starts the vCPUs and the device thread (which runs the devices' event
+    /// loop), and registers the exit watcher on `event_loop`. The caller runs
+    /// the loop and checks [`RunningVm::take_outcome`] after each turn.
     ///
     /// With seccomp filters configured, each vCPU thread installs the `vcpu`
-    /// filter before it first enters the guest, and the calling thread (the
-    /// VMM thread) installs the `vmm` filter once the vCPUs are running: from
-    /// then on it must not use system calls the filter refuses.
+    /// filter before it first enters the guest, the device thread the `vmm`
+    /// filter before it handles any event, and the calling thread (the VMM
+    /// thread) the `vmm` filter once the vCPUs are running: from then on it
+    /// must not use system calls the filter refuses.
     pub fn start(
         self,
         event_loop: &mut EventLoop,
@@ -126,10 +129,9 @@ impl Vm {
                 .transpose()?,
         )));
         event_loop.add_subscriber(watcher.clone());
-        for subscriber in subscribers {
-            event_loop.add_subscriber(subscriber);
-        }
         let filter = |kind| seccomp.as_ref().and_then(|f| f.get(&kind));
+        let device_thread =
+            DeviceThread::start(subscribers, filter(ThreadKind::Vmm), &report_tx, &vcpu_event)?;
         let threads = VcpuThreads::start(
             vcpus,
             &devices.io,
@@ -139,6 +141,7 @@ impl Vm {
         )?;
         let running = RunningVm {
             threads: Some(threads),
+            device_thread: Some(device_thread),
             paused: false,
             watcher,
             devices,
@@ -188,6 +191,7 @@ pub enum RunState {
 /// A started VM. Dropping it stops the vCPUs.
 pub struct RunningVm {
     threads: Option<VcpuThreads>,
+    device_thread: Option<DeviceThread>,
     paused: bool,
     watcher: Arc<Mutex<ExitWatcher>>,
     devices: DeviceHandles,
@@ -226,11 +230,23 @@ impl RunningVm {
             .ok_or(Error::InvalidState("the VM has stopped"))
     }
 
-    /// Parks every vCPU outside `KVM_RUN`, keeping guest state.
+    fn device_thread(&self) -> Result<&DeviceThread> {
+        self.device_thread
+            .as_ref()
+            .ok_or(Error::InvalidState("the VM has stopped"))
+    }
+
+    /// Parks every vCPU outside `KVM_RUN` and the device loop, keeping guest
+    /// state: once this returns nothing writes guest memory until
+    /// [`RunningVm::resume`].
     pub fn pause(&mut self) -> Result<()> {
         if !self.paused {
-            let result = self.threads()?.pause();
+            let result = self
+                .threads()?
+                .pause()
+                .and_then(|()| self.device_thread()?.pause());
             if result.is_err() {
+                self.device_thread()?.resume();
                 self.threads()?.resume();
                 return result;
             }
@@ -243,6 +259,7 @@ impl RunningVm {
     /// Lets paused vCPUs run again.
     pub fn resume(&mut self) -> Result<()> {
         if self.paused {
+            self.device_thread()?.resume();
             self.threads()?.resume();
             self.paused = false;
             log::info!("VM resumed");
@@ -419,14 +436,16 @@ impl RunningVm {
         };
         threads.resume();
         let joined = threads.stop();
+        let devices_stopped = self.device_thread.take().is_none_or(DeviceThread::stop);
         if let Err(e) = lock(&self.devices.serial).flush_output() {
             log::warn!("cannot flush the serial output: {e}");
         }
         self.terminal.take();
         self.vm_fd.take();
         self.kvm.take();
-        if !joined {
-            // A vCPU thread may still be in the guest: keep its memory mapped.
+        if !joined || !devices_stopped {
+            // A vCPU may still be in the guest, or a device handler running:
+            // keep guest memory mapped.
             std::mem::forget(self.memory.take());
         }
     }
