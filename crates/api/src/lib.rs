@@ -49,6 +49,7 @@ pub mod request;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod socket;
 
 /// Errors from the configuration front end.

@@ -122,6 +122,10 @@ pub enum ApiRequest {
     PatchMmds(serde_json::Value),
     /// `PUT /mmds/config`.
     PutMmdsConfig(ember_mmds::MmdsConfig),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(crate::snapshot::SnapshotCreate),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(crate::snapshot::SnapshotLoad),
 }
 
 impl ApiRequest {
@@ -137,6 +141,9 @@ impl ApiRequest {
             }
             ApiRequest::PutVsock(vsock) if vsock.vsock_id.is_some() => {
                 Some("PUT /vsock: vsock_id field is deprecated.")
+            }
+            ApiRequest::LoadSnapshot(load) if load.deprecated => {
+                Some(crate::snapshot::LOAD_DEPRECATION)
             }
             ApiRequest::PutMmdsConfig(config) if config.version == ember_mmds::MmdsVersion::V1 => {
                 Some("PUT /mmds/config: V1 is deprecated. Use V2 instead.")

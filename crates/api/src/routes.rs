@@ -61,10 +61,12 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/vm/config", &[Method::Get]),
     ("/mmds", &[Method::Get, Method::Put, Method::Patch]),
     ("/mmds/config", &[Method::Put]),
+    ("/snapshot/create", &[Method::Put]),
+    ("/snapshot/load", &[Method::Put]),
 ];
 
 /// Firecracker resources Ember does not serve yet, by their first path segment.
-const MISSING_RESOURCES: &[&str] = &["cpu-config", "hotplug", "pmem", "snapshot"];
+const MISSING_RESOURCES: &[&str] = &["cpu-config", "hotplug", "pmem"];
 
 fn fault(message: &str) -> ApiResponse {
     ApiResponse::bad_request(message)
@@ -114,6 +116,18 @@ fn put_mmds(second: Option<&str>, body: &[u8]) -> Result<ApiRequest, ApiResponse
         None => Ok(ApiRequest::PutMmds(json(body)?)),
         Some("config") => Ok(ApiRequest::PutMmdsConfig(json(body)?)),
         Some(other) => Err(fault(&format!("Unrecognized PUT request path `{other}`."))),
+    }
+}
+
+/// `PUT /snapshot/create` or `PUT /snapshot/load`.
+fn put_snapshot(second: Option<&str>, body: &[u8]) -> Result<ApiRequest, ApiResponse> {
+    match second {
+        Some("create") => Ok(ApiRequest::CreateSnapshot(json(body)?)),
+        Some("load") => Ok(ApiRequest::LoadSnapshot(crate::snapshot::parse_load(body)?)),
+        Some(other) => Err(fault(&format!(
+            "Invalid request method and/or path: PUT /snapshot/{other}."
+        ))),
+        None => Err(fault("Missing snapshot operation type.")),
     }
 }
 
@@ -207,6 +221,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
         (Put, "balloon", Some(body)) if second.is_none() => ApiRequest::PutBalloon(json(body)?),
         (Put, "serial", Some(body)) => ApiRequest::PutSerial(json(body)?),
         (Put, "entropy", Some(body)) => ApiRequest::PutEntropy(json::<Entropy>(body)?),
+        (Put, "snapshot", Some(body)) => put_snapshot(second, body)?,
         (Put, _, None) => return Err(fault("Empty PUT request.")),
         (Patch, "drives", Some(body)) => {
             let id = checked_id(second)?;

@@ -16,7 +16,8 @@ use ember_cpu::platform::setup_platform;
 use ember_cpu::{EntryPoint, Vcpu, MAX_VCPUS};
 use ember_devices::host_files::{open_input, InputKind};
 use ember_devices::legacy::{
-    self, BootTimer, Serial, SerialInput as SerialInputDevice, StdinReader, I8042,
+    self, BootTimer, I8042State, Serial, SerialInput as SerialInputDevice, SerialState,
+    StdinReader, I8042,
 };
 use ember_devices::trigger::EventTrigger;
 use ember_devices::Bus;
@@ -29,7 +30,8 @@ use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
 use crate::io::IoBuses;
 use crate::terminal::RawTerminal;
 use crate::virtio_devices::{attach_devices, extend_cmdline, DeviceConfigs};
-use crate::vm::{DeviceHandles, Subscriber, Vm};
+use crate::snapshot::SavedMachine;
+use crate::vm::{Subscriber, Vm};
 use crate::{Error, Result};
 
 /// Most vCPUs a VM may have: Firecracker's limit (the MP table and KVM allow
@@ -67,7 +69,7 @@ pub fn check_cmdline(cmdline: &str) -> Result<()> {
     )?)
 }
 
-fn open_kvm(path: &Path) -> Result<Kvm> {
+pub(crate) fn open_kvm(path: &Path) -> Result<Kvm> {
     let kvm_err = |source| Error::OpenKvm {
         path: path.to_owned(),
         source,
@@ -77,7 +79,7 @@ fn open_kvm(path: &Path) -> Result<Kvm> {
     Kvm::new_with_path(&c_path).map_err(kvm_err)
 }
 
-fn check_vcpus_against(kvm: Option<&Kvm>, count: u8) -> Result<()> {
+pub(crate) fn check_vcpus_against(kvm: Option<&Kvm>, count: u8) -> Result<()> {
     let limit = usize::from(MAX_VCPUS.min(MAX_VCPU_COUNT));
     let max = kvm.map_or(limit, |kvm| kvm.get_max_vcpus().min(limit));
     if count == 0 || usize::from(count) > max {
@@ -149,18 +151,30 @@ fn load_guest(
 }
 
 /// The legacy devices, the buses they sit on and their event-loop subscribers.
-struct Devices {
-    pio: Bus,
-    mmio: Bus,
-    serial: Arc<Mutex<Serial>>,
-    i8042: Arc<Mutex<I8042>>,
-    boot_timer: Arc<Mutex<BootTimer>>,
-    reset: EventTrigger,
-    subscribers: Vec<Subscriber>,
-    terminal: Option<RawTerminal>,
+pub(crate) struct Devices {
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
+    pub(crate) reset: EventTrigger,
+    pub(crate) subscribers: Vec<Subscriber>,
+    pub(crate) terminal: Option<RawTerminal>,
 }
 
-fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
+/// The host ends of the legacy devices.
+pub(crate) struct LegacyInputs {
+    pub(crate) serial_output: SerialOutput,
+    pub(crate) serial_input: SerialInput,
+    pub(crate) start_time: ember_devices::legacy::StartTime,
+}
+
+/// Creates the legacy devices, fresh or (with `saved`) as a snapshot had them.
+pub(crate) fn create_devices(
+    vm: &VmFd,
+    inputs: LegacyInputs,
+    saved: Option<(&SerialState, &I8042State)>,
+) -> Result<Devices> {
     let irq = EventTrigger::new()?;
     vm.register_irqfd(irq.event_fd(), legacy::COM1_IRQ)
         .map_err(|source| Error::Kvm {
@@ -168,17 +182,20 @@ fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
             source,
         })?;
     let drained = EventTrigger::new()?;
-    let output: Box<dyn Write + Send> =
-        match std::mem::replace(&mut config.serial_output, SerialOutput::Sink) {
-            SerialOutput::Stdout => Box::new(std::io::stdout()),
-            SerialOutput::Writer(writer) => writer,
-            SerialOutput::Sink => Box::new(std::io::sink()),
-        };
-    let serial = Arc::new(Mutex::new(Serial::new(irq, drained.try_clone()?, output)));
+    let output: Box<dyn Write + Send> = match inputs.serial_output {
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::Writer(writer) => writer,
+        SerialOutput::Sink => Box::new(std::io::sink()),
+    };
+    let serial = match saved {
+        Some((state, _)) => Serial::from_state(state, irq, drained.try_clone()?, output)?,
+        None => Serial::new(irq, drained.try_clone()?, output),
+    };
+    let serial = Arc::new(Mutex::new(serial));
 
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let mut terminal = None;
-    match std::mem::replace(&mut config.serial_input, SerialInput::None) {
+    match inputs.serial_input {
         SerialInput::Stdin => {
             terminal = RawTerminal::enable_if_tty();
             let input = SerialInputDevice::new(serial.clone(), StdinReader, &drained)?;
@@ -198,8 +215,12 @@ fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
             what: "KVM_IRQFD (i8042)",
             source,
         })?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(reset.try_clone()?, keyboard_irq)));
-    let boot_timer = Arc::new(Mutex::new(BootTimer::new(config.start_time)));
+    let i8042 = match saved {
+        Some((_, state)) => I8042::from_state(state, reset.try_clone()?, keyboard_irq),
+        None => I8042::new(reset.try_clone()?, keyboard_irq),
+    };
+    let i8042 = Arc::new(Mutex::new(i8042));
+    let boot_timer = Arc::new(Mutex::new(BootTimer::new(inputs.start_time)));
 
     let mut pio = Bus::new();
     pio.insert(serial.clone(), legacy::COM1_PORT, legacy::COM1_PORT_COUNT)?;
@@ -219,6 +240,29 @@ fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
     })
 }
 
+/// A KVM VM with its platform devices and guest memory registered.
+pub(crate) struct KvmVm {
+    pub(crate) vm_fd: VmFd,
+    pub(crate) memory: GuestMemoryMmap,
+}
+
+impl KvmVm {
+    /// Creates the VM, its in-kernel irqchip, PIT and TSS, and registers
+    /// `memory` (logging dirty pages when `track_dirty_pages`).
+    pub(crate) fn create(kvm: &Kvm, memory: GuestMemoryMmap, track_dirty_pages: bool) -> Result<KvmVm> {
+        let vm_fd = kvm.create_vm().map_err(|source| Error::Kvm {
+            what: "KVM_CREATE_VM",
+            source,
+        })?;
+        setup_platform(&vm_fd)?;
+        // SAFETY: `memory` is returned with `vm_fd` and stored in the `Vm` after
+        // `vm_fd` and the vCPUs, so it is unmapped only after they are gone (or
+        // never, if a vCPU thread could not be stopped).
+        unsafe { register_with_kvm(&vm_fd, &memory, track_dirty_pages) }?;
+        Ok(KvmVm { vm_fd, memory })
+    }
+}
+
 /// Builds a VM from `config`. Nothing runs until [`Vm::run`].
 pub fn build(mut config: VmConfig) -> Result<Vm> {
     check_vcpu_count(config.vcpu_count)?;
@@ -235,18 +279,18 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
 
     let kvm = open_kvm(&config.kvm_device)?;
     check_vcpus_against(Some(&kvm), config.vcpu_count)?;
-    let vm_fd = kvm.create_vm().map_err(|source| Error::Kvm {
-        what: "KVM_CREATE_VM",
-        source,
-    })?;
-    setup_platform(&vm_fd)?;
-    let memory = create_guest_memory(&layout)?;
-    // SAFETY: `memory` is stored in the returned `Vm` after `vm_fd` and the vCPUs,
-    // so it is unmapped only after they are gone (or never, if a vCPU thread
-    // could not be stopped).
-    unsafe { register_with_kvm(&vm_fd, &memory) }?;
+    let KvmVm { vm_fd, memory } =
+        KvmVm::create(&kvm, create_guest_memory(&layout)?, config.track_dirty_pages)?;
 
-    let mut devices = create_devices(&vm_fd, &mut config)?;
+    let mut devices = create_devices(
+        &vm_fd,
+        LegacyInputs {
+            serial_output: std::mem::replace(&mut config.serial_output, SerialOutput::Sink),
+            serial_input: std::mem::replace(&mut config.serial_input, SerialInput::None),
+            start_time: config.start_time,
+        },
+        None,
+    )?;
     let virtio = attach_devices(
         &vm_fd,
         &memory,
@@ -270,8 +314,6 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         kernel_file,
         initrd_file,
     )?;
-    devices.subscribers.extend(virtio.subscribers);
-
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|source| Error::Kvm {
@@ -294,30 +336,21 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         vcpus.push(vcpu);
     }
 
-    Ok(Vm {
-        vcpus,
-        vm_fd,
+    let machine = SavedMachine {
+        vcpu_count: config.vcpu_count,
+        smt: config.smt,
+        mem_size_mib: config.mem_size_mib,
+        track_dirty_pages: config.track_dirty_pages,
+    };
+    Vm::assemble(
         kvm,
-        devices: DeviceHandles {
-            io: Arc::new(IoBuses {
-                pio: devices.pio,
-                mmio: devices.mmio,
-                counters: Default::default(),
-            }),
-            serial: devices.serial,
-            i8042: devices.i8042,
-            boot_timer: devices.boot_timer,
-            reset: devices.reset,
-            stop: EventTrigger::new()?,
-            drives: virtio.drives,
-            nets: virtio.nets,
-            vsock: virtio.vsock,
-            entropy: virtio.entropy,
-            balloon: virtio.balloon,
-        },
-        subscribers: devices.subscribers,
-        terminal: devices.terminal,
-        seccomp: config.seccomp.take(),
+        vm_fd,
         memory,
-    })
+        vcpus,
+        devices,
+        virtio,
+        machine,
+        config.seccomp.take(),
+        false,
+    )
 }

@@ -127,6 +127,8 @@ pub struct VmConfig {
     pub start_time: StartTime,
     /// Seccomp filters for the VMM and vCPU threads; `None` runs unfiltered.
     pub seccomp: Option<ember_jailer::seccomp::Filters>,
+    /// Track the pages the guest and the devices write, for diff snapshots.
+    pub track_dirty_pages: bool,
     /// Inputs opened before the build (as Firecracker opens them when they
     /// are configured); the rest are opened by the build.
     pub opened: OpenedInputs,
@@ -180,6 +182,7 @@ impl VmConfig {
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),
             seccomp: None,
+            track_dirty_pages: false,
             opened: OpenedInputs::default(),
         }
     }

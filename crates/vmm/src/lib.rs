@@ -6,7 +6,8 @@
 //! on the calling thread until the guest resets, powers off, fails, or a
 //! termination signal arrives, then stops and joins those threads; [`Vm::start`] does the same on an event loop the caller
 //! owns (for an API server) and returns a [`RunningVm`] to pause, resume and
-//! inspect.
+//! inspect. [`RunningVm::snapshot`] saves a paused VM to a state file and a
+//! memory file, and [`restore()`] rebuilds a VM from them.
 
 pub mod builder;
 pub mod config;
@@ -14,7 +15,9 @@ mod device_thread;
 mod exit;
 mod io;
 pub mod metrics;
+mod restore;
 pub mod signals;
+pub mod snapshot;
 mod terminal;
 mod vcpu_threads;
 mod virtio_devices;
@@ -24,6 +27,8 @@ pub use builder::{build, check_cmdline, check_vcpu_count, memory_layout, MAX_VCP
 pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
+pub use restore::{restore, RestoreConfig};
+pub use snapshot::{SnapshotFiles, SnapshotKind, SnapshotReport};
 pub use vcpu_threads::vcpu_thread_name;
 pub use virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedRng};
 pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
@@ -169,6 +174,30 @@ pub enum Error {
     /// The VM has no balloon device.
     #[error("no balloon device")]
     NoBalloon,
+    /// A snapshot file could not be read, written or decoded.
+    #[error(transparent)]
+    Snapshot(ember_snapshot::Error),
+    /// A state file is not one this Ember can restore.
+    #[error("state file {path}: {source}")]
+    SnapshotState {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ember_snapshot::Error,
+    },
+    /// A state file lacks a section a restore needs.
+    #[error("the state file has no `{0}` section")]
+    SnapshotMissingSection(String),
+    /// A snapshot's memory file could not be created or replaced.
+    #[error("cannot {what} {path}: {source}")]
+    SnapshotFile {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A seccomp filter could not be installed.
     #[error("seccomp ({thread} thread): {source}")]
     Seccomp {

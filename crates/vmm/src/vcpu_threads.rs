@@ -144,6 +144,8 @@ fn run_vcpu(
     });
     let result = match installed {
         Err(e) => Err(e),
+        // A VM started paused parks here, before it first enters the guest.
+        Ok(()) if !control.obey(&vcpu) => Ok(VcpuStop::Kicked),
         Ok(()) => loop {
             match vcpu.run(io) {
                 Ok(VcpuStop::Kicked) if control.obey(&vcpu) => continue,
@@ -173,6 +175,7 @@ impl VcpuThreads {
         reports: &Sender<ThreadReport>,
         wake: &EventTrigger,
         filter: Option<&BpfProgram>,
+        paused: bool,
     ) -> Result<VcpuThreads> {
         install_kick_handler()?;
         let (finished_tx, finished) = mpsc::channel();
@@ -180,7 +183,7 @@ impl VcpuThreads {
             handles: Vec::with_capacity(vcpus.len()),
             control: Arc::new(Control {
                 state: Mutex::new(ControlState {
-                    request: Request::Run,
+                    request: if paused { Request::Pause } else { Request::Run },
                     parked: 0,
                     task: None,
                     answers: Vec::new(),

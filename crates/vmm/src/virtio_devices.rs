@@ -38,9 +38,39 @@ pub type SharedVsock = Arc<Mutex<Vsock<GuestMemoryMmap>>>;
 /// The balloon device as the running VM keeps it.
 pub type SharedBalloon = Arc<Mutex<Balloon<GuestMemoryMmap>>>;
 
+/// A virtio device of the VM, by kind, as the running VM keeps it.
+#[derive(Clone)]
+pub(crate) enum SharedDevice {
+    /// A drive and its id.
+    Block(String, SharedBlock),
+    /// A network interface and its id.
+    Net(String, SharedNet),
+    /// The vsock device.
+    Vsock(SharedVsock),
+    /// The entropy device.
+    Rng(SharedRng),
+    /// The balloon.
+    Balloon(SharedBalloon),
+}
+
+/// One virtio device where the VM placed it: its MMIO window, IRQ and transport.
+#[derive(Clone)]
+pub(crate) struct VirtioSlot {
+    /// Guest-physical base of the MMIO window.
+    pub(crate) base: u64,
+    /// The device's interrupt line.
+    pub(crate) irq: u32,
+    /// The transport in the window.
+    pub(crate) transport: Arc<Mutex<MmioTransport<GuestMemoryMmap>>>,
+    /// The device behind it.
+    pub(crate) device: SharedDevice,
+}
+
 /// What attaching the virtio devices produced.
 #[derive(Default)]
 pub(crate) struct VirtioDevices {
+    /// Every device with its placement, in placement order.
+    pub(crate) slots: Vec<VirtioSlot>,
     /// Kernel command-line additions (`virtio_mmio.device=...`, `root=...`).
     pub(crate) cmdline: Vec<String>,
     /// Event-loop subscribers.
@@ -57,8 +87,9 @@ pub(crate) struct VirtioDevices {
     pub(crate) balloon: Option<SharedBalloon>,
 }
 
-/// Places virtio devices one after another in the MMIO windows.
-struct Placer<'a> {
+/// Places virtio devices one after another in the MMIO windows (or, on a
+/// restore, where they were).
+pub(crate) struct Placer<'a> {
     vm: &'a VmFd,
     memory: &'a GuestMemoryMmap,
     mmio: &'a mut Bus,
@@ -66,11 +97,32 @@ struct Placer<'a> {
     devices: VirtioDevices,
 }
 
-impl Placer<'_> {
+impl<'a> Placer<'a> {
+    /// A placer for `vm`'s devices on `mmio`, their queues in `memory`.
+    pub(crate) fn new(vm: &'a VmFd, memory: &'a GuestMemoryMmap, mmio: &'a mut Bus) -> Placer<'a> {
+        Placer {
+            vm,
+            memory,
+            mmio,
+            irqs: VIRTIO_IRQ_BASE..=IRQ_MAX,
+            devices: VirtioDevices::default(),
+        }
+    }
+
+    /// Guest memory.
+    pub(crate) fn memory(&self) -> &GuestMemoryMmap {
+        self.memory
+    }
+
+    /// The devices placed.
+    pub(crate) fn finish(self) -> VirtioDevices {
+        self.devices
+    }
+
     /// Puts `device` behind a transport in the next window, with its queue
     /// notifications as ioeventfds, its interrupt as an irqfd, its entry on the
     /// command line and the device on the event loop.
-    fn attach<D>(&mut self, device: Arc<Mutex<D>>) -> Result<()>
+    fn attach<D>(&mut self, device: Arc<Mutex<D>>, shared: SharedDevice) -> Result<()>
     where
         D: VirtioDevice<GuestMemoryMmap> + MutEventSubscriber + Send + 'static,
     {
@@ -82,6 +134,22 @@ impl Placer<'_> {
         };
         let base = VIRTIO_MMIO_START + u64::from(irq - VIRTIO_IRQ_BASE) * VIRTIO_MMIO_SIZE;
         let transport = MmioTransport::new(self.memory.clone(), device.clone())?;
+        self.wire(transport, device, shared, base, irq)
+    }
+
+    /// Puts `transport` (with `device` behind it) in the window at `base` with
+    /// interrupt `irq`.
+    pub(crate) fn wire<D>(
+        &mut self,
+        transport: MmioTransport<GuestMemoryMmap>,
+        device: Arc<Mutex<D>>,
+        shared: SharedDevice,
+        base: u64,
+        irq: u32,
+    ) -> Result<()>
+    where
+        D: VirtioDevice<GuestMemoryMmap> + MutEventSubscriber + Send + 'static,
+    {
         for (queue, event) in transport.queue_events().iter().enumerate() {
             let datamatch = u32::try_from(queue).unwrap_or(u32::MAX);
             self.vm
@@ -97,10 +165,23 @@ impl Placer<'_> {
                 what: "KVM_IRQFD (virtio)",
                 source,
             })?;
-        self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
         self.devices.cmdline.push(cmdline_entry(base, irq));
         self.devices.subscribers.push(device);
+        match &shared {
+            SharedDevice::Block(id, block) => self.devices.drives.push((id.clone(), block.clone())),
+            SharedDevice::Net(id, net) => self.devices.nets.push((id.clone(), net.clone())),
+            SharedDevice::Vsock(vsock) => self.devices.vsock = Some(vsock.clone()),
+            SharedDevice::Rng(rng) => self.devices.entropy = Some(rng.clone()),
+            SharedDevice::Balloon(balloon) => self.devices.balloon = Some(balloon.clone()),
+        }
+        self.devices.slots.push(VirtioSlot {
+            base,
+            irq,
+            transport,
+            device: shared,
+        });
         Ok(())
     }
 }
@@ -167,23 +248,14 @@ pub(crate) fn attach_devices(
         mmds,
         balloon,
     } = configs;
-    let mut placer = Placer {
-        vm,
-        memory,
-        mmio,
-        irqs: VIRTIO_IRQ_BASE..=IRQ_MAX,
-        devices: VirtioDevices::default(),
-    };
+    let mut placer = Placer::new(vm, memory, mmio);
     for drive in guest_order(drives)? {
         let block: SharedBlock = Arc::new(Mutex::new(new_block(drive, opened)?));
         if drive.is_root_device {
             placer.devices.cmdline.push(root_args(drive));
         }
-        placer.attach(block.clone())?;
-        placer
-            .devices
-            .drives
-            .push((drive.block.drive_id.clone(), block));
+        let shared = SharedDevice::Block(drive.block.drive_id.clone(), block.clone());
+        placer.attach(block, shared)?;
     }
     check_unique(
         nets.iter().map(|n| n.iface_id.as_str()),
@@ -202,8 +274,8 @@ pub(crate) fn attach_devices(
                 .unwrap_or_else(PoisonError::into_inner)
                 .set_mmds(mmds.store.clone(), mmds.address);
         }
-        placer.attach(net.clone())?;
-        placer.devices.nets.push((config.iface_id.clone(), net));
+        let shared = SharedDevice::Net(config.iface_id.clone(), net.clone());
+        placer.attach(net, shared)?;
     }
     if let Some(config) = vsock {
         let device = match opened.vsock.take() {
@@ -211,22 +283,19 @@ pub(crate) fn attach_devices(
             None => Vsock::new(config.clone()),
         };
         let device: SharedVsock = Arc::new(Mutex::new(device.map_err(Error::Vsock)?));
-        placer.attach(device.clone())?;
-        placer.devices.vsock = Some(device);
+        placer.attach(device.clone(), SharedDevice::Vsock(device))?;
     }
     if let Some(config) = entropy {
         let device = Rng::new(config.clone()).map_err(Error::Entropy)?;
         let device: SharedRng = Arc::new(Mutex::new(device));
-        placer.attach(device.clone())?;
-        placer.devices.entropy = Some(device);
+        placer.attach(device.clone(), SharedDevice::Rng(device))?;
     }
     if let Some(config) = balloon {
         let device = Balloon::new(*config).map_err(Error::Balloon)?;
         let device: SharedBalloon = Arc::new(Mutex::new(device));
-        placer.attach(device.clone())?;
-        placer.devices.balloon = Some(device);
+        placer.attach(device.clone(), SharedDevice::Balloon(device))?;
     }
-    Ok(placer.devices)
+    Ok(placer.finish())
 }
 
 /// The block device for `drive`, on its backing file if it was opened ahead.

@@ -16,12 +16,16 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::device_thread::DeviceThread;
 use crate::exit::{ExitReason, ExitWatcher, StopHandle};
-use crate::io::IoBuses;
 use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
-use crate::virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedRng, SharedVsock};
+use crate::builder::Devices;
+use crate::io::IoBuses;
+use crate::snapshot::SavedMachine;
+use crate::virtio_devices::{
+    SharedBalloon, SharedBlock, SharedNet, SharedRng, SharedVsock, VirtioDevices, VirtioSlot,
+};
 use crate::{Error, Result};
 use ember_devices::virtio::balloon::BalloonCounters;
 
@@ -48,6 +52,8 @@ pub(crate) struct DeviceHandles {
     pub(crate) vsock: Option<SharedVsock>,
     pub(crate) entropy: Option<SharedRng>,
     pub(crate) balloon: Option<SharedBalloon>,
+    /// Every virtio device with its placement, for snapshots.
+    pub(crate) virtio: Vec<VirtioSlot>,
 }
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
@@ -60,6 +66,10 @@ pub struct Vm {
     pub(crate) subscribers: Vec<Subscriber>,
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) seccomp: Option<Filters>,
+    /// What a snapshot records of the machine.
+    pub(crate) machine: SavedMachine,
+    /// Start with the vCPUs and devices paused (a restored VM not resumed).
+    pub(crate) start_paused: bool,
     pub(crate) memory: GuestMemoryMmap,
 }
 
@@ -73,6 +83,52 @@ impl fmt::Debug for Vm {
 }
 
 impl Vm {
+    /// Puts a built or restored VM together.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        kvm: Kvm,
+        vm_fd: VmFd,
+        memory: GuestMemoryMmap,
+        vcpus: Vec<Vcpu>,
+        devices: Devices,
+        virtio: VirtioDevices,
+        machine: SavedMachine,
+        seccomp: Option<Filters>,
+        start_paused: bool,
+    ) -> Result<Vm> {
+        let mut subscribers = devices.subscribers;
+        subscribers.extend(virtio.subscribers);
+        Ok(Vm {
+            vcpus,
+            vm_fd,
+            kvm,
+            devices: DeviceHandles {
+                io: Arc::new(IoBuses {
+                    pio: devices.pio,
+                    mmio: devices.mmio,
+                    counters: Default::default(),
+                }),
+                serial: devices.serial,
+                i8042: devices.i8042,
+                boot_timer: devices.boot_timer,
+                reset: devices.reset,
+                stop: EventTrigger::new()?,
+                drives: virtio.drives,
+                nets: virtio.nets,
+                vsock: virtio.vsock,
+                entropy: virtio.entropy,
+                balloon: virtio.balloon,
+                virtio: virtio.slots,
+            },
+            subscribers,
+            terminal: devices.terminal,
+            seccomp,
+            machine,
+            start_paused,
+            memory,
+        })
+    }
+
     /// The boot-timer device, to read the boot time after (or during) a run.
     pub fn boot_timer(&self) -> Arc<Mutex<BootTimer>> {
         self.devices.boot_timer.clone()
@@ -115,6 +171,8 @@ impl Vm {
             subscribers,
             terminal,
             seccomp,
+            machine,
+            start_paused,
             memory,
         } = self;
         let (report_tx, report_rx) = mpsc::channel();
@@ -138,11 +196,16 @@ impl Vm {
             &report_tx,
             &vcpu_event,
             filter(ThreadKind::Vcpu),
+            start_paused,
         )?;
+        if start_paused {
+            device_thread.pause()?;
+        }
         let running = RunningVm {
             threads: Some(threads),
             device_thread: Some(device_thread),
-            paused: false,
+            paused: start_paused,
+            machine,
             watcher,
             devices,
             terminal,
@@ -190,15 +253,16 @@ pub enum RunState {
 
 /// A started VM. Dropping it stops the vCPUs.
 pub struct RunningVm {
-    threads: Option<VcpuThreads>,
+    pub(crate) threads: Option<VcpuThreads>,
     device_thread: Option<DeviceThread>,
-    paused: bool,
+    pub(crate) paused: bool,
+    pub(crate) machine: SavedMachine,
     watcher: Arc<Mutex<ExitWatcher>>,
-    devices: DeviceHandles,
+    pub(crate) devices: DeviceHandles,
     terminal: Option<RawTerminal>,
-    vm_fd: Option<VmFd>,
-    kvm: Option<Kvm>,
-    memory: Option<GuestMemoryMmap>,
+    pub(crate) vm_fd: Option<VmFd>,
+    pub(crate) kvm: Option<Kvm>,
+    pub(crate) memory: Option<GuestMemoryMmap>,
 }
 
 impl fmt::Debug for RunningVm {
@@ -224,7 +288,7 @@ impl RunningVm {
         }
     }
 
-    fn threads(&self) -> Result<&VcpuThreads> {
+    pub(crate) fn threads(&self) -> Result<&VcpuThreads> {
         self.threads
             .as_ref()
             .ok_or(Error::InvalidState("the VM has stopped"))

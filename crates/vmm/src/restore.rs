@@ -1,0 +1,315 @@
+//! Restoring a VM from a snapshot: the state file is read and checked, the
+//! memory file and every host resource (drives by path, TAPs by name, the
+//! vsock socket) are opened before any KVM state exists, then the VM is
+//! rebuilt with the saved placement and state instead of loading a kernel.
+//! Guest memory is the memory file mapped privately: pages load lazily, and
+//! clean pages are shared between every VM restored from the same file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ember_cpu::{restore_vm_state, Vcpu};
+use ember_devices::host_files::{open_input, BoundListener, InputKind};
+use ember_devices::legacy::StartTime;
+use ember_devices::virtio::balloon::Balloon;
+use ember_devices::virtio::block::{open_disk, Block};
+use ember_devices::virtio::net::{Net, Tap};
+use ember_devices::virtio::rng::Rng;
+use ember_devices::virtio::vsock::Vsock;
+use ember_devices::virtio::MmioTransport;
+use ember_jailer::seccomp::Filters;
+use ember_snapshot::StateFile;
+
+use crate::builder::{check_vcpus_against, create_devices, open_kvm, KvmVm, LegacyInputs};
+use crate::config::{MmdsNetConfig, SerialInput, SerialOutput, DEFAULT_KVM_DEVICE};
+use crate::snapshot::{ids, SavedDevice, SavedVirtio, SavedVm};
+use crate::virtio_devices::{Placer, SharedDevice};
+use crate::{memory_layout, Error, Result, Vm};
+
+/// How to restore a VM.
+#[derive(Debug)]
+pub struct RestoreConfig {
+    /// The state file.
+    pub state_path: PathBuf,
+    /// The memory file.
+    pub mem_path: PathBuf,
+    /// Track dirty pages, for diff snapshots of the restored VM.
+    pub track_dirty_pages: bool,
+    /// Run the vCPUs once started (otherwise the VM starts paused).
+    pub resume: bool,
+    /// Network interfaces moved to other TAPs: (interface id, TAP name).
+    pub net_overrides: Vec<(String, String)>,
+    /// The vsock device's socket at another path.
+    pub vsock_override: Option<PathBuf>,
+    /// The KVM device.
+    pub kvm_device: PathBuf,
+    /// Where the serial output goes.
+    pub serial_output: SerialOutput,
+    /// Where the serial input comes from.
+    pub serial_input: SerialInput,
+    /// When the restore was asked for (for the boot timer).
+    pub start_time: StartTime,
+    /// Seccomp filters for the VMM and vCPU threads.
+    pub seccomp: Option<Filters>,
+    /// The metadata service on the interfaces that had it.
+    pub mmds: Option<MmdsNetConfig>,
+}
+
+impl RestoreConfig {
+    /// Restores from `state_path` and `mem_path`, paused, with serial on stdio,
+    /// on `/dev/kvm`, nothing overridden.
+    pub fn new(state_path: impl Into<PathBuf>, mem_path: impl Into<PathBuf>) -> RestoreConfig {
+        RestoreConfig {
+            state_path: state_path.into(),
+            mem_path: mem_path.into(),
+            track_dirty_pages: false,
+            resume: false,
+            net_overrides: Vec::new(),
+            vsock_override: None,
+            kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
+            serial_output: SerialOutput::Stdout,
+            serial_input: SerialInput::Stdin,
+            start_time: StartTime::now(),
+            seccomp: None,
+            mmds: None,
+        }
+    }
+}
+
+/// Reads and checks a state file: a one-line error for anything wrong with
+/// it, before anything is created.
+pub(crate) fn read_saved_vm(path: &Path) -> Result<SavedVm> {
+    let bytes = ember_snapshot::read_state_file(path).map_err(Error::Snapshot)?;
+    let file = StateFile::from_bytes(&bytes, &ids::known).map_err(|source| {
+        Error::SnapshotState {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    SavedVm::from_state_file(&file)
+}
+
+/// A virtio device's host resource, opened ahead.
+enum HostResource {
+    Disk(File),
+    Tap(Tap),
+    Listener(BoundListener),
+    None,
+}
+
+/// The TAP name of a saved interface, or its override.
+fn tap_name<'a>(config: &'a RestoreConfig, id: &str, saved: &'a str) -> &'a str {
+    config
+        .net_overrides
+        .iter()
+        .find(|(iface, _)| iface == id)
+        .map_or(saved, |(_, tap)| tap.as_str())
+}
+
+/// Opens what `saved` needs from the host.
+fn open_host_resource(config: &RestoreConfig, saved: &SavedVirtio) -> Result<HostResource> {
+    Ok(match &saved.device {
+        SavedDevice::Block(state) => {
+            let file = open_disk(&state.path, state.read_only).map_err(|source| Error::Open {
+                what: "drive file",
+                path: state.path.clone(),
+                source,
+            })?;
+            HostResource::Disk(file)
+        }
+        SavedDevice::Net(state) => {
+            let name = tap_name(config, &state.iface_id, &state.host_dev_name);
+            let tap = Tap::open(name).map_err(|source| Error::NetworkInterface {
+                id: state.iface_id.clone(),
+                source,
+            })?;
+            HostResource::Tap(tap)
+        }
+        SavedDevice::Vsock(state) => {
+            let path = config.vsock_override.as_deref().unwrap_or(&state.uds_path);
+            let listener = BoundListener::bind(path).map_err(|source| Error::Open {
+                what: "vsock socket",
+                path: path.to_owned(),
+                source,
+            })?;
+            HostResource::Listener(listener)
+        }
+        SavedDevice::Rng(_) | SavedDevice::Balloon(_) => HostResource::None,
+    })
+}
+
+/// Refuses overrides that name nothing in the snapshot.
+fn check_overrides(config: &RestoreConfig, saved: &SavedVm) -> Result<()> {
+    for (id, _) in &config.net_overrides {
+        let known = saved
+            .virtio
+            .iter()
+            .any(|v| matches!(&v.device, SavedDevice::Net(state) if &state.iface_id == id));
+        if !known {
+            return Err(Error::InvalidConfig(format!(
+                "network override: the snapshot has no network interface `{id}`"
+            )));
+        }
+    }
+    let has_vsock = saved
+        .virtio
+        .iter()
+        .any(|v| matches!(v.device, SavedDevice::Vsock(_)));
+    if config.vsock_override.is_some() && !has_vsock {
+        return Err(Error::InvalidConfig(
+            "vsock override: the snapshot has no vsock device".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the memory file and checks it holds all of guest memory.
+fn open_memory_file(path: &Path, size: u64) -> Result<File> {
+    let file = open_input(path, InputKind::RegularFile, false).map_err(|source| Error::Open {
+        what: "memory file",
+        path: path.to_owned(),
+        source,
+    })?;
+    let len = file
+        .metadata()
+        .map_err(|source| Error::Open {
+            what: "memory file",
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
+    if len < size {
+        return Err(Error::InvalidConfig(format!(
+            "memory file {} holds {len} bytes; the snapshot's guest memory is {size} bytes",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Rebuilds a virtio device from its saved state and host resource, and puts
+/// it back at its saved place.
+fn restore_virtio(
+    placer: &mut Placer<'_>,
+    saved: &SavedVirtio,
+    host: HostResource,
+    mmds: Option<&MmdsNetConfig>,
+) -> Result<()> {
+    let memory = placer.memory().clone();
+    match (&saved.device, host) {
+        (SavedDevice::Block(state), HostResource::Disk(file)) => {
+            let device = Arc::new(Mutex::new(Block::restore(state, file).map_err(
+                |source| Error::Drive {
+                    id: state.drive_id.clone(),
+                    source,
+                },
+            )?));
+            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
+            let shared = SharedDevice::Block(state.drive_id.clone(), device.clone());
+            placer.wire(transport, device, shared, saved.base, saved.irq)
+        }
+        (SavedDevice::Net(state), HostResource::Tap(tap)) => {
+            let mmds = mmds.filter(|m| m.network_interfaces.contains(&state.iface_id));
+            let device = Arc::new(Mutex::new(
+                Net::restore(state, tap, mmds.map(|m| (m.store.clone(), m.address))).map_err(
+                    |source| Error::NetworkInterface {
+                        id: state.iface_id.clone(),
+                        source,
+                    },
+                )?,
+            ));
+            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
+            let shared = SharedDevice::Net(state.iface_id.clone(), device.clone());
+            placer.wire(transport, device, shared, saved.base, saved.irq)
+        }
+        (SavedDevice::Vsock(state), HostResource::Listener(listener)) => {
+            let device = Arc::new(Mutex::new(
+                Vsock::restore(state, listener).map_err(Error::Vsock)?,
+            ));
+            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
+            let shared = SharedDevice::Vsock(device.clone());
+            placer.wire(transport, device, shared, saved.base, saved.irq)
+        }
+        (SavedDevice::Rng(state), _) => {
+            let device = Arc::new(Mutex::new(Rng::restore(state).map_err(Error::Entropy)?));
+            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
+            let shared = SharedDevice::Rng(device.clone());
+            placer.wire(transport, device, shared, saved.base, saved.irq)
+        }
+        (SavedDevice::Balloon(state), _) => {
+            let device = Arc::new(Mutex::new(
+                Balloon::restore(state).map_err(Error::Balloon)?,
+            ));
+            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
+            let shared = SharedDevice::Balloon(device.clone());
+            placer.wire(transport, device, shared, saved.base, saved.irq)
+        }
+        _ => Err(Error::InvalidState("a device's host resource does not match it")),
+    }
+}
+
+/// Restores a VM from a snapshot. Nothing runs until [`Vm::start`]; the VM
+/// then starts paused unless [`RestoreConfig::resume`].
+pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
+    let saved = read_saved_vm(&config.state_path)?;
+    let machine = saved.machine.clone();
+    crate::check_vcpu_count(machine.vcpu_count)?;
+    if saved.vcpus.len() != usize::from(machine.vcpu_count) {
+        return Err(Error::InvalidConfig(format!(
+            "the snapshot has {} vCPU states for {} vCPUs",
+            saved.vcpus.len(),
+            machine.vcpu_count
+        )));
+    }
+    let layout = memory_layout(machine.mem_size_mib)?;
+    let mem_file = open_memory_file(&config.mem_path, layout.size())?;
+    check_overrides(&config, &saved)?;
+    let hosts = saved
+        .virtio
+        .iter()
+        .map(|device| open_host_resource(&config, device))
+        .collect::<Result<Vec<_>>>()?;
+
+    let kvm = open_kvm(&config.kvm_device)?;
+    check_vcpus_against(Some(&kvm), machine.vcpu_count)?;
+    let track_dirty_pages = config.track_dirty_pages;
+    let memory = ember_memory::create_guest_memory_from_file(&layout, &mem_file)?;
+    let KvmVm { vm_fd, memory } = KvmVm::create(&kvm, memory, track_dirty_pages)?;
+    restore_vm_state(&vm_fd, &saved.vm)?;
+
+    let mut devices = create_devices(
+        &vm_fd,
+        LegacyInputs {
+            serial_output: std::mem::replace(&mut config.serial_output, SerialOutput::Sink),
+            serial_input: std::mem::replace(&mut config.serial_input, SerialInput::None),
+            start_time: config.start_time,
+        },
+        Some((&saved.serial, &saved.i8042)),
+    )?;
+    let mut placer = Placer::new(&vm_fd, &memory, &mut devices.mmio);
+    for (device, host) in saved.virtio.iter().zip(hosts) {
+        restore_virtio(&mut placer, device, host, config.mmds.as_ref())?;
+    }
+    let virtio = placer.finish();
+
+    let mut vcpus = Vec::with_capacity(saved.vcpus.len());
+    for (index, state) in (0..machine.vcpu_count).zip(&saved.vcpus) {
+        let vcpu = Vcpu::new(&vm_fd, index)?;
+        vcpu.restore_state(state)?;
+        vcpus.push(vcpu);
+    }
+    let mut machine = machine;
+    machine.track_dirty_pages = track_dirty_pages;
+    Vm::assemble(
+        kvm,
+        vm_fd,
+        memory,
+        vcpus,
+        devices,
+        virtio,
+        machine,
+        config.seccomp.take(),
+        !config.resume,
+    )
+}

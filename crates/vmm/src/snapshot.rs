@@ -1,0 +1,374 @@
+//! Saving a paused VM to a state file and a memory file, and the sections of
+//! the state file: the machine, the KVM VM, each vCPU, the legacy devices and
+//! each virtio device with its placement, so that a restore rebuilds the same
+//! machine.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use ember_cpu::{VcpuState, VmState};
+use ember_devices::legacy::{I8042State, SerialState};
+use ember_devices::virtio::balloon::BalloonState;
+use ember_devices::virtio::block::BlockState;
+use ember_devices::virtio::mmio::MmioTransportState;
+use ember_devices::virtio::net::NetState;
+use ember_devices::virtio::rng::RngState;
+use ember_devices::virtio::vsock::VsockState;
+use ember_snapshot::{Section, StateFile};
+use serde::{Deserialize, Serialize};
+
+use crate::virtio_devices::{SharedDevice, VirtioSlot};
+use crate::vm::RunningVm;
+use crate::{Error, Result};
+
+/// Section ids and versions.
+pub(crate) mod ids {
+    /// The machine: vCPU count, memory, SMT, dirty tracking.
+    pub(crate) const MACHINE: &str = "machine";
+    /// The KVM VM: irqchips, PIT, clock.
+    pub(crate) const KVM_VM: &str = "kvm.vm";
+    /// Prefix of each vCPU's section (`kvm.vcpu.N`).
+    pub(crate) const VCPU_PREFIX: &str = "kvm.vcpu.";
+    /// The serial port.
+    pub(crate) const SERIAL: &str = "device.serial";
+    /// The i8042.
+    pub(crate) const I8042: &str = "device.i8042";
+    /// Prefix of each virtio device's section (`device.virtio.N`, in placement order).
+    pub(crate) const VIRTIO_PREFIX: &str = "device.virtio.";
+    /// Version of every section Ember writes today.
+    pub(crate) const VERSION: u16 = 1;
+
+    /// Whether this Ember reads section `id`.
+    pub(crate) fn known(id: &str) -> bool {
+        [MACHINE, KVM_VM, SERIAL, I8042].contains(&id)
+            || [VCPU_PREFIX, VIRTIO_PREFIX].iter().any(|prefix| {
+                id.strip_prefix(prefix)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+    }
+}
+
+/// What a snapshot holds of guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// All of guest memory, as a sparse file.
+    Full,
+    /// The pages written since the last snapshot (or the start), written into
+    /// the existing memory file (created if missing). Needs dirty page tracking.
+    Diff,
+}
+
+/// Where a snapshot goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    /// Full or diff.
+    pub kind: SnapshotKind,
+    /// The state file.
+    pub state_path: PathBuf,
+    /// The memory file.
+    pub mem_path: PathBuf,
+}
+
+/// What a snapshot wrote, and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotReport {
+    /// Size of the state file.
+    pub state_bytes: u64,
+    /// Bytes of guest memory written (zero pages of a full snapshot are holes
+    /// and not counted).
+    pub memory_bytes: u64,
+    /// From the request to both files in place.
+    pub duration: Duration,
+}
+
+/// The machine a snapshot was taken of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedMachine {
+    /// vCPUs.
+    pub(crate) vcpu_count: u8,
+    /// Two threads per core.
+    pub(crate) smt: bool,
+    /// Guest memory in MiB.
+    pub(crate) mem_size_mib: u64,
+    /// Whether dirty pages were tracked.
+    pub(crate) track_dirty_pages: bool,
+}
+
+/// A virtio device's saved state, by kind.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum SavedDevice {
+    /// A drive.
+    Block(BlockState),
+    /// A network interface.
+    Net(NetState),
+    /// The vsock device.
+    Vsock(VsockState),
+    /// The entropy device.
+    Rng(RngState),
+    /// The balloon.
+    Balloon(BalloonState),
+}
+
+/// A virtio device where it was placed, its transport and its state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SavedVirtio {
+    /// Guest-physical base of its MMIO window.
+    pub(crate) base: u64,
+    /// Its interrupt line.
+    pub(crate) irq: u32,
+    /// The transport's registers and queues.
+    pub(crate) transport: MmioTransportState,
+    /// The device.
+    pub(crate) device: SavedDevice,
+}
+
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Saves a virtio device and its transport.
+pub(crate) fn save_virtio(slot: &VirtioSlot) -> SavedVirtio {
+    let device = match &slot.device {
+        SharedDevice::Block(_, block) => SavedDevice::Block(lock(block).state()),
+        SharedDevice::Net(_, net) => SavedDevice::Net(lock(net).state()),
+        SharedDevice::Vsock(vsock) => SavedDevice::Vsock(lock(vsock).state()),
+        SharedDevice::Rng(rng) => SavedDevice::Rng(lock(rng).state()),
+        SharedDevice::Balloon(balloon) => SavedDevice::Balloon(lock(balloon).state()),
+    };
+    SavedVirtio {
+        base: slot.base,
+        irq: slot.irq,
+        transport: lock(&slot.transport).state(),
+        device,
+    }
+}
+
+/// Everything a state file holds, decoded.
+#[derive(Clone, Debug)]
+pub(crate) struct SavedVm {
+    pub(crate) machine: SavedMachine,
+    pub(crate) vm: VmState,
+    pub(crate) vcpus: Vec<VcpuState>,
+    pub(crate) serial: SerialState,
+    pub(crate) i8042: I8042State,
+    pub(crate) virtio: Vec<SavedVirtio>,
+}
+
+impl SavedVm {
+    /// The state file's sections.
+    pub(crate) fn to_state_file(&self) -> Result<StateFile> {
+        let section = |id: &str, value: &dyn erased::Json| value.section(id);
+        let mut sections = vec![
+            section(ids::MACHINE, &self.machine)?,
+            section(ids::KVM_VM, &self.vm)?,
+        ];
+        for (index, vcpu) in self.vcpus.iter().enumerate() {
+            sections.push(section(&format!("{}{index}", ids::VCPU_PREFIX), vcpu)?);
+        }
+        sections.push(section(ids::SERIAL, &self.serial)?);
+        sections.push(section(ids::I8042, &self.i8042)?);
+        for (index, device) in self.virtio.iter().enumerate() {
+            sections.push(section(&format!("{}{index}", ids::VIRTIO_PREFIX), device)?);
+        }
+        Ok(StateFile { sections })
+    }
+
+    /// Decodes and checks a state file: every section this VM needs is there
+    /// and consistent with the machine.
+    pub(crate) fn from_state_file(file: &StateFile) -> Result<SavedVm> {
+        let machine: SavedMachine = decode(file, ids::MACHINE)?;
+        let vcpus = (0..machine.vcpu_count)
+            .map(|index| decode(file, &format!("{}{index}", ids::VCPU_PREFIX)))
+            .collect::<Result<Vec<VcpuState>>>()?;
+        let mut virtio = Vec::new();
+        while let Some(section) = file.section(&format!("{}{}", ids::VIRTIO_PREFIX, virtio.len())) {
+            virtio.push(section.decode().map_err(Error::Snapshot)?);
+        }
+        Ok(SavedVm {
+            vm: decode(file, ids::KVM_VM)?,
+            serial: decode(file, ids::SERIAL)?,
+            i8042: decode(file, ids::I8042)?,
+            machine,
+            vcpus,
+            virtio,
+        })
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(file: &StateFile, id: &str) -> Result<T> {
+    file.section(id)
+        .ok_or_else(|| Error::SnapshotMissingSection(id.to_owned()))?
+        .decode()
+        .map_err(Error::Snapshot)
+}
+
+/// Object-safe JSON sections, so one closure makes sections of every type.
+mod erased {
+    use super::*;
+
+    pub(crate) trait Json {
+        fn section(&self, id: &str) -> Result<Section>;
+    }
+
+    impl<T: Serialize> Json for T {
+        fn section(&self, id: &str) -> Result<Section> {
+            Section::json(id, ids::VERSION, self).map_err(Error::Snapshot)
+        }
+    }
+}
+
+/// A file beside `path` that replaces it on [`Replacement::commit`] and is
+/// removed if dropped before.
+pub(crate) struct Replacement {
+    temp: PathBuf,
+    path: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl Replacement {
+    /// Creates the temporary file.
+    pub(crate) fn create(path: &Path) -> Result<Replacement> {
+        let io_err = |what: &'static str| {
+            let path = path.to_owned();
+            move |source| Error::SnapshotFile { what, path, source }
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| io_err("name")(std::io::ErrorKind::InvalidInput.into()))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.tmp", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        let _ = std::fs::remove_file(&temp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&temp)
+            .map_err(io_err("create"))?;
+        Ok(Replacement {
+            temp,
+            path: path.to_owned(),
+            file,
+            committed: false,
+        })
+    }
+
+    /// The open temporary file.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Renames the temporary file over the path.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.temp, &self.path).map_err(|source| Error::SnapshotFile {
+            what: "rename into",
+            path: self.path.clone(),
+            source,
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+impl RunningVm {
+    /// Saves the paused VM: guest memory to `files.mem_path` (all of it, or
+    /// for [`SnapshotKind::Diff`] the pages written since the last snapshot),
+    /// then the state to `files.state_path`. A full snapshot's memory file and
+    /// the state file are written under temporary names and renamed, so a
+    /// failure leaves the paths as they were.
+    pub fn snapshot(&mut self, files: &SnapshotFiles) -> Result<SnapshotReport> {
+        let start = Instant::now();
+        if !self.paused {
+            return Err(Error::InvalidState(
+                "save/restore unavailable while running: pause the VM first",
+            ));
+        }
+        if files.kind == SnapshotKind::Diff && !self.machine.track_dirty_pages {
+            return Err(Error::InvalidState(
+                "a diff snapshot needs dirty page tracking (track_dirty_pages)",
+            ));
+        }
+        let (Some(kvm), Some(vm_fd), Some(memory)) = (&self.kvm, &self.vm_fd, &self.memory) else {
+            return Err(Error::InvalidState("the VM has stopped"));
+        };
+        let msrs = Arc::new(ember_cpu::saveable_msrs(kvm)?);
+        let vcpus = self
+            .threads()?
+            .on_each_vcpu(move |vcpu| vcpu.save_state(&msrs))?
+            .into_iter()
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let saved = SavedVm {
+            machine: self.machine.clone(),
+            vm: ember_cpu::save_vm_state(vm_fd)?,
+            vcpus,
+            serial: lock(&self.devices.serial).state(),
+            i8042: lock(&self.devices.i8042).state().clone(),
+            virtio: self.devices.virtio.iter().map(save_virtio).collect(),
+        };
+        let state = saved.to_state_file()?.to_bytes().map_err(Error::Snapshot)?;
+
+        let memory_bytes = match files.kind {
+            SnapshotKind::Full => {
+                let out = Replacement::create(&files.mem_path)?;
+                let written =
+                    ember_snapshot::write_full_memory(memory, out.file()).map_err(Error::Snapshot)?;
+                if self.machine.track_dirty_pages {
+                    // The next diff starts from this full snapshot.
+                    ember_memory::dirty_pages(memory, vm_fd)?;
+                }
+                ember_snapshot::write_atomic(&files.state_path, &state)
+                    .map_err(Error::Snapshot)?;
+                out.commit()?;
+                written
+            }
+            SnapshotKind::Diff => {
+                let dirty = ember_memory::dirty_pages(memory, vm_fd)?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                    .open(&files.mem_path)
+                    .map_err(|source| Error::SnapshotFile {
+                        what: "open",
+                        path: files.mem_path.clone(),
+                        source,
+                    })?;
+                let written = ember_snapshot::write_diff_memory(memory, &dirty, &file)
+                    .map_err(Error::Snapshot)?;
+                ember_snapshot::write_atomic(&files.state_path, &state)
+                    .map_err(Error::Snapshot)?;
+                written
+            }
+        };
+        let report = SnapshotReport {
+            state_bytes: state.len() as u64,
+            memory_bytes,
+            duration: start.elapsed(),
+        };
+        log::info!(
+            "snapshot ({:?}) written in {:?}: state {} bytes, memory {} bytes",
+            files.kind,
+            report.duration,
+            report.state_bytes,
+            report.memory_bytes
+        );
+        Ok(report)
+    }
+}
