@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::balloon;
+use crate::snapshot::{self, SnapshotLoad};
 use crate::channel::{ApiEnd, Responder};
 use crate::destination::Destination;
 use crate::full_config::FullVmConfig;
@@ -64,6 +65,8 @@ enum Phase {
     Configuring,
     /// `InstanceStart` received; the loop's owner starts the VM next.
     Starting { reply: bool, start: StartTime },
+    /// `PUT /snapshot/load` received; the loop's owner restores the VM next.
+    Loading { load: SnapshotLoad, start: StartTime },
     /// Started.
     Running(RunningVm),
 }
@@ -79,6 +82,9 @@ pub struct Controller {
     serial: SerialConfig,
     serial_out: Option<Destination>,
     phase: Phase,
+    /// A boot-specific resource was configured: a snapshot load is refused
+    /// from then on, as Firecracker refuses it.
+    boot_specific: bool,
     requests: Receiver<ApiRequest>,
     responses: Responder,
     wake: EventFd,
@@ -178,6 +184,7 @@ impl Controller {
             serial: SerialConfig::default(),
             serial_out: None,
             phase: Phase::Configuring,
+            boot_specific: false,
             requests: api.requests,
             responses: api.responses,
             wake: api.wake,
@@ -224,12 +231,23 @@ impl Controller {
         Some(done)
     }
 
-    /// Builds and starts the VM if `InstanceStart` arrived, answering the client.
+    /// Builds and starts the VM if `InstanceStart` arrived, or restores it if
+    /// `PUT /snapshot/load` did, answering the client.
     pub fn start_if_requested(
         &mut self,
         event_loop: &mut EventLoop,
         termination: Option<&TerminationSignals>,
     ) {
+        if matches!(self.phase, Phase::Loading { .. }) {
+            let Phase::Loading { load, start } =
+                std::mem::replace(&mut self.phase, Phase::Configuring)
+            else {
+                return;
+            };
+            let response = self.load_snapshot(&load, start, event_loop, termination);
+            self.reply(response);
+            return;
+        }
         let Phase::Starting { reply, start } = self.phase else {
             return;
         };
@@ -282,6 +300,62 @@ impl Controller {
         }
     }
 
+    /// Restores the VM from a snapshot, with this controller's serial
+    /// settings, seccomp filters and KVM device.
+    fn load_snapshot(
+        &mut self,
+        load: &SnapshotLoad,
+        start: StartTime,
+        event_loop: &mut EventLoop,
+        termination: Option<&TerminationSignals>,
+    ) -> ApiResponse {
+        let started = std::time::Instant::now();
+        let mut config = ember_vmm::RestoreConfig::new(&load.snapshot_path, &load.mem_file_path);
+        config.track_dirty_pages = load.track_dirty_pages;
+        config.resume = load.resume_vm;
+        config.net_overrides = load
+            .network_overrides
+            .iter()
+            .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
+            .collect();
+        config.vsock_override = load.vsock_override.as_ref().map(|o| o.uds_path.clone());
+        config.start_time = start;
+        config.seccomp = self.overrides.seccomp.clone();
+        if let Some(device) = &self.overrides.kvm_device {
+            config.kvm_device = device.clone();
+        }
+        let restored = (|| -> crate::Result<RunningVm> {
+            let serial_out = match self.serial_out.take() {
+                Some(out) => Some(out),
+                None => self.serial.open_output()?,
+            };
+            if let Some(out) = serial_out {
+                config.serial_output = SerialOutput::Writer(Box::new(out));
+                config.serial_input = SerialInput::None;
+            }
+            Ok(ember_vmm::restore(config)?.start(event_loop, termination)?)
+        })();
+        match restored {
+            Ok(vm) => {
+                log::info!(
+                    "VM restored from {} in {:?} ({})",
+                    load.snapshot_path.display(),
+                    started.elapsed(),
+                    if load.resume_vm { "running" } else { "paused" }
+                );
+                self.resources.machine_config = Some(MachineConfig::restored(vm.machine()));
+                self.api_counters
+                    .record_latency(Timed::LoadSnapshot, true, started.elapsed());
+                self.phase = Phase::Running(vm);
+                ApiResponse::no_content()
+            }
+            Err(error) => {
+                log::error!("cannot load the snapshot: {error}");
+                ApiResponse::bad_request(&format!("Load snapshot error: {error}"))
+            }
+        }
+    }
+
     fn reply(&self, response: ApiResponse) {
         if self.responses.send(response).is_err() {
             log::warn!("the API thread is gone; a response was dropped");
@@ -290,7 +364,7 @@ impl Controller {
 
     fn state_name(&self) -> &'static str {
         match &self.phase {
-            Phase::Configuring | Phase::Starting { .. } => "Not started",
+            Phase::Configuring | Phase::Starting { .. } | Phase::Loading { .. } => "Not started",
             Phase::Running(vm) => match vm.state() {
                 RunState::Running => "Running",
                 RunState::Paused => "Paused",
@@ -319,6 +393,9 @@ impl Controller {
     /// Handles one request; `None` when the answer comes later (InstanceStart).
     fn handle(&mut self, request: ApiRequest) -> Option<ApiResponse> {
         let configuring = self.configuring();
+        if configuring && snapshot::is_boot_specific(&request) {
+            self.boot_specific = true;
+        }
         let response = match request {
             ApiRequest::GetInstanceInfo => ApiResponse::ok(&InstanceInfo {
                 app_name: "Ember",
@@ -352,7 +429,21 @@ impl Controller {
                 Some(vm) => balloon::get_stats(vm),
                 None => not_before_start(),
             },
+            ApiRequest::CreateSnapshot(create) => match &mut self.phase {
+                Phase::Running(vm) => snapshot::create(vm, &create, &self.api_counters),
+                _ => not_before_start(),
+            },
             _ if !configuring => not_after_start(),
+            ApiRequest::LoadSnapshot(_) if self.boot_specific => {
+                ApiResponse::bad_request(snapshot::LOAD_NOT_ALLOWED)
+            }
+            ApiRequest::LoadSnapshot(load) => {
+                self.phase = Phase::Loading {
+                    load,
+                    start: StartTime::now(),
+                };
+                return None;
+            }
             ApiRequest::PutBalloon(config) => balloon::put(&mut self.resources, config),
             ApiRequest::PutMmdsConfig(config) => self.put_mmds_config(config),
             ApiRequest::PutMachineConfig(config) => {

@@ -628,6 +628,18 @@ impl BootSource {
 }
 
 impl MachineConfig {
+    /// The machine configuration of a VM restored from a snapshot (as
+    /// Firecracker reports it then, without a CPU template).
+    pub fn restored(machine: &ember_vmm::MachineInfo) -> MachineConfig {
+        MachineConfig {
+            vcpu_count: machine.vcpu_count,
+            mem_size_mib: machine.mem_size_mib,
+            smt: machine.smt,
+            track_dirty_pages: machine.track_dirty_pages,
+            ..MachineConfig::default()
+        }
+    }
+
     /// This configuration with `update` applied, as Firecracker applies it:
     /// a `None` template clears the template. Refused (Firecracker's words
     /// where it has them) when the result is invalid or asks for what Ember
@@ -675,11 +687,6 @@ impl MachineConfig {
         if self.cpu_template.is_some() {
             return Err(Error::Unsupported(
                 "machine-config.cpu_template (CPU templates)",
-            ));
-        }
-        if self.track_dirty_pages {
-            return Err(Error::Unsupported(
-                "machine-config.track_dirty_pages = true (diff snapshots)",
             ));
         }
         if self.huge_pages != HugePages::None {
@@ -883,6 +890,7 @@ impl VmResources {
         config.vcpu_count = machine.vcpu_count;
         config.mem_size_mib = machine.mem_size_mib;
         config.smt = machine.smt;
+        config.track_dirty_pages = machine.track_dirty_pages;
         config.drives = self.drives.iter().map(Drive::to_drive_config).collect();
         config.vsock = self
             .vsock

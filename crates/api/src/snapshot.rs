@@ -6,7 +6,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::request::ApiResponse;
+use ember_vmm::{RunningVm, SnapshotFiles, SnapshotKind};
+
+use crate::metrics::api::Timed;
+use crate::request::{ApiRequest, ApiResponse};
+use crate::server::ApiCounters;
 
 /// Firecracker's words when both memory sources are given to a load.
 pub const TOO_MANY_FIELDS: &str =
@@ -186,6 +190,47 @@ pub fn parse_load(body: &[u8]) -> Result<SnapshotLoad, ApiResponse> {
         vsock_override: body.vsock_override,
         deprecated: body.mem_file_path.is_some() || body.enable_diff_snapshots,
     })
+}
+
+/// Whether `request` configures a boot-specific resource: after one,
+/// Firecracker refuses to load a snapshot.
+pub fn is_boot_specific(request: &ApiRequest) -> bool {
+    matches!(
+        request,
+        ApiRequest::PutBootSource(_)
+            | ApiRequest::PutMachineConfig(_)
+            | ApiRequest::PatchMachineConfig(_)
+            | ApiRequest::PutDrive(_)
+            | ApiRequest::PutNetworkInterface(_)
+            | ApiRequest::PutVsock(_)
+            | ApiRequest::PutBalloon(_)
+            | ApiRequest::PutEntropy(_)
+            | ApiRequest::PutMmdsConfig(_)
+    )
+}
+
+/// `PUT /snapshot/create` on a started VM: refused unless it is paused.
+pub fn create(vm: &mut RunningVm, create: &SnapshotCreate, counters: &ApiCounters) -> ApiResponse {
+    let kind = match create.snapshot_type {
+        SnapshotType::Full => SnapshotKind::Full,
+        SnapshotType::Diff => SnapshotKind::Diff,
+    };
+    let files = SnapshotFiles {
+        kind,
+        state_path: create.snapshot_path.clone(),
+        mem_path: create.mem_file_path.clone(),
+    };
+    match vm.snapshot(&files) {
+        Ok(report) => {
+            let timed = match kind {
+                SnapshotKind::Full => Timed::FullCreateSnapshot,
+                SnapshotKind::Diff => Timed::DiffCreateSnapshot,
+            };
+            counters.record_latency(timed, true, report.duration);
+            ApiResponse::no_content()
+        }
+        Err(error) => fault(&format!("Create snapshot error: {error}")),
+    }
 }
 
 #[cfg(test)]

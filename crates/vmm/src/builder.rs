@@ -30,7 +30,7 @@ use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
 use crate::io::IoBuses;
 use crate::terminal::RawTerminal;
 use crate::virtio_devices::{attach_devices, extend_cmdline, DeviceConfigs};
-use crate::snapshot::SavedMachine;
+use crate::snapshot::MachineInfo;
 use crate::vm::{Subscriber, Vm};
 use crate::{Error, Result};
 
@@ -336,7 +336,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         vcpus.push(vcpu);
     }
 
-    let machine = SavedMachine {
+    let machine = MachineInfo {
         vcpu_count: config.vcpu_count,
         smt: config.smt,
         mem_size_mib: config.mem_size_mib,

@@ -84,17 +84,17 @@ pub struct SnapshotReport {
     pub duration: Duration,
 }
 
-/// The machine a snapshot was taken of.
+/// The machine a VM is (and a snapshot records).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SavedMachine {
+pub struct MachineInfo {
     /// vCPUs.
-    pub(crate) vcpu_count: u8,
+    pub vcpu_count: u8,
     /// Two threads per core.
-    pub(crate) smt: bool,
+    pub smt: bool,
     /// Guest memory in MiB.
-    pub(crate) mem_size_mib: u64,
-    /// Whether dirty pages were tracked.
-    pub(crate) track_dirty_pages: bool,
+    pub mem_size_mib: u64,
+    /// Whether dirty pages are tracked.
+    pub track_dirty_pages: bool,
 }
 
 /// A virtio device's saved state, by kind.
@@ -149,7 +149,7 @@ pub(crate) fn save_virtio(slot: &VirtioSlot) -> SavedVirtio {
 /// Everything a state file holds, decoded.
 #[derive(Clone, Debug)]
 pub(crate) struct SavedVm {
-    pub(crate) machine: SavedMachine,
+    pub(crate) machine: MachineInfo,
     pub(crate) vm: VmState,
     pub(crate) vcpus: Vec<VcpuState>,
     pub(crate) serial: SerialState,
@@ -179,7 +179,7 @@ impl SavedVm {
     /// Decodes and checks a state file: every section this VM needs is there
     /// and consistent with the machine.
     pub(crate) fn from_state_file(file: &StateFile) -> Result<SavedVm> {
-        let machine: SavedMachine = decode(file, ids::MACHINE)?;
+        let machine: MachineInfo = decode(file, ids::MACHINE)?;
         let vcpus = (0..machine.vcpu_count)
             .map(|index| decode(file, &format!("{}{index}", ids::VCPU_PREFIX)))
             .collect::<Result<Vec<VcpuState>>>()?;
@@ -286,6 +286,11 @@ impl Drop for Replacement {
 }
 
 impl RunningVm {
+    /// The machine: vCPUs, memory, SMT, dirty page tracking.
+    pub fn machine(&self) -> &MachineInfo {
+        &self.machine
+    }
+
     /// Saves the paused VM: guest memory to `files.mem_path` (all of it, or
     /// for [`SnapshotKind::Diff`] the pages written since the last snapshot),
     /// then the state to `files.state_path`. A full snapshot's memory file and

@@ -22,7 +22,7 @@ use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
 use crate::builder::Devices;
 use crate::io::IoBuses;
-use crate::snapshot::SavedMachine;
+use crate::snapshot::MachineInfo;
 use crate::virtio_devices::{
     SharedBalloon, SharedBlock, SharedNet, SharedRng, SharedVsock, VirtioDevices, VirtioSlot,
 };
@@ -67,7 +67,7 @@ pub struct Vm {
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) seccomp: Option<Filters>,
     /// What a snapshot records of the machine.
-    pub(crate) machine: SavedMachine,
+    pub(crate) machine: MachineInfo,
     /// Start with the vCPUs and devices paused (a restored VM not resumed).
     pub(crate) start_paused: bool,
     pub(crate) memory: GuestMemoryMmap,
@@ -92,7 +92,7 @@ impl Vm {
         vcpus: Vec<Vcpu>,
         devices: Devices,
         virtio: VirtioDevices,
-        machine: SavedMachine,
+        machine: MachineInfo,
         seccomp: Option<Filters>,
         start_paused: bool,
     ) -> Result<Vm> {
@@ -256,7 +256,7 @@ pub struct RunningVm {
     pub(crate) threads: Option<VcpuThreads>,
     device_thread: Option<DeviceThread>,
     pub(crate) paused: bool,
-    pub(crate) machine: SavedMachine,
+    pub(crate) machine: MachineInfo,
     watcher: Arc<Mutex<ExitWatcher>>,
     pub(crate) devices: DeviceHandles,
     terminal: Option<RawTerminal>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ember_vmm::MetricGroup;
 
 use crate::request::{ApiRequest, VmStateRequest};
+use crate::snapshot::SnapshotType;
 use crate::routes::Method;
 
 /// A route Firecracker counts: its method, path (with `/{id}` when the path
@@ -141,14 +142,30 @@ fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// What pause and resume took, as Firecracker's `latencies_us` reports it.
+/// What Firecracker's `latencies_us` times: pause, resume and snapshots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timed {
     /// `PATCH /vm` to `Paused`.
     Pause,
     /// `PATCH /vm` to `Resumed`.
     Resume,
+    /// `PUT /snapshot/create` of a full snapshot.
+    FullCreateSnapshot,
+    /// `PUT /snapshot/create` of a diff snapshot.
+    DiffCreateSnapshot,
+    /// `PUT /snapshot/load`.
+    LoadSnapshot,
 }
+
+/// The `latencies_us` names of each [`Timed`], seen from the API thread and
+/// in the VMM, in [`Timed`] order.
+const TIMED_NAMES: [(&str, &str); 5] = [
+    ("pause_vm", "vmm_pause_vm"),
+    ("resume_vm", "vmm_resume_vm"),
+    ("full_create_snapshot", "vmm_full_create_snapshot"),
+    ("diff_create_snapshot", "vmm_diff_create_snapshot"),
+    ("load_snapshot", "vmm_load_snapshot"),
+];
 
 impl Timed {
     /// What `request` does that Firecracker times, if anything.
@@ -156,6 +173,11 @@ impl Timed {
         match request {
             ApiRequest::PatchVm(VmStateRequest::Paused) => Some(Timed::Pause),
             ApiRequest::PatchVm(VmStateRequest::Resumed) => Some(Timed::Resume),
+            ApiRequest::CreateSnapshot(create) => Some(match create.snapshot_type {
+                SnapshotType::Full => Timed::FullCreateSnapshot,
+                SnapshotType::Diff => Timed::DiffCreateSnapshot,
+            }),
+            ApiRequest::LoadSnapshot(_) => Some(Timed::LoadSnapshot),
             _ => None,
         }
     }
@@ -181,11 +203,8 @@ pub struct ApiCounters {
     deprecated: AtomicU64,
     /// Per [`COUNTED_ROUTES`] entry: requests, and those refused before the VMM.
     routes: Vec<(AtomicU64, AtomicU64)>,
-    /// `latencies_us`: last pause and resume, at the API and in the VMM.
-    pause_us: AtomicU64,
-    resume_us: AtomicU64,
-    vmm_pause_us: AtomicU64,
-    vmm_resume_us: AtomicU64,
+    /// `latencies_us`, per [`Timed`]: the last one at the API and in the VMM.
+    latencies_us: [[AtomicU64; 2]; TIMED_NAMES.len()],
     /// Wall and CPU microseconds from the process start to the API serving.
     startup_us: AtomicU64,
     startup_cpu_us: AtomicU64,
@@ -202,10 +221,7 @@ impl Default for ApiCounters {
             timed_out_connections: AtomicU64::new(0),
             deprecated: AtomicU64::new(0),
             routes: COUNTED_ROUTES.iter().map(|_| Default::default()).collect(),
-            pause_us: AtomicU64::new(0),
-            resume_us: AtomicU64::new(0),
-            vmm_pause_us: AtomicU64::new(0),
-            vmm_resume_us: AtomicU64::new(0),
+            latencies_us: Default::default(),
             startup_us: AtomicU64::new(0),
             startup_cpu_us: AtomicU64::new(0),
         }
@@ -253,16 +269,10 @@ impl ApiCounters {
         }
     }
 
-    /// Records how long a pause or resume took, seen from the API thread
+    /// Records how long a timed operation took, seen from the API thread
     /// (`vmm: false`) or in the VMM (`vmm: true`).
     pub fn record_latency(&self, what: Timed, vmm: bool, elapsed: Duration) {
-        let slot = match (what, vmm) {
-            (Timed::Pause, false) => &self.pause_us,
-            (Timed::Resume, false) => &self.resume_us,
-            (Timed::Pause, true) => &self.vmm_pause_us,
-            (Timed::Resume, true) => &self.vmm_resume_us,
-        };
-        slot.store(micros(elapsed), Ordering::Relaxed);
+        self.latencies_us[what as usize][usize::from(vmm)].store(micros(elapsed), Ordering::Relaxed);
     }
 
     /// Records the time from the process start to the API serving, each
@@ -319,15 +329,11 @@ impl ApiCounters {
             "deprecated_api",
             vec![("deprecated_http_api_calls", load(&self.deprecated))],
         ));
-        groups.push(MetricGroup::new(
-            "latencies_us",
-            vec![
-                ("pause_vm", load(&self.pause_us)),
-                ("resume_vm", load(&self.resume_us)),
-                ("vmm_pause_vm", load(&self.vmm_pause_us)),
-                ("vmm_resume_vm", load(&self.vmm_resume_us)),
-            ],
-        ));
+        let latencies = TIMED_NAMES
+            .iter()
+            .zip(&self.latencies_us)
+            .flat_map(|((api, vmm), [at_api, in_vmm])| [(*api, load(at_api)), (*vmm, load(in_vmm))]);
+        groups.push(MetricGroup::new("latencies_us", latencies.collect()));
         groups
     }
 }
