@@ -34,6 +34,13 @@ Usage:
       standard output, as PUT /serial; what a full FIFO cannot take is lost and counted.
       --entropy[=bytes=N][,ops=N] adds a virtio-rng device fed by the host's
       getrandom, optionally limited to N random bytes and N requests a second.
+  ember run --restore STATE --mem-file MEM [--net-override ID=TAP]...
+            [--vsock-override PATH] [--serial-out PATH] [OPTIONS]
+      Restore a VM from a snapshot (PUT /snapshot/create wrote STATE and MEM) and
+      run it: the interface ID on TAP instead of the saved TAP, the vsock socket
+      at PATH instead of the saved path.
+  ember snapshot describe STATE
+      Describe a snapshot's state file: format, vCPUs, memory, devices, sizes.
 
 Options:
   --id ID              Instance id shown in logs: 1 to 64 of A-Z a-z 0-9 -
@@ -61,6 +68,9 @@ Options:
                        the built-in ones: seccompiler's JSON, or a file Firecracker's
                        seccompiler-bin compiled
   --no-seccomp         Run without seccomp filters (they are on by default)
+  --snapshot-version   Print the snapshot format version this Ember writes (vN.0.0)
+  --describe-snapshot STATE
+                       Print the format version of a snapshot's state file
   --version            Print the version: `Firecracker vX.Y.Z+ember.E` (Ember E
                        following Firecracker X.Y.Z's API)
   --help               Print this help
@@ -217,6 +227,29 @@ impl RunArgs {
     }
 }
 
+/// What `ember run --restore` restores.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RestoreArgs {
+    /// The state file.
+    pub state: PathBuf,
+    /// The memory file.
+    pub mem_file: PathBuf,
+    /// Interfaces moved to other TAPs: (id, TAP).
+    pub net_overrides: Vec<(String, String)>,
+    /// The vsock socket at another path.
+    pub vsock_override: Option<PathBuf>,
+    /// A file or FIFO for the console instead of standard output.
+    pub serial_out: Option<PathBuf>,
+}
+
+/// Parses a `--net-override ID=TAP` value.
+pub fn parse_net_override(spec: &str) -> Result<(String, String), String> {
+    match spec.split_once('=') {
+        Some((id, tap)) if !id.is_empty() && !tap.is_empty() => Ok((id.to_owned(), tap.to_owned())),
+        _ => Err(format!("--net-override {spec}: give ID=TAP")),
+    }
+}
+
 /// Which seccomp filters to install.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub enum SeccompChoice {
@@ -247,6 +280,18 @@ pub enum Command {
     },
     /// Boot from `ember run` arguments.
     Run(Box<RunArgs>),
+    /// Restore from `ember run --restore` arguments.
+    Restore(Box<RestoreArgs>),
+    /// Print the snapshot format version this Ember writes.
+    SnapshotVersion,
+    /// Describe a state file: only its format version (`--describe-snapshot`)
+    /// or everything (`ember snapshot describe`).
+    DescribeSnapshot {
+        /// The state file.
+        path: PathBuf,
+        /// Only the format version.
+        brief: bool,
+    },
 }
 
 /// Parsed command line.
@@ -319,6 +364,14 @@ struct State {
     serial_out: Option<PathBuf>,
     entropy: Option<RngConfig>,
     guest_args: Vec<String>,
+    restore: Option<PathBuf>,
+    mem_file: Option<PathBuf>,
+    net_overrides: Vec<(String, String)>,
+    vsock_override: Option<PathBuf>,
+    /// `ember snapshot`: its words (`describe FILE`).
+    snapshot: Option<Vec<String>>,
+    snapshot_version: bool,
+    describe_snapshot: Option<PathBuf>,
     help: bool,
     version: bool,
 }
@@ -350,6 +403,13 @@ impl State {
             serial_out: None,
             entropy: None,
             guest_args: Vec::new(),
+            restore: None,
+            mem_file: None,
+            net_overrides: Vec::new(),
+            vsock_override: None,
+            snapshot: None,
+            snapshot_version: false,
+            describe_snapshot: None,
             help: false,
             version: false,
         }
@@ -360,7 +420,12 @@ impl State {
     /// (`--id`, the start times) may come before it.
     fn take(&mut self, arg: Arg<'_>) -> Result<(), lexopt::Error> {
         match arg {
+            Value(word) if self.snapshot.is_some() => {
+                let word = string(word, "ember snapshot")?;
+                self.snapshot.get_or_insert_with(Vec::new).push(word);
+            }
             Value(word) if !self.run && word == "run" => self.run = true,
+            Value(word) if !self.run && word == "snapshot" => self.snapshot = Some(Vec::new()),
             Value(word) if self.run => self.guest_args.push(string(word, "guest argument")?),
             Short('h') => self.help = true,
             Short('V') => self.version = true,
@@ -446,6 +511,8 @@ impl State {
                 self.seccomp = SeccompChoice::Off;
                 self.seccomp_flags += 1;
             }
+            "snapshot-version" => self.snapshot_version = true,
+            "describe-snapshot" => self.describe_snapshot = Some(PathBuf::from(parser.value()?)),
             "help" => self.help = true,
             "version" => self.version = true,
             _ => return Ok(false),
@@ -495,6 +562,14 @@ impl State {
                 self.drives
                     .push(parse_drive(&spec, self.drives.len()).map_err(custom)?);
             }
+            "restore" => self.restore = Some(PathBuf::from(parser.value()?)),
+            "mem-file" => self.mem_file = Some(PathBuf::from(parser.value()?)),
+            "net-override" => {
+                let spec = string(parser.value()?, "--net-override")?;
+                self.net_overrides
+                    .push(parse_net_override(&spec).map_err(custom)?);
+            }
+            "vsock-override" => self.vsock_override = Some(PathBuf::from(parser.value()?)),
             _ => return Ok(false),
         }
         Ok(true)
@@ -540,6 +615,51 @@ impl State {
         })
     }
 
+    /// `ember run --restore`'s VM: no boot option goes with it.
+    fn restore_args(&mut self, state: PathBuf) -> Result<RestoreArgs, lexopt::Error> {
+        let boot_flag = [
+            (self.kernel.is_some(), "--kernel"),
+            (self.initrd.is_some(), "--initrd"),
+            (self.cmdline.is_some(), "--cmdline"),
+            (!self.drives.is_empty(), "--drive"),
+            (!self.nets.is_empty(), "--net"),
+            (self.vsock.is_some(), "--vsock"),
+            (self.entropy.is_some(), "--entropy"),
+            (!self.guest_args.is_empty(), "guest arguments"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        if let Some(flag) = boot_flag {
+            return Err(custom(format!(
+                "{flag} does not go with --restore (the snapshot holds the VM)"
+            )));
+        }
+        let mem_file = self
+            .mem_file
+            .take()
+            .ok_or_else(|| custom("--restore needs --mem-file MEM".to_owned()))?;
+        Ok(RestoreArgs {
+            state,
+            mem_file,
+            net_overrides: std::mem::take(&mut self.net_overrides),
+            vsock_override: self.vsock_override.take(),
+            serial_out: self.serial_out.take(),
+        })
+    }
+
+    /// `ember snapshot ...`.
+    fn snapshot_command(words: &[String]) -> Result<Command, lexopt::Error> {
+        match words {
+            [verb, path] if verb == "describe" => Ok(Command::DescribeSnapshot {
+                path: PathBuf::from(path),
+                brief: false,
+            }),
+            _ => Err(custom(
+                "usage: ember snapshot describe STATE_FILE".to_owned(),
+            )),
+        }
+    }
+
     /// The API or config-file mode.
     fn api_command(&mut self) -> Result<Command, lexopt::Error> {
         if !self.no_api {
@@ -572,6 +692,14 @@ impl State {
             Command::Help
         } else if self.version {
             Command::Version
+        } else if self.snapshot_version {
+            Command::SnapshotVersion
+        } else if let Some(path) = self.describe_snapshot.take() {
+            Command::DescribeSnapshot { path, brief: true }
+        } else if let Some(words) = &self.snapshot {
+            Self::snapshot_command(words)?
+        } else if let Some(state) = self.restore.take().filter(|_| self.run) {
+            Command::Restore(Box::new(self.restore_args(state)?))
         } else if self.run {
             Command::Run(Box::new(self.run_args()?))
         } else {

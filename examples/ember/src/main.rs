@@ -6,7 +6,7 @@ mod cli;
 use std::path::Path;
 use std::process::ExitCode;
 
-use cli::{Args, Command, SeccompChoice};
+use cli::{Args, Command, RestoreArgs, SeccompChoice};
 use ember_api::controller::VmOverrides;
 use ember_api::destination::Destination;
 use ember_api::http::HttpLimits;
@@ -16,7 +16,7 @@ use ember_api::service::ServiceOptions;
 use ember_vmm::host_files::{open_input, InputKind};
 use ember_vmm::seccomp;
 use ember_vmm::signals::TerminationSignals;
-use ember_vmm::{ExitReason, SerialInput, SerialOutput, StartTime, VmConfig};
+use ember_vmm::{ExitReason, RestoreConfig, SerialInput, SerialOutput, StartTime, VmConfig};
 
 /// Exit status for an error while building or running the VM.
 const EXIT_ERROR: u8 = 1;
@@ -44,9 +44,7 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
             config.start_time = start;
             config
         }
-        Command::Help | Command::Version | Command::Api { .. } | Command::ConfigFile(_) => {
-            return Ok(None)
-        }
+        _ => return Ok(None),
     };
     if let Some(device) = &args.kvm_device {
         config.kvm_device = device.clone();
@@ -124,6 +122,28 @@ fn serve(
     ember_api::service::run(options, Some(&signals)).map_err(|e| e.to_string())
 }
 
+/// `ember run --restore`: the VM a snapshot holds, running.
+fn restore(args: &Args, restore: &RestoreArgs, start: StartTime) -> Result<ExitReason, String> {
+    let mut config = RestoreConfig::new(&restore.state, &restore.mem_file);
+    config.resume = true;
+    config.net_overrides = restore.net_overrides.clone();
+    config.vsock_override = restore.vsock_override.clone();
+    config.start_time = start;
+    if let Some(device) = &args.kvm_device {
+        config.kvm_device = device.clone();
+    }
+    if let Some(path) = &restore.serial_out {
+        let out = Destination::open(path)
+            .map_err(|e| format!("--serial-out: cannot open {}: {e}", path.display()))?;
+        config.serial_output = SerialOutput::Writer(Box::new(out));
+        config.serial_input = SerialInput::None;
+    }
+    config.seccomp = seccomp_filters(&args.seccomp)?;
+    let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
+    let vm = ember_vmm::restore(config).map_err(|e| e.to_string())?;
+    vm.run(Some(&signals)).map_err(|e| e.to_string())
+}
+
 /// Boots what the command line asks for and returns how the VM ended.
 fn boot(args: &Args, start: StartTime) -> Result<ExitReason, String> {
     ember_api::logger::configure(args.logger.clone()).map_err(|e| e.to_string())?;
@@ -135,6 +155,8 @@ fn boot(args: &Args, start: StartTime) -> Result<ExitReason, String> {
         serve(args, Some(socket), config_file.as_deref(), start)?
     } else if let Command::ConfigFile(path) = &args.command {
         serve(args, None, Some(path), start)?
+    } else if let Command::Restore(restore_args) = &args.command {
+        restore(args, restore_args, start)?
     } else {
         let Some(mut config) = vm_config(args, start)? else {
             return Ok(ExitReason::Stopped);
@@ -187,6 +209,27 @@ fn main() -> ExitCode {
             // Kata Containers and the Go SDK parse; see the README.
             println!("Firecracker v{}\n", ember_api::REPORTED_FIRECRACKER_VERSION);
             ExitCode::SUCCESS
+        }
+        Command::SnapshotVersion => {
+            println!("v{}.0.0", ember_vmm::snapshot::FORMAT_VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::DescribeSnapshot { path, brief } => {
+            let described = if brief {
+                ember_vmm::snapshot::format_version(&path).map(|v| format!("v{v}.0.0"))
+            } else {
+                ember_vmm::snapshot::describe(&path)
+            };
+            match described {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ember: error: {e}");
+                    ExitCode::from(EXIT_ERROR)
+                }
+            }
         }
         _ => match boot(&args, start) {
             Ok(reason) => exit_for(reason),
