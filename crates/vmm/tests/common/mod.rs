@@ -257,3 +257,63 @@ pub fn run_vm_with(
         metrics,
     }
 }
+
+/// A VM running in the test's hands: its event loop is turned while the test
+/// waits, so it can pause, snapshot and stop it at chosen points.
+pub struct Live {
+    pub event_loop: EventLoop,
+    pub vm: ember_vmm::RunningVm,
+    pub capture: Capture,
+}
+
+impl Live {
+    /// Starts `vm`, its serial output going to `capture`.
+    pub fn start(vm: ember_vmm::Vm, capture: Capture) -> Live {
+        let mut event_loop = EventLoop::new().unwrap();
+        let vm = vm.start(&mut event_loop, None).unwrap();
+        Live {
+            event_loop,
+            vm,
+            capture,
+        }
+    }
+
+    /// Boots `guest`.
+    pub fn boot(guest: Guest) -> Live {
+        let capture = Capture::default();
+        let vm = build(guest.config(&capture)).expect("the VM builds");
+        Live::start(vm, capture)
+    }
+
+    /// Turns the event loop until `done` holds for the serial output (which
+    /// is returned), or panics after [`GUEST_DEADLINE`] or if the VM ends.
+    pub fn wait_for(&mut self, what: &str, mut done: impl FnMut(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + GUEST_DEADLINE;
+        loop {
+            let text = self.capture.text();
+            if done(&text) {
+                return text;
+            }
+            if let Some(outcome) = self.vm.take_outcome() {
+                panic!("the VM ended ({outcome:?}) before {what}; output:\n{text}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} in time; output:\n{text}"
+            );
+            self.event_loop.run_with_timeout(20).unwrap();
+        }
+    }
+
+    /// The last value of `key=` in the output's lines starting with `key=`.
+    pub fn last_value(&self, key: &str) -> Option<u64> {
+        let prefix = format!("{key}=");
+        self.capture
+            .text()
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .filter_map(|value| value.split_whitespace().next())
+            .last()
+            .map(hex)
+    }
+}
