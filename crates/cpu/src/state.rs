@@ -39,7 +39,7 @@ use kvm_ioctls::{Cap, VmFd};
 use serde::{Deserialize, Serialize};
 
 pub use fpu::FpuState;
-pub use msrs::{saveable_msrs, MSR_IA32_TSC_DEADLINE};
+pub use msrs::saveable_msrs;
 
 use crate::{kvm_err, Error, Result, Vcpu};
 

@@ -5,12 +5,9 @@ use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRI
 use kvm_ioctls::{Kvm, VcpuFd};
 
 use crate::cpuid::{host_brand_string, normalize, Topology};
+use crate::msr::MSR_IA32_TSC_DEADLINE;
 use crate::platform::setup_platform;
 use crate::{kvm_err, Error, Result};
-
-/// `IA32_TSC_DEADLINE`: KVM arms the LAPIC timer from it by comparing it with
-/// the TSC, so the TSC must already hold its restored value when it is written.
-pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
 /// The MSRs of KVM's index list (`KVM_GET_MSR_INDEX_LIST`) that a vCPU set up
 /// as [`crate::Vcpu::configure`] does can read, in the order to save and

@@ -6,11 +6,10 @@ use super::msrs::in_restore_order;
 use super::tsc::same_frequency;
 use super::*;
 use crate::lapic::{read_register, write_register};
+use crate::msr::{MSR_IA32_SYSENTER_EIP, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE};
 use crate::platform::setup_platform;
 use crate::EntryPoint;
 
-const MSR_IA32_TSC: u32 = 0x10;
-const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
 /// The LAPIC's LVT timer register, and its TSC-deadline mode.
 const APIC_LVTT: usize = 0x320;
 const LVTT_TSC_DEADLINE: u32 = 0b10 << 17;
