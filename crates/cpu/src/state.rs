@@ -157,7 +157,8 @@ impl Vcpu {
 
     /// Writes `state` into this vCPU, which must be freshly created (with the
     /// same index) in a VM set up by [`crate::platform::setup_platform`] and
-    /// not running.
+    /// not running. Register the guest memory first: MSRs such as kvmclock's
+    /// and async page faults' point into it, and KVM refuses them otherwise.
     ///
     /// The order follows KVM's dependencies: CPUID first (KVM checks the other
     /// state against it), then the TSC frequency (before the TSC MSR is
