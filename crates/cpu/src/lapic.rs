@@ -20,7 +20,8 @@ pub fn read_register(state: &kvm_lapic_state, offset: usize) -> u32 {
     u32::from_le_bytes([b(0), b(1), b(2), b(3)])
 }
 
-fn write_register(state: &mut kvm_lapic_state, offset: usize, value: u32) {
+/// Writes the 32-bit APIC register at `offset`.
+pub(crate) fn write_register(state: &mut kvm_lapic_state, offset: usize, value: u32) {
     for (i, byte) in value.to_le_bytes().iter().enumerate() {
         state.regs[offset + i] = *byte as std::os::raw::c_char;
     }

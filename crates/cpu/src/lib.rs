@@ -5,6 +5,8 @@
 //! - [`msr`], [`regs`], [`gdt`], [`paging`], [`lapic`]: the register state at kernel entry.
 //! - [`mptable`]: the MP table that tells the guest how many vCPUs it has.
 //! - [`vcpu`]: a configured vCPU, its run loop and the signal that kicks it out of `KVM_RUN`.
+//! - [`state`]: a vCPU's state for snapshots ([`VcpuState`]), saved and restored
+//!   through KVM; the VM-wide part ([`platform::VmState`]) sits in [`platform`].
 //!
 //! Nothing here knows about devices: exits are handed to an [`vcpu::ExitHandler`].
 
@@ -16,9 +18,12 @@ pub mod msr;
 pub mod paging;
 pub mod platform;
 pub mod regs;
+pub mod state;
 pub mod vcpu;
 
+pub use platform::{restore_vm_state, save_vm_state, VmState};
 pub use regs::EntryPoint;
+pub use state::{saveable_msrs, FpuState, VcpuState};
 pub use vcpu::{ExitHandler, Vcpu, VcpuStop};
 
 /// Most vCPUs a VM can have: APIC IDs are 8 bits, 0xff is broadcast and the
@@ -97,6 +102,38 @@ pub enum Error {
         exit: String,
         /// Guest instruction pointer.
         rip: u64,
+    },
+    /// `KVM_SET_MSRS` stopped at an MSR it would not write.
+    #[error("KVM_SET_MSRS refused MSR {0:#x}")]
+    MsrNotWritten(u32),
+    /// A saved XSAVE area is smaller than the one this vCPU's KVM copies in.
+    #[error("KVM_SET_XSAVE needs an XSAVE area of {needed} bytes, the saved one has {saved}")]
+    XsaveTooSmall {
+        /// Bytes in the saved area.
+        saved: usize,
+        /// Bytes KVM reads.
+        needed: usize,
+    },
+    /// The saved TSC frequency differs from this host's and KVM cannot scale the TSC.
+    #[error(
+        "the saved vCPU TSC runs at {saved} kHz, this host's at {host} kHz, and KVM cannot \
+         scale it (no KVM_CAP_TSC_CONTROL for KVM_SET_TSC_KHZ)"
+    )]
+    TscScalingUnsupported {
+        /// Saved frequency in kHz.
+        saved: u32,
+        /// This host's frequency in kHz.
+        host: u32,
+    },
+    /// KVM refused to scale the TSC to the saved frequency.
+    #[error("KVM_SET_TSC_KHZ to the saved {saved} kHz (this host: {host} kHz) failed: {source}")]
+    TscScaling {
+        /// Saved frequency in kHz.
+        saved: u32,
+        /// This host's frequency in kHz.
+        host: u32,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
     },
     /// Installing the kick signal handler failed.
     #[error("cannot install the vCPU kick signal handler: {0}")]

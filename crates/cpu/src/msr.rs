@@ -6,11 +6,16 @@ use kvm_ioctls::{Kvm, VcpuFd};
 
 use crate::{kvm_err, Error, Result};
 
-const MSR_IA32_TSC: u32 = 0x10;
+/// `IA32_TSC`, the time-stamp counter.
+pub(crate) const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
-const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+/// `IA32_SYSENTER_EIP`, the kernel entry point of `SYSENTER`.
+pub(crate) const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+/// `IA32_TSC_DEADLINE`: KVM arms the LAPIC timer from it by comparing it with
+/// the TSC, so on restore the TSC must already hold its value when it is written.
+pub(crate) const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MSR_STAR: u32 = 0xc000_0081;
 const MSR_LSTAR: u32 = 0xc000_0082;

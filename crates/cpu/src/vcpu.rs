@@ -25,6 +25,7 @@ use crate::cpuid::{host_brand_string, normalize, Topology};
 use crate::lapic::setup_lints;
 use crate::msr::setup_msrs;
 use crate::regs::{boot_fpu, setup_boot_registers, EntryPoint};
+use crate::state::StateSupport;
 use crate::{kvm_err, Error, Result};
 
 /// Receives the exits a vCPU cannot finish in the kernel. Shared by all vCPU
@@ -130,6 +131,7 @@ fn internal_error_kind(suberror: u32) -> &'static str {
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
+    support: StateSupport,
 }
 
 impl Vcpu {
@@ -138,7 +140,11 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu { fd, index })
+        Ok(Vcpu {
+            fd,
+            index,
+            support: StateSupport::of(vm),
+        })
     }
 
     /// This vCPU's index.
@@ -149,6 +155,11 @@ impl Vcpu {
     /// The KVM file descriptor, for state save and restore.
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
+    }
+
+    /// Which optional state KVM saves for this vCPU.
+    pub(crate) fn state_support(&self) -> StateSupport {
+        self.support
     }
 
     /// Sets CPUID (for a VM of `vcpu_count` vCPUs, `threads_per_core` to a
