@@ -50,6 +50,26 @@ static inline u32 inl(u16 port)
 	return val;
 }
 
+static inline void cpuid(u32 leaf, u32 subleaf, u32 *a, u32 *b, u32 *c, u32 *d)
+{
+	__asm__ volatile("cpuid"
+			 : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d)
+			 : "a"(leaf), "c"(subleaf));
+}
+
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return lo | ((u64)hi << 32);
+}
+
+static inline void wrmsr(u32 msr, u64 val)
+{
+	__asm__ volatile("wrmsr"
+			 : : "c"(msr), "a"((u32)val), "d"((u32)(val >> 32)));
+}
+
 /* libc replacements (main.c). */
 void *memset(void *dst, int c, unsigned long n);
 void *memcpy(void *dst, const void *src, unsigned long n);
@@ -57,6 +77,8 @@ void *memcpy(void *dst, const void *src, unsigned long n);
 /* COM1 output (main.c). */
 void con_putc(char c);
 void con_puts(const char *s);
+/* The next byte received on COM1, or -1 if none is waiting. */
+int con_getc_nowait(void);
 /* Prints v as lowercase hex with a 0x prefix and no leading zeros. */
 void puthex(u64 v);
 /* Prints " key=0x..." */
@@ -93,6 +115,31 @@ u64 param(const char *key, u64 def);
 
 /* Busy loop of n iterations (6 instructions each). */
 void delay(u64 n);
+/* The count.delay= parameter (busy-loop iterations between count lines). */
+u64 count_delay(void);
+
+/* Processors of the MP table (main.c). */
+#define MP_MAX_CPUS 32
+struct mp_cpus {
+	u32 cpus;		  /* enabled processor entries */
+	u8 apic_id[MP_MAX_CPUS];  /* their APIC ids, in table order */
+	int have_bsp;
+	u8 bsp;			  /* APIC id of the entry with the BSP flag */
+	int unknown;		  /* the walk stopped at an unknown entry */
+	u32 unknown_type, unknown_index;
+	u64 unknown_offset;
+};
+/* Walks the MP table; returns 0 (and a zeroed *out) if there is none. */
+int mptable_walk(struct mp_cpus *out);
+
+/* Local APIC (irq.c). */
+#define LAPIC_BASE 0xFEE00000ul
+u32 lapic_read(u32 reg);
+void lapic_write(u32 reg, u32 val);
+/* Software-enables the local APIC (spurious vector 0xff). */
+void lapic_enable(void);
+/* This CPU's APIC id (CPUID leaf 1 EBX[31:24]). */
+u32 cpu_apic_id(void);
 
 /* Block-device scenarios (blk.c): runs scenario name if it is one of them
  * and returns 1 (most of them never return), returns 0 otherwise. */
@@ -111,5 +158,11 @@ int vsock_scenario(const char *name);
 int rng_scenario(const char *name);
 /* Runs the balloon-* scenario `name` (balloon.c); returns 0 if it is not one. */
 int balloon_scenario(const char *name);
+/* Runs the ticks scenario (irq.c); returns 0 if `name` is not it. */
+int ticks_scenario(const char *name);
+/* Runs the smp scenario (smp.c); returns 0 if `name` is not it. */
+int smp_scenario(const char *name);
+/* Runs the snapcount scenario (snap.c); returns 0 if `name` is not it. */
+int snap_scenario(const char *name);
 
 #endif

@@ -61,13 +61,6 @@ static inline u64 rd64(u64 addr)
 	return *(const volatile u64_una *)addr;
 }
 
-static inline void cpuid(u32 leaf, u32 subleaf, u32 *a, u32 *b, u32 *c, u32 *d)
-{
-	__asm__ volatile("cpuid"
-			 : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d)
-			 : "a"(leaf), "c"(subleaf));
-}
-
 void park(void)
 {
 	for (;;)
@@ -96,6 +89,13 @@ void con_putc(char c)
 			break;
 	}
 	outb(COM1, (u8)c);
+}
+
+int con_getc_nowait(void)
+{
+	if (!(inb(COM1_LSR) & LSR_DATA_READY))
+		return -1;
+	return inb(COM1);
 }
 
 void con_puts(const char *s)
@@ -385,54 +385,70 @@ static u64 mp_scan(u64 start, u64 end)
 	return 0;
 }
 
-static void print_mptable(void)
+int mptable_walk(struct mp_cpus *out)
 {
 	u64 fp = mp_scan(0x9FC00, 0xA0000);
+
+	memset(out, 0, sizeof(*out));
 	if (!fp)
 		fp = mp_scan(0xF0000, 0x100000);
-	if (!fp) {
-		con_puts("mptable none\n");
-		return;
-	}
+	if (!fp)
+		return 0;
 	u64 conf = rd32(fp + 4);
-	if (!conf || rd32(conf) != MP_CONF_SIG) {
-		con_puts("mptable none\n");
-		return;
-	}
+	if (!conf || rd32(conf) != MP_CONF_SIG)
+		return 0;
 
 	u64 len = rd16(conf + 4);
 	u32 count = rd16(conf + 0x22);
 	u64 off = 0x2C;
-	u32 cpus = 0;
-	int have_bsp = 0;
-	u32 bsp = 0;
 
 	for (u32 i = 0; i < count && off < len; i++) {
 		u8 type = rd8(conf + off);
 		if (type == 0) {
 			u8 flags = rd8(conf + off + 3);
-			if (flags & 1)
-				cpus++;
-			if ((flags & 2) && !have_bsp) {
-				have_bsp = 1;
-				bsp = rd8(conf + off + 1);
+			u8 apic = rd8(conf + off + 1);
+			if (flags & 1) {
+				if (out->cpus < MP_MAX_CPUS)
+					out->apic_id[out->cpus] = apic;
+				out->cpus++;
+			}
+			if ((flags & 2) && !out->have_bsp) {
+				out->have_bsp = 1;
+				out->bsp = apic;
 			}
 			off += 20;
 		} else if (type <= 4) {
 			off += 8;
 		} else {
-			con_puts("mptable_unknown");
-			kv("type", type);
-			kv("index", i);
-			kv("offset", off);
-			con_putc('\n');
+			out->unknown = 1;
+			out->unknown_type = type;
+			out->unknown_index = i;
+			out->unknown_offset = off;
 			break;
 		}
 	}
+	return 1;
+}
+
+static void print_mptable(void)
+{
+	struct mp_cpus mp;
+
+	if (!mptable_walk(&mp)) {
+		con_puts("mptable none\n");
+		return;
+	}
+	if (mp.unknown) {
+		con_puts("mptable_unknown");
+		kv("type", mp.unknown_type);
+		kv("index", mp.unknown_index);
+		kv("offset", mp.unknown_offset);
+		con_putc('\n');
+	}
 	con_puts("mptable");
-	kv("cpus", cpus);
-	if (have_bsp)
-		kv("bsp", bsp);
+	kv("cpus", mp.cpus);
+	if (mp.have_bsp)
+		kv("bsp", mp.bsp);
 	else
 		con_puts(" bsp=none");
 	con_putc('\n');
@@ -526,9 +542,10 @@ static void scenario_echo(void)
 
 	con_puts("echo: ready\n");
 	for (;;) {
-		while (!(inb(COM1_LSR) & LSR_DATA_READY))
+		int in;
+		while ((in = con_getc_nowait()) < 0)
 			;
-		char c = (char)inb(COM1);
+		char c = (char)in;
 		if (c == '\n' || c == '\r')
 			break;
 		if (n < ECHO_MAX)
@@ -569,7 +586,7 @@ void delay(u64 n)
 #define COUNT_MAX_N 1000
 #define COUNT_DEFAULT_DELAY 200000
 
-static u64 count_delay(void)
+u64 count_delay(void)
 {
 	return param("count.delay=", COUNT_DEFAULT_DELAY);
 }
@@ -652,6 +669,12 @@ void guest_main(u32 proto, u64 info)
 		/* rng-* scenarios (rng.c) */
 	} else if (balloon_scenario(scenario)) {
 		/* balloon-* scenarios (balloon.c) */
+	} else if (ticks_scenario(scenario)) {
+		/* ticks (irq.c) */
+	} else if (smp_scenario(scenario)) {
+		/* smp (smp.c) */
+	} else if (snap_scenario(scenario)) {
+		/* snapcount (snap.c) */
 	} else {
 		con_puts("guest: unknown scenario ");
 		con_puts(scenario);

@@ -278,6 +278,24 @@ mod tests {
     }
 
     #[test]
+    fn images_contain_snapshot_scenarios() {
+        assert_images_contain(&[
+            "ticks",
+            "ticks.count=",
+            "ticks.every=",
+            "ticks.lines=",
+            "smp",
+            "smp.cpus=",
+            "smp.start=",
+            "smp.every=",
+            "snapcount",
+            "snap.base=",
+            "snap.pages=",
+            "snap.dirty=",
+        ]);
+    }
+
+    #[test]
     fn bzimage_payload_matches_elf64() {
         let img = read(BZIMAGE_PATH);
         let elf = read(ELF64_PATH);
