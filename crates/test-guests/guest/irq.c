@@ -6,7 +6,6 @@
  */
 #include "core.h"
 
-#define LAPIC_ID 0x20
 #define LAPIC_EOI 0xB0
 #define LAPIC_SVR 0xF0
 #define LAPIC_LVT_TIMER 0x320
