@@ -443,7 +443,10 @@ mod tests {
         let bandwidth = restored.bucket(TokenType::Bytes).unwrap();
         assert_eq!((bandwidth.burst(), bandwidth.budget()), (0, 800));
         assert!(restored.consume(800, TokenType::Bytes));
-        assert!(!restored.consume(100, TokenType::Bytes), "a minute per 1000");
+        assert!(
+            !restored.consume(100, TokenType::Bytes),
+            "a minute per 1000"
+        );
         assert!(restored.is_blocked());
     }
 
