@@ -96,6 +96,25 @@ pub enum Error {
         /// What failed.
         error: std::io::Error,
     },
+    /// A saved state does not fit the device it is restored into, or the
+    /// host resources given with it.
+    #[error("cannot restore the {device} state: {reason}")]
+    RestoreMismatch {
+        /// The device (or transport).
+        device: &'static str,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A block device's backing file changed size since the snapshot.
+    #[error("block backing file {}: {found} sectors, the snapshot has {saved}", path.display())]
+    DiskSizeChanged {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The capacity in the snapshot, in sectors.
+        saved: u64,
+        /// The capacity now, in sectors.
+        found: u64,
+    },
     /// A guest MAC address is multicast or all zeroes.
     #[error("invalid guest MAC address {0}: it must be a unicast address")]
     InvalidMac(String),

@@ -11,6 +11,7 @@ const NANOS_PER_MILLI: u128 = 1_000_000;
 /// A bucket whose `size` or `refill_time_ms` is 0 does not limit anything (see
 /// [`BucketConfig::is_unlimited`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BucketConfig {
     /// Tokens the bucket holds when full; it refills linearly from empty to full
     /// in `refill_time_ms`.
@@ -30,6 +31,7 @@ impl BucketConfig {
 
 /// The levels of a bucket as plain data, for snapshots and live updates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BucketState {
     /// The bucket's configuration.
     pub config: BucketConfig,

@@ -13,6 +13,10 @@
 //! [`RateLimiter::consume`]; when it returns `false`, leave the request queued and
 //! stop; when the fd fires, call [`RateLimiter::event_handler`] and resume.
 //!
+//! Snapshots: [`RateLimiter::state`] gives the levels as plain data
+//! ([`RateLimiterState`]; with the `serde` feature, serializable) and
+//! [`RateLimiter::restore`] rebuilds a limiter from them.
+//!
 //! A bucket of size 0 or refill time 0 is "unlimited", as in Firecracker.
 //! Unlike Firecracker, a refused request consumes nothing (not even the one-time
 //! burst), and a request larger than the bucket is only let through when the

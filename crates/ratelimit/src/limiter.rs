@@ -41,6 +41,7 @@ impl BucketUpdate {
 
 /// A rate limiter's levels as plain data. `None` means "unlimited".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RateLimiterState {
     /// The bandwidth bucket.
     pub bandwidth: Option<BucketState>,
@@ -87,6 +88,14 @@ impl RateLimiter {
             blocked: false,
             clock,
         })
+    }
+
+    /// A limiter on the monotonic clock with the levels saved in `state` (see
+    /// [`RateLimiter::from_state`]): budgets, debts and one-time bursts as
+    /// saved; refilling resumes now, with the fraction of a token that was
+    /// accruing, so the time between the save and the restore earns nothing.
+    pub fn restore(state: &RateLimiterState) -> Result<RateLimiter> {
+        RateLimiter::from_state(state, Box::new(MonotonicClock))
     }
 
     /// A limiter with the levels saved in `state`. It starts unblocked: a device
@@ -423,5 +432,33 @@ mod tests {
             "10 ms in all: one more byte"
         );
         assert!(!restored.consume(1, TokenType::Bytes));
+    }
+
+    #[test]
+    fn restore_keeps_levels_and_burst_on_the_monotonic_clock() {
+        let (mut l, _clock) = limiter(Some(config(1000, 500, 60_000)), None);
+        assert!(l.consume(700, TokenType::Bytes));
+        let state = l.state();
+        let mut restored = RateLimiter::restore(&state).unwrap();
+        let bandwidth = restored.bucket(TokenType::Bytes).unwrap();
+        assert_eq!((bandwidth.burst(), bandwidth.budget()), (0, 800));
+        assert!(restored.consume(800, TokenType::Bytes));
+        assert!(
+            !restored.consume(100, TokenType::Bytes),
+            "a minute per 1000"
+        );
+        assert!(restored.is_blocked());
+    }
+
+    #[test]
+    fn state_serde_round_trip() {
+        let (mut l, clock) = limiter(Some(config(100, 50, 1000)), Some(config(10, 3, 100)));
+        assert!(l.consume(120, TokenType::Bytes));
+        clock.advance(Duration::from_millis(3));
+        let state = l.state();
+        let json = serde_json::to_string(&state).unwrap();
+        let back: RateLimiterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        assert!(json.contains("\"one_time_burst\":3"), "{json}");
     }
 }

@@ -76,8 +76,10 @@ impl fmt::Display for BufferFull {
 
 impl std::error::Error for BufferFull {}
 
-/// What the controller remembers, as plain data.
+/// What the controller remembers, as plain data: what [`I8042::state`]
+/// gives and [`I8042::from_state`] rebuilds the controller from.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct I8042State {
     /// Status register.
     pub status: u8,
@@ -91,6 +93,8 @@ pub struct I8042State {
     pub pending_keyboard_command: Option<u8>,
     /// Last byte read from the data port, returned again when the buffer is empty.
     pub last_output: u8,
+    /// The counters.
+    pub counters: I8042Counters,
 }
 
 impl Default for I8042State {
@@ -102,12 +106,14 @@ impl Default for I8042State {
             pending_command: None,
             pending_keyboard_command: None,
             last_output: 0,
+            counters: I8042Counters::default(),
         }
     }
 }
 
 /// Counters for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct I8042Counters {
     /// Reset requests from the guest.
     pub resets: u64,
@@ -122,7 +128,6 @@ pub struct I8042 {
     reset: EventTrigger,
     interrupt: EventTrigger,
     state: I8042State,
-    counters: I8042Counters,
 }
 
 impl fmt::Debug for I8042 {
@@ -137,11 +142,25 @@ impl I8042 {
     /// A controller that fires `reset` when the guest resets the CPU through it
     /// and `interrupt` (IRQ 1) when keyboard data is waiting.
     pub fn new(reset: EventTrigger, interrupt: EventTrigger) -> I8042 {
+        I8042::from_state(&I8042State::default(), reset, interrupt)
+    }
+
+    /// A controller in the saved `state` (bytes past [`OUTPUT_BUFFER_SIZE`]
+    /// in its output buffer are dropped), with the host's `reset` and
+    /// `interrupt` lines as [`I8042::new`]. No interrupt is raised: one
+    /// pending for waiting bytes is in the interrupt controller's state.
+    pub fn from_state(state: &I8042State, reset: EventTrigger, interrupt: EventTrigger) -> I8042 {
+        let mut state = state.clone();
+        state.output.truncate(OUTPUT_BUFFER_SIZE);
+        if state.output.is_empty() {
+            state.status &= !STATUS_OUTPUT_FULL;
+        } else {
+            state.status |= STATUS_OUTPUT_FULL;
+        }
         I8042 {
             reset,
             interrupt,
-            state: I8042State::default(),
-            counters: I8042Counters::default(),
+            state,
         }
     }
 
@@ -152,7 +171,7 @@ impl I8042 {
 
     /// The counters.
     pub fn counters(&self) -> I8042Counters {
-        self.counters
+        self.state.counters
     }
 
     /// Queues Ctrl-Alt-Del for the guest.
@@ -168,7 +187,7 @@ impl I8042 {
         for code in scancodes {
             self.push_output(*code);
         }
-        self.counters.keys_injected += scancodes.len() as u64;
+        self.state.counters.keys_injected += scancodes.len() as u64;
         Ok(())
     }
 
@@ -183,7 +202,7 @@ impl I8042 {
 
     fn raise_interrupt(&mut self) {
         if self.state.control & CONTROL_KBD_INTERRUPT != 0 && self.interrupt.trigger().is_err() {
-            self.counters.missed_interrupts += 1;
+            self.state.counters.missed_interrupts += 1;
         }
     }
 
@@ -215,7 +234,7 @@ impl I8042 {
             CMD_ENABLE_KBD => self.state.control &= !CONTROL_KBD_DISABLED,
             CMD_DISABLE_AUX | CMD_ENABLE_AUX => {}
             CMD_RESET_CPU => {
-                self.counters.resets += 1;
+                self.state.counters.resets += 1;
                 if let Err(e) = self.reset.trigger() {
                     log::error!("i8042: cannot signal the reset: {e}");
                 }
@@ -371,6 +390,56 @@ mod tests {
             dev.write_register(DATA, KBD_CMD_RESET);
         }
         assert!(dev.state().output.len() <= OUTPUT_BUFFER_SIZE);
+    }
+
+    #[test]
+    fn state_round_trips_with_waiting_bytes() {
+        let (mut dev, _reset, _irq) = device();
+        dev.write_register(COMMAND, CMD_SELF_TEST);
+        dev.write_register(DATA, KBD_CMD_SET_LEDS);
+        dev.write_register(DATA, 0x02);
+        dev.send_ctrl_alt_del().unwrap();
+        dev.write_register(DATA, KBD_CMD_SCANCODE_SET);
+        dev.write_register(COMMAND, CMD_WRITE_CONTROL);
+        let saved = dev.state().clone();
+        let json = serde_json::to_string(&saved).unwrap();
+        let parsed: I8042State = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, saved);
+
+        let (reset, irq) = (EventTrigger::new().unwrap(), EventTrigger::new().unwrap());
+        let mut restored = I8042::from_state(&parsed, reset.try_clone().unwrap(), irq);
+        assert_eq!(restored.state(), &saved);
+        // The pending controller command takes the next data byte.
+        restored.write_register(DATA, 0x47);
+        dev.write_register(DATA, 0x47);
+        assert_eq!(drain(&mut restored), drain(&mut dev));
+        assert_eq!(restored.state(), dev.state());
+        // The keyboard command was answered; its parameter is still awaited.
+        restored.write_register(DATA, 0x02);
+        assert_eq!(drain(&mut restored), vec![KBD_ACK]);
+        restored.write_register(COMMAND, CMD_RESET_CPU);
+        assert_eq!(reset.event_fd().read().unwrap(), 1);
+        assert_eq!(restored.counters().resets, 1);
+        assert_eq!(restored.counters().keys_injected, 4);
+    }
+
+    #[test]
+    fn restored_output_is_bounded_and_status_follows_it() {
+        let state = I8042State {
+            output: (0..40).collect(),
+            ..I8042State::default()
+        };
+        let (reset, irq) = (EventTrigger::new().unwrap(), EventTrigger::new().unwrap());
+        let mut dev = I8042::from_state(&state, reset, irq);
+        assert_eq!(dev.state().output.len(), OUTPUT_BUFFER_SIZE);
+        assert_eq!(drain(&mut dev), (0..16).collect::<Vec<u8>>());
+        let (reset, irq) = (EventTrigger::new().unwrap(), EventTrigger::new().unwrap());
+        let full_but_empty = I8042State {
+            status: STATUS_OUTPUT_FULL,
+            ..I8042State::default()
+        };
+        let mut dev = I8042::from_state(&full_but_empty, reset, irq);
+        assert_eq!(dev.read_register(COMMAND) & STATUS_OUTPUT_FULL, 0);
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! The PC devices a microVM keeps: COM1, the i8042 reset line and the
 //! boot-timer device, with their conventional addresses.
+//!
+//! Snapshots: COM1 ([`SerialState`]) and the i8042 ([`I8042State`]) give
+//! their state as plain data and are rebuilt from it with the host's lines.
+//! The boot timer has no state worth keeping: it only reports the first
+//! boot, which a restored guest is past.
 
 pub mod boot_timer;
 pub mod i8042;
 pub mod serial;
+mod serial_state;
 
 pub use boot_timer::{BootTime, BootTimer, StartTime};
-pub use i8042::{I8042Counters, I8042};
+pub use i8042::{I8042Counters, I8042State, I8042};
 pub use serial::{Serial, SerialCounters, SerialInput, StdinReader};
+pub use serial_state::{SerialState, UartState};
 
 /// COM1 I/O port base.
 pub const COM1_PORT: u64 = 0x3f8;

@@ -12,15 +12,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vm_superio::serial::SerialEvents;
 
+use super::{SerialState, UartState};
 use crate::bus::ByteRegisters;
 use crate::trigger::EventTrigger;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Most input bytes read from the host in one go (the UART FIFO is 64 bytes).
 const INPUT_CHUNK: usize = 64;
 
 /// Counters for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SerialCounters {
     /// Bytes the guest wrote that reached the output.
     pub bytes_out: u64,
@@ -84,6 +86,44 @@ impl Serial {
         Serial {
             uart: vm_superio::Serial::with_events(interrupt, events, out),
             bytes_in: 0,
+        }
+    }
+
+    /// The device in the saved `state` (registers, receive FIFO, counters),
+    /// with the host's lines and output as [`Serial::new`]. As on real
+    /// hardware, an interrupt the restored registers call for (data ready or
+    /// transmitter empty, and enabled) is raised at once. Fails if the FIFO
+    /// holds more than it can or the interrupt cannot be raised.
+    pub fn from_state(
+        state: &SerialState,
+        interrupt: EventTrigger,
+        input_drained: EventTrigger,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Serial> {
+        let events = UartEvents {
+            drained: input_drained,
+            bytes_out: AtomicU64::new(state.counters.bytes_out),
+            bytes_lost: AtomicU64::new(state.counters.bytes_lost),
+        };
+        let uart_state = state.uart.clone().into();
+        let uart =
+            vm_superio::Serial::from_state(&uart_state, interrupt, events, out).map_err(|e| {
+                Error::RestoreMismatch {
+                    device: "serial",
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(Serial {
+            uart,
+            bytes_in: state.counters.bytes_in,
+        })
+    }
+
+    /// The device as plain data.
+    pub fn state(&self) -> SerialState {
+        SerialState {
+            uart: UartState::from(self.uart.state()),
+            counters: self.counters(),
         }
     }
 
@@ -312,6 +352,86 @@ mod tests {
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
         assert_eq!(serial.lock().unwrap().counters().bytes_out, 3);
+    }
+
+    const IER: u64 = 1;
+    const LCR: u64 = 3;
+    const SCRATCH: u64 = 7;
+    const IER_RDA: u8 = 1;
+    const LCR_DLAB: u8 = 0x80;
+
+    #[test]
+    fn state_round_trips_with_bytes_in_the_fifo() {
+        let (serial, _irq, _drained, _out) = serial();
+        {
+            let mut s = serial.lock().unwrap();
+            s.write(LCR, &[LCR_DLAB]);
+            s.write(0, &[0x0c]);
+            s.write(LCR, &[0x03]);
+            s.write(IER, &[IER_RDA]);
+            s.write(SCRATCH, &[0x5a]);
+            s.write(0, b"x");
+            assert_eq!(s.enqueue_input(b"abc"), 3);
+        }
+        let saved = serial.lock().unwrap().state();
+        assert_eq!(saved.uart.in_buffer, b"abc");
+        assert_eq!(saved.uart.interrupt_enable, IER_RDA);
+        assert_eq!((saved.counters.bytes_in, saved.counters.bytes_out), (3, 1));
+        let json = serde_json::to_string(&saved).unwrap();
+        let parsed: SerialState = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, saved);
+
+        let irq = EventTrigger::new().unwrap();
+        let out = Capture::default();
+        let restored = Serial::from_state(
+            &parsed,
+            irq.try_clone().unwrap(),
+            EventTrigger::new().unwrap(),
+            Box::new(out.clone()),
+        )
+        .unwrap();
+        assert_eq!(restored.state(), saved);
+        assert_eq!(
+            irq.event_fd().read().unwrap(),
+            1,
+            "data waits and its interrupt is enabled"
+        );
+        let restored = Arc::new(Mutex::new(restored));
+        let mut lsr = [0u8];
+        restored.lock().unwrap().read(LSR, &mut lsr);
+        assert_ne!(lsr[0] & LSR_DATA_READY, 0);
+        assert_eq!(guest_read_all(&restored), b"abc");
+        let mut s = restored.lock().unwrap();
+        let mut scratch = [0u8];
+        s.read(SCRATCH, &mut scratch);
+        assert_eq!(scratch, [0x5a]);
+        s.write(LCR, &[LCR_DLAB]);
+        let mut divisor = [0u8];
+        s.read(0, &mut divisor);
+        assert_eq!(divisor, [0x0c]);
+        s.write(LCR, &[0x03]);
+        s.write(0, b"y");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"y");
+        assert_eq!(s.counters().bytes_out, 2);
+    }
+
+    #[test]
+    fn a_state_with_an_overfull_fifo_is_refused() {
+        let state = SerialState {
+            uart: UartState {
+                in_buffer: vec![0; 65],
+                ..UartState::default()
+            },
+            ..SerialState::default()
+        };
+        let err = Serial::from_state(
+            &state,
+            EventTrigger::new().unwrap(),
+            EventTrigger::new().unwrap(),
+            Box::new(io::sink()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::RestoreMismatch { .. }), "{err}");
     }
 
     #[test]

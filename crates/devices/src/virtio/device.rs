@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::interrupt::VirtioInterrupt;
@@ -13,7 +13,10 @@ use crate::Result;
 /// Life cycle: the transport negotiates features and sets up queues with the
 /// driver, then calls [`VirtioDevice::activate`] when the driver sets DRIVER_OK,
 /// and [`VirtioDevice::reset`] when the driver writes 0 to Status. A device may
-/// be activated again after a reset.
+/// be activated again after a reset. A device restored from a snapshot is
+/// built inactive by its own `restore` and activated by the transport's
+/// restore with the saved queues, then told with
+/// [`VirtioDevice::after_restore`].
 ///
 /// The device owns one eventfd per queue for its whole life and watches them on
 /// its event loop; the transport signals them when the driver notifies a queue
@@ -59,6 +62,17 @@ pub trait VirtioDevice<M>: Send {
 
     /// Whether the device is active.
     fn is_activated(&self) -> bool;
+
+    /// The queues the device works on while active, with their live ring
+    /// positions, one per queue in queue order; empty while inactive.
+    /// [`crate::virtio::MmioTransport::state`] saves these.
+    fn queue_states(&self) -> Vec<QueueState>;
+
+    /// Called once after [`crate::virtio::MmioTransport::restore`] activated
+    /// the device again from a snapshot (and never after a driver's
+    /// activation), for what a device owes the driver on restore. Nothing by
+    /// default.
+    fn after_restore(&mut self) {}
 
     /// Returns the device to its state before activation: queues, the memory
     /// handle and the interrupt are dropped, and pending notifications are

@@ -63,6 +63,12 @@ impl IrqTrigger {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets the InterruptStatus register to `bits`, as a snapshot saved it.
+    /// Nothing fires: the interrupt controller's state is saved apart.
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
     /// Clears every bit (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);

@@ -26,7 +26,9 @@ use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{feature_bit, GuestMemoryHandle, IrqTrigger, VirtioDevice, VirtioInterrupt};
+use super::{
+    feature_bit, GuestMemoryHandle, IrqTrigger, VirtioDevice, VirtioInterrupt, VirtqueueState,
+};
 use crate::bus::BusDevice;
 use crate::trigger::EventTrigger;
 use crate::{Error, Result};
@@ -67,11 +69,15 @@ pub fn cmdline_entry(base: u64, irq: u32) -> String {
     )
 }
 
-/// The transport's registers as plain data.
+/// The transport's registers and queues as plain data, for snapshots
+/// ([`MmioTransport::state`], [`MmioTransport::restore`]).
 ///
-/// The queues are as the driver configured them; once the device is active,
-/// the live ring positions are part of the device's own state.
+/// The queues are as the driver configured them, and, while the device is
+/// active, with the device's live ring positions: this is the one place a
+/// snapshot keeps them. The configuration generation is the device's (in
+/// its own state).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MmioTransportState {
     /// Device status.
     pub status: u32,
@@ -85,8 +91,8 @@ pub struct MmioTransportState {
     pub queue_sel: u32,
     /// InterruptStatus.
     pub interrupt_status: u32,
-    /// Each queue's configuration.
-    pub queues: Vec<QueueState>,
+    /// Each queue's configuration and ring positions, in queue order.
+    pub queues: Vec<VirtqueueState>,
 }
 
 /// A virtio device behind the virtio-mmio register interface.
@@ -203,8 +209,16 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
         &self.device
     }
 
-    /// The registers as plain data.
+    /// The registers and queues as plain data; while the device is active,
+    /// the queues carry its live ring positions
+    /// ([`VirtioDevice::queue_states`]).
     pub fn state(&self) -> MmioTransportState {
+        let live = self.lock_device().queue_states();
+        let queues = if live.len() == self.queues.len() {
+            live.into_iter().map(VirtqueueState::from).collect()
+        } else {
+            self.queues.iter().map(|q| q.state().into()).collect()
+        };
         MmioTransportState {
             status: self.status,
             device_features_sel: self.device_features_sel,
@@ -212,8 +226,66 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
             acked_features: self.acked_features,
             queue_sel: self.queue_sel,
             interrupt_status: self.interrupt.status(),
-            queues: self.queues.iter().map(Queue::state).collect(),
+            queues,
         }
+    }
+
+    /// A transport for `device` (inactive, rebuilt from its own saved state)
+    /// with the registers and queues of `state`, on the same guest memory.
+    ///
+    /// If the driver had started the device (DRIVER_OK, and no NEEDS_RESET),
+    /// the device is activated with the saved queues, ring positions
+    /// included, and this transport's interrupt, whose status is the saved
+    /// one; each ready queue's eventfd is then signalled once, so that what
+    /// the driver made available and the device had not taken before the
+    /// snapshot gets processed (the ring positions make a notification with
+    /// nothing new harmless), and the device's
+    /// [`VirtioDevice::after_restore`] runs. Fails if the saved queues do not
+    /// fit the device or guest memory, or the activation fails.
+    pub fn restore(
+        mem: M,
+        device: Arc<Mutex<dyn VirtioDevice<M>>>,
+        state: &MmioTransportState,
+    ) -> Result<MmioTransport<M>> {
+        let mut transport = MmioTransport::new(mem, device)?;
+        let mismatch = |reason: String| Error::RestoreMismatch {
+            device: "virtio-mmio",
+            reason,
+        };
+        if state.queues.len() != transport.queues.len() {
+            return Err(mismatch(format!(
+                "{} queues saved, the device has {}",
+                state.queues.len(),
+                transport.queues.len()
+            )));
+        }
+        for (index, (saved, queue)) in state.queues.iter().zip(&mut transport.queues).enumerate() {
+            if saved.max_size != queue.max_size() {
+                return Err(mismatch(format!(
+                    "queue {index} has {} entries at most, the snapshot {}",
+                    queue.max_size(),
+                    saved.max_size
+                )));
+            }
+            *queue = Queue::try_from(QueueState::from(*saved)).map_err(Error::VirtioQueue)?;
+        }
+        transport.status = state.status;
+        transport.device_features_sel = state.device_features_sel;
+        transport.driver_features_sel = state.driver_features_sel;
+        transport.acked_features = state.acked_features;
+        transport.queue_sel = state.queue_sel;
+        transport.interrupt.set_status(state.interrupt_status);
+        let started = VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_NEEDS_RESET;
+        if state.status & started == VIRTIO_CONFIG_S_DRIVER_OK {
+            transport.activate()?;
+            for (queue, evt) in transport.queues.iter().zip(&transport.queue_evts) {
+                if queue.ready() {
+                    evt.write(1).map_err(Error::EventFd)?;
+                }
+            }
+            transport.lock_device().after_restore();
+        }
+        Ok(transport)
     }
 
     fn lock_device(&self) -> MutexGuard<'_, dyn VirtioDevice<M> + 'static> {
@@ -623,6 +695,12 @@ mod tests {
         }
         fn is_activated(&self) -> bool {
             self.active.is_some()
+        }
+        fn queue_states(&self) -> Vec<QueueState> {
+            self.active
+                .iter()
+                .flat_map(|(queues, _, _)| queues.iter().map(Queue::state))
+                .collect()
         }
         fn reset(&mut self) {
             self.resets += 1;

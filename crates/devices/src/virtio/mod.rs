@@ -7,6 +7,12 @@
 //!   between guest memory and host descriptors, `timer` their timerfds.
 //! - [`VirtioDevice`] is the contract between the transport and a device;
 //!   [`VirtioInterrupt`] is how a device interrupts the driver.
+//! - Snapshots: the transport and every device give their state as plain
+//!   data (serializable with the `serde` feature; queues as
+//!   [`VirtqueueState`]) and are rebuilt from it: each device's `restore`
+//!   makes an inactive device from its state and host resources, then
+//!   [`MmioTransport::restore`] restores the registers and, if the driver
+//!   had started the device, activates it with the saved queues.
 //!
 //! Devices are generic over the guest memory handle (any [`GuestMemoryHandle`],
 //! such as `vm_memory::GuestMemoryMmap`), never a KVM VM, so tests and fuzzers
@@ -20,6 +26,7 @@ mod interrupt;
 mod iov;
 pub mod mmio;
 pub mod net;
+mod queue_state;
 mod ring;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
@@ -30,6 +37,7 @@ pub mod vsock;
 pub use device::VirtioDevice;
 pub use interrupt::{InterruptKind, IrqTrigger, VirtioInterrupt};
 pub use mmio::{cmdline_entry, MmioTransport, MmioTransportState};
+pub use queue_state::VirtqueueState;
 
 use vm_memory::GuestMemory;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -137,6 +137,21 @@ impl<M: GuestMemoryHandle> Balloon<M> {
         })
     }
 
+    /// Rebuilds the inactive device `state` describes: configuration (and
+    /// so the features offered), target and actual sizes, the latest
+    /// statistics, the statistics buffer the device held, configuration
+    /// generation and counters as saved.
+    /// [`crate::virtio::MmioTransport::restore`] then activates it; the
+    /// polling timer starts again on the event loop.
+    pub fn restore(state: &BalloonState) -> std::result::Result<Balloon<M>, BalloonError> {
+        let mut balloon = Balloon::new(state.config)?;
+        balloon.stats = state.stats;
+        balloon.stats_desc = state.stats_desc;
+        balloon.config_generation = state.config_generation;
+        balloon.counters = state.counters;
+        Ok(balloon)
+    }
+
     /// The configuration, with the target and polling interval as they are now.
     pub fn config(&self) -> BalloonConfig {
         BalloonConfig {
@@ -174,7 +189,7 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             acked_features: active.map_or(0, |a| a.acked_features),
             stats: self.stats,
             stats_desc: self.stats_desc,
-            queues: active.map_or_else(Vec::new, |a| a.queues.iter().map(Queue::state).collect()),
+            config_generation: self.config_generation,
             counters: self.counters,
         }
     }
@@ -560,7 +575,6 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
             stats,
             reporting,
         });
-        self.stats_desc = None;
         // The event loop arms the polling timer when it handles the kick.
         let mut kicked = vec![INFLATE_QUEUE, DEFLATE_QUEUE];
         if stats {
@@ -575,6 +589,13 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| a.queues.iter().map(Queue::state))
+            .collect()
     }
 
     fn reset(&mut self) {

@@ -63,6 +63,7 @@ pub const MAX_PFNS_PER_BUFFER: usize = 256;
 /// How a balloon is set up: Firecracker's `balloon` object without free
 /// page hinting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BalloonConfig {
     /// Target size in MiB.
     pub amount_mib: u32,

@@ -1,12 +1,12 @@
 //! The balloon device's state and counters as plain data, apart from its
-//! eventfds and timer.
-
-use virtio_queue::QueueState;
+//! eventfds and timer: what [`super::Balloon::state`] saves and
+//! [`super::Balloon::restore`] rebuilds the device from.
 
 use super::{BalloonConfig, BalloonStats};
 
 /// Counters for metrics (Firecracker's `balloon` group, and Ember's own).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BalloonCounters {
     /// Activations that failed (a queue not ready).
     pub activate_fails: u64,
@@ -40,8 +40,10 @@ pub struct BalloonCounters {
     pub ignored_notifications: u64,
 }
 
-/// Everything about a balloon device that is not a host resource.
+/// Everything about a balloon device that is not a host resource. The
+/// queues, with their ring positions, are in the transport's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BalloonState {
     /// How it was set up (the polling interval as it is now).
     pub config: BalloonConfig,
@@ -53,8 +55,8 @@ pub struct BalloonState {
     pub stats: BalloonStats,
     /// The statistics buffer the device holds, if any.
     pub stats_desc: Option<u16>,
-    /// The queues while active, with their ring positions.
-    pub queues: Vec<QueueState>,
+    /// The ConfigGeneration counter.
+    pub config_generation: u32,
     /// The counters.
     pub counters: BalloonCounters,
 }

@@ -32,6 +32,7 @@ pub const STAT_NAMES: [&str; 16] = [
 /// The latest statistics: the target and actual sizes, and each statistic
 /// the driver has reported (`None` until it does).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BalloonStats {
     /// Target size in pages.
     pub target_pages: u32,

@@ -404,7 +404,7 @@ fn notifications_before_activation_are_ignored_and_reset_stops_the_device() {
     let mut b = h.balloon.lock().unwrap();
     b.reset();
     assert!(!b.is_activated());
-    assert!(b.state().queues.is_empty());
+    assert!(b.queue_states().is_empty());
     assert!(matches!(
         b.update_size(1),
         Err(BalloonError::DeviceNotActive)

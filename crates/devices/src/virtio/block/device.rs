@@ -13,7 +13,7 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BL
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::VolatileMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -103,37 +103,79 @@ impl<M: GuestMemoryHandle> Block<M> {
     /// Opens the backing file and builds an inactive device.
     pub fn new(config: BlockConfig) -> Result<Block<M>> {
         let disk = Disk::open(&config.path, config.read_only)?;
-        Block::on_disk(config, disk)
+        Block::configured(config, disk)
     }
 
     /// Builds an inactive device on `file`, the backing file already opened
     /// from `config.path` (with [`open_disk`](super::open_disk)).
     pub fn with_file(config: BlockConfig, file: std::fs::File) -> Result<Block<M>> {
         let disk = Disk::from_file(file, &config.path, config.read_only)?;
-        Block::on_disk(config, disk)
+        Block::configured(config, disk)
     }
 
-    fn on_disk(config: BlockConfig, disk: Disk) -> Result<Block<M>> {
+    /// Rebuilds the inactive device `state` describes on `file`, its backing
+    /// file reopened from `state.path` (with [`open_disk`](super::open_disk)
+    /// and `state.read_only`): configuration, configuration generation,
+    /// counters and rate-limiter levels as saved. Fails with
+    /// [`Error::DiskSizeChanged`] if the file's capacity is not the saved
+    /// one. [`crate::virtio::MmioTransport::restore`] then activates it.
+    pub fn restore(state: &BlockState, file: std::fs::File) -> Result<Block<M>> {
+        let disk = Disk::from_file(file, &state.path, state.read_only)?;
+        if disk.sectors() != state.capacity_sectors {
+            return Err(Error::DiskSizeChanged {
+                path: state.path.clone(),
+                saved: state.capacity_sectors,
+                found: disk.sectors(),
+            });
+        }
+        let rate_limiter = RateLimiter::restore(&state.rate_limiter).map_err(Error::RateLimiter)?;
+        let mut block =
+            Block::on_disk(state.drive_id.clone(), state.cache_type, disk, rate_limiter)?;
+        if block.avail_features != state.avail_features {
+            return Err(Error::RestoreMismatch {
+                device: "block",
+                reason: format!(
+                    "features {:#x} saved, the drive offers {:#x}",
+                    state.avail_features, block.avail_features
+                ),
+            });
+        }
+        block.config_generation = state.config_generation;
+        block.counters = state.counters;
+        Ok(block)
+    }
+
+    fn configured(config: BlockConfig, disk: Disk) -> Result<Block<M>> {
+        let rate_limiter =
+            RateLimiter::new(config.bandwidth, config.ops).map_err(Error::RateLimiter)?;
+        Block::on_disk(config.drive_id, config.cache_type, disk, rate_limiter)
+    }
+
+    fn on_disk(
+        drive_id: String,
+        cache_type: CacheType,
+        disk: Disk,
+        rate_limiter: RateLimiter,
+    ) -> Result<Block<M>> {
         let mut avail_features = feature_bit(VIRTIO_F_VERSION_1)
             | feature_bit(VIRTIO_RING_F_EVENT_IDX)
             | feature_bit(VIRTIO_BLK_F_FLUSH)
             | feature_bit(VIRTIO_BLK_F_SEG_MAX);
-        if config.read_only {
+        if disk.read_only() {
             avail_features |= feature_bit(VIRTIO_BLK_F_RO);
         }
         let mut id = [0u8; ID_BYTES];
-        let id_len = config.drive_id.len().min(ID_BYTES);
-        id[..id_len].copy_from_slice(&config.drive_id.as_bytes()[..id_len]);
+        let id_len = drive_id.len().min(ID_BYTES);
+        id[..id_len].copy_from_slice(&drive_id.as_bytes()[..id_len]);
         Ok(Block {
-            drive_id: config.drive_id,
+            drive_id,
             id,
             disk,
-            cache_type: config.cache_type,
+            cache_type,
             avail_features,
             config_generation: 0,
             queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
-            rate_limiter: RateLimiter::new(config.bandwidth, config.ops)
-                .map_err(Error::RateLimiter)?,
+            rate_limiter,
             counters: BlockCounters::default(),
             iovs: IoVecBuf::default(),
             active: None,
@@ -156,7 +198,6 @@ impl<M: GuestMemoryHandle> Block<M> {
             avail_features: self.avail_features,
             acked_features: self.active.as_ref().map_or(0, |a| a.acked_features),
             config_generation: self.config_generation,
-            queue: self.active.as_ref().map(|a| a.queue.state()),
             rate_limiter: self.rate_limiter.state(),
             counters: self.counters,
         }
@@ -469,6 +510,10 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Block<M> {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
     }
 
     fn reset(&mut self) {

@@ -13,6 +13,7 @@ use crate::{Error, Result};
 
 /// What a FLUSH request does, as Firecracker's `cache_type`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum CacheType {
     /// FLUSH is offered and acknowledged without syncing anything: data reaches
     /// the host's page cache, and the host decides when it reaches the disk.

@@ -1,10 +1,10 @@
 //! The virtio-block device's state and counters as plain data, apart from its
-//! open file, eventfds and timer.
+//! open file, eventfds and timer: what [`super::Block::state`] saves and
+//! [`super::Block::restore`] rebuilds the device from.
 
 use std::path::PathBuf;
 
 use ember_ratelimit::RateLimiterState;
-use virtio_queue::QueueState;
 
 use super::CacheType;
 
@@ -12,6 +12,7 @@ use super::CacheType;
 /// one of `reads`, `writes`, `flushes`, `get_ids`, `unsupported`,
 /// `invalid_chains` or `io_errors`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BlockCounters {
     /// Descriptor chains taken from the queue and completed, whatever the outcome.
     pub requests: u64,
@@ -45,8 +46,11 @@ pub struct BlockCounters {
     pub event_errors: u64,
 }
 
-/// Everything about a virtio-block device that is not a host resource.
+/// Everything about a virtio-block device that is not a host resource (the
+/// backing file is saved as its path and reopened on restore). The request
+/// queue, with its ring positions, is in the transport's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BlockState {
     /// The drive's ID (also the GET_ID string).
     pub drive_id: String,
@@ -64,8 +68,6 @@ pub struct BlockState {
     pub acked_features: u64,
     /// The ConfigGeneration counter.
     pub config_generation: u32,
-    /// The request queue while active, with its ring positions.
-    pub queue: Option<QueueState>,
     /// The rate limiter's levels.
     pub rate_limiter: RateLimiterState,
     /// The counters.

@@ -430,7 +430,7 @@ fn reset_midway_then_set_up_again() {
 
     h.block.lock().unwrap().reset();
     assert!(!h.block.lock().unwrap().is_activated());
-    assert_eq!(h.block.lock().unwrap().state().queue, None);
+    assert!(h.block.lock().unwrap().queue_states().is_empty());
     let pending = h.read_req(1, &[512]);
     h.kick();
     assert_eq!(h.gq.used_idx(), 1, "an inactive device does nothing");
@@ -513,7 +513,7 @@ fn state_reflects_the_device() {
     assert_eq!(state.cache_type, CacheType::Writeback);
     assert_eq!(state.capacity_sectors, 4);
     assert_eq!(state.acked_features, feature_bit(VIRTIO_F_VERSION_1));
-    let queue = state.queue.unwrap();
+    let queue = h.block.lock().unwrap().queue_states()[0];
     assert_eq!((queue.next_avail, queue.next_used), (1, 1));
     assert_eq!(state.rate_limiter.ops.unwrap().budget, 99);
     assert!(state.rate_limiter.bandwidth.is_none());

@@ -19,7 +19,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -90,6 +90,23 @@ impl<M> fmt::Debug for Net<M> {
     }
 }
 
+/// What the guest sees of an interface beside its queues.
+struct Settings {
+    mac: MacAddr,
+    mtu: Option<u16>,
+    /// TAP offloads (`TUN_F_*`) the TAP accepts, offered as features.
+    tap_offloads_supported: u32,
+}
+
+/// Has `tap` carry a virtio-net header of [`VNET_HDR_LEN`] bytes on every frame.
+fn set_vnet_hdr_size(tap: &Tap) -> Result<()> {
+    let hdr_len = i32::try_from(VNET_HDR_LEN).unwrap_or(i32::MAX);
+    tap.set_vnet_hdr_size(hdr_len).map_err(|error| Error::Tap {
+        name: tap.if_name().to_owned(),
+        error,
+    })
+}
+
 fn limiter(config: &RateLimiterConfig) -> Result<RateLimiter> {
     RateLimiter::new(config.bandwidth, config.ops).map_err(Error::RateLimiter)
 }
@@ -124,37 +141,99 @@ impl<M: GuestMemoryHandle> Net<M> {
     /// TAP supports them.
     pub fn new(config: NetConfig) -> Result<Net<M>> {
         let tap = Tap::open(&config.host_dev_name)?;
-        let tap_error = |error| Error::Tap {
-            name: config.host_dev_name.clone(),
-            error,
-        };
-        let hdr_len = i32::try_from(VNET_HDR_LEN).unwrap_or(i32::MAX);
-        tap.set_vnet_hdr_size(hdr_len).map_err(tap_error)?;
+        set_vnet_hdr_size(&tap)?;
         let tap_offloads_supported = probe_offloads(|flags| tap.set_offload(flags).is_ok());
         let mac = match config.guest_mac {
             Some(mac) => check_mac(mac)?,
             None => random_mac(&config.iface_id),
         };
+        Net::on_tap(
+            config.iface_id,
+            tap,
+            Settings {
+                mac,
+                mtu: config.mtu,
+                tap_offloads_supported,
+            },
+            Rx::new(limiter(&config.rx_rate_limiter)?),
+            Tx::new(limiter(&config.tx_rate_limiter)?),
+        )
+    }
+
+    /// Rebuilds the inactive device `state` describes on `tap`, the TAP
+    /// interface reopened by its name (`state.host_dev_name`, with
+    /// [`Tap::open`]): MAC address, MTU, offered features, configuration
+    /// generation, counters and rate-limiter levels as saved. A frame that
+    /// was waiting for a receive buffer is lost with the old TAP (counted in
+    /// `rx_dropped`). If the interface answered for the MMDS
+    /// (`state.mmds_address`), `mmds` is the store it answers from; it is
+    /// an error to leave it out then. [`crate::virtio::MmioTransport::restore`]
+    /// then activates the device.
+    pub fn restore(state: &NetState, tap: Tap, mmds: Option<Arc<Mutex<Mmds>>>) -> Result<Net<M>> {
+        let mismatch = |reason: String| Error::RestoreMismatch {
+            device: "net",
+            reason,
+        };
+        set_vnet_hdr_size(&tap)?;
+        let rx_limiter =
+            RateLimiter::restore(&state.rx_rate_limiter).map_err(Error::RateLimiter)?;
+        let tx_limiter =
+            RateLimiter::restore(&state.tx_rate_limiter).map_err(Error::RateLimiter)?;
+        let mut net = Net::on_tap(
+            state.iface_id.clone(),
+            tap,
+            Settings {
+                mac: check_mac(state.mac)?,
+                mtu: state.mtu,
+                tap_offloads_supported: state.tap_offloads_supported,
+            },
+            Rx::new(rx_limiter),
+            Tx::new(tx_limiter),
+        )?;
+        if net.avail_features != state.avail_features {
+            return Err(mismatch(format!(
+                "features {:#x} saved, the interface offers {:#x}",
+                state.avail_features, net.avail_features
+            )));
+        }
+        match (state.mmds_address, mmds) {
+            (Some(address), Some(store)) => net.set_mmds(store, address),
+            (Some(address), None) => {
+                return Err(mismatch(format!(
+                    "the interface answered for the MMDS at {address}, and no MMDS store is given"
+                )))
+            }
+            (None, _) => {}
+        }
+        net.config_generation = state.config_generation;
+        net.counters = state.counters;
+        if state.rx_pending_len.is_some() {
+            net.counters.rx_dropped += 1;
+        }
+        Ok(net)
+    }
+
+    fn on_tap(iface_id: String, tap: Tap, settings: Settings, rx: Rx, tx: Tx) -> Result<Net<M>> {
         let mut avail_features = feature_bit(VIRTIO_F_VERSION_1)
             | feature_bit(VIRTIO_RING_F_EVENT_IDX)
             | feature_bit(VIRTIO_NET_F_MAC)
             | feature_bit(VIRTIO_NET_F_STATUS)
-            | offload_features(tap_offloads_supported);
-        if config.mtu.is_some() {
+            | offload_features(settings.tap_offloads_supported);
+        if settings.mtu.is_some() {
             avail_features |= feature_bit(VIRTIO_NET_F_MTU);
         }
         let event = || EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd);
         Ok(Net {
-            iface_id: config.iface_id,
+            iface_id,
             tap,
-            mac,
-            mtu: config.mtu,
+            mac: settings.mac,
+            mtu: settings.mtu,
             avail_features,
-            tap_offloads_supported,
+            tap_offloads_supported: settings.tap_offloads_supported,
             config_generation: 0,
             queue_evts: [event()?, event()?],
-            rx: Rx::new(limiter(&config.rx_rate_limiter)?),
-            tx: Tx::new(limiter(&config.tx_rate_limiter)?),
+            rx,
+            tx,
             counters: NetCounters::default(),
             mmds: None,
             active: None,
@@ -201,13 +280,13 @@ impl<M: GuestMemoryHandle> Net<M> {
             iface_id: self.iface_id.clone(),
             host_dev_name: self.tap.if_name().to_owned(),
             mac: self.mac,
+            mtu: self.mtu,
+            mmds_address: self.mmds.as_ref().map(MmdsStack::address),
             avail_features: self.avail_features,
             acked_features: active.map_or(0, |a| a.acked_features),
             tap_offloads_supported: self.tap_offloads_supported,
             tap_offloads: active.map_or(0, |a| a.tap_offloads),
             config_generation: self.config_generation,
-            rx_queue: active.map(|a| a.rx_queue.state()),
-            tx_queue: active.map(|a| a.tx_queue.state()),
             rx_pending_len: self.rx.pending_len(),
             rx_rate_limiter: self.rx.limiter.state(),
             tx_rate_limiter: self.tx.limiter.state(),
@@ -405,6 +484,13 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| [a.rx_queue.state(), a.tx_queue.state()])
+            .collect()
     }
 
     fn reset(&mut self) {

@@ -1,8 +1,9 @@
 //! The virtio-net device's state and counters as plain data, apart from its
-//! TAP, eventfds and timers.
+//! TAP, eventfds and timers: what [`super::Net::state`] saves and
+//! [`super::Net::restore`] rebuilds the device from.
 
 use ember_ratelimit::RateLimiterState;
-use virtio_queue::QueueState;
+use std::net::Ipv4Addr;
 
 use super::MacAddr;
 
@@ -13,6 +14,7 @@ use super::MacAddr;
 /// frame read from the TAP is counted in exactly one of `rx_frames`,
 /// `rx_too_big` or `rx_dropped` (unless it is still waiting for a buffer).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NetCounters {
     /// Frames delivered to the guest.
     pub rx_frames: u64,
@@ -66,8 +68,12 @@ pub struct NetCounters {
     pub event_errors: u64,
 }
 
-/// Everything about a virtio-net device that is not a host resource.
+/// Everything about a virtio-net device that is not a host resource (the TAP
+/// is saved as its name and reopened on restore; the MMDS store as the
+/// address the interface answers at). The queues, with their ring
+/// positions, are in the transport's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NetState {
     /// The interface's ID.
     pub iface_id: String,
@@ -75,6 +81,10 @@ pub struct NetState {
     pub host_dev_name: String,
     /// The guest's MAC address (in the configuration space).
     pub mac: MacAddr,
+    /// The MTU advertised to the guest, if any.
+    pub mtu: Option<u16>,
+    /// The MMDS address the interface answers at, if `mmds-config` names it.
+    pub mmds_address: Option<Ipv4Addr>,
     /// Features offered.
     pub avail_features: u64,
     /// Features the driver accepted (0 while inactive).
@@ -85,10 +95,6 @@ pub struct NetState {
     pub tap_offloads: u32,
     /// The ConfigGeneration counter.
     pub config_generation: u32,
-    /// The receive queue while active, with its ring positions.
-    pub rx_queue: Option<QueueState>,
-    /// The transmit queue while active, with its ring positions.
-    pub tx_queue: Option<QueueState>,
     /// Length (virtio-net header included) of the frame read from the TAP and
     /// waiting for a receive buffer or the rate limiter, if any. The frame's
     /// bytes are a host resource and are not part of the state.

@@ -10,7 +10,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::{self, ChainError};
@@ -75,12 +75,35 @@ impl<M> fmt::Debug for Rng<M> {
 impl<M: GuestMemoryHandle> Rng<M> {
     /// Builds an inactive device.
     pub fn new(config: RngConfig) -> Result<Rng<M>> {
+        let rate_limiter =
+            RateLimiter::new(config.bandwidth, config.ops).map_err(Error::RateLimiter)?;
+        Rng::with_limiter(rate_limiter, RngCounters::default())
+    }
+
+    /// Rebuilds the inactive device `state` describes: counters and
+    /// rate-limiter levels as saved (the device has no other configuration).
+    /// [`crate::virtio::MmioTransport::restore`] then activates it.
+    pub fn restore(state: &RngState) -> Result<Rng<M>> {
+        let rate_limiter = RateLimiter::restore(&state.rate_limiter).map_err(Error::RateLimiter)?;
+        let rng = Rng::with_limiter(rate_limiter, state.counters)?;
+        if rng.avail_features != state.avail_features {
+            return Err(Error::RestoreMismatch {
+                device: "rng",
+                reason: format!(
+                    "features {:#x} saved, the device offers {:#x}",
+                    state.avail_features, rng.avail_features
+                ),
+            });
+        }
+        Ok(rng)
+    }
+
+    fn with_limiter(rate_limiter: RateLimiter, counters: RngCounters) -> Result<Rng<M>> {
         Ok(Rng {
             avail_features: feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_RING_F_EVENT_IDX),
             queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
-            rate_limiter: RateLimiter::new(config.bandwidth, config.ops)
-                .map_err(Error::RateLimiter)?,
-            counters: RngCounters::default(),
+            rate_limiter,
+            counters,
             iovs: IoVecBuf::default(),
             random: Vec::new(),
             active: None,
@@ -97,7 +120,6 @@ impl<M: GuestMemoryHandle> Rng<M> {
         RngState {
             avail_features: self.avail_features,
             acked_features: self.active.as_ref().map_or(0, |a| a.acked_features),
-            queue: self.active.as_ref().map(|a| a.queue.state()),
             rate_limiter: self.rate_limiter.state(),
             counters: self.counters,
         }
@@ -304,6 +326,10 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Rng<M> {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
     }
 
     fn reset(&mut self) {

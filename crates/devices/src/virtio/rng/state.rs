@@ -1,14 +1,15 @@
 //! The virtio-rng device's state and counters as plain data, apart from its
-//! eventfds and timer.
+//! eventfds and timer: what [`super::Rng::state`] saves and
+//! [`super::Rng::restore`] rebuilds the device from.
 
 use ember_ratelimit::RateLimiterState;
-use virtio_queue::QueueState;
 
 /// Counters for metrics. Every chain taken from the queue is counted in
 /// `requests`; a chain that got no bytes because it was malformed is also
 /// counted in `invalid_chains`, one the host could not fill in
 /// `host_rng_fails`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RngCounters {
     /// Descriptor chains taken from the queue and completed.
     pub requests: u64,
@@ -30,15 +31,15 @@ pub struct RngCounters {
     pub event_errors: u64,
 }
 
-/// Everything about a virtio-rng device that is not a host resource.
+/// Everything about a virtio-rng device that is not a host resource. The
+/// request queue, with its ring positions, is in the transport's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RngState {
     /// Features offered.
     pub avail_features: u64,
     /// Features the driver accepted (0 while inactive).
     pub acked_features: u64,
-    /// The request queue while active, with its ring positions.
-    pub queue: Option<QueueState>,
     /// The rate limiter's levels.
     pub rate_limiter: RateLimiterState,
     /// The counters.

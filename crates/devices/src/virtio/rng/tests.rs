@@ -265,7 +265,7 @@ fn notifications_before_activation_are_ignored() {
     manager.run_with_timeout(100).unwrap();
     assert_eq!(rng.lock().unwrap().counters().ignored_notifications, 1);
     let state = rng.lock().unwrap().state();
-    assert!(state.queue.is_none());
+    assert!(rng.lock().unwrap().queue_states().is_empty());
     assert_eq!(state.acked_features, 0);
 }
 

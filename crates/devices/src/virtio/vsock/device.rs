@@ -11,12 +11,13 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::Muxer;
 use super::packet::{parse_tx, RxBuffer};
-use super::{Limits, VsockCounters, VsockState};
+use super::{Limits, VsockCounters, VsockState, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET};
 use crate::host_files::BoundListener;
 use crate::virtio::common::{
     consume_event, ignore_config_write, read_config_space, signal_used, ActivationQueues,
@@ -34,7 +35,8 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: usize = 0;
 /// Index of the TX queue (guest to device).
 pub const TX_QUEUE: usize = 1;
-/// Index of the event queue (device events; this device sends none).
+/// Index of the event queue (device events: the transport reset after a
+/// restore).
 pub const EVENT_QUEUE: usize = 2;
 
 const QUEUE_MAX_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
@@ -120,6 +122,32 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         Vsock::with_listener(config.guest_cid, listener)
     }
 
+    /// Rebuilds the inactive device `state` describes on `listener`, the
+    /// host socket bound again (at `state.uds_path`, or wherever the VMM
+    /// binds it now): CID, offered features and counters as saved. The
+    /// connections were host resources and are gone (the gauges
+    /// `connections` and `buffered_bytes` start at 0);
+    /// [`crate::virtio::MmioTransport::restore`] activates the device, which
+    /// then tells the driver so (see [`VirtioDevice::after_restore`]).
+    pub fn restore(state: &VsockState, listener: BoundListener) -> Result<Vsock<M>> {
+        let mut vsock = Vsock::with_listener(state.guest_cid, listener)?;
+        if vsock.avail_features != state.avail_features {
+            return Err(Error::RestoreMismatch {
+                device: "vsock",
+                reason: format!(
+                    "features {:#x} saved, the device offers {:#x}",
+                    state.avail_features, vsock.avail_features
+                ),
+            });
+        }
+        vsock.muxer.counters = VsockCounters {
+            connections: 0,
+            buffered_bytes: 0,
+            ..state.counters
+        };
+        Ok(vsock)
+    }
+
     /// Checks the CID and builds an inactive device on a socket already
     /// bound (at its `uds_path`), which it removes when dropped.
     pub fn with_listener(guest_cid: u64, listener: BoundListener) -> Result<Vsock<M>> {
@@ -163,9 +191,6 @@ impl<M: GuestMemoryHandle> Vsock<M> {
             uds_path: self.uds_path.clone(),
             avail_features: self.avail_features,
             acked_features: active.map_or(0, |a| a.acked_features),
-            queues: active.map_or_else(Vec::new, |a| {
-                vec![a.rx.state(), a.tx.state(), a.event.state()]
-            }),
             counters: self.muxer.counters,
         }
     }
@@ -182,7 +207,7 @@ impl<M: GuestMemoryHandle> Vsock<M> {
 
     fn on_queue_event(&mut self, queue: usize, now: Instant) {
         // RX buffers are used after every event; event-queue buffers are
-        // kept (the device sends no events).
+        // kept for the transport reset of a restore.
         if self.take_queue_event(queue) && queue == TX_QUEUE {
             if let Some(mut active) = self.active.take() {
                 self.drain_tx(&mut active, now);
@@ -246,6 +271,43 @@ impl<M: GuestMemoryHandle> Vsock<M> {
                 self.event_error(what);
             });
         }
+    }
+
+    /// Tells the driver that every connection is gone: a
+    /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` event (virtio 1.2, 5.10.6.6) in
+    /// the first buffer of the event queue.
+    fn send_transport_reset(&mut self, active: &mut Active<M>) {
+        let Active {
+            mem,
+            event,
+            interrupt,
+            ..
+        } = active;
+        let mem = &*mem;
+        let mut ring = Ring::new(event, mem);
+        let Some(chain) = ring.pop() else {
+            self.event_error(format_args!("no event buffer for the transport reset"));
+            return;
+        };
+        let head = chain.head_index();
+        let id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        let len = u32::try_from(id.len()).unwrap_or(u32::MAX);
+        let written = match chain.take(1).find(|d| d.is_write_only() && d.len() >= len) {
+            Some(desc) => mem.write_slice(&id, desc.addr()).is_ok(),
+            None => false,
+        };
+        let len = if written {
+            len
+        } else {
+            self.event_error(format_args!("event buffer {head} cannot hold an event"));
+            0
+        };
+        if let Err(e) = ring.add_used(head, len) {
+            self.event_error(format_args!("cannot return event buffer {head}: {e}"));
+        }
+        signal_used(&mut ring, interrupt.as_ref(), &mut |what| {
+            self.event_error(what);
+        });
     }
 
     /// Gives the guest the packets due, as long as it has RX buffers.
@@ -381,6 +443,22 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Vsock<M> {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| [a.rx.state(), a.tx.state(), a.event.state()])
+            .collect()
+    }
+
+    /// The host connections did not survive the snapshot: the driver is told
+    /// to drop its sockets, as Firecracker's device does on restore.
+    fn after_restore(&mut self) {
+        if let Some(mut active) = self.active.take() {
+            self.send_transport_reset(&mut active);
+            self.active = Some(active);
+        }
     }
 
     fn reset(&mut self) {

@@ -12,8 +12,9 @@
 //!
 //! Stream sockets only (`VIRTIO_VSOCK_F_SEQPACKET` is not offered); features
 //! `VIRTIO_F_VERSION_1` and `VIRTIO_RING_F_EVENT_IDX`; queues RX (0), TX (1)
-//! and event (2, never used: the device sends no events); the configuration
-//! space is the guest CID (le64).
+//! and event (2, used once: the transport reset after a restore from a
+//! snapshot, since connections are host resources that do not survive it);
+//! the configuration space is the guest CID (le64).
 //!
 //! Flow control and shutdown follow the virtio spec; see `connection` for
 //! how. Nothing a guest or host peer does grows memory without bound: at most
@@ -65,6 +66,9 @@ pub const CONN_BUF_SIZE: u32 = 256 * 1024;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Largest packet payload accepted from, or sent to, the guest.
 pub const MAX_PKT_LEN: u32 = 64 * 1024;
+/// The event (`virtio_vsock_event.id`) telling the driver that every
+/// connection is gone.
+pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 /// How long the guest has to answer a host-initiated REQUEST.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the guest has to reset a connection the host end closed.

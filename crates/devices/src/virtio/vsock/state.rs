@@ -1,15 +1,13 @@
 //! The virtio-vsock device's state and counters as plain data, apart from its
-//! sockets, eventfds and timer.
+//! sockets, eventfds and timer: what [`super::Vsock::state`] saves and
+//! [`super::Vsock::restore`] rebuilds the device from.
 //!
 //! Live connections are host resources (Unix streams) and are not part of the
-//! state: a device rebuilt from its state has none, as after a reset. (A guest
-//! restored from a snapshot learns that its connections are gone through the
-//! transport-reset event, which the VMM has to send; this device does not
-//! emit it.)
+//! state: a device rebuilt from its state has none, as after a reset, and
+//! once the transport has activated it again it sends the driver the
+//! transport-reset event, so the guest drops its sockets.
 
 use std::path::PathBuf;
-
-use virtio_queue::QueueState;
 
 /// Counters for metrics, plus two gauges (`connections`, `buffered_bytes`).
 ///
@@ -18,6 +16,7 @@ use virtio_queue::QueueState;
 /// `malformed_packets`, `bad_addresses` or `protocol_errors` (or start a
 /// connection, or are an RST for an unknown connection).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct VsockCounters {
     /// Connections established: guest requests a host listener accepted, and
     /// host requests the guest accepted.
@@ -79,8 +78,11 @@ pub struct VsockCounters {
     pub buffered_bytes: u64,
 }
 
-/// Everything about a virtio-vsock device that is not a host resource.
+/// Everything about a virtio-vsock device that is not a host resource (the
+/// listening socket is saved as its path). The queues, with their ring
+/// positions, are in the transport's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct VsockState {
     /// The guest's context ID.
     pub guest_cid: u64,
@@ -90,8 +92,6 @@ pub struct VsockState {
     pub avail_features: u64,
     /// Features the driver accepted (0 while inactive).
     pub acked_features: u64,
-    /// The RX, TX and event queues while active, with their ring positions.
-    pub queues: Vec<QueueState>,
     /// The counters.
     pub counters: VsockCounters,
 }

@@ -389,7 +389,7 @@ fn config_space_features_and_state() {
         (state.guest_cid, state.uds_path.clone()),
         (CID, h.uds.clone())
     );
-    assert_eq!(state.queues.len(), 3);
+    assert_eq!(vsock.queue_states().len(), 3);
     assert_eq!(state.acked_features, feature_bit(VIRTIO_F_VERSION_1));
 }
 
@@ -1095,7 +1095,7 @@ fn reset_drops_connections_and_activation_starts_afresh() {
     assert!(sees_eof(&mut b));
     let c = h.counters();
     assert_eq!((c.connections, c.conns_closed), (0, 2));
-    assert!(h.vsock.lock().unwrap().state().queues.is_empty());
+    assert!(h.vsock.lock().unwrap().queue_states().is_empty());
     // Notifications while inactive are ignored.
     h.kick(TX_QUEUE);
     assert_eq!(h.counters().ignored_notifications, 1);

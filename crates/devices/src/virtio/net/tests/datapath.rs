@@ -393,7 +393,7 @@ fn reset_midway_then_set_up_again() {
         assert_eq!(h.net.lock().unwrap().state().rx_pending_len, Some(72));
         h.net.lock().unwrap().reset();
         let state = h.net.lock().unwrap().state();
-        assert_eq!((state.rx_queue, state.tx_queue), (None, None));
+        assert!(h.net.lock().unwrap().queue_states().is_empty());
         assert_eq!(state.rx_pending_len, None);
         assert_eq!(state.counters.rx_dropped, 1, "the waiting frame is gone");
         // The TAP wakes the inactive device once, which then stops watching it.
@@ -451,9 +451,11 @@ fn state_reflects_the_device() {
         assert_eq!(state.host_dev_name, "ember-state");
         assert_eq!(state.mac, MAC);
         assert_eq!(state.acked_features, basic_features());
-        let tx = state.tx_queue.unwrap();
+        let [rx, tx] = h.net.lock().unwrap().queue_states()[..] else {
+            panic!("two queues while active");
+        };
         assert_eq!((tx.next_avail, tx.next_used), (1, 1));
-        assert_eq!(state.rx_queue.unwrap().next_avail, 0);
+        assert_eq!(rx.next_avail, 0);
         assert_eq!(state.tx_rate_limiter.ops.unwrap().budget, 99);
         assert!(state.rx_rate_limiter.ops.is_none());
         assert_eq!(state.counters.tx_frames, 1);
