@@ -2,18 +2,30 @@
 //!
 //! [`layout`] fixes where RAM, the 32-bit MMIO gap and the boot structures live;
 //! [`MemoryLayout`] turns a RAM size into guest-physical ranges and an e820 map;
-//! [`create_guest_memory`] backs those ranges with anonymous private mappings and
-//! [`register_with_kvm`] hands them to a KVM VM as memory slots.
+//! [`create_guest_memory`] backs those ranges with anonymous private mappings,
+//! [`create_guest_memory_from_file`] with private views of a memory file (a
+//! snapshot's), and [`map_guest_memory`] either, with a bitmap of the pages
+//! the VMM writes. [`register_with_kvm`] hands them to a KVM VM as memory
+//! slots ([`register_with_kvm_logging_dirty_pages`] with KVM's dirty log on),
+//! and [`dirty_pages`] collects what the guest and the VMM wrote since.
 
+mod dirty;
 mod kvm;
 pub mod layout;
+mod mapping;
 mod regions;
 
-pub use kvm::register_with_kvm;
-pub use regions::{create_guest_memory, E820Entry, E820Kind, MemoryLayout};
+pub use dirty::dirty_pages;
+pub use kvm::{register_with_kvm, register_with_kvm_logging_dirty_pages};
+pub use mapping::{
+    create_guest_memory, create_guest_memory_from_file, map_guest_memory, Backing,
+    DirtyPageTracking,
+};
+pub use regions::{E820Entry, E820Kind, MemoryLayout};
 
-/// Guest memory as this crate creates it: anonymous mappings, no dirty bitmap.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as this crate creates it: private mappings, each with a dirty
+/// bitmap when created with [`DirtyPageTracking::On`].
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<Option<vm_memory::bitmap::AtomicBitmap>>;
 
 /// Errors from laying out, mapping or registering guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +69,27 @@ pub enum Error {
     /// More memory regions than KVM slots.
     #[error("guest memory has more regions than KVM memory slots ({0})")]
     TooManyRegions(usize),
+    /// The memory file could not be inspected or shared with the mappings.
+    #[error("cannot use the guest memory file: {0}")]
+    MemoryFile(std::io::Error),
+    /// The memory file is shorter than the memory mapped from it.
+    #[error(
+        "guest memory file of {file_len} bytes is shorter than the {needed} bytes of guest memory"
+    )]
+    MemoryFileTooShort {
+        /// The file's length.
+        file_len: u64,
+        /// The memory's size.
+        needed: u64,
+    },
+    /// KVM refused to hand over a slot's dirty log.
+    #[error("cannot read the dirty log of KVM memory slot {slot}: {source}")]
+    DirtyLog {
+        /// The slot number.
+        slot: u32,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
     /// KVM refused a memory slot.
     #[error("KVM refused memory slot {slot} at {guest_addr:#x}: {source}")]
     RegisterSlot {

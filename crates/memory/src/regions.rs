@@ -1,10 +1,9 @@
-//! RAM ranges for a given size, the e820 map that describes them, and the
-//! anonymous mappings that back them.
+//! RAM ranges for a given size and the e820 map that describes them.
 
 use vm_memory::GuestAddress;
 
 use crate::layout::{EBDA_START, HIMEM_START, MIB, MMIO_GAP_END, MMIO_GAP_START, PAGE_SIZE};
-use crate::{Error, GuestMemoryMmap, Result};
+use crate::{Error, Result};
 
 /// Kind of an e820 entry, with the values of the e820 specification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,29 +123,10 @@ impl MemoryLayout {
     }
 }
 
-/// Backs every range of `layout` with an anonymous private mapping
-/// (`MAP_NORESERVE`: pages are only allocated when the guest touches them).
-pub fn create_guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap> {
-    let mut ranges = Vec::with_capacity(layout.ranges.len());
-    for (start, len) in &layout.ranges {
-        let len = usize::try_from(*len).map_err(|_| Error::BeyondAddressSpace {
-            size_mib: layout.size / MIB,
-            end: layout.end(),
-            phys_bits: 64,
-        })?;
-        ranges.push((*start, len));
-    }
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map {
-        size_mib: layout.size / MIB,
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::layout::MMIO_GAP_SIZE;
-    use vm_memory::{Bytes, GuestMemoryBackend};
 
     #[test]
     fn small_guest_has_one_range_and_two_ram_entries() {
@@ -230,25 +210,5 @@ mod tests {
             end_at_2_64 + MMIO_GAP_SIZE
         );
         assert!(MemoryLayout::new(end_at_2_64 + PAGE_SIZE * 2).is_err());
-    }
-
-    #[test]
-    fn guest_memory_is_backed_and_sparse() {
-        let layout = MemoryLayout::with_mib(4096 + 64, 48).unwrap();
-        let mem = create_guest_memory(&layout).unwrap();
-        assert_eq!(mem.num_regions(), 2);
-        mem.write_obj(0xdead_beefu32, GuestAddress(MMIO_GAP_END + 8))
-            .unwrap();
-        let v: u32 = mem.read_obj(GuestAddress(MMIO_GAP_END + 8)).unwrap();
-        assert_eq!(v, 0xdead_beef);
-        assert!(mem.read_obj::<u8>(GuestAddress(MMIO_GAP_START)).is_err());
-    }
-
-    #[test]
-    fn mapping_more_than_the_address_space_fails_cleanly() {
-        // 2^47 bytes cannot be mapped by a userspace process on x86_64.
-        let layout = MemoryLayout::new(1 << 47).unwrap();
-        let err = create_guest_memory(&layout).unwrap_err();
-        assert!(matches!(err, Error::Map { .. }), "{err}");
     }
 }

@@ -1,0 +1,215 @@
+//! Reading and writing state files on disk: atomic replacement, and reads
+//! that never block on or swallow something that is not a regular file.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Error, Result};
+
+/// Largest state file [`read_state_file`] accepts (64 MiB).
+pub const MAX_STATE_FILE_SIZE: u64 = 64 << 20;
+
+fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {
+    move |source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` so that the path holds either its old content or
+/// all of `bytes`: they go to a temporary file in the same directory, which
+/// is synced and renamed over `path` (and removed if anything fails).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let Some(name) = path.file_name() else {
+        return Err(Error::Io {
+            action: "write to",
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
+        });
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temp_name = OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let temp = dir.join(temp_name);
+    let written = write_and_rename(&temp, path, bytes);
+    if written.is_err() {
+        // The write failed: the temporary file is useless, and may not exist.
+        let _ = std::fs::remove_file(&temp);
+    }
+    written?;
+    // Make the rename itself durable; the file is complete either way.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync the directory of", path))
+}
+
+fn write_and_rename(temp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temp)
+        .map_err(io_error("create", temp))?;
+    file.write_all(bytes).map_err(io_error("write", temp))?;
+    file.sync_all().map_err(io_error("sync", temp))?;
+    std::fs::rename(temp, path).map_err(io_error("rename a temporary file to", path))
+}
+
+/// Reads a state file, refusing (without blocking) anything that is not a
+/// regular file, and files over [`MAX_STATE_FILE_SIZE`].
+pub fn read_state_file(path: &Path) -> Result<Vec<u8>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    let metadata = file.metadata().map_err(io_error("inspect", path))?;
+    let kind = metadata.file_type();
+    let not_regular = |kind| {
+        Err(Error::NotRegularFile {
+            path: PathBuf::from(path),
+            kind,
+        })
+    };
+    if kind.is_dir() {
+        return not_regular("directory");
+    }
+    if kind.is_fifo() {
+        return not_regular("FIFO");
+    }
+    if kind.is_char_device() {
+        return not_regular("character device");
+    }
+    if kind.is_block_device() {
+        return not_regular("block device");
+    }
+    if kind.is_socket() {
+        return not_regular("socket");
+    }
+    let too_large = |size| Error::StateFileTooLarge {
+        path: path.to_owned(),
+        size,
+    };
+    if metadata.len() > MAX_STATE_FILE_SIZE {
+        return Err(too_large(metadata.len()));
+    }
+    let mut bytes = Vec::new();
+    // One byte past the cap tells a file that grew since `fstat`.
+    file.take(MAX_STATE_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error("read", path))?;
+    if bytes.len() as u64 > MAX_STATE_FILE_SIZE {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<OsString> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file_and_leaves_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.state");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new content").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new content");
+        assert_eq!(entries(dir.path()), vec![OsString::from("vm.state")]);
+    }
+
+    #[test]
+    fn failed_atomic_write_keeps_the_old_file_and_removes_the_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory at the path: the rename fails after the write.
+        let path = dir.path().join("taken");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), b"x").unwrap();
+        let err = write_atomic(&path, b"bytes").unwrap_err();
+        assert!(err.to_string().contains("cannot rename"), "{err}");
+        assert_eq!(entries(dir.path()), vec![OsString::from("taken")]);
+        let missing = dir.path().join("no-such-dir").join("f");
+        assert!(write_atomic(&missing, b"x").is_err());
+    }
+
+    #[test]
+    fn reads_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, b"state").unwrap();
+        assert_eq!(read_state_file(&path).unwrap(), b"state");
+    }
+
+    #[test]
+    fn refuses_directories_fifos_devices_and_huge_files_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_state_file(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NotRegularFile {
+                    kind: "directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c_path` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = read_state_file(&fifo).unwrap_err();
+        assert!(
+            matches!(err, Error::NotRegularFile { kind: "FIFO", .. }),
+            "{err}"
+        );
+
+        let err = read_state_file(Path::new("/dev/null")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NotRegularFile {
+                    kind: "character device",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let huge = dir.path().join("huge");
+        File::create(&huge)
+            .unwrap()
+            .set_len(MAX_STATE_FILE_SIZE + 1)
+            .unwrap();
+        let err = read_state_file(&huge).unwrap_err();
+        assert!(matches!(err, Error::StateFileTooLarge { .. }), "{err}");
+        assert!(!err.to_string().contains('\n'));
+
+        let err = read_state_file(&dir.path().join("absent")).unwrap_err();
+        assert!(err.to_string().starts_with("cannot open"), "{err}");
+    }
+}
