@@ -22,12 +22,14 @@ use ember_devices::legacy::{
 use ember_devices::trigger::EventTrigger;
 use ember_devices::Bus;
 use ember_memory::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START};
-use ember_memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap, MemoryLayout};
+use ember_memory::{
+    map_guest_memory, register_with_kvm, register_with_kvm_logging_dirty_pages, Backing,
+    DirtyPageTracking, GuestMemoryMmap, MemoryLayout,
+};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
-use crate::io::IoBuses;
 use crate::terminal::RawTerminal;
 use crate::virtio_devices::{attach_devices, extend_cmdline, DeviceConfigs};
 use crate::snapshot::MachineInfo;
@@ -240,6 +242,15 @@ pub(crate) fn create_devices(
     })
 }
 
+/// The memory crate's tracking switch for `track_dirty_pages`.
+pub(crate) fn dirty_page_tracking(track_dirty_pages: bool) -> DirtyPageTracking {
+    if track_dirty_pages {
+        DirtyPageTracking::On
+    } else {
+        DirtyPageTracking::Off
+    }
+}
+
 /// A KVM VM with its platform devices and guest memory registered.
 pub(crate) struct KvmVm {
     pub(crate) vm_fd: VmFd,
@@ -255,10 +266,14 @@ impl KvmVm {
             source,
         })?;
         setup_platform(&vm_fd)?;
-        // SAFETY: `memory` is returned with `vm_fd` and stored in the `Vm` after
-        // `vm_fd` and the vCPUs, so it is unmapped only after they are gone (or
-        // never, if a vCPU thread could not be stopped).
-        unsafe { register_with_kvm(&vm_fd, &memory, track_dirty_pages) }?;
+        // SAFETY (both calls): `memory` is returned with `vm_fd` and stored in
+        // the `Vm` after `vm_fd` and the vCPUs, so it is unmapped only after
+        // they are gone (or never, if a vCPU thread could not be stopped).
+        if track_dirty_pages {
+            unsafe { register_with_kvm_logging_dirty_pages(&vm_fd, &memory) }?;
+        } else {
+            unsafe { register_with_kvm(&vm_fd, &memory) }?;
+        }
         Ok(KvmVm { vm_fd, memory })
     }
 }
@@ -279,8 +294,12 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
 
     let kvm = open_kvm(&config.kvm_device)?;
     check_vcpus_against(Some(&kvm), config.vcpu_count)?;
-    let KvmVm { vm_fd, memory } =
-        KvmVm::create(&kvm, create_guest_memory(&layout)?, config.track_dirty_pages)?;
+    let memory = map_guest_memory(
+        &layout,
+        Backing::Anonymous,
+        dirty_page_tracking(config.track_dirty_pages),
+    )?;
+    let KvmVm { vm_fd, memory } = KvmVm::create(&kvm, memory, config.track_dirty_pages)?;
 
     let mut devices = create_devices(
         &vm_fd,

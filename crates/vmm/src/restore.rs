@@ -19,10 +19,15 @@ use ember_devices::virtio::rng::Rng;
 use ember_devices::virtio::vsock::Vsock;
 use ember_devices::virtio::MmioTransport;
 use ember_jailer::seccomp::Filters;
+use ember_mmds::Mmds;
 use ember_snapshot::StateFile;
 
-use crate::builder::{check_vcpus_against, create_devices, open_kvm, KvmVm, LegacyInputs};
-use crate::config::{MmdsNetConfig, SerialInput, SerialOutput, DEFAULT_KVM_DEVICE};
+use ember_memory::{map_guest_memory, Backing};
+
+use crate::builder::{
+    check_vcpus_against, create_devices, dirty_page_tracking, open_kvm, KvmVm, LegacyInputs,
+};
+use crate::config::{SerialInput, SerialOutput, DEFAULT_KVM_DEVICE};
 use crate::snapshot::{ids, SavedDevice, SavedVirtio, SavedVm};
 use crate::virtio_devices::{Placer, SharedDevice};
 use crate::{memory_layout, Error, Result, Vm};
@@ -52,8 +57,9 @@ pub struct RestoreConfig {
     pub start_time: StartTime,
     /// Seccomp filters for the VMM and vCPU threads.
     pub seccomp: Option<Filters>,
-    /// The metadata service on the interfaces that had it.
-    pub mmds: Option<MmdsNetConfig>,
+    /// The metadata store the interfaces that answered for the MMDS answer
+    /// from (a new empty store if `None` and some interface did).
+    pub mmds_store: Option<Arc<Mutex<Mmds>>>,
 }
 
 impl RestoreConfig {
@@ -72,7 +78,7 @@ impl RestoreConfig {
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),
             seccomp: None,
-            mmds: None,
+            mmds_store: None,
         }
     }
 }
@@ -164,21 +170,16 @@ fn check_overrides(config: &RestoreConfig, saved: &SavedVm) -> Result<()> {
     Ok(())
 }
 
-/// Opens the memory file and checks it holds all of guest memory.
+/// Opens the memory file (a regular file, never blocking) and checks it
+/// holds all of guest memory.
 fn open_memory_file(path: &Path, size: u64) -> Result<File> {
-    let file = open_input(path, InputKind::RegularFile, false).map_err(|source| Error::Open {
+    let open_err = |source| Error::Open {
         what: "memory file",
         path: path.to_owned(),
         source,
-    })?;
-    let len = file
-        .metadata()
-        .map_err(|source| Error::Open {
-            what: "memory file",
-            path: path.to_owned(),
-            source,
-        })?
-        .len();
+    };
+    let file = open_input(path, InputKind::RegularFile, false).map_err(open_err)?;
+    let len = file.metadata().map_err(open_err)?.len();
     if len < size {
         return Err(Error::InvalidConfig(format!(
             "memory file {} holds {len} bytes; the snapshot's guest memory is {size} bytes",
@@ -194,7 +195,7 @@ fn restore_virtio(
     placer: &mut Placer<'_>,
     saved: &SavedVirtio,
     host: HostResource,
-    mmds: Option<&MmdsNetConfig>,
+    mmds_store: &mut Option<Arc<Mutex<Mmds>>>,
 ) -> Result<()> {
     let memory = placer.memory().clone();
     match (&saved.device, host) {
@@ -210,9 +211,11 @@ fn restore_virtio(
             placer.wire(transport, device, shared, saved.base, saved.irq)
         }
         (SavedDevice::Net(state), HostResource::Tap(tap)) => {
-            let mmds = mmds.filter(|m| m.network_interfaces.contains(&state.iface_id));
+            let mmds = state
+                .mmds_address
+                .map(|_| mmds_store.get_or_insert_with(Default::default).clone());
             let device = Arc::new(Mutex::new(
-                Net::restore(state, tap, mmds.map(|m| (m.store.clone(), m.address))).map_err(
+                Net::restore(state, tap, mmds).map_err(
                     |source| Error::NetworkInterface {
                         id: state.iface_id.clone(),
                         source,
@@ -274,7 +277,11 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
     let kvm = open_kvm(&config.kvm_device)?;
     check_vcpus_against(Some(&kvm), machine.vcpu_count)?;
     let track_dirty_pages = config.track_dirty_pages;
-    let memory = ember_memory::create_guest_memory_from_file(&layout, &mem_file)?;
+    let memory = map_guest_memory(
+        &layout,
+        Backing::File(&mem_file),
+        dirty_page_tracking(track_dirty_pages),
+    )?;
     let KvmVm { vm_fd, memory } = KvmVm::create(&kvm, memory, track_dirty_pages)?;
     restore_vm_state(&vm_fd, &saved.vm)?;
 
@@ -289,7 +296,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
     )?;
     let mut placer = Placer::new(&vm_fd, &memory, &mut devices.mmio);
     for (device, host) in saved.virtio.iter().zip(hosts) {
-        restore_virtio(&mut placer, device, host, config.mmds.as_ref())?;
+        restore_virtio(&mut placer, device, host, &mut config.mmds_store)?;
     }
     let virtio = placer.finish();
 

@@ -311,7 +311,18 @@ impl RunningVm {
         let (Some(kvm), Some(vm_fd), Some(memory)) = (&self.kvm, &self.vm_fd, &self.memory) else {
             return Err(Error::InvalidState("the VM has stopped"));
         };
-        let msrs = Arc::new(ember_cpu::saveable_msrs(kvm)?);
+        // KVM's list as is: each vCPU skips the MSRs it refuses to read (a
+        // scratch VM to probe them, as `saveable_msrs` does, would need more
+        // of the filtered VMM thread).
+        let msrs = kvm
+            .get_msr_index_list()
+            .map_err(|source| Error::Kvm {
+                what: "KVM_GET_MSR_INDEX_LIST",
+                source,
+            })?
+            .as_slice()
+            .to_vec();
+        let msrs = Arc::new(msrs);
         let vcpus = self
             .threads()?
             .on_each_vcpu(move |vcpu| vcpu.save_state(&msrs))?
