@@ -30,7 +30,7 @@ use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::{api::Timed, MetricsWriter};
 use crate::mmds::{config_refused, MmdsHost};
 use crate::model::{
-    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter, SerialConfig,
+    BootSource, Drive, Logger, MachineConfig, MachineConfigUpdate, Metrics, RateLimiter, SerialConfig,
     TokenBucket, VmResources, Vsock,
 };
 use crate::request::{

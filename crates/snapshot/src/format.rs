@@ -199,9 +199,15 @@ fn check_id(id: &[u8]) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
-/// Decodes the whole layout, checking everything but the architecture and
-/// whether the sections are known.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded> {
+/// The format version a state file says it has, whatever that version is
+/// (nothing after the version is checked): what `--describe-snapshot` prints.
+pub fn format_version(bytes: &[u8]) -> Result<u16> {
+    check_magic(bytes)?;
+    Reader::new(bytes, MAGIC.len()).u16("format version")
+}
+
+/// Refuses bytes that do not start with [`MAGIC`].
+fn check_magic(bytes: &[u8]) -> Result<()> {
     if !bytes.starts_with(&MAGIC) {
         return Err(if MAGIC.starts_with(bytes) {
             Error::Truncated {
@@ -214,6 +220,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded> {
             Error::BadMagic
         });
     }
+    Ok(())
+}
+
+/// Decodes the whole layout, checking everything but the architecture and
+/// whether the sections are known.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded> {
+    check_magic(bytes)?;
     let mut header = Reader::new(bytes, MAGIC.len());
     let version = header.u16("format version")?;
     if version != FORMAT_VERSION {

@@ -51,6 +51,60 @@ pub(crate) mod ids {
     }
 }
 
+pub use ember_snapshot::FORMAT_VERSION;
+
+/// The format version of the state file at `path`, whatever it is (for
+/// `--describe-snapshot`).
+pub fn format_version(path: &Path) -> Result<u16> {
+    let bytes = ember_snapshot::read_state_file(path).map_err(Error::Snapshot)?;
+    ember_snapshot::format_version(&bytes).map_err(|source| Error::SnapshotState {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A human description of the state file at `path`: its format and sections
+/// and, when this Ember can read it, the machine and its devices.
+pub fn describe(path: &Path) -> Result<String> {
+    let bytes = ember_snapshot::read_state_file(path).map_err(Error::Snapshot)?;
+    let state_error = |source| Error::SnapshotState {
+        path: path.to_owned(),
+        source,
+    };
+    let mut text = ember_snapshot::describe(&bytes).map_err(state_error)?;
+    let file = StateFile::from_bytes(&bytes, &ids::known).map_err(state_error)?;
+    let saved = SavedVm::from_state_file(&file)?;
+    let machine = &saved.machine;
+    text.push_str(&format!(
+        "machine: {} vCPU(s){}, {} MiB of memory, dirty page tracking {}\n",
+        machine.vcpu_count,
+        if machine.smt { " (SMT)" } else { "" },
+        machine.mem_size_mib,
+        if machine.track_dirty_pages { "on" } else { "off" },
+    ));
+    for device in &saved.virtio {
+        let what = match &device.device {
+            SavedDevice::Block(s) => format!(
+                "block `{}` on {}{}",
+                s.drive_id,
+                s.path.display(),
+                if s.read_only { " (read-only)" } else { "" }
+            ),
+            SavedDevice::Net(s) => format!("net `{}` on TAP {}", s.iface_id, s.host_dev_name),
+            SavedDevice::Vsock(s) => {
+                format!("vsock CID {} on {}", s.guest_cid, s.uds_path.display())
+            }
+            SavedDevice::Rng(_) => "entropy".to_owned(),
+            SavedDevice::Balloon(s) => format!("balloon, target {} MiB", s.config.amount_mib),
+        };
+        text.push_str(&format!(
+            "device: {what} at {:#x} IRQ {}\n",
+            device.base, device.irq
+        ));
+    }
+    Ok(text.trim_end().to_owned())
+}
+
 /// What a snapshot holds of guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotKind {

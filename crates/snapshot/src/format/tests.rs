@@ -256,3 +256,19 @@ fn payloads_that_are_not_the_expected_json_are_errors() {
         Err(Error::Encode { .. })
     ));
 }
+
+#[test]
+fn the_format_version_is_read_even_when_unsupported() {
+    let mut bytes = StateFile::default().to_bytes().unwrap();
+    assert_eq!(format_version(&bytes).unwrap(), FORMAT_VERSION);
+    bytes[8] = 9;
+    assert_eq!(format_version(&bytes).unwrap(), 9);
+    assert!(matches!(
+        format_version(b"EMBERSNP\x01"),
+        Err(Error::Truncated { .. })
+    ));
+    assert!(matches!(
+        format_version(b"NOTASNAP\x01\x00"),
+        Err(Error::BadMagic)
+    ));
+}
