@@ -244,7 +244,11 @@ impl Controller {
             else {
                 return;
             };
-            let response = self.load_snapshot(&load, start, event_loop, termination);
+            let mut response = self.load_snapshot(&load, start, event_loop, termination);
+            if load.deprecated {
+                log::warn!("{}", snapshot::LOAD_DEPRECATION);
+                response.deprecated = true;
+            }
             self.reply(response);
             return;
         }

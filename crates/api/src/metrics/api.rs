@@ -262,6 +262,7 @@ impl ApiCounters {
             ApiRequest::PutMachineConfig(config) => config.cpu_template.is_some(),
             ApiRequest::PutVsock(vsock) => vsock.vsock_id.is_some(),
             ApiRequest::PutMmdsConfig(config) => config.version == ember_mmds::MmdsVersion::V1,
+            ApiRequest::LoadSnapshot(load) => load.deprecated,
             _ => false,
         };
         if deprecated {

@@ -145,6 +145,12 @@ fn collect_lines(source: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     text
 }
 
+/// Collects `source`'s lines on a thread; the closure returns them so far.
+pub fn collect_output(source: impl Read + Send + 'static) -> impl Fn() -> String {
+    let text = collect_lines(source);
+    move || text.lock().unwrap().clone()
+}
+
 impl Ember {
     /// Starts `ember --api-sock DIR/api.sock EXTRA...` in a new temporary
     /// directory and waits until the socket accepts.
