@@ -6,10 +6,12 @@
 
 mod common;
 
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use common::{Capture, Guest, Live};
-use ember_test_guests::ELF64_PATH;
+use ember_test_guests::{ELF64_PATH, PVH_PATH};
 use ember_vmm::{restore, RestoreConfig, SerialInput, SerialOutput, SnapshotFiles, SnapshotKind};
 
 /// Snapshot files in a temporary directory.
@@ -205,4 +207,153 @@ fn bad_state_and_memory_files_are_refused_with_one_line() {
     assert!(message.contains("absent.mem"), "{message}");
     let message = restore_error(dir.path(), &saved.mem);
     assert!(!message.is_empty());
+}
+
+/// The values of `key` on the output's lines starting with `prefix`.
+fn values(text: &str, prefix: &str, key: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| common::value_of(l, key))
+        .map(|v| common::hex(&v))
+        .collect()
+}
+
+#[test]
+fn timer_interrupts_keep_coming_and_time_never_goes_back_after_restore() {
+    let out = files();
+    let mut live = Live::boot(Guest::new(ELF64_PATH, "ticks").args("ticks.every=5"));
+    live.wait_for("3 tick lines", |t| t.matches("tick=").count() >= 3);
+    live.vm.pause().unwrap();
+    let before = live.capture.text();
+    live.vm.snapshot(&full(&out)).unwrap();
+    live.vm.shutdown();
+    let last = |key| *values(&before, "tick=", key).last().unwrap();
+    let (tick, tsc) = (last("tick"), last("tsc"));
+    let kvmclock = before.contains("kvmclock=0x1");
+
+    let mut live = restored(&out);
+    let after = live.wait_for("3 tick lines after restore", |t| {
+        t.matches("tick=").count() >= 3
+    });
+    live.vm.shutdown();
+    assert!(!after.contains("backwards"), "{after}");
+    assert!(!after.contains("unexpected"), "{after}");
+    let ticks = values(&after, "tick=", "tick");
+    assert!(ticks[0] > tick, "tick {} after {tick}", ticks[0]);
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{after}");
+    assert!(values(&after, "tick=", "tsc")[0] > tsc, "{before}\n{after}");
+    if kvmclock {
+        let clock = *values(&before, "tick=", "clock").last().unwrap();
+        assert!(values(&after, "tick=", "clock")[0] > clock, "{after}");
+    }
+}
+
+/// The counts CPU `cpu` printed.
+fn cpu_counts(text: &str, cpu: u32) -> Vec<u64> {
+    let prefix = format!("cpu{cpu}=");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(common::hex)
+        .collect()
+}
+
+#[test]
+fn every_vcpu_goes_on_and_one_never_started_still_starts_after_restore() {
+    let out = files();
+    let (_host, guest_end) = UnixStream::pair().unwrap();
+    let mut live = Live::boot(
+        Guest::new(ELF64_PATH, "smp")
+            .vcpus(3)
+            .args("smp.start=1 smp.every=20000")
+            .input(SerialInput::Reader(Box::new(guest_end))),
+    );
+    live.wait_for("cpu1 counting", |t| cpu_counts(t, 1).len() >= 2);
+    live.vm.pause().unwrap();
+    let before = live.capture.text();
+    live.vm.snapshot(&full(&out)).unwrap();
+    live.vm.shutdown();
+    assert!(cpu_counts(&before, 2).is_empty(), "{before}");
+    let saved: Vec<u64> = (0..2)
+        .map(|cpu| *cpu_counts(&before, cpu).last().unwrap())
+        .collect();
+
+    let (mut host, guest_end) = UnixStream::pair().unwrap();
+    let capture = Capture::default();
+    let mut config = restore_config(&out.state, &out.mem, &capture);
+    config.serial_input = SerialInput::Reader(Box::new(guest_end));
+    let mut live = Live::start(restore(config).unwrap(), capture);
+    live.wait_for("cpu0 and cpu1 going on", |t| {
+        (0..2).all(|cpu| cpu_counts(t, cpu).iter().any(|&n| n > saved[cpu as usize]))
+    });
+    let text = live.capture.text();
+    for cpu in 0..2 {
+        let counts = cpu_counts(&text, cpu);
+        assert!(counts[0] > saved[cpu as usize], "cpu{cpu} restarted:\n{text}");
+    }
+    assert!(cpu_counts(&text, 2).is_empty(), "{text}");
+    host.write_all(b"s").unwrap();
+    live.wait_for("cpu2 started after restore", |t| {
+        t.contains("cpu2: online") && cpu_counts(t, 2).len() >= 2
+    });
+    live.vm.shutdown();
+}
+
+#[test]
+fn a_diff_snapshot_writes_the_dirtied_pages_and_restores_over_its_base() {
+    let base = files();
+    let (mut host, guest_end) = UnixStream::pair().unwrap();
+    let capture = Capture::default();
+    let mut config = Guest::new(PVH_PATH, "snapcount")
+        .args("count.delay=20000 snap.pages=8 snap.dirty=3")
+        .input(SerialInput::Reader(Box::new(guest_end)))
+        .config(&capture);
+    config.track_dirty_pages = true;
+    let mut live = Live::start(ember_vmm::build(config).unwrap(), capture);
+    live.wait_for("counting", |t| t.matches("count=").count() >= 2);
+    live.vm.pause().unwrap();
+    let full_report = live.vm.snapshot(&full(&base)).unwrap();
+    live.vm.resume().unwrap();
+
+    host.write_all(b"d").unwrap();
+    let text = live.wait_for("pages dirtied", |t| t.contains("dirty: n="));
+    live.vm.pause().unwrap();
+    let diff_state = base.state.with_extension("diff");
+    let diff = SnapshotFiles {
+        kind: SnapshotKind::Diff,
+        state_path: diff_state.clone(),
+        mem_path: base.mem.clone(),
+    };
+    let report = live.vm.snapshot(&diff).unwrap();
+    live.vm.shutdown();
+    // The three dirtied pages, the counter page and what the guest's code
+    // touched meanwhile (stack, serial buffers): a handful of pages, far from
+    // the full snapshot's.
+    assert!(
+        report.memory_bytes >= 4 * 4096 && report.memory_bytes <= 64 * 4096,
+        "diff wrote {} bytes",
+        report.memory_bytes
+    );
+    assert!(report.memory_bytes * 4 < full_report.memory_bytes);
+    let mem = std::fs::read(&base.mem).unwrap();
+    for line in text.lines().filter(|l| l.starts_with("dirty addr=")) {
+        let addr = common::hex(&common::value_of(line, "addr").unwrap());
+        let gen = common::hex(&common::value_of(line, "gen").unwrap());
+        let at = usize::try_from(addr + 8).unwrap();
+        let word = u64::from_le_bytes(mem[at..at + 8].try_into().unwrap());
+        let expected = ((addr + 8) ^ (gen << 48))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(gen);
+        assert_eq!(word, expected, "page {addr:#x} in the memory file");
+    }
+
+    let (mut host, guest_end) = UnixStream::pair().unwrap();
+    let capture = Capture::default();
+    let mut config = restore_config(&diff_state, &base.mem, &capture);
+    config.serial_input = SerialInput::Reader(Box::new(guest_end));
+    let mut live = Live::start(restore(config).unwrap(), capture);
+    host.write_all(b"v").unwrap();
+    let text = live.wait_for("verify", |t| t.contains("pages: verify"));
+    live.vm.shutdown();
+    let verify = text.lines().find(|l| l.starts_with("pages: verify")).unwrap();
+    assert_eq!(common::value_of(verify, "bad").as_deref(), Some("0x0"), "{text}");
 }
