@@ -14,8 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::virtio::test_utils::{
-    bucket, memory, run_until_used, start, through_json, write_reg, GuestQueue, Manager, Mem,
-    WRITE,
+    bucket, memory, run_until_used, start, through_json, write_reg, GuestQueue, Manager, Mem, WRITE,
 };
 use crate::virtio::{feature_bit, MmioTransport, VirtioDevice};
 
@@ -37,7 +36,8 @@ fn a_buffer_made_available_before_the_save_is_filled_once_after_the_restore() {
     gq.add_chain(0, &[(0x2_0000, 64, WRITE)]);
     write_reg(&mut transport, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
     run_until_used(&mut manager, &gq, 1, Duration::from_secs(5));
-    mem.write_slice(&[0u8; 256], GuestAddress(0x3_0000)).unwrap();
+    mem.write_slice(&[0u8; 256], GuestAddress(0x3_0000))
+        .unwrap();
     gq.add_chain(1, &[(0x3_0000, 256, WRITE)]);
     write_reg(&mut transport, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 
@@ -55,7 +55,10 @@ fn a_buffer_made_available_before_the_save_is_filled_once_after_the_restore() {
     // The refill clock restarted: the time accrued differs, the levels not.
     let bandwidth = restored.rate_limiter.bandwidth.as_mut().unwrap();
     let saved = rng_state.rate_limiter.bandwidth.unwrap();
-    assert_eq!((bandwidth.budget, bandwidth.burst), (saved.budget, 4096 - 64));
+    assert_eq!(
+        (bandwidth.budget, bandwidth.burst),
+        (saved.budget, 4096 - 64)
+    );
     bandwidth.pending_refill_ns = saved.pending_refill_ns;
     assert_eq!(restored, rng_state);
 
