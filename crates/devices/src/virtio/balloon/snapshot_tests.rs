@@ -2,7 +2,7 @@
 //! actual size, statistics, the statistics buffer the device holds,
 //! configuration generation and counters carry over, and inflating goes on.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

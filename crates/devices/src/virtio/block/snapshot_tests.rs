@@ -3,7 +3,7 @@
 //! completed exactly once after the restore; a disk that changed size is
 //! refused.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
