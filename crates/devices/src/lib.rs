@@ -6,10 +6,17 @@
 //! - [`legacy`]: the PC devices a microVM keeps: COM1 (8250 UART), the i8042 reset
 //!   line, and the boot-timer device.
 //! - [`trigger`]: interrupt and event lines backed by eventfds.
-//! - [`virtio`]: the virtio-mmio transport and virtio devices (block).
+//! - [`virtio`]: the virtio-mmio transport and the virtio devices.
 //!
 //! Devices never see KVM: they raise interrupts through eventfds (which the VMM
 //! registers as irqfds) and register their own fds with an `event-manager` loop.
+//!
+//! Snapshots: every device gives its state as plain data apart from host
+//! resources (with the `serde` feature, every state type derives `Serialize`
+//! and `Deserialize`), and is rebuilt from that state and the host resources
+//! it needs (see [`virtio`] and [`legacy`]). Devices only touch guest memory
+//! on the event loop's thread (and on the thread restoring them), so a VMM
+//! that stops running the event loop has quiesced them.
 
 pub mod bus;
 pub mod host_files;

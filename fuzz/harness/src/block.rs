@@ -455,8 +455,9 @@ impl Harness {
     }
 
     fn state(&self) -> (QueueState, BlockCounters) {
-        let state = self.block.lock().expect("lock").state();
-        (state.queue.expect("the device is active"), state.counters)
+        let block = self.block.lock().expect("lock");
+        let queue = *block.queue_states().first().expect("the device is active");
+        (queue, block.counters())
     }
 
     /// The chains a notification should complete, popped from a shadow copy

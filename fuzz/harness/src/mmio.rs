@@ -43,7 +43,7 @@ use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_SHM_LEN_HIGH, VIRTIO_MMIO_SHM_LEN_LOW, VIRTIO_MMIO_STATUS, VIRTIO_MMIO_VENDOR_ID,
     VIRTIO_MMIO_VERSION,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::{guest_memory, Disk, Mem};
@@ -276,7 +276,7 @@ impl Harness {
         assert_eq!(state.interrupt_status & !3, 0);
         for (i, q) in state.queues.iter().enumerate() {
             if q.ready {
-                let queue = Queue::try_from(*q).expect("a ready queue's state is valid");
+                let queue = Queue::try_from(QueueState::from(*q)).expect("a ready queue's state is valid");
                 assert!(
                     queue.is_valid(&self.mem),
                     "ready queue {i} is not in memory"

@@ -195,14 +195,11 @@ impl Harness<'_> {
     }
 
     fn state(&self) -> ([QueueState; 2], NetCounters) {
-        let state = self.world.net.lock().expect("lock").state();
-        (
-            [
-                state.rx_queue.expect("active"),
-                state.tx_queue.expect("active"),
-            ],
-            state.counters,
-        )
+        let net = self.world.net.lock().expect("lock");
+        let [rx, tx] = net.queue_states()[..] else {
+            panic!("the device is active: two queues");
+        };
+        ([rx, tx], net.counters())
     }
 
     fn shadow(&self, queue: usize, q: QueueState) -> Shadow {

@@ -257,8 +257,8 @@ impl Harness {
     }
 
     fn state(&self) -> (Vec<QueueState>, VsockCounters) {
-        let state = self.vsock.lock().expect("lock").state();
-        (state.queues, state.counters)
+        let vsock = self.vsock.lock().expect("lock");
+        (vsock.queue_states(), vsock.counters())
     }
 
     /// The RX chains the device may fill, from a shadow copy of its queue.

@@ -3,8 +3,8 @@
 //! activation preamble (the
 //! already-active check and taking the queues), the event-loop plumbing
 //! ([`DeviceEvents`]: draining a queue eventfd, kicking the queues after
-//! activation), interrupting the driver after used buffers, and the
-//! rate-limit charge of one operation.
+//! activation), interrupting the driver after used buffers, the
+//! rate-limit charge of one operation, and the feature check of a restore.
 
 use std::fmt;
 use std::io;
@@ -140,6 +140,22 @@ pub(crate) fn signal_used<M: GuestMemory>(
     }
 }
 
+/// Checks that a device rebuilt from a saved state offers the features it
+/// offered when saved (`saved`); `device` names it in the error.
+pub(crate) fn check_restored_features(
+    device: &'static str,
+    saved: u64,
+    offered: u64,
+) -> Result<()> {
+    if saved == offered {
+        return Ok(());
+    }
+    Err(Error::RestoreMismatch {
+        device,
+        reason: format!("features {saved:#x} saved, the device offers {offered:#x}"),
+    })
+}
+
 /// Charges `limiter` for one operation of `bytes` bytes, all or nothing.
 pub(crate) fn admit(limiter: &mut RateLimiter, bytes: u64) -> bool {
     if !limiter.consume(1, TokenType::Ops) {
@@ -229,6 +245,16 @@ mod tests {
         assert!(matches!(err, Error::QueueNotReady(2)), "{err}");
         let err = queues.any().unwrap_err();
         assert!(matches!(err, Error::QueueNotReady(3)), "missing: {err}");
+    }
+
+    #[test]
+    fn restored_features_must_be_the_saved_ones() {
+        check_restored_features("test", 0b101, 0b101).unwrap();
+        let err = check_restored_features("test", 0b101, 0b100).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot restore the test state: features 0x5 saved, the device offers 0x4"
+        );
     }
 
     #[test]

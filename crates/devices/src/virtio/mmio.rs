@@ -614,7 +614,8 @@ mod tests {
 
     use super::*;
     use crate::virtio::test_utils::{
-        add_status, memory, negotiate, read_reg, setup_queue, write_reg, GuestQueue, Mem,
+        add_status, memory, negotiate, read_reg, setup_queue, through_json, write_reg, GuestQueue,
+        Mem,
     };
     use crate::virtio::InterruptKind;
 
@@ -632,6 +633,7 @@ mod tests {
         config_writes: Vec<(u64, Vec<u8>)>,
         activations: usize,
         resets: usize,
+        restores: usize,
         active: Option<(Vec<Queue>, Arc<dyn VirtioInterrupt>, u64)>,
     }
 
@@ -646,6 +648,7 @@ mod tests {
                 config_writes: Vec::new(),
                 activations: 0,
                 resets: 0,
+                restores: 0,
                 active: None,
             }
         }
@@ -705,6 +708,9 @@ mod tests {
         fn reset(&mut self) {
             self.resets += 1;
             self.active = None;
+        }
+        fn after_restore(&mut self) {
+            self.restores += 1;
         }
     }
 
@@ -1050,6 +1056,134 @@ mod tests {
         assert_eq!(past, [7, 8, 0, 0]);
         t.write(CONFIG_SPACE_OFFSET + 1, &[9, 9]);
         assert_eq!(probe.lock().unwrap().config_writes, [(1, vec![9, 9])]);
+    }
+
+    /// `t`'s state through JSON, restored for a new probe on `mem`.
+    fn save_and_restore(
+        t: &MmioTransport<Mem>,
+        mem: &Mem,
+    ) -> (MmioTransportState, MmioTransport<Mem>, Arc<Mutex<Probe>>) {
+        let state = through_json(&t.state());
+        let probe = Arc::new(Mutex::new(Probe::new()));
+        let restored = MmioTransport::restore(mem.clone(), probe.clone(), &state).unwrap();
+        (state, restored, probe)
+    }
+
+    #[test]
+    fn a_live_transport_is_restored_active_with_its_live_queues() {
+        let mem = memory(&[(0, 0x10000)]);
+        let (mut t, probe) = transport(&mem);
+        bring_up(&mut t, &mem, 0x1000);
+        write_reg(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        {
+            let mut p = probe.lock().unwrap();
+            let (queues, irq, _) = p.active.as_mut().unwrap();
+            // The device took 3 requests and completed 2 since activation.
+            queues[0].set_next_avail(3);
+            queues[0].set_next_used(2);
+            irq.trigger(InterruptKind::Used).unwrap();
+        }
+        let (state, mut restored, new_probe) = save_and_restore(&t, &mem);
+        let q0 = state.queues[0];
+        assert_eq!((q0.next_avail, q0.next_used), (3, 2), "the live positions");
+        assert!(q0.event_idx_enabled);
+        assert_eq!(restored.state(), state);
+
+        let p = new_probe.lock().unwrap();
+        assert_eq!((p.activations, p.restores), (1, 1));
+        let (queues, _, acked) = p.active.as_ref().unwrap();
+        assert_eq!(*acked, FEATURES);
+        assert_eq!((queues[0].next_avail(), queues[0].next_used()), (3, 2));
+        assert_eq!(queues[0].desc_table(), 0x1000);
+        assert!(!queues[1].ready());
+        // One kick for the ready queue, none for the other.
+        assert_eq!(p.evts[0].read().unwrap(), 1);
+        assert!(p.evts[1].read().is_err());
+        drop(p);
+        assert_eq!(read_reg(&mut restored, VIRTIO_MMIO_INTERRUPT_STATUS), 1);
+        assert!(
+            restored.interrupt_event().event_fd().read().is_err(),
+            "the saved interrupt is not raised again"
+        );
+        assert_eq!(
+            read_reg(&mut restored, VIRTIO_MMIO_QUEUE_SEL),
+            0,
+            "write-only"
+        );
+        assert_eq!(restored.state().queue_sel, 1);
+        // The restored transport carries on: a reset and a new set-up work.
+        write_reg(&mut restored, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(new_probe.lock().unwrap().resets, 1);
+        bring_up(&mut restored, &mem, 0x4000);
+        assert_eq!(new_probe.lock().unwrap().activations, 2);
+    }
+
+    #[test]
+    fn a_transport_saved_before_driver_ok_is_restored_inactive() {
+        let mem = memory(&[(0, 0x10000)]);
+        let (mut t, _probe) = transport(&mem);
+        assert_eq!(negotiate(&mut t, FEATURES), STATUS_READY);
+        setup_queue(&mut t, 0, &GuestQueue::new(&mem, 0x2000, 8));
+        write_reg(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        let (state, mut restored, probe) = save_and_restore(&t, &mem);
+        assert_eq!(restored.state(), state);
+        assert_eq!(probe.lock().unwrap().activations, 0);
+        assert!(probe.lock().unwrap().evts[0].read().is_err(), "no kick");
+        assert_eq!(
+            read_reg(&mut restored, VIRTIO_MMIO_DEVICE_FEATURES),
+            (FEATURES >> 32) as u32
+        );
+        // The driver finishes its set-up on the restored transport.
+        add_status(&mut restored, VIRTIO_CONFIG_S_DRIVER_OK);
+        let p = probe.lock().unwrap();
+        assert_eq!((p.activations, p.restores), (1, 0));
+        assert_eq!(p.active.as_ref().unwrap().0[0].size(), 8);
+    }
+
+    #[test]
+    fn a_failed_activation_is_not_retried_on_restore() {
+        let mem = memory(&[(0, 0x10000)]);
+        let (mut t, _probe) = transport(&mem);
+        assert_eq!(negotiate(&mut t, FEATURES), STATUS_READY);
+        // Queue 0, which the probe needs, is not set up.
+        add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
+        let (state, restored, probe) = save_and_restore(&t, &mem);
+        assert_ne!(state.status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_eq!(restored.state(), state);
+        assert_eq!(probe.lock().unwrap().activations, 0);
+    }
+
+    #[test]
+    fn a_state_that_does_not_fit_the_device_is_refused() {
+        let mem = memory(&[(0, 0x10000)]);
+        let (t, _probe) = transport(&mem);
+        let restore = |state: &MmioTransportState| {
+            let probe = Arc::new(Mutex::new(Probe::new()));
+            MmioTransport::restore(mem.clone(), probe, state).unwrap_err()
+        };
+        let mut missing = t.state();
+        missing.queues.pop();
+        let err = restore(&missing);
+        assert!(
+            err.to_string().contains("1 queues saved, the device has 2"),
+            "{err}"
+        );
+        let mut other = t.state();
+        other.queues[1].max_size = 32;
+        let err = restore(&other);
+        assert!(matches!(err, Error::RestoreMismatch { .. }), "{err}");
+        let mut bad_size = t.state();
+        bad_size.queues[0].size = 3;
+        let err = restore(&bad_size);
+        assert!(matches!(err, Error::VirtioQueue(_)), "{err}");
+        // A live queue outside guest memory cannot be activated.
+        let mut outside = t.state();
+        outside.status = STATUS_LIVE;
+        outside.acked_features = FEATURES;
+        outside.queues[0].ready = true;
+        outside.queues[0].desc_table = 0x10_0000;
+        let err = restore(&outside);
+        assert!(matches!(err, Error::InvalidQueue(0)), "{err}");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use ember_ratelimit::BucketConfig;
 use event_manager::{EventManager, MutEventSubscriber};
 use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK,
 };
 use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
@@ -317,4 +318,28 @@ pub fn setup_queue(dev: &mut impl BusDevice, index: u32, queue: &GuestQueue) {
         write_reg(dev, high, (addr.0 >> 32) as u32);
     }
     write_reg(dev, VIRTIO_MMIO_QUEUE_READY, 1);
+}
+
+/// Starts a device as a driver does: [`negotiate`]s `features`, sets up
+/// each of `queues` (index, guest queue) and sets DRIVER_OK; returns the
+/// status read back.
+pub fn start(dev: &mut impl BusDevice, features: u64, queues: &[(u32, &GuestQueue)]) -> u32 {
+    negotiate(dev, features);
+    for (index, queue) in queues {
+        setup_queue(dev, *index, queue);
+    }
+    add_status(dev, VIRTIO_CONFIG_S_DRIVER_OK);
+    read_reg(dev, VIRTIO_MMIO_STATUS)
+}
+
+/// `state` after a trip through JSON, which must give it back unchanged.
+#[cfg(test)]
+pub fn through_json<T>(state: &T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let json = serde_json::to_string(state).unwrap();
+    let back: T = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, state, "{json}");
+    back
 }

@@ -35,10 +35,13 @@
 //!   event-manager subscriber).
 //! - [`pages`]: PFN lists to page runs, and discarding runs.
 //! - `stats`: the statistics buffer; [`BalloonStats`].
-//! - [`BalloonState`], [`BalloonCounters`]: the device's state as plain data.
+//! - [`BalloonState`], [`BalloonCounters`]: the device's state as plain data;
+//!   [`Balloon::restore`] rebuilds the device from it.
 
 mod device;
 pub mod pages;
+#[cfg(test)]
+mod snapshot_tests;
 mod state;
 mod stats;
 #[cfg(test)]

@@ -22,7 +22,8 @@ use super::request::{self, ParsedChain, Request, RequestType};
 use super::{BlockCounters, BlockState, CacheType, SECTOR_SIZE};
 use crate::virtio::common::SingleQueue as Active;
 use crate::virtio::common::{
-    admit, ignore_config_write, read_config_space, signal_used, DeviceEvents,
+    admit, check_restored_features, ignore_config_write, read_config_space, signal_used,
+    DeviceEvents,
 };
 use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
@@ -131,15 +132,7 @@ impl<M: GuestMemoryHandle> Block<M> {
         let rate_limiter = RateLimiter::restore(&state.rate_limiter).map_err(Error::RateLimiter)?;
         let mut block =
             Block::on_disk(state.drive_id.clone(), state.cache_type, disk, rate_limiter)?;
-        if block.avail_features != state.avail_features {
-            return Err(Error::RestoreMismatch {
-                device: "block",
-                reason: format!(
-                    "features {:#x} saved, the drive offers {:#x}",
-                    state.avail_features, block.avail_features
-                ),
-            });
-        }
+        check_restored_features("block", state.avail_features, block.avail_features)?;
         block.config_generation = state.config_generation;
         block.counters = state.counters;
         Ok(block)

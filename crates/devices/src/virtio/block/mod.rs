@@ -5,11 +5,14 @@
 //!   subscriber).
 //! - `request`: descriptor chains to requests, validated against guest memory.
 //! - `disk`: the backing file, with positional I/O into guest memory.
-//! - [`BlockState`], [`BlockCounters`]: the device's state as plain data.
+//! - [`BlockState`], [`BlockCounters`]: the device's state as plain data;
+//!   [`Block::restore`] rebuilds the device from it and the reopened file.
 
 mod device;
 mod disk;
 mod request;
+#[cfg(test)]
+mod snapshot_tests;
 mod state;
 #[cfg(test)]
 mod tests;

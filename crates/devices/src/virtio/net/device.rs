@@ -31,7 +31,8 @@ use super::{
     Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
 };
 use crate::virtio::common::{
-    self, ignore_config_write, read_config_space, ActivationQueues, DeviceEvents,
+    self, check_restored_features, ignore_config_write, read_config_space, ActivationQueues,
+    DeviceEvents,
 };
 use crate::virtio::ring::Ring;
 use crate::virtio::{feature_bit, GuestMemoryHandle, VirtioDevice, VirtioInterrupt};
@@ -190,12 +191,7 @@ impl<M: GuestMemoryHandle> Net<M> {
             Rx::new(rx_limiter),
             Tx::new(tx_limiter),
         )?;
-        if net.avail_features != state.avail_features {
-            return Err(mismatch(format!(
-                "features {:#x} saved, the interface offers {:#x}",
-                state.avail_features, net.avail_features
-            )));
-        }
+        check_restored_features("net", state.avail_features, net.avail_features)?;
         match (state.mmds_address, mmds) {
             (Some(address), Some(store)) => net.set_mmds(store, address),
             (Some(address), None) => {

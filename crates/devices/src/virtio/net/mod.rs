@@ -7,7 +7,8 @@
 //! - [`NetConfig`]: how an interface is set up (Firecracker's
 //!   `network-interfaces` fields); [`RateLimiterConfig`] and
 //!   [`RateLimiterUpdate`] for its limits.
-//! - [`NetState`], [`NetCounters`]: the device's state as plain data.
+//! - [`NetState`], [`NetCounters`]: the device's state as plain data;
+//!   [`Net::restore`] rebuilds the device from it and the reopened TAP.
 //! - `chain`: descriptor chains to lists of guest buffers, validated against
 //!   guest memory; `rx` and `tx`: the two data paths.
 //!

@@ -17,7 +17,8 @@ use super::chain::{self, ChainError};
 use super::{fill_random, RngCounters, RngState, MAX_REQUEST_BYTES};
 use crate::virtio::common::SingleQueue as Active;
 use crate::virtio::common::{
-    admit, ignore_config_write, read_config_space, signal_used, DeviceEvents,
+    admit, check_restored_features, ignore_config_write, read_config_space, signal_used,
+    DeviceEvents,
 };
 use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
@@ -86,15 +87,7 @@ impl<M: GuestMemoryHandle> Rng<M> {
     pub fn restore(state: &RngState) -> Result<Rng<M>> {
         let rate_limiter = RateLimiter::restore(&state.rate_limiter).map_err(Error::RateLimiter)?;
         let rng = Rng::with_limiter(rate_limiter, state.counters)?;
-        if rng.avail_features != state.avail_features {
-            return Err(Error::RestoreMismatch {
-                device: "rng",
-                reason: format!(
-                    "features {:#x} saved, the device offers {:#x}",
-                    state.avail_features, rng.avail_features
-                ),
-            });
-        }
+        check_restored_features("rng", state.avail_features, rng.avail_features)?;
         Ok(rng)
     }
 

@@ -6,7 +6,8 @@
 //!   subscriber).
 //! - `chain`: descriptor chains to guest buffers, validated against guest
 //!   memory; `random`: the host's random bytes.
-//! - [`RngState`], [`RngCounters`]: the device's state as plain data.
+//! - [`RngState`], [`RngCounters`]: the device's state as plain data;
+//!   [`Rng::restore`] rebuilds the device from it.
 //!
 //! As Firecracker's: a chain holding a device-readable descriptor, or a
 //! buffer outside guest memory, or that does not end, is returned with used
@@ -18,6 +19,8 @@
 mod chain;
 mod device;
 mod random;
+#[cfg(test)]
+mod snapshot_tests;
 mod state;
 #[cfg(test)]
 mod tests;

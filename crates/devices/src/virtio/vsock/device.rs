@@ -20,8 +20,8 @@ use super::packet::{parse_tx, RxBuffer};
 use super::{Limits, VsockCounters, VsockState, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET};
 use crate::host_files::BoundListener;
 use crate::virtio::common::{
-    consume_event, ignore_config_write, read_config_space, signal_used, ActivationQueues,
-    DeviceEvents,
+    check_restored_features, consume_event, ignore_config_write, read_config_space, signal_used,
+    ActivationQueues, DeviceEvents,
 };
 use crate::virtio::iov::{GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
@@ -131,15 +131,7 @@ impl<M: GuestMemoryHandle> Vsock<M> {
     /// then tells the driver so (see [`VirtioDevice::after_restore`]).
     pub fn restore(state: &VsockState, listener: BoundListener) -> Result<Vsock<M>> {
         let mut vsock = Vsock::with_listener(state.guest_cid, listener)?;
-        if vsock.avail_features != state.avail_features {
-            return Err(Error::RestoreMismatch {
-                device: "vsock",
-                reason: format!(
-                    "features {:#x} saved, the device offers {:#x}",
-                    state.avail_features, vsock.avail_features
-                ),
-            });
-        }
+        check_restored_features("vsock", state.avail_features, vsock.avail_features)?;
         vsock.muxer.counters = VsockCounters {
             connections: 0,
             buffered_bytes: 0,
@@ -292,7 +284,8 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         let head = chain.head_index();
         let id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
         let len = u32::try_from(id.len()).unwrap_or(u32::MAX);
-        let written = match chain.take(1).find(|d| d.is_write_only() && d.len() >= len) {
+        let mut chain = chain;
+        let written = match chain.next().filter(|d| d.is_write_only() && d.len() >= len) {
             Some(desc) => mem.write_slice(&id, desc.addr()).is_ok(),
             None => false,
         };

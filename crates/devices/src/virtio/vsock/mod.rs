@@ -34,7 +34,8 @@
 //! - `connection`: one connection's state machine and flow control.
 //! - `muxer`: the listener, the connection table, RX scheduling, deadlines.
 //! - `unix`: non-blocking Unix-socket helpers and the `CONNECT`/`OK` lines.
-//! - [`VsockState`], [`VsockCounters`]: the device's state as plain data.
+//! - [`VsockState`], [`VsockCounters`]: the device's state as plain data;
+//!   [`Vsock::restore`] rebuilds the device from it and the host socket.
 //! - [`PacketHeader`], [`Op`]: the packet format, for drivers written in
 //!   tests, benchmarks and fuzzers.
 
@@ -42,6 +43,8 @@ mod connection;
 mod device;
 mod muxer;
 mod packet;
+#[cfg(test)]
+mod snapshot_tests;
 mod state;
 #[cfg(test)]
 mod tests;

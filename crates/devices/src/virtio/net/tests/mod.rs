@@ -17,6 +17,7 @@ pub(crate) mod host;
 mod hostile;
 mod mmds;
 mod ratelimit;
+mod snapshot;
 mod transport;
 
 use std::sync::{Arc, Mutex};
