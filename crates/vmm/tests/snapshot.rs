@@ -209,9 +209,12 @@ fn bad_state_and_memory_files_are_refused_with_one_line() {
     assert!(!message.is_empty());
 }
 
-/// The values of `key` on the output's lines starting with `prefix`.
+/// The values of `key` on the output's complete lines starting with `prefix`
+/// (a pause may cut the last line short).
 fn values(text: &str, prefix: &str, key: &str) -> Vec<u64> {
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| common::value_of(l, key))
         .map(|v| common::hex(&v))
@@ -251,7 +254,9 @@ fn timer_interrupts_keep_coming_and_time_never_goes_back_after_restore() {
 /// The counts CPU `cpu` printed.
 fn cpu_counts(text: &str, cpu: u32) -> Vec<u64> {
     let prefix = format!("cpu{cpu}=");
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .filter_map(|l| l.strip_prefix(&prefix))
         .map(common::hex)
         .collect()

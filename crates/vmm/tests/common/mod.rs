@@ -305,11 +305,13 @@ impl Live {
         }
     }
 
-    /// The last value of `key=` in the output's lines starting with `key=`.
+    /// The last value of `key=` in the output's complete lines starting with
+    /// `key=` (a pause may cut the last line short).
     pub fn last_value(&self, key: &str) -> Option<u64> {
         let prefix = format!("{key}=");
-        self.capture
-            .text()
+        let text = self.capture.text();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .filter_map(|line| line.strip_prefix(&prefix))
             .filter_map(|value| value.split_whitespace().next())
