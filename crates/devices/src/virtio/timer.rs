@@ -68,6 +68,14 @@ impl DeadlineTimer {
         }
     }
 
+    /// Makes the timer fire at once (in [`MIN_WAIT`]) and then every `period`.
+    pub(crate) fn set_periodic_from_now(&mut self, period: Duration) -> io::Result<()> {
+        self.armed_for = None;
+        self.fd
+            .reset(MIN_WAIT, Some(period.max(MIN_WAIT)))
+            .map_err(io::Error::from)
+    }
+
     /// Consumes an expiration (the timer is readable); a timer that has not
     /// fired (re-armed meanwhile) is fine too.
     pub(crate) fn acknowledge(&mut self) -> io::Result<()> {

@@ -225,10 +225,15 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             return Err(BalloonError::StatisticsStateChange);
         }
         self.config.stats_polling_interval_s = interval_s;
-        if self.active.as_ref().is_some_and(|a| a.stats) {
-            self.request_stats();
+        self.sync_timer().map_err(BalloonError::Timer)?;
+        if let Some(period) = self.timer_period {
+            // The driver is asked for statistics at once, by the event loop
+            // (so never while the VM is paused), then at the new interval.
+            self.timer
+                .set_periodic_from_now(period)
+                .map_err(BalloonError::Timer)?;
         }
-        self.sync_timer().map_err(BalloonError::Timer)
+        Ok(())
     }
 
     /// Arms the timer with the polling interval while the driver uses the

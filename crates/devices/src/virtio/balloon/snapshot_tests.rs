@@ -111,9 +111,11 @@ fn the_balloon_carries_on_after_a_restore() {
     assert_eq!(queues[INFLATE_QUEUE].used_elem(1), (1, 0));
     assert_eq!(balloon.lock().unwrap().counters().inflate_count, 2);
     // The statistics buffer held across the snapshot goes back to the
-    // driver when the host asks for statistics.
+    // driver when the host asks for statistics (on the event loop's next
+    // turn: never from the API's thread, so never while the VM is paused).
     balloon.lock().unwrap().update_stats_interval(30).unwrap();
-    assert_eq!(queues[STATS_QUEUE].used_idx(), 1);
+    assert_eq!(queues[STATS_QUEUE].used_idx(), 0);
+    run_until_used(&mut manager, &queues[STATS_QUEUE], 1, WAIT);
     assert_eq!(queues[STATS_QUEUE].used_elem(0), (0, 0));
     let stats = balloon.lock().unwrap().latest_stats().unwrap();
     assert_eq!(stats.values[usize::from(FREE_MEMORY)], Some(12_345));
