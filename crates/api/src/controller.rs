@@ -22,7 +22,6 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::balloon;
-use crate::snapshot::{self, SnapshotLoad};
 use crate::channel::{ApiEnd, Responder};
 use crate::destination::Destination;
 use crate::full_config::FullVmConfig;
@@ -30,13 +29,14 @@ use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::{api::Timed, MetricsWriter};
 use crate::mmds::{config_refused, MmdsHost};
 use crate::model::{
-    BootSource, Drive, Logger, MachineConfig, MachineConfigUpdate, Metrics, RateLimiter, SerialConfig,
-    TokenBucket, VmResources, Vsock,
+    BootSource, Drive, Logger, MachineConfig, MachineConfigUpdate, Metrics, RateLimiter,
+    SerialConfig, TokenBucket, VmResources, Vsock,
 };
 use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, NetworkInterfaceUpdate, VmStateRequest,
 };
 use crate::server::ApiCounters;
+use crate::snapshot::{self, SnapshotLoad};
 
 /// How often metrics are written once a destination is set.
 pub const METRICS_PERIOD: Duration = Duration::from_secs(60);
@@ -66,7 +66,10 @@ enum Phase {
     /// `InstanceStart` received; the loop's owner starts the VM next.
     Starting { reply: bool, start: StartTime },
     /// `PUT /snapshot/load` received; the loop's owner restores the VM next.
-    Loading { load: SnapshotLoad, start: StartTime },
+    Loading {
+        load: SnapshotLoad,
+        start: StartTime,
+    },
     /// Started.
     Running(RunningVm),
 }

@@ -16,7 +16,8 @@ use crate::server::ApiCounters;
 pub const TOO_MANY_FIELDS: &str =
     "too many fields: either `mem_backend` or `mem_file_path` exclusively is required";
 /// Firecracker's words when no memory source is given to a load.
-pub const MISSING_FIELD: &str = "missing field: either `mem_backend` or `mem_file_path` is required";
+pub const MISSING_FIELD: &str =
+    "missing field: either `mem_backend` or `mem_file_path` is required";
 /// Firecracker's deprecation warning for a load's old fields.
 pub const LOAD_DEPRECATION: &str =
     "PUT /snapshot/load: mem_file_path and enable_diff_snapshots fields are deprecated.";
@@ -155,27 +156,29 @@ fn deserialize_fault(reason: &str) -> ApiResponse {
 pub fn parse_load(body: &[u8]) -> Result<SnapshotLoad, ApiResponse> {
     let body: LoadBody =
         serde_json::from_slice(body).map_err(|e| deserialize_fault(&e.to_string()))?;
-    let mem_file_path = match (body.mem_backend, body.mem_file_path.clone()) {
-        (Some(_), Some(_)) => return Err(deserialize_fault(TOO_MANY_FIELDS)),
-        (None, None) => return Err(deserialize_fault(MISSING_FIELD)),
-        (None, Some(path)) => path,
-        (Some(backend), None) => match backend.backend_type {
-            MemBackendType::File => backend.backend_path,
-            MemBackendType::Uffd => {
-                return Err(fault(
+    let mem_file_path =
+        match (body.mem_backend, body.mem_file_path.clone()) {
+            (Some(_), Some(_)) => return Err(deserialize_fault(TOO_MANY_FIELDS)),
+            (None, None) => return Err(deserialize_fault(MISSING_FIELD)),
+            (None, Some(path)) => path,
+            (Some(backend), None) => match backend.backend_type {
+                MemBackendType::File => backend.backend_path,
+                MemBackendType::Uffd => return Err(fault(
                     "Load snapshot error: `mem_backend.backend_type: Uffd` is not supported by \
                      this version of Ember; use `File`.",
-                ))
-            }
-        },
-    };
+                )),
+            },
+        };
     if body.clock_realtime {
         return Err(fault(
             "Load snapshot error: `clock_realtime: true` is not supported by this version of \
              Ember.",
         ));
     }
-    if !matches!(body.huge_pages, LoadHugePages::Snapshot | LoadHugePages::None) {
+    if !matches!(
+        body.huge_pages,
+        LoadHugePages::Snapshot | LoadHugePages::None
+    ) {
         return Err(fault(
             "Load snapshot error: huge pages are not supported by this version of Ember \
              (`huge_pages` must be `Snapshot` or `None`).",
@@ -312,7 +315,9 @@ mod tests {
             fault_of(r#"{"snapshot_path":"s","mem_file_path":"m","huge_pages":"2M"}"#)
                 .contains("huge pages")
         );
-        assert!(fault_of(r#"{"snapshot_path":"s","mem_file_path":"m","bogus":1}"#)
-            .contains("unknown field `bogus`"));
+        assert!(
+            fault_of(r#"{"snapshot_path":"s","mem_file_path":"m","bogus":1}"#)
+                .contains("unknown field `bogus`")
+        );
     }
 }

@@ -87,12 +87,11 @@ impl RestoreConfig {
 /// it, before anything is created.
 pub(crate) fn read_saved_vm(path: &Path) -> Result<SavedVm> {
     let bytes = ember_snapshot::read_state_file(path).map_err(Error::Snapshot)?;
-    let file = StateFile::from_bytes(&bytes, &ids::known).map_err(|source| {
-        Error::SnapshotState {
+    let file =
+        StateFile::from_bytes(&bytes, &ids::known).map_err(|source| Error::SnapshotState {
             path: path.to_owned(),
             source,
-        }
-    })?;
+        })?;
     SavedVm::from_state_file(&file)
 }
 
@@ -214,14 +213,12 @@ fn restore_virtio(
             let mmds = state
                 .mmds_address
                 .map(|_| mmds_store.get_or_insert_with(Default::default).clone());
-            let device = Arc::new(Mutex::new(
-                Net::restore(state, tap, mmds).map_err(
-                    |source| Error::NetworkInterface {
-                        id: state.iface_id.clone(),
-                        source,
-                    },
-                )?,
-            ));
+            let device = Arc::new(Mutex::new(Net::restore(state, tap, mmds).map_err(
+                |source| Error::NetworkInterface {
+                    id: state.iface_id.clone(),
+                    source,
+                },
+            )?));
             let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
             let shared = SharedDevice::Net(state.iface_id.clone(), device.clone());
             placer.wire(transport, device, shared, saved.base, saved.irq)
@@ -241,14 +238,14 @@ fn restore_virtio(
             placer.wire(transport, device, shared, saved.base, saved.irq)
         }
         (SavedDevice::Balloon(state), _) => {
-            let device = Arc::new(Mutex::new(
-                Balloon::restore(state).map_err(Error::Balloon)?,
-            ));
+            let device = Arc::new(Mutex::new(Balloon::restore(state).map_err(Error::Balloon)?));
             let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
             let shared = SharedDevice::Balloon(device.clone());
             placer.wire(transport, device, shared, saved.base, saved.irq)
         }
-        _ => Err(Error::InvalidState("a device's host resource does not match it")),
+        _ => Err(Error::InvalidState(
+            "a device's host resource does not match it",
+        )),
     }
 }
 

@@ -80,7 +80,11 @@ pub fn describe(path: &Path) -> Result<String> {
         machine.vcpu_count,
         if machine.smt { " (SMT)" } else { "" },
         machine.mem_size_mib,
-        if machine.track_dirty_pages { "on" } else { "off" },
+        if machine.track_dirty_pages {
+            "on"
+        } else {
+            "off"
+        },
     ));
     for device in &saved.virtio {
         let what = match &device.device {
@@ -395,14 +399,13 @@ impl RunningVm {
         let memory_bytes = match files.kind {
             SnapshotKind::Full => {
                 let out = Replacement::create(&files.mem_path)?;
-                let written =
-                    ember_snapshot::write_full_memory(memory, out.file()).map_err(Error::Snapshot)?;
+                let written = ember_snapshot::write_full_memory(memory, out.file())
+                    .map_err(Error::Snapshot)?;
                 if self.machine.track_dirty_pages {
                     // The next diff starts from this full snapshot.
                     ember_memory::dirty_pages(memory, vm_fd)?;
                 }
-                ember_snapshot::write_atomic(&files.state_path, &state)
-                    .map_err(Error::Snapshot)?;
+                ember_snapshot::write_atomic(&files.state_path, &state).map_err(Error::Snapshot)?;
                 out.commit()?;
                 written
             }
@@ -422,8 +425,7 @@ impl RunningVm {
                     })?;
                 let written = ember_snapshot::write_diff_memory(memory, &dirty, &file)
                     .map_err(Error::Snapshot)?;
-                ember_snapshot::write_atomic(&files.state_path, &state)
-                    .map_err(Error::Snapshot)?;
+                ember_snapshot::write_atomic(&files.state_path, &state).map_err(Error::Snapshot)?;
                 written
             }
         };

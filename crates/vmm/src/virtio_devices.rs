@@ -166,7 +166,8 @@ impl<'a> Placer<'a> {
                 source,
             })?;
         let transport = Arc::new(Mutex::new(transport));
-        self.mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+        self.mmio
+            .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
         self.devices.cmdline.push(cmdline_entry(base, irq));
         self.devices.subscribers.push(device);
         match &shared {

@@ -14,15 +14,15 @@ use ember_memory::GuestMemoryMmap;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
 
+use crate::builder::Devices;
 use crate::device_thread::DeviceThread;
 use crate::exit::{ExitReason, ExitWatcher, StopHandle};
+use crate::io::IoBuses;
 use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
+use crate::snapshot::MachineInfo;
 use crate::terminal::RawTerminal;
 use crate::vcpu_threads::VcpuThreads;
-use crate::builder::Devices;
-use crate::io::IoBuses;
-use crate::snapshot::MachineInfo;
 use crate::virtio_devices::{
     SharedBalloon, SharedBlock, SharedNet, SharedRng, SharedVsock, VirtioDevices, VirtioSlot,
 };
@@ -188,8 +188,12 @@ impl Vm {
         )));
         event_loop.add_subscriber(watcher.clone());
         let filter = |kind| seccomp.as_ref().and_then(|f| f.get(&kind));
-        let device_thread =
-            DeviceThread::start(subscribers, filter(ThreadKind::Vmm), &report_tx, &vcpu_event)?;
+        let device_thread = DeviceThread::start(
+            subscribers,
+            filter(ThreadKind::Vmm),
+            &report_tx,
+            &vcpu_event,
+        )?;
         let threads = VcpuThreads::start(
             vcpus,
             &devices.io,

@@ -77,7 +77,10 @@ fn a_counting_guest_continues_where_it_was_for_two_generations() {
     live.vm.pause().unwrap();
     let saved_tick = live.last_value("tick").unwrap();
     let report = live.vm.snapshot(&full(&first)).unwrap();
-    assert!(report.state_bytes > 0 && report.memory_bytes > 0, "{report:?}");
+    assert!(
+        report.state_bytes > 0 && report.memory_bytes > 0,
+        "{report:?}"
+    );
     live.vm.shutdown();
     // The memory file holds all of guest memory, sparsely.
     let len = std::fs::metadata(&first.mem).unwrap().len();
@@ -87,7 +90,10 @@ fn a_counting_guest_continues_where_it_was_for_two_generations() {
     let mut second_live = restored(&first);
     let tick = wait_for_tick(&mut second_live, saved_tick + 2);
     let text = second_live.capture.text();
-    assert!(!text.contains("spin: running"), "the guest booted again:\n{text}");
+    assert!(
+        !text.contains("spin: running"),
+        "the guest booted again:\n{text}"
+    );
     let first_tick = text
         .lines()
         .find_map(|l| l.strip_prefix("tick="))
@@ -293,7 +299,10 @@ fn every_vcpu_goes_on_and_one_never_started_still_starts_after_restore() {
     let text = live.capture.text();
     for cpu in 0..2 {
         let counts = cpu_counts(&text, cpu);
-        assert!(counts[0] > saved[cpu as usize], "cpu{cpu} restarted:\n{text}");
+        assert!(
+            counts[0] > saved[cpu as usize],
+            "cpu{cpu} restarted:\n{text}"
+        );
     }
     assert!(cpu_counts(&text, 2).is_empty(), "{text}");
     host.write_all(b"s").unwrap();
@@ -359,6 +368,13 @@ fn a_diff_snapshot_writes_the_dirtied_pages_and_restores_over_its_base() {
     host.write_all(b"v").unwrap();
     let text = live.wait_for("verify", |t| t.contains("pages: verify"));
     live.vm.shutdown();
-    let verify = text.lines().find(|l| l.starts_with("pages: verify")).unwrap();
-    assert_eq!(common::value_of(verify, "bad").as_deref(), Some("0x0"), "{text}");
+    let verify = text
+        .lines()
+        .find(|l| l.starts_with("pages: verify"))
+        .unwrap();
+    assert_eq!(
+        common::value_of(verify, "bad").as_deref(),
+        Some("0x0"),
+        "{text}"
+    );
 }

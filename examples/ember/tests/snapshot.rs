@@ -16,8 +16,8 @@ const SPIN: &str = "console=ttyS0 ember.test=spin count.delay=2000";
 /// The last `tick=` value in `text`.
 fn last_tick(text: &str) -> Option<u64> {
     text.lines()
-        .filter_map(|l| l.strip_prefix("tick="))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("tick="))
         .map(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).unwrap())
 }
 
@@ -59,7 +59,11 @@ fn saved_guest(dir: &Path) -> (PathBuf, PathBuf, u64) {
     ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let tick = last_tick(&ember.output()).unwrap();
     let (state, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
-    ember.ok("PUT", "/snapshot/create", &create_body(&state, &mem, "Full"));
+    ember.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body(&state, &mem, "Full"),
+    );
     assert_eq!(ember.state(), "Paused");
     (state, mem, tick)
 }
@@ -101,7 +105,11 @@ fn a_vm_saved_through_the_api_loads_in_a_new_process_and_goes_on() {
         Some(&load_body(&state, &mem, true)),
     );
     assert_eq!(reply.status, 400);
-    assert!(reply.fault().contains("after starting"), "{}", reply.fault());
+    assert!(
+        reply.fault().contains("after starting"),
+        "{}",
+        reply.fault()
+    );
 }
 
 #[test]
@@ -117,7 +125,11 @@ fn snapshot_requests_are_refused_as_firecracker_refuses_them() {
         Some(&create_body(&state, &mem, "Full")),
     );
     assert_eq!(reply.status, 400);
-    assert!(reply.fault().contains("before starting"), "{}", reply.fault());
+    assert!(
+        reply.fault().contains("before starting"),
+        "{}",
+        reply.fault()
+    );
     // A load of missing files: a 400, and the process is still there to
     // take another request.
     let reply = ember.call(
@@ -126,7 +138,11 @@ fn snapshot_requests_are_refused_as_firecracker_refuses_them() {
         Some(&load_body(&state, &mem, false)),
     );
     assert_eq!(reply.status, 400);
-    assert!(reply.fault().starts_with("Load snapshot error:"), "{}", reply.fault());
+    assert!(
+        reply.fault().starts_with("Load snapshot error:"),
+        "{}",
+        reply.fault()
+    );
     assert_eq!(ember.state(), "Not started");
     // Uffd is refused by name; the deprecated field gets its header.
     let reply = ember.call(
@@ -180,7 +196,11 @@ fn snapshot_requests_are_refused_as_firecracker_refuses_them() {
         Some(&create_body(&state, &mem, "Diff")),
     );
     assert_eq!(reply.status, 400);
-    assert!(reply.fault().contains("track_dirty_pages"), "{}", reply.fault());
+    assert!(
+        reply.fault().contains("track_dirty_pages"),
+        "{}",
+        reply.fault()
+    );
     // An unwritable place.
     let reply = ember.call(
         "PUT",
@@ -211,7 +231,10 @@ fn the_command_line_describes_and_restores_snapshots() {
     assert_eq!(stdout(&out).trim(), "v1.0.0", "{}", stderr(&out));
     let out = ember(&["snapshot", "describe", state.to_str().unwrap()]);
     let text = stdout(&out);
-    assert!(text.contains("1 vCPU(s)") && text.contains("64 MiB"), "{text}");
+    assert!(
+        text.contains("1 vCPU(s)") && text.contains("64 MiB"),
+        "{text}"
+    );
     assert!(text.contains("kvm.vcpu.0"), "{text}");
     let out = ember(&["snapshot", "describe", mem.to_str().unwrap()]);
     assert!(!out.status.success());

@@ -8,8 +8,8 @@ use std::time::Duration;
 use ember_vmm::MetricGroup;
 
 use crate::request::{ApiRequest, VmStateRequest};
-use crate::snapshot::SnapshotType;
 use crate::routes::Method;
+use crate::snapshot::SnapshotType;
 
 /// A route Firecracker counts: its method, path (with `/{id}` when the path
 /// takes an id), and the names of its request and failure counters.
@@ -273,7 +273,8 @@ impl ApiCounters {
     /// Records how long a timed operation took, seen from the API thread
     /// (`vmm: false`) or in the VMM (`vmm: true`).
     pub fn record_latency(&self, what: Timed, vmm: bool, elapsed: Duration) {
-        self.latencies_us[what as usize][usize::from(vmm)].store(micros(elapsed), Ordering::Relaxed);
+        self.latencies_us[what as usize][usize::from(vmm)]
+            .store(micros(elapsed), Ordering::Relaxed);
     }
 
     /// Records the time from the process start to the API serving, each
@@ -330,10 +331,9 @@ impl ApiCounters {
             "deprecated_api",
             vec![("deprecated_http_api_calls", load(&self.deprecated))],
         ));
-        let latencies = TIMED_NAMES
-            .iter()
-            .zip(&self.latencies_us)
-            .flat_map(|((api, vmm), [at_api, in_vmm])| [(*api, load(at_api)), (*vmm, load(in_vmm))]);
+        let latencies = TIMED_NAMES.iter().zip(&self.latencies_us).flat_map(
+            |((api, vmm), [at_api, in_vmm])| [(*api, load(at_api)), (*vmm, load(in_vmm))],
+        );
         groups.push(MetricGroup::new("latencies_us", latencies.collect()));
         groups
     }

@@ -313,9 +313,9 @@ impl Live {
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         complete
             .lines()
+            .rev()
             .filter_map(|line| line.strip_prefix(&prefix))
-            .filter_map(|value| value.split_whitespace().next())
-            .last()
+            .find_map(|value| value.split_whitespace().next())
             .map(hex)
     }
 }
