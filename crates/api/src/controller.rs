@@ -29,7 +29,7 @@ use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::{api::Timed, MetricsWriter};
 use crate::mmds::{config_refused, MmdsHost};
 use crate::model::{
-    BootSource, Drive, Logger, MachineConfig, MachineConfigUpdate, Metrics, RateLimiter,
+    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter,
     SerialConfig, TokenBucket, VmResources, Vsock,
 };
 use crate::request::{
@@ -331,6 +331,11 @@ impl Controller {
         if let Some(device) = &self.overrides.kvm_device {
             config.kvm_device = device.clone();
         }
+        // Interfaces that answered for the MMDS go on answering from this
+        // process's store (the document itself is not in the snapshot, as in
+        // Firecracker: the client puts it again).
+        config.mmds_store = Some(self.overrides.mmds.store_or_create());
+        let mut sections = Vec::new();
         let restored = (|| -> crate::Result<RunningVm> {
             let serial_out = match self.serial_out.take() {
                 Some(out) => Some(out),
@@ -340,17 +345,22 @@ impl Controller {
                 config.serial_output = SerialOutput::Writer(Box::new(out));
                 config.serial_input = SerialInput::None;
             }
-            Ok(ember_vmm::restore(config)?.start(event_loop, termination)?)
+            let mut vm = ember_vmm::restore(config)?;
+            sections = vm.take_app_sections();
+            Ok(vm.start(event_loop, termination)?)
         })();
         match restored {
             Ok(vm) => {
+                self.resources = snapshot::restored_resources(&sections, load, vm.machine());
+                if let Some(config) = &self.resources.mmds_config {
+                    self.overrides.mmds.configure(config);
+                }
                 log::info!(
                     "VM restored from {} in {:?} ({})",
                     load.snapshot_path.display(),
                     started.elapsed(),
                     if load.resume_vm { "running" } else { "paused" }
                 );
-                self.resources.machine_config = Some(MachineConfig::restored(vm.machine()));
                 self.api_counters
                     .record_latency(Timed::LoadSnapshot, true, started.elapsed());
                 self.phase = Phase::Running(vm);
@@ -437,7 +447,9 @@ impl Controller {
                 None => not_before_start(),
             },
             ApiRequest::CreateSnapshot(create) => match &mut self.phase {
-                Phase::Running(vm) => snapshot::create(vm, &create, &self.api_counters),
+                Phase::Running(vm) => {
+                    snapshot::create(vm, &create, &self.resources, &self.api_counters)
+                }
                 _ => not_before_start(),
             },
             _ if !configuring => not_after_start(),

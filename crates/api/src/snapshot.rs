@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use ember_vmm::{RunningVm, SnapshotFiles, SnapshotKind};
+use ember_vmm::{RunningVm, SnapshotFiles, SnapshotKind, SnapshotSection};
 
 use crate::metrics::api::Timed;
+use crate::model::{MachineConfig, VmResources};
 use crate::request::{ApiRequest, ApiResponse};
 use crate::server::ApiCounters;
 
@@ -151,6 +152,45 @@ fn deserialize_fault(reason: &str) -> ApiResponse {
     ))
 }
 
+/// The configuration a VM restored by `load` has: the saved one (when the
+/// snapshot carries it) with the load's overrides applied, the machine as
+/// restored.
+pub fn restored_resources(
+    sections: &[SnapshotSection],
+    load: &SnapshotLoad,
+    machine: &ember_vmm::MachineInfo,
+) -> VmResources {
+    let saved = sections
+        .iter()
+        .find(|s| s.id == RESOURCES_SECTION)
+        .and_then(|s| match s.decode::<VmResources>() {
+            Ok(resources) => Some(resources),
+            Err(e) => {
+                log::warn!("the snapshot's configuration cannot be read back: {e}");
+                None
+            }
+        });
+    let mut resources = saved.unwrap_or_default();
+    for over in &load.network_overrides {
+        for iface in resources
+            .network_interfaces
+            .iter_mut()
+            .filter(|i| i.iface_id == over.iface_id)
+        {
+            iface.host_dev_name = over.host_dev_name.clone();
+        }
+    }
+    if let (Some(vsock), Some(over)) = (resources.vsock.as_mut(), &load.vsock_override) {
+        vsock.uds_path = over.uds_path.clone();
+    }
+    let cpu_template = resources.machine_config.as_ref().and_then(|m| m.cpu_template);
+    resources.machine_config = Some(MachineConfig {
+        cpu_template,
+        ..MachineConfig::restored(machine)
+    });
+    resources
+}
+
 /// Parses a `PUT /snapshot/load` body as Firecracker does, refusing what
 /// Ember does not do yet by name.
 pub fn parse_load(body: &[u8]) -> Result<SnapshotLoad, ApiResponse> {
@@ -212,17 +252,30 @@ pub fn is_boot_specific(request: &ApiRequest) -> bool {
     )
 }
 
-/// `PUT /snapshot/create` on a started VM: refused unless it is paused.
-pub fn create(vm: &mut RunningVm, create: &SnapshotCreate, counters: &ApiCounters) -> ApiResponse {
+/// The state file's section holding the API's view of the VM (what
+/// `GET /vm/config` answers), optional for readers that do not know it.
+pub const RESOURCES_SECTION: &str = "app.api.vm-config";
+
+/// `PUT /snapshot/create` on a started VM: refused unless it is paused. The
+/// VM's configuration (`resources`) is saved beside its state.
+pub fn create(
+    vm: &mut RunningVm,
+    create: &SnapshotCreate,
+    resources: &VmResources,
+    counters: &ApiCounters,
+) -> ApiResponse {
     let kind = match create.snapshot_type {
         SnapshotType::Full => SnapshotKind::Full,
         SnapshotType::Diff => SnapshotKind::Diff,
     };
-    let files = SnapshotFiles {
-        kind,
-        state_path: create.snapshot_path.clone(),
-        mem_path: create.mem_file_path.clone(),
-    };
+    let mut files = SnapshotFiles::new(kind, &create.snapshot_path, &create.mem_file_path);
+    match SnapshotSection::json(RESOURCES_SECTION, 1, resources) {
+        Ok(mut section) => {
+            section.required = false;
+            files.extra.push(section);
+        }
+        Err(e) => return ApiResponse::error(500, &format!("Create snapshot error: {e}")),
+    }
     match vm.snapshot(&files) {
         Ok(report) => {
             let timed = match kind {

@@ -28,6 +28,7 @@ pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOu
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
 pub use restore::{restore, RestoreConfig};
+pub use ember_snapshot::Section as SnapshotSection;
 pub use snapshot::{MachineInfo, SnapshotFiles, SnapshotKind, SnapshotReport};
 pub use vcpu_threads::vcpu_thread_name;
 pub use virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedRng};

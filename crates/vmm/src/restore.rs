@@ -305,7 +305,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
     }
     let mut machine = machine;
     machine.track_dirty_pages = track_dirty_pages;
-    Vm::assemble(
+    let mut vm = Vm::assemble(
         kvm,
         vm_fd,
         memory,
@@ -315,5 +315,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
         machine,
         config.seccomp.take(),
         !config.resume,
-    )
+    )?;
+    vm.app_sections = saved.app;
+    Ok(vm)
 }

@@ -38,12 +38,15 @@ pub(crate) mod ids {
     pub(crate) const I8042: &str = "device.i8042";
     /// Prefix of each virtio device's section (`device.virtio.N`, in placement order).
     pub(crate) const VIRTIO_PREFIX: &str = "device.virtio.";
+    /// Prefix of the sections the VMM's user adds (see [`super::SnapshotFiles::extra`]).
+    pub(crate) const APP_PREFIX: &str = "app.";
     /// Version of every section Ember writes today.
     pub(crate) const VERSION: u16 = 1;
 
     /// Whether this Ember reads section `id`.
     pub(crate) fn known(id: &str) -> bool {
         [MACHINE, KVM_VM, SERIAL, I8042].contains(&id)
+            || id.starts_with(APP_PREFIX)
             || [VCPU_PREFIX, VIRTIO_PREFIX].iter().any(|prefix| {
                 id.strip_prefix(prefix)
                     .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -128,6 +131,22 @@ pub struct SnapshotFiles {
     pub state_path: PathBuf,
     /// The memory file.
     pub mem_path: PathBuf,
+    /// Sections of the caller's own to keep in the state file (an API's view
+    /// of the VM, say): their ids must start with `app.`. A restore hands
+    /// them back ([`crate::Vm::take_app_sections`]).
+    pub extra: Vec<Section>,
+}
+
+impl SnapshotFiles {
+    /// A snapshot of `kind` to these two files, with no extra section.
+    pub fn new(kind: SnapshotKind, state_path: impl Into<PathBuf>, mem_path: impl Into<PathBuf>) -> SnapshotFiles {
+        SnapshotFiles {
+            kind,
+            state_path: state_path.into(),
+            mem_path: mem_path.into(),
+            extra: Vec::new(),
+        }
+    }
 }
 
 /// What a snapshot wrote, and how long it took.
@@ -213,6 +232,8 @@ pub(crate) struct SavedVm {
     pub(crate) serial: SerialState,
     pub(crate) i8042: I8042State,
     pub(crate) virtio: Vec<SavedVirtio>,
+    /// The caller's own sections (`app.*`).
+    pub(crate) app: Vec<Section>,
 }
 
 impl SavedVm {
@@ -231,6 +252,7 @@ impl SavedVm {
         for (index, device) in self.virtio.iter().enumerate() {
             sections.push(section(&format!("{}{index}", ids::VIRTIO_PREFIX), device)?);
         }
+        sections.extend(self.app.iter().cloned());
         Ok(StateFile { sections })
     }
 
@@ -252,6 +274,12 @@ impl SavedVm {
             machine,
             vcpus,
             virtio,
+            app: file
+                .sections
+                .iter()
+                .filter(|s| s.id.starts_with(ids::APP_PREFIX))
+                .cloned()
+                .collect(),
         })
     }
 }
@@ -366,6 +394,17 @@ impl RunningVm {
                 "a diff snapshot needs dirty page tracking (track_dirty_pages)",
             ));
         }
+        if let Some(section) = files
+            .extra
+            .iter()
+            .find(|s| !s.id.starts_with(ids::APP_PREFIX))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "snapshot section `{}`: the caller's sections are named `{}...`",
+                section.id,
+                ids::APP_PREFIX
+            )));
+        }
         let (Some(kvm), Some(vm_fd), Some(memory)) = (&self.kvm, &self.vm_fd, &self.memory) else {
             return Err(Error::InvalidState("the VM has stopped"));
         };
@@ -393,6 +432,7 @@ impl RunningVm {
             serial: lock(&self.devices.serial).state(),
             i8042: lock(&self.devices.i8042).state().clone(),
             virtio: self.devices.virtio.iter().map(save_virtio).collect(),
+            app: files.extra.clone(),
         };
         let state = saved.to_state_file()?.to_bytes().map_err(Error::Snapshot)?;
 

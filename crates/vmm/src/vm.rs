@@ -70,6 +70,8 @@ pub struct Vm {
     pub(crate) machine: MachineInfo,
     /// Start with the vCPUs and devices paused (a restored VM not resumed).
     pub(crate) start_paused: bool,
+    /// The caller's own sections of the snapshot this VM was restored from.
+    pub(crate) app_sections: Vec<ember_snapshot::Section>,
     pub(crate) memory: GuestMemoryMmap,
 }
 
@@ -125,8 +127,15 @@ impl Vm {
             seccomp,
             machine,
             start_paused,
+            app_sections: Vec::new(),
             memory,
         })
+    }
+
+    /// Takes the caller's own sections (`app.*`) of the snapshot this VM was
+    /// restored from (none for a booted VM).
+    pub fn take_app_sections(&mut self) -> Vec<ember_snapshot::Section> {
+        std::mem::take(&mut self.app_sections)
     }
 
     /// The boot-timer device, to read the boot time after (or during) a run.
@@ -173,6 +182,7 @@ impl Vm {
             seccomp,
             machine,
             start_paused,
+            app_sections: _,
             memory,
         } = self;
         let (report_tx, report_rx) = mpsc::channel();

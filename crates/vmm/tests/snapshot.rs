@@ -31,11 +31,7 @@ fn files() -> Files {
 }
 
 fn full(files: &Files) -> SnapshotFiles {
-    SnapshotFiles {
-        kind: SnapshotKind::Full,
-        state_path: files.state.clone(),
-        mem_path: files.mem.clone(),
-    }
+    SnapshotFiles::new(SnapshotKind::Full, &files.state, &files.mem)
 }
 
 /// A restore of `files` with output to a new capture, resumed.
@@ -133,11 +129,11 @@ fn a_snapshot_to_an_unwritable_place_fails_and_leaves_nothing() {
     wait_for_tick(&mut live, 1);
     live.vm.pause().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let files = SnapshotFiles {
-        kind: SnapshotKind::Full,
-        state_path: dir.path().join("missing-dir/vm.state"),
-        mem_path: dir.path().join("vm.mem"),
-    };
+    let files = SnapshotFiles::new(
+        SnapshotKind::Full,
+        dir.path().join("missing-dir/vm.state"),
+        dir.path().join("vm.mem"),
+    );
     let err = live.vm.snapshot(&files).unwrap_err().to_string();
     assert!(err.contains("missing-dir"), "{err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
@@ -332,11 +328,7 @@ fn a_diff_snapshot_writes_the_dirtied_pages_and_restores_over_its_base() {
     let text = live.wait_for("pages dirtied", |t| t.contains("dirty: n="));
     live.vm.pause().unwrap();
     let diff_state = base.state.with_extension("diff");
-    let diff = SnapshotFiles {
-        kind: SnapshotKind::Diff,
-        state_path: diff_state.clone(),
-        mem_path: base.mem.clone(),
-    };
+    let diff = SnapshotFiles::new(SnapshotKind::Diff, &diff_state, &base.mem);
     let report = live.vm.snapshot(&diff).unwrap();
     live.vm.shutdown();
     // The three dirtied pages, the counter page and what the guest's code
