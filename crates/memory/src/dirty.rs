@@ -2,7 +2,7 @@
 //! merged with the memory's own bitmaps (the VMM's and devices' writes).
 
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::GuestMemoryBackend;
 
 use crate::{Error, GuestMemoryMmap, Result};
 
@@ -16,11 +16,11 @@ pub fn dirty_pages(mem: &GuestMemoryMmap, vm: &VmFd) -> Result<Vec<Vec<u64>>> {
     let mut bitmaps = Vec::with_capacity(mem.num_regions());
     for (index, region) in mem.iter().enumerate() {
         let slot = u32::try_from(index).map_err(|_| Error::TooManyRegions(index))?;
-        let len = usize::try_from(region.len()).map_err(|_| Error::TooManyRegions(index))?;
+        let mapping = region.get_mmap();
         let mut pages = vm
-            .get_dirty_log(slot, len)
+            .get_dirty_log(slot, mapping.size())
             .map_err(|source| Error::DirtyLog { slot, source })?;
-        if let Some(bitmap) = region.get_mmap().bitmap() {
+        if let Some(bitmap) = mapping.bitmap() {
             let written = bitmap.get_and_reset();
             if written.len() > pages.len() {
                 pages.resize(written.len(), 0);

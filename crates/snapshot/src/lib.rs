@@ -226,7 +226,7 @@ pub enum Error {
         kind: &'static str,
     },
     /// A state file is larger than [`MAX_STATE_FILE_SIZE`].
-    #[error("{} is {size} bytes, more than a state file's {MAX_STATE_FILE_SIZE}", path.display())]
+    #[error("{} is {size} bytes, more than the {MAX_STATE_FILE_SIZE} a state file may have", path.display())]
     StateFileTooLarge {
         /// The path.
         path: PathBuf,

@@ -19,12 +19,13 @@ pub mod net;
 pub mod ring;
 pub mod rng;
 pub mod seeds;
+pub mod snapshot;
 pub mod vsock;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The fuzz targets, by name.
-pub const TARGETS: [&str; 11] = [
+pub const TARGETS: [&str; 12] = [
     "virtio_block",
     "virtio_mmio",
     "config_file",
@@ -36,6 +37,7 @@ pub const TARGETS: [&str; 11] = [
     "virtio_rng",
     "mmds_frames",
     "balloon_pfns",
+    "snapshot_state",
 ];
 
 /// Held while an input runs: the device targets share guest memory and one
@@ -61,6 +63,7 @@ pub fn run(target: &str, data: &[u8]) {
         "virtio_rng" => rng::run,
         "mmds_frames" => mmds::run,
         "balloon_pfns" => balloon::run,
+        "snapshot_state" => snapshot::run,
         other => panic!("no fuzz target {other}"),
     };
     alloc::bounded(target, || harness(data));

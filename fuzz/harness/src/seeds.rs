@@ -47,6 +47,7 @@ pub fn all(readme: Option<&str>) -> Vec<(&'static str, Vec<Seed>)> {
         ("virtio_rng", virtio_rng()),
         ("mmds_frames", mmds_frames()),
         ("balloon_pfns", balloon_pfns()),
+        ("snapshot_state", snapshot_state()),
     ]
 }
 
@@ -927,4 +928,61 @@ pub fn balloon_pfns() -> Vec<Seed> {
     b.pfns(true, &[1, 2, 3]).kick().pfns(true, &[4]).kick();
     seeds.push(seed("inflate-the-rings", b.finish()));
     seeds
+}
+
+/// State files: empty, one required section, required and optional sections
+/// with JSON and binary payloads, an id of the longest length, and one cut
+/// short (so the fuzzer starts from every part of the layout).
+pub fn snapshot_state() -> Vec<Seed> {
+    use ember_snapshot::{Section, StateFile, MAX_ID_LEN};
+    let state = |sections: Vec<Section>| {
+        StateFile { sections }
+            .to_bytes()
+            .expect("seed sections are valid")
+    };
+    let json = |id: &str, version, value: &serde_json::Value| {
+        Section::json(id, version, value).expect("JSON serializes")
+    };
+    let mut optional = json("device.rng.rng0", 3, &serde_json::json!({"bytes": 65536}));
+    optional.required = false;
+    let binary = Section {
+        id: "memory-map".to_owned(),
+        version: 1,
+        required: false,
+        payload: (0..=255).collect(),
+    };
+    let full = state(vec![
+        json("vm", 1, &serde_json::json!({"vcpus": 2, "mem_mib": 128})),
+        json(
+            "vcpu.0",
+            1,
+            &serde_json::json!({"regs": [0, 1, 2], "msrs": {}}),
+        ),
+        json(
+            "device.block.rootfs",
+            2,
+            &serde_json::json!({"path": "/rootfs.ext4"}),
+        ),
+        optional,
+        binary,
+    ]);
+    let mut cut = full.clone();
+    cut.truncate(full.len() / 2);
+    vec![
+        seed("empty", state(Vec::new())),
+        seed(
+            "one-section",
+            state(vec![json("vm", 1, &serde_json::json!(null))]),
+        ),
+        seed("full", full),
+        seed(
+            "longest-id",
+            state(vec![json(
+                &"x".repeat(MAX_ID_LEN),
+                u16::MAX,
+                &serde_json::json!([]),
+            )]),
+        ),
+        seed("truncated", cut),
+    ]
 }
