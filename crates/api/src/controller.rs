@@ -29,8 +29,8 @@ use crate::logger::{self, parse_level, LoggerConfig};
 use crate::metrics::{api::Timed, MetricsWriter};
 use crate::mmds::{config_refused, MmdsHost};
 use crate::model::{
-    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter,
-    SerialConfig, TokenBucket, VmResources, Vsock,
+    BootSource, Drive, Logger, MachineConfigUpdate, Metrics, RateLimiter, SerialConfig,
+    TokenBucket, VmResources, Vsock,
 };
 use crate::request::{
     Action, ApiRequest, ApiResponse, DriveUpdate, NetworkInterfaceUpdate, VmStateRequest,

@@ -183,7 +183,10 @@ pub fn restored_resources(
     if let (Some(vsock), Some(over)) = (resources.vsock.as_mut(), &load.vsock_override) {
         vsock.uds_path = over.uds_path.clone();
     }
-    let cpu_template = resources.machine_config.as_ref().and_then(|m| m.cpu_template);
+    let cpu_template = resources
+        .machine_config
+        .as_ref()
+        .and_then(|m| m.cpu_template);
     resources.machine_config = Some(MachineConfig {
         cpu_template,
         ..MachineConfig::restored(machine)

@@ -25,10 +25,10 @@ mod vm;
 
 pub use builder::{build, check_cmdline, check_vcpu_count, memory_layout, MAX_VCPU_COUNT};
 pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
+pub use ember_snapshot::Section as SnapshotSection;
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
 pub use restore::{restore, RestoreConfig};
-pub use ember_snapshot::Section as SnapshotSection;
 pub use snapshot::{MachineInfo, SnapshotFiles, SnapshotKind, SnapshotReport};
 pub use vcpu_threads::vcpu_thread_name;
 pub use virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedRng};

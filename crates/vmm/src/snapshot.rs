@@ -139,7 +139,11 @@ pub struct SnapshotFiles {
 
 impl SnapshotFiles {
     /// A snapshot of `kind` to these two files, with no extra section.
-    pub fn new(kind: SnapshotKind, state_path: impl Into<PathBuf>, mem_path: impl Into<PathBuf>) -> SnapshotFiles {
+    pub fn new(
+        kind: SnapshotKind,
+        state_path: impl Into<PathBuf>,
+        mem_path: impl Into<PathBuf>,
+    ) -> SnapshotFiles {
         SnapshotFiles {
             kind,
             state_path: state_path.into(),

@@ -7,16 +7,17 @@
 //! expectations come from Firecracker's spec (`firecracker.yaml`) and tests,
 //! not from Ember's behaviour; the deliberate differences are marked.
 //!
-//! Not replayed, until the features land (each refused by name meanwhile):
+//! Snapshots (`test_negative_snapshot_load_api`,
+//! `test_get_full_config_after_restoring_snapshot`) are replayed in
+//! `snapshot.rs`. Not replayed, until the features land (each refused by
+//! name meanwhile):
 //! the guest's side of `test_mmds.py` (the VMM answering the guest's
 //! requests to the MMDS address is not built yet), `test_api_cpu_config` and the C3/T2 templates of
 //! `test_api_put_update_pre_boot` (CPU templates), `test_api_memory_hotplug`
 //! (virtio-mem),
 //! `test_pmem_api` and
 //! `test_pmem_rate_limiter_api` (virtio-pmem),
-//! `test_get_full_config_after_restoring_snapshot` and
-//! `test_negative_snapshot_load_api` (snapshots), `track_dirty_pages: true`
-//! in `test_api_machine_config` (diff snapshots), `io_engine: "Async"`
+//! `io_engine: "Async"`
 //! (io_uring), the vhost-user drive of `test_drive_patch` and the serial
 //! console's `rate_limiter` (`PUT /serial` itself is in `serial.rs`).
 //! `test_send_ctrl_alt_del` needs a Linux guest with SSH; `api.rs` covers

@@ -80,6 +80,12 @@ fn a_vm_saved_through_the_api_loads_in_a_new_process_and_goes_on() {
     let config = ember.call("GET", "/machine-config", None).json();
     assert_eq!(config["mem_size_mib"], 64);
     assert_eq!(config["vcpu_count"], 1);
+    let full = ember.call("GET", "/vm/config", None).json();
+    assert_eq!(
+        full["boot-source"]["kernel_image_path"], ELF64_PATH,
+        "{full}"
+    );
+    assert_eq!(full["machine-config"]["mem_size_mib"], 64, "{full}");
     ember.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     wait_for_tick(&ember, tick + 2);
     let first = ember
@@ -264,4 +270,66 @@ fn the_command_line_describes_and_restores_snapshots() {
     assert!(stderr(&out).contains("--kernel does not go with --restore"));
     let out = ember(&["run", "--restore", "s"]);
     assert!(stderr(&out).contains("--mem-file"));
+}
+
+#[test]
+fn the_full_config_after_a_load_is_the_saved_one_with_the_overrides_as_test_get_full_config_after_restoring_snapshot(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ember = Ember::start(&[]);
+    let vsock = dir.path().join("v.sock");
+    ember.ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{ELF64_PATH}", "boot_args": "{SPIN}"}}"#),
+    );
+    ember.ok(
+        "PATCH",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": true, "track_dirty_pages": true}"#,
+    );
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 1, "deflate_on_oom": true}"#,
+    );
+    ember.ok(
+        "PUT",
+        "/vsock",
+        &format!(r#"{{"guest_cid": 15, "uds_path": "{}"}}"#, vsock.display()),
+    );
+    ember.ok("PUT", "/entropy", "{}");
+    ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    wait_for_tick(&ember, 1);
+    ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let before = ember.call("GET", "/vm/config", None).json();
+    let (state, mem) = (dir.path().join("s"), dir.path().join("m"));
+    ember.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body(&state, &mem, "Full"),
+    );
+    drop(ember);
+
+    let ember = Ember::start(&[]);
+    let moved = dir.path().join("moved.sock");
+    ember.ok(
+        "PUT",
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}},
+                "vsock_override": {{"uds_path": "{}"}}, "resume_vm": true}}"#,
+            state.display(),
+            mem.display(),
+            moved.display()
+        ),
+    );
+    let mut expected = before.clone();
+    expected["vsock"]["uds_path"] = serde_json::Value::from(moved.to_str().unwrap());
+    // Dirty pages are tracked as the load asks (here: not), as in Firecracker.
+    assert_eq!(before["machine-config"]["track_dirty_pages"], true);
+    expected["machine-config"]["track_dirty_pages"] = serde_json::Value::from(false);
+    let after = ember.call("GET", "/vm/config", None).json();
+    assert_eq!(after, expected);
+    assert!(moved.exists(), "the vsock socket is bound at the override");
 }
