@@ -352,6 +352,18 @@ impl Controller {
                 Some(vm) => balloon::get_stats(vm),
                 None => not_before_start(),
             },
+            ApiRequest::StartBalloonHinting(cmd) => match self.running_vm() {
+                Some(vm) => balloon::start_hinting(vm, cmd),
+                None => not_before_start(),
+            },
+            ApiRequest::GetBalloonHintingStatus => match self.running_vm() {
+                Some(vm) => balloon::hinting_status(vm),
+                None => not_before_start(),
+            },
+            ApiRequest::StopBalloonHinting => match self.running_vm() {
+                Some(vm) => balloon::stop_hinting(vm),
+                None => not_before_start(),
+            },
             _ if !configuring => not_after_start(),
             ApiRequest::PutBalloon(config) => balloon::put(&mut self.resources, config),
             ApiRequest::PutMmdsConfig(config) => self.put_mmds_config(config),
