@@ -244,6 +244,7 @@ impl Controller {
                 config.serial_output = SerialOutput::Writer(Box::new(out));
                 config.serial_input = SerialInput::None;
             }
+            config.serial_output_limit = self.serial.output_limit();
             config.seccomp = self.overrides.seccomp.clone();
             if let Some(mmds) = &self.resources.mmds_config {
                 config.mmds = Some(ember_vmm::MmdsNetConfig {

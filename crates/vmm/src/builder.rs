@@ -174,7 +174,11 @@ fn create_devices(vm: &VmFd, config: &mut VmConfig) -> Result<Devices> {
             SerialOutput::Writer(writer) => writer,
             SerialOutput::Sink => Box::new(std::io::sink()),
         };
-    let serial = Arc::new(Mutex::new(Serial::new(irq, drained.try_clone()?, output)));
+    let mut serial = Serial::new(irq, drained.try_clone()?, output);
+    if let Some(limit) = config.serial_output_limit {
+        serial.limit_output(limit);
+    }
+    let serial = Arc::new(Mutex::new(serial));
 
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let mut terminal = None;

@@ -328,6 +328,7 @@ impl RunningVm {
                     ("write_count", serial.bytes_out),
                     ("missed_write_count", serial.bytes_lost),
                     ("read_count", serial.bytes_in),
+                    ("rate_limiter_dropped_bytes", serial.bytes_dropped),
                 ],
             ),
             MetricGroup::new(
