@@ -15,6 +15,11 @@
 //!   same TAP, in a private network namespace ([`netns`]).
 //! - [`vsock`]: the virtio-vsock device model against a plain Unix socket
 //!   pair.
+//! - [`rng`]: the virtio-rng device model against `getrandom`.
+//! - [`balloon`]: inflating and deflating 64 MiB through the virtio-balloon
+//!   model, with the resident memory it gives back.
+//! - [`mmds`]: the MMDS's frame path: requests per second, memory per
+//!   connection.
 //! - [`boot`]: `ember` processes: start to the boot-timer signal, whole
 //!   process, seccomp and the jailer, memory, launches per second.
 //! - [`api`]: the REST API: time to the first accepted connection, request
@@ -32,11 +37,13 @@
 
 pub mod api;
 pub mod api_load;
+pub mod balloon;
 pub mod block;
 pub mod boot;
 pub mod buffers;
 pub mod driver;
 pub mod http;
+pub mod mmds;
 pub mod net;
 pub mod netns;
 pub mod paths;

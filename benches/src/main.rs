@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Groups: `all` (the default), `block`, `net`, `vsock`, `boot`, `api`,
-//! `seccomp`, `ratelimit`, `rng`. Exit status: 0 when every group ran, 1 when one
+//! `seccomp`, `ratelimit`, `rng`, `balloon`, `mmds`. Exit status: 0 when every group ran, 1 when one
 //! failed (its error is printed under the table and saved), 2 on bad usage.
 
 use std::path::PathBuf;
@@ -16,13 +16,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_benches::paths::{self, Binaries};
 use ember_benches::report::{compare, GroupError, Report};
-use ember_benches::{api, block, boot, net, ratelimit, rng, seccomp, vsock, Result};
+use ember_benches::{api, balloon, block, boot, mmds, net, ratelimit, rng, seccomp, vsock, Result};
 
 const USAGE: &str = "\
 usage: ember-benches [GROUP...] [--quick] [--out FILE] [--no-build]
        ember-benches compare OLD.json [NEW.json] [--noise PCT]
 
-GROUP: all (default), block, net, vsock, rng, boot, api, seccomp, ratelimit
+GROUP: all (default), block, net, vsock, rng, balloon, mmds, boot, api, seccomp,
+  ratelimit
   --quick     fewer and shorter rounds (a smoke run, figures are noisier)
   --out FILE  where to save the JSON (default <target>/bench-results.json)
   --no-build  do not build ember and ember-jailer first (boot, api); they are
@@ -32,13 +33,15 @@ compare: the change of every figure from OLD to NEW (default: the latest
   results), marked better or worse beyond the noise (default 5%)";
 
 /// Every group, in the order `all` runs them.
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 10] = [
     "seccomp",
     "ratelimit",
     "block",
     "net",
     "vsock",
     "rng",
+    "balloon",
+    "mmds",
     "api",
     "boot",
 ];
@@ -158,6 +161,10 @@ fn run_group(
             boot::run(&binaries()?, &scratch, options, report)?;
         }
         "rng" => report.figures.extend(rng::run(rng::Options::new(quick))?),
+        "balloon" => report
+            .figures
+            .extend(balloon::run(if quick { 2 } else { 7 })?),
+        "mmds" => report.figures.extend(mmds::run(mmds::Options::new(quick))?),
         "api" => {
             let options = api::Options {
                 starts: if quick { 5 } else { 30 },

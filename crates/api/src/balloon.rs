@@ -1,9 +1,12 @@
 //! The balloon's API: the `balloon` object (`PUT`/`GET /balloon`, the config
 //! file, `GET /vm/config`), the updates after the start (`PATCH /balloon`,
-//! `PATCH /balloon/statistics`) and the statistics (`GET
-//! /balloon/statistics`), answered in Firecracker's words.
+//! `PATCH /balloon/statistics`), the statistics (`GET
+//! /balloon/statistics`) and free page hinting runs (`/balloon/hinting/*`),
+//! answered in Firecracker's words.
 
-use ember_vmm::{BalloonConfig, BalloonError, BalloonStats, RunningVm};
+use ember_vmm::{
+    BalloonConfig, BalloonError, BalloonStats, HintingStatus, RunningVm, SharedBalloon,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -22,7 +25,8 @@ pub struct Balloon {
     /// Statistics polling interval in seconds (0: no statistics).
     #[serde(default)]
     pub stats_polling_interval_s: u16,
-    /// Free page hinting (not in Ember yet: refused when true).
+    /// Free page hinting: the host asks the guest for hints of its free
+    /// pages with `PATCH /balloon/hinting/start`.
     #[serde(default)]
     pub free_page_hinting: bool,
     /// Free page reporting: the guest gives free pages back on its own.
@@ -46,6 +50,45 @@ pub struct BalloonStatsUpdate {
     pub stats_polling_interval_s: u16,
 }
 
+/// `PATCH /balloon/hinting/start` (the body is optional).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStartCmd {
+    /// End the run (`DONE`) as soon as the guest says it has finished
+    /// (default true).
+    #[serde(default = "acknowledge_by_default")]
+    pub acknowledge_on_stop: bool,
+}
+
+impl Default for BalloonStartCmd {
+    fn default() -> Self {
+        BalloonStartCmd {
+            acknowledge_on_stop: acknowledge_by_default(),
+        }
+    }
+}
+
+fn acknowledge_by_default() -> bool {
+    true
+}
+
+/// `GET /balloon/hinting/status`, as Firecracker prints it (`guest_cmd`
+/// is null until the guest sends a command).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+struct HintingStatusBody {
+    host_cmd: u32,
+    guest_cmd: Option<u32>,
+}
+
+impl From<HintingStatus> for HintingStatusBody {
+    fn from(status: HintingStatus) -> Self {
+        HintingStatusBody {
+            host_cmd: status.host_cmd,
+            guest_cmd: status.guest_cmd,
+        }
+    }
+}
+
 /// Firecracker's answer to a balloon larger than guest memory.
 pub const TOO_MANY_PAGES: &str = "Amount of pages requested is too large.";
 /// Firecracker's answer to a memory size below the balloon's target.
@@ -55,12 +98,8 @@ pub const INCOMPATIBLE_MEMORY: &str =
 const NOT_FOUND: &str = "Failed perform action on device: Device not found";
 
 impl Balloon {
-    /// Refuses what Ember cannot provide (free page hinting) and a balloon
-    /// larger than `mem_size_mib`.
+    /// Refuses a balloon larger than `mem_size_mib`.
     pub fn validate(&self, mem_size_mib: u64) -> Result<()> {
-        if self.free_page_hinting {
-            return Err(Error::Unsupported("balloon.free_page_hinting"));
-        }
         if u64::from(self.amount_mib) > mem_size_mib {
             return Err(Error::InvalidValue {
                 field: "balloon.amount_mib",
@@ -76,6 +115,7 @@ impl Balloon {
             amount_mib: self.amount_mib,
             deflate_on_oom: self.deflate_on_oom,
             stats_polling_interval_s: self.stats_polling_interval_s,
+            free_page_hinting: self.free_page_hinting,
             free_page_reporting: self.free_page_reporting,
         }
     }
@@ -172,6 +212,44 @@ fn answer_update(
     }
 }
 
+/// `PATCH /balloon/hinting/start` after the start.
+pub(crate) fn start_hinting(vm: &RunningVm, cmd: BalloonStartCmd) -> ApiResponse {
+    with_device(vm, |device| {
+        lock(device)
+            .start_hinting(cmd.acknowledge_on_stop)
+            .map(|()| ApiResponse::no_content())
+    })
+}
+
+/// `PATCH /balloon/hinting/stop` after the start.
+pub(crate) fn stop_hinting(vm: &RunningVm) -> ApiResponse {
+    with_device(vm, |device| {
+        lock(device)
+            .stop_hinting()
+            .map(|()| ApiResponse::no_content())
+    })
+}
+
+/// `GET /balloon/hinting/status` after the start.
+pub(crate) fn hinting_status(vm: &RunningVm) -> ApiResponse {
+    with_device(vm, |device| {
+        let status = lock(device).hinting_status();
+        status.map(|status| ApiResponse::ok(&HintingStatusBody::from(status)))
+    })
+}
+
+/// Runs `action` on the VM's balloon; its errors (and a VM without a
+/// balloon) answer as Firecracker's balloon updates do.
+fn with_device(
+    vm: &RunningVm,
+    action: impl FnOnce(&SharedBalloon) -> std::result::Result<ApiResponse, BalloonError>,
+) -> ApiResponse {
+    let Ok(device) = vm.balloon() else {
+        return update_error(&NOT_FOUND);
+    };
+    action(&device).unwrap_or_else(|e| update_error(&format_args!("Balloon: {e}")))
+}
+
 /// `GET /balloon/statistics` after the start.
 pub(crate) fn get_stats(vm: &RunningVm) -> ApiResponse {
     let Ok(device) = vm.balloon() else {
@@ -231,7 +309,26 @@ mod tests {
     }
 
     #[test]
-    fn too_large_and_free_page_hinting_are_refused() {
+    fn start_commands_acknowledge_stops_unless_told_otherwise() {
+        let cmd: BalloonStartCmd = serde_json::from_str("{}").expect("parses");
+        assert_eq!(cmd, BalloonStartCmd::default());
+        assert!(cmd.acknowledge_on_stop);
+        let cmd: BalloonStartCmd =
+            serde_json::from_str(r#"{"acknowledge_on_stop": false}"#).expect("parses");
+        assert!(!cmd.acknowledge_on_stop);
+        assert!(serde_json::from_str::<BalloonStartCmd>(r#"{"ack": true}"#).is_err());
+        let body = HintingStatusBody::from(HintingStatus {
+            host_cmd: 2,
+            guest_cmd: None,
+        });
+        assert_eq!(
+            serde_json::to_value(body).expect("prints"),
+            serde_json::json!({"host_cmd": 2, "guest_cmd": null})
+        );
+    }
+
+    #[test]
+    fn too_large_is_refused_and_hinting_is_built() {
         let b = Balloon {
             amount_mib: 129,
             ..Balloon::default()
@@ -243,11 +340,8 @@ mod tests {
             free_page_hinting: true,
             ..Balloon::default()
         };
-        let err = hinting.validate(128).expect_err("refused").to_string();
-        assert_eq!(
-            err,
-            "`balloon.free_page_hinting` is not supported by this version of Ember"
-        );
+        hinting.validate(128).expect("free page hinting is built");
+        assert!(hinting.to_balloon_config().free_page_hinting);
         let reporting = Balloon {
             free_page_reporting: true,
             ..Balloon::default()

@@ -269,6 +269,7 @@ impl Controller {
                 config.serial_output = SerialOutput::Writer(Box::new(out));
                 config.serial_input = SerialInput::None;
             }
+            config.serial_output_limit = self.serial.output_limit();
             config.seccomp = self.overrides.seccomp.clone();
             if let Some(mmds) = &self.resources.mmds_config {
                 config.mmds = Some(ember_vmm::MmdsNetConfig {
@@ -326,6 +327,7 @@ impl Controller {
             .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
             .collect();
         config.vsock_override = load.vsock_override.as_ref().map(|o| o.uds_path.clone());
+        config.serial_output_limit = self.serial.output_limit();
         config.start_time = start;
         config.seccomp = self.overrides.seccomp.clone();
         if let Some(device) = &self.overrides.kvm_device {
@@ -451,6 +453,18 @@ impl Controller {
                     snapshot::create(vm, &create, &self.resources, &self.api_counters)
                 }
                 _ => not_before_start(),
+            },
+            ApiRequest::StartBalloonHinting(cmd) => match self.running_vm() {
+                Some(vm) => balloon::start_hinting(vm, cmd),
+                None => not_before_start(),
+            },
+            ApiRequest::GetBalloonHintingStatus => match self.running_vm() {
+                Some(vm) => balloon::hinting_status(vm),
+                None => not_before_start(),
+            },
+            ApiRequest::StopBalloonHinting => match self.running_vm() {
+                Some(vm) => balloon::stop_hinting(vm),
+                None => not_before_start(),
             },
             _ if !configuring => not_after_start(),
             ApiRequest::LoadSnapshot(_) if self.boot_specific => {

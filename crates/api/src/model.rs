@@ -324,18 +324,17 @@ pub struct SerialConfig {
 }
 
 impl SerialConfig {
-    /// Refuses what Ember does not provide: a rate limit on the console.
-    pub fn validate(&self) -> Result<()> {
-        match self.rate_limiter {
-            Some(_) => Err(Error::Unsupported("serial rate_limiter")),
-            None => Ok(()),
-        }
+    /// The console's bandwidth limit as the VMM takes it (`None`: none, or
+    /// a bucket that limits nothing).
+    pub fn output_limit(&self) -> Option<BucketConfig> {
+        self.rate_limiter
+            .map(TokenBucket::to_bucket_config)
+            .filter(|bucket| !bucket.is_unlimited())
     }
 
     /// Opens the output destination, if one is named (never blocking, see
     /// [`Destination::open`](crate::destination::Destination::open)).
     pub fn open_output(&self) -> Result<Option<crate::destination::Destination>> {
-        self.validate()?;
         let Some(path) = &self.serial_out_path else {
             return Ok(None);
         };
@@ -1350,8 +1349,9 @@ mod tests {
     }
 
     #[test]
-    fn serial_output_is_opened_only_when_named_and_not_limited() {
+    fn serial_output_is_opened_only_when_named_and_limited_when_asked() {
         assert!(SerialConfig::default().open_output().unwrap().is_none());
+        assert_eq!(SerialConfig::default().output_limit(), None);
         let dir = tempfile::tempdir().unwrap();
         let named = |path: PathBuf| SerialConfig {
             serial_out_path: Some(path),
@@ -1362,15 +1362,26 @@ mod tests {
         assert!(console.exists(), "created");
         let error = named(dir.path().to_owned()).open_output().unwrap_err();
         assert!(matches!(error, Error::OpenSerial { .. }), "{error}");
-        let limited = SerialConfig {
+        let limited: SerialConfig = serde_json::from_str(
+            r#"{"serial_out_path": "c", "rate_limiter": {"size": 100, "one_time_burst": 5, "refill_time": 1000}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            limited.output_limit(),
+            Some(BucketConfig {
+                size: 100,
+                one_time_burst: 5,
+                refill_time_ms: 1000
+            })
+        );
+        let unlimited = SerialConfig {
             rate_limiter: Some(TokenBucket {
-                size: 1,
+                size: 0,
                 one_time_burst: None,
-                refill_time: 1,
+                refill_time: 1000,
             }),
             ..named(console)
         };
-        let error = limited.open_output().unwrap_err();
-        assert!(error.to_string().contains("rate_limiter"), "{error}");
+        assert_eq!(unlimited.output_limit(), None, "size 0 limits nothing");
     }
 }

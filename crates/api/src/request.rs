@@ -100,6 +100,12 @@ pub enum ApiRequest {
     GetBalloonStats,
     /// `PATCH /balloon/statistics`.
     PatchBalloonStats(crate::balloon::BalloonStatsUpdate),
+    /// `PATCH /balloon/hinting/start`.
+    StartBalloonHinting(crate::balloon::BalloonStartCmd),
+    /// `GET /balloon/hinting/status`.
+    GetBalloonHintingStatus,
+    /// `PATCH /balloon/hinting/stop`.
+    StopBalloonHinting,
     /// `PUT /serial`.
     PutSerial(crate::model::SerialConfig),
     /// `PUT /entropy`.

@@ -52,6 +52,9 @@ pub const ROUTES: &[(&str, &[Method])] = &[
     ("/vsock", &[Method::Put]),
     ("/balloon", &[Method::Get, Method::Put, Method::Patch]),
     ("/balloon/statistics", &[Method::Get, Method::Patch]),
+    ("/balloon/hinting/start", &[Method::Patch]),
+    ("/balloon/hinting/status", &[Method::Get]),
+    ("/balloon/hinting/stop", &[Method::Patch]),
     ("/serial", &[Method::Put]),
     ("/entropy", &[Method::Put]),
     ("/logger", &[Method::Put]),
@@ -131,22 +134,34 @@ fn put_snapshot(second: Option<&str>, body: &[u8]) -> Result<ApiRequest, ApiResp
     }
 }
 
-/// Free page hinting (`/balloon/hinting/...`) is not in Ember yet.
-fn hinting_refused(method: Method) -> ApiResponse {
-    fault(&format!(
-        "`/balloon/hinting` is not supported by this version of Ember \
-         (Invalid request method and/or path: {} balloon.)",
-        method.as_str()
-    ))
+/// `GET /balloon`, `GET /balloon/statistics` and `GET
+/// /balloon/hinting/status`.
+fn get_balloon(second: Option<&str>, third: Option<&str>) -> Result<ApiRequest, ApiResponse> {
+    match (second, third) {
+        (None, _) => Ok(ApiRequest::GetBalloon),
+        (Some("statistics"), _) => Ok(ApiRequest::GetBalloonStats),
+        (Some("hinting"), Some("status")) => Ok(ApiRequest::GetBalloonHintingStatus),
+        (Some("hinting"), other) => Err(fault(&format!(
+            "Unrecognized GET request path `/hinting/{}`.",
+            other.unwrap_or_default()
+        ))),
+        (Some(other), _) => Err(fault(&format!("Unrecognized GET request path `{other}`."))),
+    }
 }
 
-/// `GET /balloon` and `GET /balloon/statistics`.
-fn get_balloon(second: Option<&str>) -> Result<ApiRequest, ApiResponse> {
-    match second {
-        None => Ok(ApiRequest::GetBalloon),
-        Some("statistics") => Ok(ApiRequest::GetBalloonStats),
-        Some("hinting") => Err(hinting_refused(Method::Get)),
-        Some(other) => Err(fault(&format!("Unrecognized GET request path `{other}`."))),
+/// `PATCH /balloon/hinting/start` (an optional body) and `PATCH
+/// /balloon/hinting/stop`.
+fn patch_hinting(third: Option<&str>, body: Option<&[u8]>) -> Result<ApiRequest, ApiResponse> {
+    match third {
+        Some("start") => Ok(ApiRequest::StartBalloonHinting(match body {
+            Some(body) => json(body)?,
+            None => crate::balloon::BalloonStartCmd::default(),
+        })),
+        Some("stop") => Ok(ApiRequest::StopBalloonHinting),
+        other => Err(fault(&format!(
+            "Unrecognized PATCH request path `/hinting/{}`.",
+            other.unwrap_or_default()
+        ))),
     }
 }
 
@@ -155,7 +170,6 @@ fn patch_balloon(second: Option<&str>, body: &[u8]) -> Result<ApiRequest, ApiRes
     match second {
         None => Ok(ApiRequest::PatchBalloon(json(body)?)),
         Some("statistics") => Ok(ApiRequest::PatchBalloonStats(json(body)?)),
-        Some("hinting") => Err(hinting_refused(Method::Patch)),
         Some(_) => Err(invalid_path(Method::Patch, "balloon")),
     }
 }
@@ -186,6 +200,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
     let mut segments = path.trim_start_matches('/').split_terminator('/');
     let resource = segments.next().unwrap_or_default();
     let second = segments.next();
+    let third = segments.next();
     use Method::*;
     let request = match (method, resource, body) {
         (Get, "", None) => ApiRequest::GetInstanceInfo,
@@ -193,7 +208,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
         (Get, "vm", None) if second == Some("config") => ApiRequest::GetVmConfig,
         (Get, "machine-config", None) => ApiRequest::GetMachineConfig,
         (Get, "mmds", None) => ApiRequest::GetMmds,
-        (Get, "balloon", None) => get_balloon(second)?,
+        (Get, "balloon", None) => get_balloon(second, third)?,
         (Get, _, Some(_)) => return Err(fault("GET request cannot have a body.")),
         (Put, "actions", Some(body)) => {
             ApiRequest::Action(json::<ActionRequest>(body)?.action_type)
@@ -243,6 +258,7 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PatchNetworkInterface(update)
         }
         (Patch, "mmds", Some(body)) => ApiRequest::PatchMmds(json(body)?),
+        (Patch, "balloon", body) if second == Some("hinting") => patch_hinting(third, body)?,
         (Patch, "balloon", Some(body)) => patch_balloon(second, body)?,
         (Patch, "vm", Some(body)) => ApiRequest::PatchVm(json::<VmPatch>(body)?.state),
         (Patch, _, None) => return Err(fault("Empty PATCH request.")),
@@ -280,6 +296,33 @@ mod tests {
                 .contains("unknown field `path`")
         );
         assert!(fault(parse(Method::Get, "/serial", None)).starts_with("Invalid request method"));
+    }
+
+    #[test]
+    fn hinting_requests_parse_with_or_without_a_body() {
+        use crate::balloon::BalloonStartCmd;
+        assert_eq!(
+            parse(Method::Patch, "/balloon/hinting/start", None),
+            Ok(ApiRequest::StartBalloonHinting(BalloonStartCmd::default()))
+        );
+        assert_eq!(
+            parse(
+                Method::Patch,
+                "/balloon/hinting/start",
+                Some(br#"{"acknowledge_on_stop": false}"#)
+            ),
+            Ok(ApiRequest::StartBalloonHinting(BalloonStartCmd {
+                acknowledge_on_stop: false
+            }))
+        );
+        assert_eq!(
+            parse(Method::Patch, "/balloon/hinting/stop", Some(b"")),
+            Ok(ApiRequest::StopBalloonHinting)
+        );
+        assert_eq!(
+            parse(Method::Get, "/balloon/hinting/status", None),
+            Ok(ApiRequest::GetBalloonHintingStatus)
+        );
     }
 
     #[test]
@@ -413,9 +456,21 @@ mod tests {
             ),
             (
                 Method::Get,
-                "/balloon/hinting/status",
+                "/balloon/hinting/other",
                 None,
-                "`/balloon/hinting` is not supported by this version of Ember",
+                "Unrecognized GET request path `/hinting/other`.",
+            ),
+            (
+                Method::Patch,
+                "/balloon/hinting",
+                None,
+                "Unrecognized PATCH request path `/hinting/`.",
+            ),
+            (
+                Method::Patch,
+                "/balloon/hinting/start",
+                Some(b"{\"ack\": 1}"),
+                "unknown field `ack`",
             ),
             (
                 Method::Get,

@@ -9,13 +9,14 @@
  * N-th. The driver accepts VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC and (if
  * offered) VIRTIO_NET_F_STATUS: no offloads, no mergeable buffers, so every
  * frame travels with a 12-byte virtio_net_hdr_v1 in front of it, in one
- * buffer. Everything runs with interrupts disabled: the driver notifies the
+ * buffer. net.h exposes the driver to mmds.c (the mmds-http scenario). Everything runs with interrupts disabled: the driver notifies the
  * device and polls the used rings with bounded spins. Rings and buffers
  * live in .bss (guest-physical == virtual).
  *
  * Integer code only, short loops: see main.c.
  */
 #include "virtio.h"
+#include "net.h"
 
 #define VIRTIO_ID_NET 1
 
@@ -95,22 +96,46 @@ static const struct virtio_driver net_driver = {
 	.read_config = read_config,
 };
 
-/*
- * Sends tx_buf (a zeroed header, then `len` frame bytes) with descriptor 0
- * of the transmit queue and waits for the device to return it. Returns
- * 0x0 when returned, 0x1 on timeout.
- */
-static u32 transmit(struct virtio_dev *d, u32 len)
+u32 net_transmit(struct virtio_dev *d, u32 len)
 {
 	memset(tx_buf, 0, VNET_HDR_LEN);
 	virtq_desc(TXQ, 0, tx_buf, VNET_HDR_LEN + len, 0, 0);
 	return virtq_submit(d, TXQ, 0, TX_SPINS) ? 0 : 1;
 }
 
-/* Gives buffer `id` back to the device. */
-static void repost(struct virtio_dev *d, u32 id)
+void net_repost(struct virtio_dev *d, u32 id)
 {
 	virtq_publish(d, RXQ, (u16)id);
+}
+
+u8 *net_tx_frame(void)
+{
+	return tx_buf + VNET_HDR_LEN;
+}
+
+const u8 *net_mac(void)
+{
+	return mac;
+}
+
+void net_post_rx(struct virtio_dev *d)
+{
+	for (u16 i = 0; i < virtio_rings[RXQ].size; i++)
+		virtq_post(RXQ, i, rx_bufs[i], RX_BUF_SIZE);
+	virtio_notify(d, RXQ);
+}
+
+const u8 *net_receive(struct virtio_dev *d, u64 *budget, u32 *len, u32 *id)
+{
+	u32 used;
+
+	if (!virtq_wait_used(d, RXQ, budget, id, &used) ||
+	    *id >= virtio_rings[RXQ].size)
+		return 0;
+	if (used > RX_BUF_SIZE)
+		used = RX_BUF_SIZE;
+	*len = used > VNET_HDR_LEN ? used - VNET_HDR_LEN : 0;
+	return rx_bufs[*id] + VNET_HDR_LEN;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -192,7 +217,7 @@ static void scenario_send(struct virtio_dev *d)
 
 	build_frame(tx_buf + VNET_HDR_LEN, len);
 	for (u64 i = 0; i < repeat; i++) {
-		u32 one = transmit(d, len);
+		u32 one = net_transmit(d, len);
 		if (!status)
 			status = one;
 	}
@@ -253,7 +278,7 @@ static void inject_frames(struct virtio_dev *d)
 
 	for (u32 n = 0; cmdline_token("net.frame=", n, hex, sizeof(hex)); n++) {
 		u32 len = parse_hex(hex, tx_buf + VNET_HDR_LEN, FRAME_MAX);
-		u32 status = len ? transmit(d, len) : 1;
+		u32 status = len ? net_transmit(d, len) : 1;
 
 		con_puts("net-inject");
 		kv("status", status);
@@ -274,9 +299,7 @@ static void rx_frames(struct virtio_dev *d, const struct rx_scenario *s)
 {
 	u64 count = count_param("net.count=");
 
-	for (u16 i = 0; i < virtio_rings[RXQ].size; i++)
-		virtq_post(RXQ, i, rx_bufs[i], RX_BUF_SIZE);
-	virtio_notify(d, RXQ);
+	net_post_rx(d);
 	con_puts(s->ready);
 	if (s->before)
 		s->before(d);
@@ -284,14 +307,11 @@ static void rx_frames(struct virtio_dev *d, const struct rx_scenario *s)
 		u64 wait = param("net.wait=", RECV_WAIT_DEFAULT);
 		u32 id, len;
 
-		if (!virtq_wait_used(d, RXQ, &wait, &id, &len) ||
-		    id >= virtio_rings[RXQ].size) {
+		if (!net_receive(d, &wait, &len, &id)) {
 			con_puts(s->timeout);
 			return;
 		}
-		if (len > RX_BUF_SIZE)
-			len = RX_BUF_SIZE;
-		s->fn(d, id, len > VNET_HDR_LEN ? len - VNET_HDR_LEN : 0);
+		s->fn(d, id, len);
 	}
 }
 
@@ -310,7 +330,7 @@ static void recv_frame(struct virtio_dev *d, u32 id, u32 len)
 	con_puts(" vhdr=");
 	put_hexbytes(hdr, VNET_HDR_LEN);
 	con_putc('\n');
-	repost(d, id);
+	net_repost(d, id);
 }
 
 /* net-echo: sends one received frame back with the MACs swapped. */
@@ -326,8 +346,8 @@ static void echo_frame(struct virtio_dev *d, u32 id, u32 len)
 		memcpy(out, f + 6, 6);
 		memcpy(out + 6, f, 6);
 	}
-	repost(d, id);
-	u32 status = transmit(d, len);
+	net_repost(d, id);
+	u32 status = net_transmit(d, len);
 	con_puts("net-echo");
 	kv("status", status);
 	kv("len", len);
@@ -353,6 +373,7 @@ int net_scenario(const char *name)
 {
 	static const char *const names[] = {
 		"net-info", "net-send", "net-recv", "net-echo", "net-inject",
+		"mmds-http",
 	};
 	int which = name_index(name, names, sizeof(names) / sizeof(names[0]));
 
@@ -375,6 +396,9 @@ int net_scenario(const char *name)
 		break;
 	case 4:
 		rx_frames(d, &net_inject);
+		break;
+	case 5:
+		mmds_http(d);
 		break;
 	default:
 		rx_frames(d, &net_echo);

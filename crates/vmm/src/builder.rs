@@ -167,6 +167,7 @@ pub(crate) struct Devices {
 /// The host ends of the legacy devices.
 pub(crate) struct LegacyInputs {
     pub(crate) serial_output: SerialOutput,
+    pub(crate) serial_output_limit: Option<ember_ratelimit::BucketConfig>,
     pub(crate) serial_input: SerialInput,
     pub(crate) start_time: ember_devices::legacy::StartTime,
 }
@@ -189,10 +190,13 @@ pub(crate) fn create_devices(
         SerialOutput::Writer(writer) => writer,
         SerialOutput::Sink => Box::new(std::io::sink()),
     };
-    let serial = match saved {
+    let mut serial = match saved {
         Some((state, _)) => Serial::from_state(state, irq, drained.try_clone()?, output)?,
         None => Serial::new(irq, drained.try_clone()?, output),
     };
+    if let Some(limit) = inputs.serial_output_limit {
+        serial.limit_output(limit);
+    }
     let serial = Arc::new(Mutex::new(serial));
 
     let mut subscribers: Vec<Subscriber> = Vec::new();
@@ -311,6 +315,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         &vm_fd,
         LegacyInputs {
             serial_output: std::mem::replace(&mut config.serial_output, SerialOutput::Sink),
+            serial_output_limit: config.serial_output_limit,
             serial_input: std::mem::replace(&mut config.serial_input, SerialInput::None),
             start_time: config.start_time,
         },

@@ -121,6 +121,9 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     /// Serial output.
     pub serial_output: SerialOutput,
+    /// A bandwidth limit (bytes) on the serial output: bytes beyond it are
+    /// dropped and counted (`uart.rate_limiter_dropped_bytes`).
+    pub serial_output_limit: Option<ember_ratelimit::BucketConfig>,
     /// Serial input.
     pub serial_input: SerialInput,
     /// When the start request arrived, for the boot timer.
@@ -179,6 +182,7 @@ impl VmConfig {
             mmds: None,
             balloon: None,
             serial_output: SerialOutput::Stdout,
+            serial_output_limit: None,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),
             seccomp: None,

@@ -37,7 +37,9 @@ pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 pub use ember_cpu::cpuid::host_phys_addr_bits;
 pub use ember_devices::host_files;
 pub use ember_devices::legacy::{BootTime, StartTime};
-pub use ember_devices::virtio::balloon::{BalloonConfig, BalloonError, BalloonStats};
+pub use ember_devices::virtio::balloon::{
+    BalloonConfig, BalloonError, BalloonStats, HintingStatus,
+};
 pub use ember_devices::virtio::block::open_disk;
 pub use ember_devices::virtio::block::{BlockConfig, CacheType};
 pub use ember_devices::virtio::net::{

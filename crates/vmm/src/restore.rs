@@ -51,6 +51,8 @@ pub struct RestoreConfig {
     pub kvm_device: PathBuf,
     /// Where the serial output goes.
     pub serial_output: SerialOutput,
+    /// A limit on the serial output's bytes (what is over it is dropped).
+    pub serial_output_limit: Option<ember_ratelimit::BucketConfig>,
     /// Where the serial input comes from.
     pub serial_input: SerialInput,
     /// When the restore was asked for (for the boot timer).
@@ -75,6 +77,7 @@ impl RestoreConfig {
             vsock_override: None,
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
             serial_output: SerialOutput::Stdout,
+            serial_output_limit: None,
             serial_input: SerialInput::Stdin,
             start_time: StartTime::now(),
             seccomp: None,
@@ -286,6 +289,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
         &vm_fd,
         LegacyInputs {
             serial_output: std::mem::replace(&mut config.serial_output, SerialOutput::Sink),
+            serial_output_limit: config.serial_output_limit,
             serial_input: std::mem::replace(&mut config.serial_input, SerialInput::None),
             start_time: config.start_time,
         },

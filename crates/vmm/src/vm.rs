@@ -423,6 +423,7 @@ impl RunningVm {
                     ("write_count", serial.bytes_out),
                     ("missed_write_count", serial.bytes_lost),
                     ("read_count", serial.bytes_in),
+                    ("rate_limiter_dropped_bytes", serial.bytes_dropped),
                 ],
             ),
             MetricGroup::new(
@@ -546,8 +547,7 @@ fn rng_metrics(c: ember_devices::virtio::rng::RngCounters) -> MetricGroup {
     )
 }
 
-/// The balloon's counters: Firecracker's `balloon` group (the free page
-/// counters stay 0) and Ember's own.
+/// The balloon's counters: Firecracker's `balloon` group and Ember's own.
 fn balloon_metrics(c: &BalloonCounters) -> MetricGroup {
     MetricGroup::new(
         "balloon",
@@ -561,6 +561,9 @@ fn balloon_metrics(c: &BalloonCounters) -> MetricGroup {
             ("free_page_report_count", c.free_page_report_count),
             ("free_page_report_freed", c.free_page_report_freed),
             ("free_page_report_fails", c.free_page_report_fails),
+            ("free_page_hint_count", c.free_page_hint_count),
+            ("free_page_hint_freed", c.free_page_hint_freed),
+            ("free_page_hint_fails", c.free_page_hint_fails),
             ("pages_released", c.pages_released),
             ("pages_outside", c.pages_outside),
             ("malformed_buffers", c.malformed_buffers),

@@ -20,6 +20,7 @@ fn balloon(amount_mib: u32, stats_polling_interval_s: u16) -> BalloonConfig {
         amount_mib,
         deflate_on_oom: true,
         stats_polling_interval_s,
+        free_page_hinting: false,
         free_page_reporting: false,
     }
 }

@@ -286,6 +286,142 @@ fn the_mmds_answers_the_guests_arp_and_syn_and_the_tap_sees_nothing() {
     });
 }
 
+/// The responses the guest's `mmds-http` scenario printed, unescaped, by
+/// connection (`None` for an exchange that failed).
+fn http_responses(run: &common::Run) -> Vec<Option<String>> {
+    run.lines("mmds-http conn=")
+        .iter()
+        .map(|line| {
+            let ok = common::value_of(line, "status").as_deref() == Some("0x0");
+            ok.then(|| unescape(&common::value_of(line, "response").unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// Undoes the guest's escapes (`\r`, `\n`, `\\`, `\xHH`).
+fn unescape(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'r') => out.push(b'\r'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b'x') => {
+                let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+                out.push(u8::from_str_radix(&hex, 16).unwrap());
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The status code and the body of an HTTP response.
+fn status_and_body(response: &str) -> (u16, &str) {
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"));
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no blank line: {response:?}"));
+    (status, body)
+}
+
+/// Boots the `mmds-http` guest (with `args`) against an MMDS in `version`
+/// holding `data`, on `tap`.
+fn run_mmds_http(
+    tap: &str,
+    version: ember_mmds::MmdsVersion,
+    data: serde_json::Value,
+    args: &str,
+) -> common::Run {
+    let capture = Capture::default();
+    let guest = Guest::new(ELF64_PATH, "mmds-http")
+        .args(args)
+        .net(iface("eth0", tap, MAC_A));
+    let mut config = guest.config(&capture);
+    let mut store = ember_mmds::Mmds::default();
+    store.set_version(version);
+    store.put(data).unwrap();
+    config.mmds = Some(ember_vmm::MmdsNetConfig {
+        store: std::sync::Arc::new(std::sync::Mutex::new(store)),
+        address: ember_mmds::DEFAULT_IPV4_ADDRESS,
+        network_interfaces: vec!["eth0".into()],
+    });
+    let run = run_vm(build(config).unwrap(), &capture, common::GUEST_DEADLINE);
+    run.assert_clean_reset();
+    assert!(
+        run.output.contains("mmds-http mac=060123456701"),
+        "the MMDS answered ARP: {}",
+        run.output
+    );
+    assert_eq!(
+        run.metric("net_eth0", "tx_frames"),
+        0,
+        "nothing reached the TAP"
+    );
+    run
+}
+
+#[test]
+fn a_guest_gets_the_json_the_host_put_over_tcp_and_http() {
+    in_netns(|| {
+        let data = serde_json::json!({"latest": {"meta-data": {
+            "ami-id": "ami-12345678", "tags": {"env": "test", "n": 3}}}});
+        let run = run_mmds_http(
+            "ember-mmds1",
+            ember_mmds::MmdsVersion::V1,
+            data,
+            "mmds.path=/latest/meta-data/tags",
+        );
+        let responses = http_responses(&run);
+        assert_eq!(responses.len(), 1, "{}", run.output);
+        let response = responses[0].as_deref().expect("the exchange completed");
+        let (status, body) = status_and_body(response);
+        assert_eq!(status, 200, "{response}");
+        assert!(
+            response.contains("Content-Type: application/json"),
+            "{response}"
+        );
+        let got: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(got, serde_json::json!({"env": "test", "n": 3}));
+        assert_eq!(run.metric("mmds", "connections_created"), 1);
+    });
+}
+
+#[test]
+fn mmds_v2_answers_401_without_a_token_and_json_with_one() {
+    in_netns(|| {
+        let data = serde_json::json!({"latest": {"meta-data": {"ami-id": "ami-87654321"}}});
+        let run = run_mmds_http(
+            "ember-mmds2",
+            ember_mmds::MmdsVersion::V2,
+            data,
+            "mmds.v2=1 mmds.path=/latest/meta-data",
+        );
+        let responses = http_responses(&run);
+        assert_eq!(responses.len(), 3, "{}", run.output);
+        let statuses: Vec<u16> = responses
+            .iter()
+            .map(|r| status_and_body(r.as_deref().expect("completed")).0)
+            .collect();
+        assert_eq!(statuses, [401, 200, 200], "{}", run.output);
+        let token = status_and_body(responses[1].as_deref().unwrap()).1;
+        assert!(!token.is_empty());
+        let body = status_and_body(responses[2].as_deref().unwrap()).1;
+        let got: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(got, serde_json::json!({"ami-id": "ami-87654321"}));
+        assert_eq!(run.metric("mmds", "connections_created"), 3);
+    });
+}
+
 fn hex_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -133,11 +133,6 @@ fn firecrackers_test_config_file_boots() {
 fn a_config_file_asking_for_a_missing_feature_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     for (key, value, name) in [
-        (
-            "balloon",
-            json!({"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true}),
-            "`balloon.free_page_hinting`",
-        ),
         ("pmem", json!([{"id": "p", "path_on_host": "/p"}]), "`pmem`"),
         ("cpu-config", json!({}), "`cpu-config`"),
         (
@@ -729,10 +724,81 @@ fn balloon_as_test_api_balloon() {
     assert_eq!(stats["actual_mib"], 4);
     let config = ember.call("GET", "/vm/config", None).json();
     assert_eq!(config["balloon"]["amount_mib"], 4);
+    for (method, path) in [
+        ("GET", "/balloon/hinting/status"),
+        ("PATCH", "/balloon/hinting/start"),
+        ("PATCH", "/balloon/hinting/stop"),
+    ] {
+        refused(
+            &ember.call(method, path, None),
+            "Balloon update error: Balloon: Attempting to use hinting when not enabled",
+        );
+    }
+}
+
+/// Free page hinting runs as Firecracker's API drives them: a run gets a
+/// fresh command id, stop publishes DONE, and none of it before the start.
+#[test]
+fn balloon_hinting_as_firecracker_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = disk(dir.path(), "rootfs.ext4", 8);
+    let ember = Ember::start(&[]);
+    basic_config(
+        &ember,
+        "console=ttyS0 ember.test=balloon-follow balloon.park=1",
+        &rootfs,
+    );
+    ember.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}"#,
+    );
+    assert_eq!(
+        ember.call("GET", "/balloon", None).json()["free_page_hinting"],
+        true
+    );
+    refused(
+        &ember.call("PATCH", "/balloon/hinting/start", None),
+        NOT_SUPPORTED_BEFORE_START,
+    );
     refused(
         &ember.call("GET", "/balloon/hinting/status", None),
-        "`/balloon/hinting` is not supported by this version of Ember",
+        NOT_SUPPORTED_BEFORE_START,
     );
+    start(&ember);
+    ember.wait_for("balloon-follow: waiting");
+    let status = |ember: &Ember| ember.call("GET", "/balloon/hinting/status", None).json();
+    assert_eq!(status(&ember), json!({"host_cmd": 0, "guest_cmd": null}));
+    ember.ok(
+        "PATCH",
+        "/balloon/hinting/start",
+        r#"{"acknowledge_on_stop": false}"#,
+    );
+    assert_eq!(status(&ember), json!({"host_cmd": 2, "guest_cmd": null}));
+    refused(
+        &ember.call(
+            "PATCH",
+            "/balloon/hinting/start",
+            Some(r#"{"acknowledge": true}"#),
+        ),
+        "unknown field `acknowledge`",
+    );
+    assert_eq!(
+        ember.call("PATCH", "/balloon/hinting/stop", None).status,
+        204
+    );
+    assert_eq!(status(&ember)["host_cmd"], 1, "DONE");
+    assert_eq!(
+        ember.call("PATCH", "/balloon/hinting/start", None).status,
+        204
+    );
+    assert_eq!(status(&ember)["host_cmd"], 3, "a fresh id");
+    refused(
+        &ember.call("GET", "/balloon/hinting/other", None),
+        "Unrecognized GET request path `/hinting/other`.",
+    );
+    let config = ember.call("GET", "/vm/config", None).json();
+    assert_eq!(config["balloon"]["free_page_hinting"], true);
 }
 
 /// The statistics queue under the built-in seccomp filters: the driver's

@@ -92,6 +92,40 @@ fn a_fifo_nobody_reads_loses_counted_bytes_and_the_guest_still_ends() {
 }
 
 #[test]
+fn output_beyond_the_rate_limit_is_dropped_and_counted() {
+    let mut ember = Ember::start(&[]);
+    let console = ember.dir().join("console.log");
+    let metrics = ember.dir().join("metrics.json");
+    ember.ok(
+        "PUT",
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    );
+    // 100 bytes, then one byte per 1000 s.
+    let body = format!(
+        r#"{{"serial_out_path": "{}", "rate_limiter": {{"size": 100, "refill_time": 100000000}}}}"#,
+        console.display()
+    );
+    let reply = ember.call("PUT", "/serial", Some(&body));
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    ember.boot(ELF64_PATH, &count_cmdline(300), 1);
+    assert_eq!(ember.wait_exit(), 0, "the guest reached its reset");
+    let kept = std::fs::read(&console).unwrap();
+    assert_eq!(kept.len(), 100, "{}", String::from_utf8_lossy(&kept));
+    assert!(kept.starts_with(b"guest: start"));
+    let line = last_metrics(&metrics);
+    let dropped = line["uart"]["rate_limiter_dropped_bytes"].as_u64().unwrap();
+    let written = line["uart"]["write_count"].as_u64().unwrap();
+    assert!(dropped > 2000, "{line}");
+    assert_eq!(
+        written,
+        dropped + 100,
+        "dropped bytes count as written: {line}"
+    );
+    assert_eq!(line["uart"]["missed_write_count"], 0, "{line}");
+}
+
+#[test]
 fn bad_bodies_and_paths_are_refused_at_the_put() {
     let ember = Ember::start(&[]);
     let dir = ember.dir().display().to_string();
@@ -107,8 +141,8 @@ fn bad_bodies_and_paths_are_refused_at_the_put() {
         (r#"{"serial_out_path": 3}"#.to_owned(), "deserializing"),
         (r#"{"serial_path": "x"}"#.to_owned(), "unknown field"),
         (
-            r#"{"rate_limiter": {"size": 1, "refill_time": 1}}"#.to_owned(),
-            "rate_limiter",
+            r#"{"rate_limiter": {"size": "1", "refill_time": 1}}"#.to_owned(),
+            "deserializing",
         ),
     ];
     for (body, needle) in cases {

@@ -916,17 +916,45 @@ pub fn balloon_pfns() -> Vec<Seed> {
     seeds.push(seed("hostile-pfns", b.finish()));
 
     let mut b = SeedBuilder::new(false);
-    b.raw(true, 0x1_0000, 2048, 0)
-        .raw(true, 0x1_0000, 8, 1)
-        .raw(true, 0x3_fffc, 8, 0)
-        .raw(true, 0x1_0000, 6, 0)
-        .raw(false, 0, 8, 2)
+    b.raw(0, 0x1_0000, 2048, 0)
+        .raw(0, 0x1_0000, 8, 1)
+        .raw(0, 0x3_fffc, 8, 0)
+        .raw(0, 0x1_0000, 6, 0)
+        .raw(1, 0, 8, 2)
         .kick();
     seeds.push(seed("malformed-buffers", b.finish()));
 
     let mut b = SeedBuilder::new(false);
     b.pfns(true, &[1, 2, 3]).kick().pfns(true, &[4]).kick();
     seeds.push(seed("inflate-the-rings", b.finish()));
+
+    // A hint before any run, a run the guest answers with hints (in the
+    // hole, past the end), a stop that earns DONE, a hint
+    // after it; then a run without acknowledgement the host stops.
+    let mut b = SeedBuilder::new(true);
+    b.raw(2, 0x4000, 0x1000, 1)
+        .kick()
+        .start(true)
+        .command(7)
+        .raw(2, 0x5000, 0x1000, 1)
+        .command(2)
+        .raw(2, 0x6800, 0x2000, 1)
+        .raw(2, 0x2_0000, 0x1_0000, 1)
+        .raw(2, 0x4_0000, 0x2000, 1)
+        .kick()
+        .command(0)
+        .raw(2, 0x9000, 0x1000, 1)
+        .kick()
+        .start(false)
+        .command(3)
+        .command(0)
+        .raw(2, 0xa000, 0x1000, 1)
+        .kick()
+        .stop()
+        .raw(2, 0xb000, 0x1000, 1)
+        .raw(2, 0x1_0000, 3, 0)
+        .kick();
+    seeds.push(seed("hinting-runs", b.finish()));
     seeds
 }
 

@@ -1,13 +1,18 @@
-//! COM1 as a 16550A-compatible UART (vm-superio), with output to any writer and
-//! input fed from a file descriptor by an event-manager subscriber. Input is
-//! flow-controlled: when the guest's receive FIFO is full, the subscriber stops
-//! reading until the guest drains it, so nothing is lost or buffered without bound.
+//! COM1 as a 16550A-compatible UART (vm-superio), with output to any writer
+//! (optionally through a bandwidth limit: bytes beyond the budget are dropped
+//! and counted, never waited for) and input fed from a file descriptor by an
+//! event-manager subscriber. Input is flow-controlled: when the guest's
+//! receive FIFO is full, the subscriber stops reading until the guest drains
+//! it, so nothing is lost or buffered without bound.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use ember_ratelimit::{BucketConfig, Reduction, TokenBucket};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vm_superio::serial::SerialEvents;
@@ -28,6 +33,8 @@ pub struct SerialCounters {
     pub bytes_out: u64,
     /// Bytes the guest wrote that the output refused.
     pub bytes_lost: u64,
+    /// Bytes the guest wrote beyond the output's rate limit (dropped).
+    pub bytes_dropped: u64,
     /// Bytes of host input queued for the guest.
     pub bytes_in: u64,
 }
@@ -56,7 +63,33 @@ impl SerialEvents for UartEvents {
     }
 }
 
-type Uart = vm_superio::Serial<EventTrigger, UartEvents, Box<dyn Write + Send>>;
+/// The output writer behind an optional token bucket on its bytes.
+struct LimitedOutput {
+    out: Box<dyn Write + Send>,
+    limit: Option<TokenBucket>,
+    dropped: u64,
+}
+
+impl Write for LimitedOutput {
+    /// Writes `buf`, or drops it whole (reporting it written, as
+    /// Firecracker does) when the bucket cannot pay for it now.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(bucket) = &mut self.limit {
+            let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+            if let Reduction::Insufficient(_) = bucket.reduce(len, Instant::now()) {
+                self.dropped += len;
+                return Ok(buf.len());
+            }
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+type Uart = vm_superio::Serial<EventTrigger, UartEvents, LimitedOutput>;
 
 /// The COM1 device.
 pub struct Serial {
@@ -83,6 +116,11 @@ impl Serial {
             bytes_out: AtomicU64::new(0),
             bytes_lost: AtomicU64::new(0),
         };
+        let out = LimitedOutput {
+            out,
+            limit: None,
+            dropped: 0,
+        };
         Serial {
             uart: vm_superio::Serial::with_events(interrupt, events, out),
             bytes_in: 0,
@@ -104,6 +142,11 @@ impl Serial {
             drained: input_drained,
             bytes_out: AtomicU64::new(state.counters.bytes_out),
             bytes_lost: AtomicU64::new(state.counters.bytes_lost),
+        };
+        let out = LimitedOutput {
+            out,
+            limit: None,
+            dropped: state.counters.bytes_dropped,
         };
         let uart_state = state.uart.clone().into();
         let uart =
@@ -127,12 +170,19 @@ impl Serial {
         }
     }
 
+    /// Limits the output's bandwidth to `limit` (bytes); an unlimited
+    /// configuration (size or refill time 0) removes the limit.
+    pub fn limit_output(&mut self, limit: BucketConfig) {
+        self.uart.writer_mut().limit = TokenBucket::new(limit, Instant::now());
+    }
+
     /// The counters.
     pub fn counters(&self) -> SerialCounters {
         let events = self.uart.events();
         SerialCounters {
             bytes_out: events.bytes_out.load(Ordering::Relaxed),
             bytes_lost: events.bytes_lost.load(Ordering::Relaxed),
+            bytes_dropped: self.uart.writer().dropped,
             bytes_in: self.bytes_in,
         }
     }
@@ -432,6 +482,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, Error::RestoreMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn output_beyond_the_rate_limit_is_dropped_and_counted() {
+        let (serial, _irq, _drained, out) = serial();
+        // 4 bytes at once, then one byte per 10 s: the test never waits
+        // long enough to earn another.
+        serial.lock().unwrap().limit_output(BucketConfig {
+            size: 1,
+            one_time_burst: 3,
+            refill_time_ms: 10_000,
+        });
+        for b in b"abcdefgh" {
+            serial.lock().unwrap().write(0, &[*b]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"abcd");
+        let counters = serial.lock().unwrap().counters();
+        assert_eq!(
+            (
+                counters.bytes_out,
+                counters.bytes_dropped,
+                counters.bytes_lost
+            ),
+            (8, 4, 0),
+            "dropped bytes count as written, as in Firecracker"
+        );
+        serial.lock().unwrap().limit_output(BucketConfig::default());
+        serial.lock().unwrap().write(0, b"z");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"abcdz", "unlimited");
     }
 
     #[test]

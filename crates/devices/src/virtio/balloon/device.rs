@@ -1,6 +1,6 @@
 //! The virtio-balloon device: configuration space, activation and reset,
-//! the inflate, deflate and statistics queues, the polling timer, and its
-//! event-loop subscription.
+//! the inflate, deflate, statistics, hinting and reporting queues, the
+//! polling timer, and its event-loop subscription.
 
 use std::fmt;
 use std::os::fd::AsRawFd;
@@ -14,12 +14,12 @@ use virtio_queue::{Queue, QueueState};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::pages::{coalesce, discard, read_pfns, PageRun, PAGE_SIZE};
+use super::pages::{coalesce, discard, discard_range, read_pfns, Discarded, PAGE_SIZE};
 use super::stats::{MAX_STATS, STAT_SIZE};
 use super::{
     mib_to_pages, BalloonConfig, BalloonCounters, BalloonError, BalloonState, BalloonStats,
-    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_FREE_PAGE_REPORTING,
-    VIRTIO_BALLOON_F_STATS_VQ,
+    HintingState, HintingStatus, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+    VIRTIO_BALLOON_F_FREE_PAGE_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::virtio::common::{read_config_space, signal_used, ActivationQueues, DeviceEvents};
 use crate::virtio::ring::{Chain, Ring};
@@ -38,8 +38,9 @@ pub const STATS_QUEUE: usize = 2;
 
 /// Offset of `actual` in the configuration space.
 const ACTUAL_OFFSET: usize = 4;
-/// Size of the configuration space (`num_pages`, `actual`).
-const CONFIG_SIZE: usize = 8;
+/// Size of the configuration space (`num_pages`, `actual`,
+/// `free_page_hint_cmd_id`).
+const CONFIG_SIZE: usize = 12;
 
 /// What the device holds between DRIVER_OK and reset.
 struct Active<M> {
@@ -50,6 +51,8 @@ struct Active<M> {
     /// The driver accepted `VIRTIO_BALLOON_F_STATS_VQ`: the statistics
     /// queue is in use and polled.
     stats: bool,
+    /// The driver accepted `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
+    hinting: bool,
     /// The driver accepted `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING`.
     reporting: bool,
 }
@@ -65,8 +68,12 @@ pub struct Balloon<M> {
     avail_features: u64,
     queue_sizes: Vec<u16>,
     queue_evts: Vec<EventFd>,
-    /// The free page reporting queue (after the statistics queue), if offered.
+    /// The free page hinting queue (after the statistics queue), if offered.
+    hinting_queue: Option<usize>,
+    /// The free page reporting queue (the last one), if offered.
     reporting_queue: Option<usize>,
+    /// The hinting run (its command id is in the configuration space).
+    hinting: HintingState,
     timer: DeadlineTimer,
     /// The polling period the timer is armed with (`None`: disarmed). Only
     /// the event loop (the VMM thread) arms or disarms it: activation and
@@ -107,6 +114,12 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             avail_features |= feature_bit(VIRTIO_BALLOON_F_STATS_VQ);
             queues = 3;
         }
+        let mut hinting_queue = None;
+        if config.free_page_hinting {
+            avail_features |= feature_bit(VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+            hinting_queue = Some(queues);
+            queues += 1;
+        }
         let mut reporting_queue = None;
         if config.free_page_reporting {
             avail_features |= feature_bit(VIRTIO_BALLOON_F_FREE_PAGE_REPORTING);
@@ -122,7 +135,9 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             avail_features,
             queue_sizes: vec![QUEUE_SIZE; queues],
             queue_evts,
+            hinting_queue,
             reporting_queue,
+            hinting: HintingState::default(),
             timer: DeadlineTimer::new().map_err(BalloonError::Setup)?,
             timer_period: None,
             stats: BalloonStats {
@@ -149,6 +164,7 @@ impl<M: GuestMemoryHandle> Balloon<M> {
         balloon.stats_desc = state.stats_desc;
         balloon.config_generation = state.config_generation;
         balloon.counters = state.counters;
+        balloon.hinting = state.hinting;
         Ok(balloon)
     }
 
@@ -188,6 +204,7 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             avail_features: self.avail_features,
             acked_features: active.map_or(0, |a| a.acked_features),
             stats: self.stats,
+            hinting: self.hinting,
             stats_desc: self.stats_desc,
             config_generation: self.config_generation,
             counters: self.counters,
@@ -204,11 +221,58 @@ impl<M: GuestMemoryHandle> Balloon<M> {
             return Err(BalloonError::TooMuchMemoryRequested(amount_mib));
         }
         self.stats.target_pages = mib_to_pages(amount_mib)?;
+        self.config_changed()
+    }
+
+    /// Tells the driver the configuration space changed.
+    fn config_changed(&mut self) -> std::result::Result<(), BalloonError> {
+        let Some(active) = &self.active else {
+            return Err(BalloonError::DeviceNotActive);
+        };
         self.config_generation = self.config_generation.wrapping_add(1);
         active
             .interrupt
             .trigger(InterruptKind::Config)
             .map_err(BalloonError::Interrupt)
+    }
+
+    /// Fails unless the device was built with free page hinting and is
+    /// active.
+    fn check_hinting(&self) -> std::result::Result<(), BalloonError> {
+        if self.hinting_queue.is_none() {
+            return Err(BalloonError::HintingNotEnabled);
+        }
+        if self.active.is_none() {
+            return Err(BalloonError::DeviceNotActive);
+        }
+        Ok(())
+    }
+
+    /// Starts a free page hinting run with a new command id; with
+    /// `acknowledge_on_stop` the run ends (`DONE`) as soon as the driver
+    /// says it has finished.
+    pub fn start_hinting(
+        &mut self,
+        acknowledge_on_stop: bool,
+    ) -> std::result::Result<(), BalloonError> {
+        self.check_hinting()?;
+        self.hinting.start(acknowledge_on_stop);
+        self.config_changed()
+    }
+
+    /// Ends the hinting run (`DONE`): the driver takes its hinted pages back.
+    pub fn stop_hinting(&mut self) -> std::result::Result<(), BalloonError> {
+        self.check_hinting()?;
+        self.hinting.finish();
+        self.config_changed()
+    }
+
+    /// The host's and the driver's last hinting commands.
+    pub fn hinting_status(&self) -> std::result::Result<HintingStatus, BalloonError> {
+        if self.hinting_queue.is_none() {
+            return Err(BalloonError::HintingNotEnabled);
+        }
+        Ok(self.hinting.status)
     }
 
     /// Changes the polling interval. Statistics cannot be turned on or off
@@ -281,7 +345,11 @@ impl<M: GuestMemoryHandle> Balloon<M> {
         if let Some(mut active) = self.active.take() {
             if Some(queue) == self.reporting_queue {
                 if active.reporting {
-                    self.drain_reports(&mut active, queue);
+                    self.drain_free_ranges(&mut active, queue);
+                }
+            } else if Some(queue) == self.hinting_queue {
+                if active.hinting {
+                    self.drain_free_ranges(&mut active, queue);
                 }
             } else if queue == STATS_QUEUE {
                 if active.stats {
@@ -339,11 +407,15 @@ impl<M: GuestMemoryHandle> Balloon<M> {
         }
     }
 
-    /// Takes the driver's free page reports: each descriptor of a chain is
-    /// a free range of guest memory, whose whole pages go back to the host
-    /// (pages outside RAM are skipped). At most a queue's worth per
-    /// notification, as [`Balloon::drain_pages`].
-    fn drain_reports(&mut self, active: &mut Active<M>, queue: usize) {
+    /// Takes the driver's free page reports or hints: each descriptor of a
+    /// report, and each device-writable descriptor of a hint chain, is a
+    /// free range of guest memory whose whole pages go back to the host
+    /// (pages outside RAM are skipped); a hint chain's device-readable
+    /// descriptors are the driver's commands. At most a queue's worth per
+    /// notification, as [`Balloon::drain_pages`]. A driver that stops a
+    /// run that acknowledges stops gets `DONE`.
+    fn drain_free_ranges(&mut self, active: &mut Active<M>, queue: usize) {
+        let hints = Some(queue) == self.hinting_queue;
         let Active {
             mem,
             queues,
@@ -355,17 +427,25 @@ impl<M: GuestMemoryHandle> Balloon<M> {
         };
         let mut ring = Ring::new(q, &*mem);
         let mut used = 0;
+        let mut ended_run = false;
         while used < QUEUE_SIZE {
             let Some(chain) = ring.pop() else {
                 break;
             };
             let head = chain.head_index();
-            for (addr, len, _) in descriptors(chain) {
-                self.report(&*mem, addr.0, len);
+            if hints {
+                ended_run |= self.hint_chain(&*mem, chain);
+            } else {
+                for (addr, len, _) in descriptors(chain) {
+                    let done = discard_range(&*mem, addr.0, u64::from(len));
+                    let c = &mut self.counters;
+                    count_freed(&mut c.free_page_report_freed, &mut c.pages_outside, done);
+                    c.free_page_report_fails += u64::from(done.failed > 0);
+                }
+                self.counters.free_page_report_count += 1;
             }
-            self.counters.free_page_report_count += 1;
             if let Err(e) = ring.add_used(head, 0) {
-                self.event_error(format_args!("cannot return report {head}: {e}"));
+                self.event_error(format_args!("cannot return buffer {head}: {e}"));
             }
             used += 1;
         }
@@ -377,27 +457,35 @@ impl<M: GuestMemoryHandle> Balloon<M> {
                 self.event_error(what);
             });
         }
+        if ended_run {
+            self.hinting.finish();
+            self.config_generation = self.config_generation.wrapping_add(1);
+            if let Err(e) = interrupt.trigger(InterruptKind::Config) {
+                self.event_error(format_args!("cannot end the hinting run: {e}"));
+            }
+        }
     }
 
-    /// Gives the whole pages of the free range `addr..addr + len` back.
-    fn report(&mut self, mem: &M, addr: u64, len: u32) {
-        let first = addr.div_ceil(PAGE_SIZE);
-        let end = addr.saturating_add(u64::from(len)) / PAGE_SIZE;
-        if end <= first {
-            return;
+    /// Processes one chain of the hinting queue: commands (a readable
+    /// le32) and hints (writable free ranges, taken only for the current
+    /// run). Returns whether the run is to end (`DONE`).
+    fn hint_chain(&mut self, mem: &M, chain: Chain<'_, M>) -> bool {
+        let mut end_run = false;
+        for (addr, len, writable) in descriptors(chain) {
+            if !writable {
+                match mem.read_obj::<u32>(addr) {
+                    Ok(cmd) if len == 4 => end_run = self.hinting.guest_command(u32::from_le(cmd)),
+                    _ => self.counters.malformed_buffers += 1,
+                }
+            } else if self.hinting.takes_hints() {
+                let done = discard_range(mem, addr.0, u64::from(len));
+                let c = &mut self.counters;
+                c.free_page_hint_count += 1;
+                count_freed(&mut c.free_page_hint_freed, &mut c.pages_outside, done);
+                c.free_page_hint_fails += u64::from(done.failed > 0);
+            }
         }
-        let done = discard(
-            mem,
-            PageRun {
-                first,
-                count: end - first,
-            },
-        );
-        self.counters.free_page_report_freed += done.released * PAGE_SIZE;
-        self.counters.pages_outside += done.outside;
-        if done.failed > 0 {
-            self.counters.free_page_report_fails += 1;
-        }
+        end_run
     }
 
     /// Gives the pages of `pfns` back to the host.
@@ -492,6 +580,13 @@ fn descriptors<M: GuestMemory>(
     chain.map(|d| (d.addr(), d.len(), d.is_write_only()))
 }
 
+/// Adds what `done` gave back to `freed` (bytes) and what lay outside RAM
+/// to `outside` (pages).
+fn count_freed(freed: &mut u64, outside: &mut u64, done: Discarded) {
+    *freed += done.released * PAGE_SIZE;
+    *outside += done.outside;
+}
+
 /// Guest RAM in whole MiB.
 fn memory_mib<M: GuestMemory>(mem: &M) -> u64 {
     mem.physical_memory()
@@ -516,10 +611,12 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_balloon_config { le32 num_pages; le32 actual; }
+        // struct virtio_balloon_config { le32 num_pages; le32 actual;
+        // le32 free_page_hint_cmd_id; }
         let mut config = [0u8; CONFIG_SIZE];
         config[..4].copy_from_slice(&self.stats.target_pages.to_le_bytes());
-        config[4..].copy_from_slice(&self.stats.actual_pages.to_le_bytes());
+        config[4..8].copy_from_slice(&self.stats.actual_pages.to_le_bytes());
+        config[8..].copy_from_slice(&self.hinting.status.host_cmd.to_le_bytes());
         read_config_space(&config, offset, data);
     }
 
@@ -551,11 +648,14 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
     ) -> Result<()> {
         let stats = acked_features & feature_bit(VIRTIO_BALLOON_F_STATS_VQ) != 0;
         let reporting = acked_features & feature_bit(VIRTIO_BALLOON_F_FREE_PAGE_REPORTING) != 0;
-        // The statistics and reporting queues are only needed if the
-        // driver accepted them.
+        let hinting = acked_features & feature_bit(VIRTIO_BALLOON_F_FREE_PAGE_HINT) != 0;
+        // The statistics, hinting and reporting queues are only needed if
+        // the driver accepted them.
         let needed = |i: usize| {
             if Some(i) == self.reporting_queue {
                 reporting
+            } else if Some(i) == self.hinting_queue {
+                hinting
             } else {
                 i < STATS_QUEUE || stats
             }
@@ -578,12 +678,16 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
             interrupt,
             acked_features,
             stats,
+            hinting,
             reporting,
         });
         // The event loop arms the polling timer when it handles the kick.
         let mut kicked = vec![INFLATE_QUEUE, DEFLATE_QUEUE];
         if stats {
             kicked.push(STATS_QUEUE);
+        }
+        if let Some(queue) = self.hinting_queue.filter(|_| hinting) {
+            kicked.push(queue);
         }
         if let Some(queue) = self.reporting_queue.filter(|_| reporting) {
             kicked.push(queue);
@@ -606,6 +710,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Balloon<M> {
     fn reset(&mut self) {
         self.active = None;
         self.stats_desc = None;
+        self.hinting = HintingState::default();
         // The timer is disarmed by the event loop at its next tick.
     }
 }

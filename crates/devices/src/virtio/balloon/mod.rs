@@ -11,10 +11,15 @@
 //!   and `actual` (le32, what the driver holds, written by the driver). A
 //!   change of target raises a configuration-change interrupt.
 //! - `VIRTIO_BALLOON_F_DEFLATE_ON_OOM` is offered when asked for.
+//! - With `VIRTIO_BALLOON_F_FREE_PAGE_HINT` (when asked for) a hinting
+//!   queue follows, and the configuration space holds the host's hinting
+//!   command id (le32 at offset 8): the host starts a run with a new id,
+//!   the driver sends that id (a device-readable le32), then free ranges
+//!   (device-writable descriptors, whose whole pages go back to the host),
+//!   then `STOP`; the host ends the run with `DONE` (see [`hinting`]).
 //! - With `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING` (when asked for) a
-//!   reporting queue follows: each descriptor of a buffer is a free range
-//!   of guest memory, whose whole pages go back to the host at once.
-//!   (Free page hinting is not built.)
+//!   reporting queue comes last: each descriptor of a buffer is a free
+//!   range of guest memory, whose whole pages go back to the host at once.
 //!
 //! Inflated pages are returned to the host with `madvise(MADV_DONTNEED)` on
 //! the guest memory mapping, contiguous pages in one call (see [`pages`]).
@@ -35,10 +40,12 @@
 //!   event-manager subscriber).
 //! - [`pages`]: PFN lists to page runs, and discarding runs.
 //! - `stats`: the statistics buffer; [`BalloonStats`].
+//! - [`hinting`]: the free page hinting run; [`HintingStatus`].
 //! - [`BalloonState`], [`BalloonCounters`]: the device's state as plain data;
 //!   [`Balloon::restore`] rebuilds the device from it.
 
 mod device;
+pub mod hinting;
 pub mod pages;
 #[cfg(test)]
 mod snapshot_tests;
@@ -48,6 +55,7 @@ mod stats;
 mod tests;
 
 pub use device::{Balloon, DEFLATE_QUEUE, INFLATE_QUEUE, QUEUE_SIZE, STATS_QUEUE};
+pub use hinting::{HintingState, HintingStatus, FREE_PAGE_HINT_DONE, FREE_PAGE_HINT_STOP};
 pub use state::{BalloonCounters, BalloonState};
 pub use stats::{BalloonStats, STAT_NAMES};
 
@@ -56,6 +64,9 @@ pub const VIRTIO_BALLOON_F_STATS_VQ: u32 = 1;
 /// Feature bit: the driver deflates the balloon when the guest runs out of
 /// memory.
 pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u32 = 2;
+/// Feature bit: the driver hints free pages on the hinting queue when the
+/// host starts a run.
+pub const VIRTIO_BALLOON_F_FREE_PAGE_HINT: u32 = 3;
 /// Feature bit: the driver reports free pages on the reporting queue.
 pub const VIRTIO_BALLOON_F_FREE_PAGE_REPORTING: u32 = 5;
 /// Pages per MiB (4 KiB pages).
@@ -63,8 +74,7 @@ pub const PAGES_PER_MIB: u32 = 256;
 /// Most PFNs in one inflate or deflate buffer (what Linux sends at most).
 pub const MAX_PFNS_PER_BUFFER: usize = 256;
 
-/// How a balloon is set up: Firecracker's `balloon` object without free
-/// page hinting.
+/// How a balloon is set up: Firecracker's `balloon` object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BalloonConfig {
@@ -75,8 +85,11 @@ pub struct BalloonConfig {
     /// Statistics polling interval in seconds; 0 disables statistics (no
     /// statistics queue).
     pub stats_polling_interval_s: u16,
-    /// Offer `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING`, with its queue (after
-    /// the statistics queue).
+    /// Offer `VIRTIO_BALLOON_F_FREE_PAGE_HINT`, with its queue (after the
+    /// statistics queue).
+    pub free_page_hinting: bool,
+    /// Offer `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING`, with its queue (the
+    /// last one).
     pub free_page_reporting: bool,
 }
 
@@ -86,6 +99,9 @@ pub enum BalloonError {
     /// The target is asked for before the driver started the device.
     #[error("Device not activated yet.")]
     DeviceNotActive,
+    /// A hinting run is asked for but the device was built without hinting.
+    #[error("Attempting to use hinting when not enabled")]
+    HintingNotEnabled,
     /// Statistics are asked for but the device was built without them.
     #[error("Received stats query when stats are disabled.")]
     StatisticsDisabled,

@@ -130,6 +130,23 @@ pub fn discard<M: GuestMemory>(mem: &M, run: PageRun) -> Discarded {
     done
 }
 
+/// Gives the whole pages of the guest range `addr..addr + len` back (see
+/// [`discard`]); partial pages at either end are kept.
+pub fn discard_range<M: GuestMemory>(mem: &M, addr: u64, len: u64) -> Discarded {
+    let first = addr.div_ceil(PAGE_SIZE);
+    let end = addr.saturating_add(len) / PAGE_SIZE;
+    if end <= first {
+        return Discarded::default();
+    }
+    discard(
+        mem,
+        PageRun {
+            first,
+            count: end - first,
+        },
+    )
+}
+
 /// Pages from `page` (outside RAM) up to the first page of the next
 /// memory region, or to `end`; at least 1.
 fn gap_pages<B: GuestMemoryBackend + ?Sized>(physical: &B, page: u64, end: u64) -> u64 {
@@ -256,6 +273,22 @@ mod tests {
             "gaps at once"
         );
         assert_eq!(discard(&mem, run(u64::MAX, 1)).outside, 0, "empty range");
+    }
+
+    #[test]
+    fn ranges_give_back_their_whole_pages_only() {
+        let mem = memory(&[(0, 0x8000)]);
+        mem.write_slice(&[0xee; 0x8000], GuestAddress(0)).unwrap();
+        let done = discard_range(&mem, 0x1800, 0x2000);
+        assert_eq!((done.released, done.outside), (1, 0), "page 2 only");
+        let byte = |at| mem.read_obj::<u8>(GuestAddress(at)).unwrap();
+        assert_eq!((byte(0x17ff), byte(0x2000), byte(0x3000)), (0xee, 0, 0xee));
+        assert_eq!(discard_range(&mem, 0x4800, 0x800), Discarded::default());
+        assert_eq!(
+            discard_range(&mem, u64::MAX - 10, 100),
+            Discarded::default()
+        );
+        assert_eq!(discard_range(&mem, 0x7000, 0x3000).outside, 2);
     }
 
     #[test]

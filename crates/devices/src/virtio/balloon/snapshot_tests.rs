@@ -32,6 +32,7 @@ fn the_balloon_carries_on_after_a_restore() {
         deflate_on_oom: true,
         stats_polling_interval_s: 60,
         free_page_reporting: false,
+        free_page_hinting: false,
     };
     let balloon = Arc::new(Mutex::new(Balloon::<Mem>::new(config).unwrap()));
     let mut manager = Manager::new().unwrap();

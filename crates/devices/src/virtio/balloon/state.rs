@@ -2,7 +2,7 @@
 //! eventfds and timer: what [`super::Balloon::state`] saves and
 //! [`super::Balloon::restore`] rebuilds the device from.
 
-use super::{BalloonConfig, BalloonStats};
+use super::{BalloonConfig, BalloonStats, HintingState};
 
 /// Counters for metrics (Firecracker's `balloon` group, and Ember's own).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,13 +28,21 @@ pub struct BalloonCounters {
     pub free_page_report_freed: u64,
     /// Free page reports of which some page could not be given back.
     pub free_page_report_fails: u64,
+    /// Free page hints (device-writable descriptors of the current run)
+    /// processed.
+    pub free_page_hint_count: u64,
+    /// Bytes given back to the host by free page hints.
+    pub free_page_hint_freed: u64,
+    /// Free page hints of which some page could not be given back.
+    pub free_page_hint_fails: u64,
     /// Pages given back to the host by inflating.
     pub pages_released: u64,
-    /// Pages the driver named (inflated or reported) outside guest RAM
-    /// (skipped).
+    /// Pages the driver named (inflated, hinted or reported) outside guest
+    /// RAM (skipped).
     pub pages_outside: u64,
     /// Inflate or deflate buffers that hold no PFN list (device-writable,
-    /// too long, outside guest memory).
+    /// too long, outside guest memory), and hinting commands that are not
+    /// one readable le32.
     pub malformed_buffers: u64,
     /// Queue notifications received while the device was not active.
     pub ignored_notifications: u64,
@@ -53,6 +61,8 @@ pub struct BalloonState {
     pub acked_features: u64,
     /// The statistics, with the target (`num_pages`) and `actual`.
     pub stats: BalloonStats,
+    /// The free page hinting run.
+    pub hinting: HintingState,
     /// The statistics buffer the device holds, if any.
     pub stats_desc: Option<u16>,
     /// The ConfigGeneration counter.

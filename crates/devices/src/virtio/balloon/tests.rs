@@ -118,6 +118,7 @@ fn config(amount_mib: u32, stats_polling_interval_s: u16) -> BalloonConfig {
         amount_mib,
         deflate_on_oom: false,
         stats_polling_interval_s,
+        free_page_hinting: false,
         free_page_reporting: false,
     }
 }
@@ -134,24 +135,30 @@ fn features_queues_and_config_space_follow_the_config() {
     assert_eq!(plain.device_type(), 5);
     assert_eq!(plain.queue_max_sizes(), [QUEUE_SIZE; 2]);
     assert_eq!(plain.avail_features(), feature_bit(VIRTIO_F_VERSION_1));
-    let mut bytes = [0u8; 8];
+    let mut bytes = [0u8; 12];
     plain.read_config(0, &mut bytes);
-    assert_eq!(bytes, [0, 1, 0, 0, 0, 0, 0, 0], "1 MiB is 256 pages");
+    assert_eq!(
+        bytes,
+        [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        "1 MiB is 256 pages; no hinting run"
+    );
 
     let full: Balloon<Mem> = Balloon::new(BalloonConfig {
         amount_mib: 0,
         deflate_on_oom: true,
         stats_polling_interval_s: 1,
+        free_page_hinting: true,
         free_page_reporting: true,
     })
     .unwrap();
-    assert_eq!(full.queue_max_sizes().len(), 4);
+    assert_eq!(full.queue_max_sizes().len(), 5);
     assert_features(
         full.avail_features(),
         &[
             VIRTIO_F_VERSION_1,
             VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
             VIRTIO_BALLOON_F_STATS_VQ,
+            VIRTIO_BALLOON_F_FREE_PAGE_HINT,
             VIRTIO_BALLOON_F_FREE_PAGE_REPORTING,
         ],
     );
@@ -467,4 +474,150 @@ fn reported_free_pages_go_back_whole_and_bounded() {
     assert_eq!(c.free_page_report_fails, 0);
     assert_eq!(c.pages_outside, 2 + 0x7_ffff);
     assert_eq!(c.inflate_count, 0, "reports are not inflations");
+}
+
+fn hinting_config() -> BalloonConfig {
+    BalloonConfig {
+        free_page_hinting: true,
+        ..config(0, 0)
+    }
+}
+
+/// The command id the configuration space shows.
+fn config_cmd_id(b: &Balloon<Mem>) -> u32 {
+    let mut bytes = [0u8; 4];
+    b.read_config(8, &mut bytes);
+    u32::from_le_bytes(bytes)
+}
+
+impl Harness {
+    /// A readable le32 command for the hinting queue: its descriptor.
+    fn command(&mut self, cmd: u32) -> (u64, u32, u16) {
+        let at = self.areas.take(4);
+        self.mem.write_obj(cmd.to_le(), GuestAddress(at)).unwrap();
+        (at, 4, 0)
+    }
+}
+
+#[test]
+fn a_hinting_run_gives_back_hinted_pages_and_ends_when_the_driver_stops() {
+    let mut h = Harness::new(hinting_config());
+    // Without statistics the hinting queue is queue 2.
+    let hinting = 2;
+    let at = |pfn: u32| u64::from(pfn) << 12;
+    for pfn in FREE_PFN..FREE_PFN + 4 {
+        h.fill_page(pfn, 0x44);
+    }
+    // A hint before any run is ignored.
+    h.chain(hinting, &[(at(FREE_PFN), 0x1000, WRITE)]);
+    h.run(hinting, 1);
+    assert_eq!(h.page_byte(FREE_PFN), 0x44);
+
+    h.balloon.lock().unwrap().start_hinting(true).unwrap();
+    assert_eq!(
+        h.irq.status() & VIRTIO_MMIO_INT_CONFIG,
+        VIRTIO_MMIO_INT_CONFIG
+    );
+    assert_eq!(config_cmd_id(&h.balloon.lock().unwrap()), 2);
+    // A hint for an older run, then the driver's answer with two hints
+    // (one far outside guest memory).
+    let old = h.command(7);
+    h.chain(hinting, &[old, (at(FREE_PFN + 3), 0x1000, WRITE)]);
+    let start = h.command(2);
+    h.chain(
+        hinting,
+        &[
+            start,
+            (at(FREE_PFN), 0x2000, WRITE),
+            (1 << 40, 0x7fff_f000, WRITE),
+        ],
+    );
+    h.run(hinting, 3);
+    let zeroed: Vec<bool> = (FREE_PFN..FREE_PFN + 4)
+        .map(|pfn| h.page_byte(pfn) == 0)
+        .collect();
+    assert_eq!(zeroed, [true, true, false, false]);
+    let c = h.counters();
+    assert_eq!(
+        (c.free_page_hint_count, c.free_page_hint_freed),
+        (2, 0x2000)
+    );
+    assert_eq!((c.pages_outside, c.free_page_hint_fails), (0x7_ffff, 0));
+    assert_eq!(
+        h.balloon.lock().unwrap().hinting_status().unwrap(),
+        HintingStatus {
+            host_cmd: 2,
+            guest_cmd: Some(2)
+        }
+    );
+
+    // STOP (with a hint after it, ignored) ends the run: DONE.
+    let stop = h.command(FREE_PAGE_HINT_STOP);
+    h.chain(hinting, &[stop, (at(FREE_PFN + 2), 0x1000, WRITE)]);
+    h.run(hinting, 4);
+    assert_eq!(h.page_byte(FREE_PFN + 2), 0x44);
+    let b = h.balloon.lock().unwrap();
+    assert_eq!(
+        b.hinting_status().unwrap(),
+        HintingStatus {
+            host_cmd: FREE_PAGE_HINT_DONE,
+            guest_cmd: Some(FREE_PAGE_HINT_STOP)
+        }
+    );
+    assert_eq!(config_cmd_id(&b), FREE_PAGE_HINT_DONE);
+    assert_eq!(b.counters().free_page_hint_count, 2);
+}
+
+#[test]
+fn hostile_hinting_commands_are_counted_and_harmless() {
+    let mut h = Harness::new(hinting_config());
+    let hinting = 2;
+    h.balloon.lock().unwrap().start_hinting(true).unwrap();
+    let start = h.command(2);
+    // A short command, a command outside memory, a long one.
+    h.chain(hinting, &[(start.0, 3, 0)]);
+    h.chain(hinting, &[(1 << 40, 4, 0)]);
+    h.chain(hinting, &[(start.0, 8, 0)]);
+    h.run(hinting, 3);
+    let b = h.balloon.lock().unwrap();
+    assert_eq!(b.counters().malformed_buffers, 3);
+    assert_eq!(b.hinting_status().unwrap().guest_cmd, None);
+    assert_eq!(b.counters().event_fails, 0);
+}
+
+#[test]
+fn hinting_requests_follow_firecracker() {
+    let mut plain: Balloon<Mem> = Balloon::new(config(0, 0)).unwrap();
+    for err in [
+        plain.start_hinting(true).unwrap_err(),
+        plain.stop_hinting().unwrap_err(),
+        plain.hinting_status().unwrap_err(),
+    ] {
+        assert!(matches!(err, BalloonError::HintingNotEnabled), "{err}");
+    }
+    let mut inactive: Balloon<Mem> = Balloon::new(hinting_config()).unwrap();
+    assert!(matches!(
+        inactive.start_hinting(true),
+        Err(BalloonError::DeviceNotActive)
+    ));
+    assert_eq!(inactive.hinting_status().unwrap(), HintingStatus::default());
+
+    // Without acknowledgement the run goes on after STOP, until the host
+    // stops it; a reset forgets the run.
+    let mut h = Harness::new(hinting_config());
+    h.balloon.lock().unwrap().start_hinting(false).unwrap();
+    let start = h.command(2);
+    let stop = h.command(FREE_PAGE_HINT_STOP);
+    h.chain(2, &[start, stop]);
+    h.run(2, 1);
+    let mut b = h.balloon.lock().unwrap();
+    assert_eq!(b.hinting_status().unwrap().host_cmd, 2);
+    b.stop_hinting().unwrap();
+    assert_eq!(b.hinting_status().unwrap().host_cmd, FREE_PAGE_HINT_DONE);
+    b.start_hinting(true).unwrap();
+    assert_eq!(b.hinting_status().unwrap().host_cmd, 3, "a fresh id");
+    assert_eq!(b.state().hinting.last_run_id, 3);
+    b.reset();
+    assert_eq!(b.hinting_status().unwrap(), HintingStatus::default());
+    assert_eq!(config_cmd_id(&b), FREE_PAGE_HINT_STOP);
 }
