@@ -30,9 +30,9 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
+use crate::snapshot::MachineInfo;
 use crate::terminal::RawTerminal;
 use crate::virtio_devices::{attach_devices, extend_cmdline, DeviceConfigs};
-use crate::snapshot::MachineInfo;
 use crate::vm::{Subscriber, Vm};
 use crate::{Error, Result};
 
@@ -260,18 +260,24 @@ pub(crate) struct KvmVm {
 impl KvmVm {
     /// Creates the VM, its in-kernel irqchip, PIT and TSS, and registers
     /// `memory` (logging dirty pages when `track_dirty_pages`).
-    pub(crate) fn create(kvm: &Kvm, memory: GuestMemoryMmap, track_dirty_pages: bool) -> Result<KvmVm> {
+    pub(crate) fn create(
+        kvm: &Kvm,
+        memory: GuestMemoryMmap,
+        track_dirty_pages: bool,
+    ) -> Result<KvmVm> {
         let vm_fd = kvm.create_vm().map_err(|source| Error::Kvm {
             what: "KVM_CREATE_VM",
             source,
         })?;
         setup_platform(&vm_fd)?;
-        // SAFETY (both calls): `memory` is returned with `vm_fd` and stored in
-        // the `Vm` after `vm_fd` and the vCPUs, so it is unmapped only after
-        // they are gone (or never, if a vCPU thread could not be stopped).
+        // Both calls: `memory` is returned with `vm_fd` and stored in the `Vm`
+        // after `vm_fd` and the vCPUs, so it is unmapped only after they are
+        // gone (or never, if a vCPU thread could not be stopped).
         if track_dirty_pages {
+            // SAFETY: see above.
             unsafe { register_with_kvm_logging_dirty_pages(&vm_fd, &memory) }?;
         } else {
+            // SAFETY: see above.
             unsafe { register_with_kvm(&vm_fd, &memory) }?;
         }
         Ok(KvmVm { vm_fd, memory })

@@ -6,35 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{Capture, Guest, Live};
+use common::{Capture, Guest, Live, SavedFiles};
 use ember_test_guests::ELF64_PATH;
 use ember_vmm::{restore, RestoreConfig, SerialInput, SerialOutput, SnapshotFiles, SnapshotKind};
-
-/// Snapshot files in a temporary directory.
-struct Files {
-    _dir: tempfile::TempDir,
-    state: PathBuf,
-    mem: PathBuf,
-}
-
-fn files() -> Files {
-    let dir = tempfile::tempdir().unwrap();
-    Files {
-        state: dir.path().join("vm.state"),
-        mem: dir.path().join("vm.mem"),
-        _dir: dir,
-    }
-}
-
-fn full(files: &Files) -> SnapshotFiles {
-    SnapshotFiles {
-        kind: SnapshotKind::Full,
-        state_path: files.state.clone(),
-        mem_path: files.mem.clone(),
-    }
-}
 
 /// A restore of `files` with output to a new capture, resumed.
 fn restore_config(state: &Path, mem: &Path, capture: &Capture) -> RestoreConfig {
@@ -46,7 +22,7 @@ fn restore_config(state: &Path, mem: &Path, capture: &Capture) -> RestoreConfig 
 }
 
 /// Restores `files` and runs the VM in the test's hands.
-fn restored(files: &Files) -> Live {
+fn restored(files: &SavedFiles) -> Live {
     let capture = Capture::default();
     let vm = restore(restore_config(&files.state, &files.mem, &capture)).expect("restores");
     Live::start(vm, capture)
@@ -69,13 +45,16 @@ fn wait_for_tick(live: &mut Live, n: u64) -> u64 {
 
 #[test]
 fn a_counting_guest_continues_where_it_was_for_two_generations() {
-    let first = files();
+    let first = SavedFiles::new();
     let mut live = Live::boot(spinning_guest());
     wait_for_tick(&mut live, 3);
     live.vm.pause().unwrap();
     let saved_tick = live.last_value("tick").unwrap();
-    let report = live.vm.snapshot(&full(&first)).unwrap();
-    assert!(report.state_bytes > 0 && report.memory_bytes > 0, "{report:?}");
+    let report = live.vm.snapshot(&first.full()).unwrap();
+    assert!(
+        report.state_bytes > 0 && report.memory_bytes > 0,
+        "{report:?}"
+    );
     live.vm.shutdown();
     // The memory file holds all of guest memory, sparsely.
     let len = std::fs::metadata(&first.mem).unwrap().len();
@@ -85,7 +64,10 @@ fn a_counting_guest_continues_where_it_was_for_two_generations() {
     let mut second_live = restored(&first);
     let tick = wait_for_tick(&mut second_live, saved_tick + 2);
     let text = second_live.capture.text();
-    assert!(!text.contains("spin: running"), "the guest booted again:\n{text}");
+    assert!(
+        !text.contains("spin: running"),
+        "the guest booted again:\n{text}"
+    );
     let first_tick = text
         .lines()
         .find_map(|l| l.strip_prefix("tick="))
@@ -97,11 +79,11 @@ fn a_counting_guest_continues_where_it_was_for_two_generations() {
     );
 
     // Generation 3: a snapshot of the restored VM restores too.
-    let second = files();
+    let second = SavedFiles::new();
     second_live.vm.pause().unwrap();
     let saved_tick = second_live.last_value("tick").unwrap();
     assert!(saved_tick >= tick);
-    second_live.vm.snapshot(&full(&second)).unwrap();
+    second_live.vm.snapshot(&second.full()).unwrap();
     second_live.vm.shutdown();
     let mut third_live = restored(&second);
     wait_for_tick(&mut third_live, saved_tick + 2);
@@ -110,10 +92,10 @@ fn a_counting_guest_continues_where_it_was_for_two_generations() {
 
 #[test]
 fn a_snapshot_of_a_running_vm_is_refused_and_writes_nothing() {
-    let out = files();
+    let out = SavedFiles::new();
     let mut live = Live::boot(spinning_guest());
     wait_for_tick(&mut live, 1);
-    let err = live.vm.snapshot(&full(&out)).unwrap_err().to_string();
+    let err = live.vm.snapshot(&out.full()).unwrap_err().to_string();
     assert!(err.contains("pause"), "{err}");
     assert!(!out.state.exists() && !out.mem.exists());
     live.vm.shutdown();
@@ -142,14 +124,10 @@ fn a_snapshot_to_an_unwritable_place_fails_and_leaves_nothing() {
 }
 
 /// One saved VM, for the bad-input tests.
-fn saved_vm() -> Files {
-    let out = files();
+fn saved_vm() -> SavedFiles {
     let mut live = Live::boot(spinning_guest());
     wait_for_tick(&mut live, 1);
-    live.vm.pause().unwrap();
-    live.vm.snapshot(&full(&out)).unwrap();
-    live.vm.shutdown();
-    out
+    live.save_and_stop()
 }
 
 fn restore_error(state: &Path, mem: &Path) -> String {
