@@ -525,6 +525,9 @@ static void __attribute__((noreturn)) scenario_serve(struct virtio_dev *d)
 	c.d = d;
 	con_puts("vsock-serve: ready");
 	kv("port", port);
+	kv("used", (u64)&virtio_rings[RXQ].vq->used);
+	kv("bufs", (u64)rx_bufs);
+	kv("bufs_len", (u64)virtio_rings[RXQ].size * sizeof(rx_bufs[0]));
 	con_putc('\n');
 	for (;;) {
 		u64 one_poll = 1;

@@ -343,7 +343,8 @@ fn a_tap_override_that_cannot_be_opened_or_names_no_interface_fails_with_one_lin
     });
 }
 
-/// The guest's receive used ring (flags, index, entries) and buffers.
+/// The guest's receive used ring (flags, index, entries) and buffers, at the
+/// addresses its `*-serve: ready` line gives.
 fn rx_memory(live: &Live, ready: &str) -> (Vec<u8>, Vec<u8>) {
     let memory = live.vm.memory().unwrap();
     let read = |key: &str, len: usize| {
@@ -354,6 +355,14 @@ fn rx_memory(live: &Live, ready: &str) -> (Vec<u8>, Vec<u8>) {
     };
     let bufs_len = hex(&value_of(ready, "bufs_len").unwrap()) as usize;
     (read("used", 4 + 8 * 8), read("bufs", bufs_len))
+}
+
+/// Turns the event loop for half a second.
+fn turn_for_a_while(live: &mut Live) {
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        live.event_loop.run_with_timeout(20).unwrap();
+    }
 }
 
 #[test]
@@ -367,10 +376,7 @@ fn a_paused_vm_takes_no_frames_until_resumed() {
         for frame in &frames {
             port.send(frame);
         }
-        let quiet_until = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < quiet_until {
-            live.event_loop.run_with_timeout(20).unwrap();
-        }
+        turn_for_a_while(&mut live);
         let after = rx_memory(&live, &ready);
         assert!(before.0 == after.0, "the used ring changed while paused");
         assert!(before.1 == after.1, "a receive buffer changed while paused");
@@ -423,18 +429,47 @@ fn echoed(live: &mut Live, uds: &Path, data: &'static [u8], printed: &str) -> Un
     stream
 }
 
-#[test]
-fn a_vsock_connection_open_at_snapshot_is_reset_and_a_new_one_works_after_restore() {
-    let dir = tempfile::tempdir().unwrap();
-    let uds = dir.path().join("v.sock");
+/// Boots `vsock-serve` with its device socket at `uds`, up to its ready
+/// line, which is returned.
+fn serving_vsock(uds: &Path) -> (Live, String) {
     let guest = Guest::new(ELF64_PATH, "vsock-serve")
         .args(&format!("vsock.port={VSOCK_PORT}"))
         .vsock(VsockConfig {
             guest_cid: 42,
-            uds_path: uds.clone(),
+            uds_path: uds.to_owned(),
         });
     let mut live = Live::boot(guest);
-    wait_for_line(&mut live, "vsock-serve: ready");
+    let ready = wait_for_line(&mut live, "vsock-serve: ready");
+    (live, ready)
+}
+
+#[test]
+fn a_paused_vm_takes_no_vsock_data_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let (mut live, ready) = serving_vsock(&uds);
+    let mut stream = echoed(&mut live, &uds, b"abc", "abc");
+    live.vm.pause().unwrap();
+    let before = rx_memory(&live, &ready);
+    stream.write_all(b"xyz").unwrap();
+    turn_for_a_while(&mut live);
+    let after = rx_memory(&live, &ready);
+    assert!(before.0 == after.0, "the used ring changed while paused");
+    assert!(before.1 == after.1, "a receive buffer changed while paused");
+
+    live.vm.resume().unwrap();
+    wait_for_line(&mut live, "vsock-serve received=xyz");
+    let mut echo = [0u8; 3];
+    stream.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"XYZ");
+    live.vm.shutdown();
+}
+
+#[test]
+fn a_vsock_connection_open_at_snapshot_is_reset_and_a_new_one_works_after_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let (mut live, _) = serving_vsock(&uds);
     let open = echoed(&mut live, &uds, b"abc", "abc");
     let saved = live.save_and_stop();
     drop(open);
