@@ -470,17 +470,20 @@ fn a_vsock_connection_open_at_snapshot_is_reset_and_a_new_one_works_after_restor
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");
     let (mut live, _) = serving_vsock(&uds);
-    let open = echoed(&mut live, &uds, b"abc", "abc");
-    let saved = live.save_and_stop();
-    drop(open);
-
-    let capture = Capture::default();
-    let moved = dir.path().join("w.sock");
-    let mut config = restore_config(&saved, &capture, SerialInput::None);
-    config.vsock_override = Some(moved.clone());
-    let mut live = restored(config, capture);
-    wait_for_line(&mut live, "vsock-serve event=0x0");
-    echoed(&mut live, &moved, b"ping\n", "ping?");
-    assert_not_rebooted(&live);
+    let mut open = echoed(&mut live, &uds, b"abc", "abc");
+    // Two generations: each restored guest has a connection open when it is
+    // saved again, and its event buffer back on the queue.
+    for name in ["w.sock", "x.sock"] {
+        let saved = live.save_and_stop();
+        drop(open);
+        let capture = Capture::default();
+        let moved = dir.path().join(name);
+        let mut config = restore_config(&saved, &capture, SerialInput::None);
+        config.vsock_override = Some(moved.clone());
+        live = restored(config, capture);
+        wait_for_line(&mut live, "vsock-serve event=0x0");
+        open = echoed(&mut live, &moved, b"ping\n", "ping?");
+        assert_not_rebooted(&live);
+    }
     live.vm.shutdown();
 }
