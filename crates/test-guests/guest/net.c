@@ -287,6 +287,15 @@ static void inject_frames(struct virtio_dev *d)
 	}
 }
 
+/* The frame length of a used receive buffer: the used length (at most the
+ * buffer) minus the header, 0 if shorter. */
+static u32 frame_len(u32 used_len)
+{
+	if (used_len > RX_BUF_SIZE)
+		used_len = RX_BUF_SIZE;
+	return used_len > VNET_HDR_LEN ? used_len - VNET_HDR_LEN : 0;
+}
+
 /*
  * Fills the receive queue (descriptor i is rx_bufs[i], device-writable),
  * notifies the device and prints the ready line. Then, net.count times,
@@ -369,11 +378,47 @@ static const struct rx_scenario net_inject = {
 	"net-inject: ready\n", "net-recv: timeout\n", inject_frames, recv_frame,
 };
 
+/*
+ * net-serve, for snapshot tests: posts the receive buffers, prints where the
+ * receive used ring and buffers are, then forever prints every frame that
+ * arrives (as net-recv) and sends the test frame on a serial 's'.
+ */
+static void __attribute__((noreturn)) scenario_serve(struct virtio_dev *d)
+{
+	u32 len = frame_len_param();
+
+	net_post_rx(d);
+	con_puts("net-serve: ready");
+	kv("used", (u64)&virtio_rings[RXQ].vq->used);
+	kv("bufs", (u64)rx_bufs);
+	kv("bufs_len", (u64)virtio_rings[RXQ].size * RX_BUF_SIZE);
+	con_putc('\n');
+	for (;;) {
+		u64 one_poll = 1;
+		u32 id, used_len;
+
+		if (virtq_wait_used(d, RXQ, &one_poll, &id, &used_len) &&
+		    id < virtio_rings[RXQ].size) {
+			recv_frame(d, id, frame_len(used_len));
+		}
+		if (con_getc_nowait() == 's') {
+			build_frame(tx_buf + VNET_HDR_LEN, len);
+			u32 status = net_transmit(d, len);
+			con_puts("net-serve sent");
+			kv("status", status);
+			kv("len", len);
+			kv("sum", fnv1a(tx_buf + VNET_HDR_LEN, len));
+			con_putc('\n');
+		}
+	}
+}
+
 int net_scenario(const char *name)
 {
 	static const char *const names[] = {
 		"net-info", "net-send", "net-recv", "net-echo", "net-inject",
 		"mmds-http",
+		"net-serve",
 	};
 	int which = name_index(name, names, sizeof(names) / sizeof(names[0]));
 
@@ -400,6 +445,8 @@ int net_scenario(const char *name)
 	case 5:
 		mmds_http(d);
 		break;
+	case 6:
+		scenario_serve(d);
 	default:
 		rx_frames(d, &net_echo);
 		break;

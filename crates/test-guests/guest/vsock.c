@@ -29,6 +29,7 @@
 #define SHUT_RCV 1u
 #define SHUT_SEND 2u
 #define SHUT_BOTH 3u
+#define EVENT_TRANSPORT_RESET 0
 
 #define RXQ 0
 #define TXQ 1
@@ -298,6 +299,23 @@ static void conn_close(struct conn *c, const char *who, u64 wait)
 	con_putc('\n');
 }
 
+/*
+ * Answers the host's REQUEST for `port` on c (which must be closed): the
+ * connection is set up afresh and the RESPONSE sent.
+ */
+static void conn_accept(struct conn *c, u32 port)
+{
+	struct virtio_dev *d = c->d;
+
+	memset(c, 0, sizeof(*c));
+	c->d = d;
+	c->local_port = port;
+	c->peer_port = rx_hdr.src_port;
+	c->peer_buf_alloc = rx_hdr.buf_alloc;
+	c->peer_fwd_cnt = rx_hdr.fwd_cnt;
+	conn_send(c, OP_RESPONSE, 0, 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Helpers for the scenarios                                                */
 
@@ -440,11 +458,7 @@ static void scenario_listen(struct virtio_dev *d)
 			break;
 		refuse_rx(d);
 	}
-	c.local_port = port;
-	c.peer_port = rx_hdr.src_port;
-	c.peer_buf_alloc = rx_hdr.buf_alloc;
-	c.peer_fwd_cnt = rx_hdr.fwd_cnt;
-	conn_send(&c, OP_RESPONSE, 0, 0);
+	conn_accept(&c, port);
 	con_puts("vsock-listen: accepted");
 	kv("peer", c.peer_port);
 	con_putc('\n');
@@ -476,12 +490,91 @@ static void scenario_listen(struct virtio_dev *d)
 	conn_close(&c, "vsock-listen", linger);
 }
 
+/* Prints an event the device put on the event queue, if there is one, and
+ * gives its buffer back. Returns 1 for a transport reset. */
+static int event_poll(struct virtio_dev *d)
+{
+	u64 one_poll = 1;
+	u32 id, len;
+
+	if (!virtq_wait_used(d, EVQ, &one_poll, &id, &len))
+		return 0;
+	id &= (u32)virtio_rings[EVQ].size - 1;
+	u32 event = *(volatile u32 *)ev_bufs[id];
+	con_puts("vsock-serve");
+	kv("event", event);
+	con_putc('\n');
+	virtq_publish(d, EVQ, (u16)id);
+	return event == EVENT_TRANSPORT_RESET;
+}
+
+/*
+ * vsock-serve, for snapshot tests: forever accepts one host connection at a
+ * time on vsock.port, echoes each data packet upper-cased and prints every
+ * event-queue event; a transport reset drops the connection.
+ */
+static void __attribute__((noreturn)) scenario_serve(struct virtio_dev *d)
+{
+	static u8 echo[RX_DATA];
+	u32 port = port_param();
+	u64 linger = param("vsock.linger=", WAIT_DEFAULT);
+	struct conn c;
+	int open = 0;
+
+	memset(&c, 0, sizeof(c));
+	c.d = d;
+	con_puts("vsock-serve: ready");
+	kv("port", port);
+	kv("used", (u64)&virtio_rings[RXQ].vq->used);
+	kv("bufs", (u64)rx_bufs);
+	kv("bufs_len", (u64)virtio_rings[RXQ].size * sizeof(rx_bufs[0]));
+	con_putc('\n');
+	for (;;) {
+		u64 one_poll = 1;
+
+		if (event_poll(d))
+			open = 0;
+		if (!open) {
+			if (!rx_poll(d, &one_poll))
+				continue;
+			if (rx_hdr.op != OP_REQUEST || rx_hdr.dst_port != port) {
+				refuse_rx(d);
+				continue;
+			}
+			conn_accept(&c, port);
+			open = 1;
+			con_puts("vsock-serve accepted");
+			kv("peer", c.peer_port);
+			con_putc('\n');
+			continue;
+		}
+		u16 op = conn_wait(&c, &one_poll);
+		if (op == OP_RW && rx_len) {
+			con_puts("vsock-serve received=");
+			put_printable(rx_data, rx_len);
+			con_putc('\n');
+			u32 n = rx_len;
+			for (u32 i = 0; i < n; i++)
+				echo[i] = rx_data[i] >= 'a' && rx_data[i] <= 'z'
+						  ? (u8)(rx_data[i] - 32)
+						  : rx_data[i];
+			u64 budget = linger;
+			conn_write(&c, echo, n, &budget);
+		}
+		if (c.reset || c.peer_shut == SHUT_BOTH) {
+			conn_close(&c, "vsock-serve", linger);
+			open = 0;
+		}
+	}
+}
+
 int vsock_scenario(const char *name)
 {
 	static const char *const names[] = {
 		"vsock-info",
 		"vsock-connect",
 		"vsock-listen",
+		"vsock-serve",
 	};
 	int which = name_index(name, names, sizeof(names) / sizeof(names[0]));
 
@@ -497,7 +590,9 @@ int vsock_scenario(const char *name)
 	vsock_init(d);
 	if (which == 1)
 		scenario_connect(d);
-	else
+	else if (which == 2)
 		scenario_listen(d);
+	else
+		scenario_serve(d);
 	done();
 }

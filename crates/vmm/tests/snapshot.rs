@@ -8,31 +8,11 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{Capture, Guest, Live};
+use common::{Capture, Guest, Live, SavedFiles};
 use ember_test_guests::{ELF64_PATH, PVH_PATH};
 use ember_vmm::{restore, RestoreConfig, SerialInput, SerialOutput, SnapshotFiles, SnapshotKind};
-
-/// Snapshot files in a temporary directory.
-struct Files {
-    _dir: tempfile::TempDir,
-    state: PathBuf,
-    mem: PathBuf,
-}
-
-fn files() -> Files {
-    let dir = tempfile::tempdir().unwrap();
-    Files {
-        state: dir.path().join("vm.state"),
-        mem: dir.path().join("vm.mem"),
-        _dir: dir,
-    }
-}
-
-fn full(files: &Files) -> SnapshotFiles {
-    SnapshotFiles::new(SnapshotKind::Full, &files.state, &files.mem)
-}
 
 /// A restore of `files` with output to a new capture, resumed.
 fn restore_config(state: &Path, mem: &Path, capture: &Capture) -> RestoreConfig {
@@ -44,7 +24,7 @@ fn restore_config(state: &Path, mem: &Path, capture: &Capture) -> RestoreConfig 
 }
 
 /// Restores `files` and runs the VM in the test's hands.
-fn restored(files: &Files) -> Live {
+fn restored(files: &SavedFiles) -> Live {
     let capture = Capture::default();
     let vm = restore(restore_config(&files.state, &files.mem, &capture)).expect("restores");
     Live::start(vm, capture)
@@ -67,12 +47,12 @@ fn wait_for_tick(live: &mut Live, n: u64) -> u64 {
 
 #[test]
 fn a_counting_guest_continues_where_it_was_for_two_generations() {
-    let first = files();
+    let first = SavedFiles::new();
     let mut live = Live::boot(spinning_guest());
     wait_for_tick(&mut live, 3);
     live.vm.pause().unwrap();
     let saved_tick = live.last_value("tick").unwrap();
-    let report = live.vm.snapshot(&full(&first)).unwrap();
+    let report = live.vm.snapshot(&first.full()).unwrap();
     assert!(
         report.state_bytes > 0 && report.memory_bytes > 0,
         "{report:?}"
@@ -101,11 +81,11 @@ fn a_counting_guest_continues_where_it_was_for_two_generations() {
     );
 
     // Generation 3: a snapshot of the restored VM restores too.
-    let second = files();
+    let second = SavedFiles::new();
     second_live.vm.pause().unwrap();
     let saved_tick = second_live.last_value("tick").unwrap();
     assert!(saved_tick >= tick);
-    second_live.vm.snapshot(&full(&second)).unwrap();
+    second_live.vm.snapshot(&second.full()).unwrap();
     second_live.vm.shutdown();
     let mut third_live = restored(&second);
     wait_for_tick(&mut third_live, saved_tick + 2);
@@ -114,10 +94,10 @@ fn a_counting_guest_continues_where_it_was_for_two_generations() {
 
 #[test]
 fn a_snapshot_of_a_running_vm_is_refused_and_writes_nothing() {
-    let out = files();
+    let out = SavedFiles::new();
     let mut live = Live::boot(spinning_guest());
     wait_for_tick(&mut live, 1);
-    let err = live.vm.snapshot(&full(&out)).unwrap_err().to_string();
+    let err = live.vm.snapshot(&out.full()).unwrap_err().to_string();
     assert!(err.contains("pause"), "{err}");
     assert!(!out.state.exists() && !out.mem.exists());
     live.vm.shutdown();
@@ -146,12 +126,12 @@ fn a_snapshot_to_an_unwritable_place_fails_and_leaves_nothing() {
 }
 
 /// One saved VM, for the bad-input tests.
-fn saved_vm() -> Files {
-    let out = files();
+fn saved_vm() -> SavedFiles {
+    let out = SavedFiles::new();
     let mut live = Live::boot(spinning_guest());
     wait_for_tick(&mut live, 1);
     live.vm.pause().unwrap();
-    live.vm.snapshot(&full(&out)).unwrap();
+    live.vm.snapshot(&out.full()).unwrap();
     live.vm.shutdown();
     out
 }
@@ -225,12 +205,12 @@ fn values(text: &str, prefix: &str, key: &str) -> Vec<u64> {
 
 #[test]
 fn timer_interrupts_keep_coming_and_time_never_goes_back_after_restore() {
-    let out = files();
+    let out = SavedFiles::new();
     let mut live = Live::boot(Guest::new(ELF64_PATH, "ticks").args("ticks.every=5"));
     live.wait_for("3 tick lines", |t| t.matches("tick=").count() >= 3);
     live.vm.pause().unwrap();
     let before = live.capture.text();
-    live.vm.snapshot(&full(&out)).unwrap();
+    live.vm.snapshot(&out.full()).unwrap();
     live.vm.shutdown();
     let last = |key| *values(&before, "tick=", key).last().unwrap();
     let (tick, tsc) = (last("tick"), last("tsc"));
@@ -266,7 +246,7 @@ fn cpu_counts(text: &str, cpu: u32) -> Vec<u64> {
 
 #[test]
 fn every_vcpu_goes_on_and_one_never_started_still_starts_after_restore() {
-    let out = files();
+    let out = SavedFiles::new();
     let (_host, guest_end) = UnixStream::pair().unwrap();
     let mut live = Live::boot(
         Guest::new(ELF64_PATH, "smp")
@@ -277,7 +257,7 @@ fn every_vcpu_goes_on_and_one_never_started_still_starts_after_restore() {
     live.wait_for("cpu1 counting", |t| cpu_counts(t, 1).len() >= 2);
     live.vm.pause().unwrap();
     let before = live.capture.text();
-    live.vm.snapshot(&full(&out)).unwrap();
+    live.vm.snapshot(&out.full()).unwrap();
     live.vm.shutdown();
     assert!(cpu_counts(&before, 2).is_empty(), "{before}");
     let saved: Vec<u64> = (0..2)
@@ -310,7 +290,7 @@ fn every_vcpu_goes_on_and_one_never_started_still_starts_after_restore() {
 
 #[test]
 fn a_diff_snapshot_writes_the_dirtied_pages_and_restores_over_its_base() {
-    let base = files();
+    let base = SavedFiles::new();
     let (mut host, guest_end) = UnixStream::pair().unwrap();
     let capture = Capture::default();
     let mut config = Guest::new(PVH_PATH, "snapcount")
@@ -321,7 +301,7 @@ fn a_diff_snapshot_writes_the_dirtied_pages_and_restores_over_its_base() {
     let mut live = Live::start(ember_vmm::build(config).unwrap(), capture);
     live.wait_for("counting", |t| t.matches("count=").count() >= 2);
     live.vm.pause().unwrap();
-    let full_report = live.vm.snapshot(&full(&base)).unwrap();
+    let full_report = live.vm.snapshot(&base.full()).unwrap();
     live.vm.resume().unwrap();
 
     host.write_all(b"d").unwrap();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ember_vmm::{
     build, BootTime, DriveConfig, EventLoop, ExitReason, MetricGroup, NetConfig, RngConfig,
-    SerialInput, SerialOutput, VmConfig, VsockConfig,
+    SerialInput, SerialOutput, SnapshotFiles, SnapshotKind, VmConfig, VsockConfig,
 };
 
 /// Longest a test guest may run (the emulator runs ~1M instructions/s).
@@ -317,5 +317,39 @@ impl Live {
             .filter_map(|line| line.strip_prefix(&prefix))
             .find_map(|value| value.split_whitespace().next())
             .map(hex)
+    }
+}
+
+/// Snapshot files in a temporary directory of their own.
+pub struct SavedFiles {
+    _dir: tempfile::TempDir,
+    pub state: PathBuf,
+    pub mem: PathBuf,
+}
+
+impl SavedFiles {
+    pub fn new() -> SavedFiles {
+        let dir = tempfile::tempdir().unwrap();
+        SavedFiles {
+            state: dir.path().join("vm.state"),
+            mem: dir.path().join("vm.mem"),
+            _dir: dir,
+        }
+    }
+
+    /// A full snapshot to these files.
+    pub fn full(&self) -> SnapshotFiles {
+        SnapshotFiles::new(SnapshotKind::Full, &self.state, &self.mem)
+    }
+}
+
+impl Live {
+    /// Pauses the VM, takes a full snapshot to new files and stops the VM.
+    pub fn save_and_stop(mut self) -> SavedFiles {
+        let files = SavedFiles::new();
+        self.vm.pause().unwrap();
+        self.vm.snapshot(&files.full()).unwrap();
+        self.vm.shutdown();
+        files
     }
 }
