@@ -161,7 +161,13 @@ fn gap_pages<B: GuestMemoryBackend + ?Sized>(physical: &B, page: u64, end: u64) 
 }
 
 /// `madvise(MADV_DONTNEED)` on `pages` pages of `region` from `offset`,
-/// which the caller checked lie inside the region.
+/// which the caller checked lie inside the region. On anonymous memory the
+/// pages go back to the host and read as zeroes. On memory mapped privately
+/// from a snapshot's memory file (a restored VM), the VM's private copies go
+/// back to the host and the pages read as the file's content again, which
+/// costs only page cache shared with every VM restored from that file: the
+/// balloon returns the same memory either way, and a guest never relies on
+/// the content of a page it gave away.
 fn release<R: GuestMemoryRegion>(region: &R, offset: MemoryRegionAddress, pages: u64) -> bool {
     let Ok(host) = region.get_host_address(offset) else {
         return false;
