@@ -281,6 +281,49 @@ mod tests {
         assert_eq!(discard(&mem, run(u64::MAX, 1)).outside, 0, "empty range");
     }
 
+    /// Resident pages of the mapping at `host` (mincore).
+    fn resident_pages(host: *mut u8, pages: usize) -> usize {
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `host..host + pages * PAGE_SIZE` is one live mapping and
+        // `vec` has a byte per page, as mincore wants.
+        let ret = unsafe { libc::mincore(host.cast(), pages * 4096, vec.as_mut_ptr()) };
+        assert_eq!(ret, 0);
+        vec.iter().filter(|b| **b & 1 != 0).count()
+    }
+
+    #[test]
+    fn a_restored_vms_private_file_mapping_gives_its_copies_back() {
+        use std::io::Write;
+        use vm_memory::mmap::MmapRegionBuilder;
+        use vm_memory::{FileOffset, GuestMemoryBackend, GuestRegionMmap};
+
+        // A snapshot's memory file of 8 pages, each full of its number.
+        let mut file = tempfile::tempfile().unwrap();
+        for page in 0..8u8 {
+            file.write_all(&[page; 4096]).unwrap();
+        }
+        let region = MmapRegionBuilder::new(8 * 4096)
+            .with_file_offset(FileOffset::new(file, 0))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .unwrap();
+        let region = GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+        let mem = vm_memory::GuestMemoryMmap::<()>::from_regions(vec![region]).unwrap();
+        // The guest wrote pages 2 and 3 after the restore: private copies.
+        mem.write_slice(&[0xee; 2 * 4096], GuestAddress(0x2000)).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap();
+        let before = resident_pages(host, 8);
+
+        let done = discard(&mem, run(2, 2));
+        assert_eq!(done.released, 2);
+        // The copies are gone; the pages read as the file again.
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 2);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x3fff)).unwrap(), 3);
+        assert_eq!(mem.num_regions(), 1);
+        assert!(resident_pages(host, 8) <= before);
+    }
+
     #[test]
     fn ranges_give_back_their_whole_pages_only() {
         let mem = memory(&[(0, 0x8000)]);
