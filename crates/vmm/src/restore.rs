@@ -199,6 +199,7 @@ fn restore_virtio(
     host: HostResource,
     mmds_store: &mut Option<Arc<Mutex<Mmds>>>,
 ) -> Result<()> {
+    Placer::check_placement(saved.base, saved.irq)?;
     let memory = placer.memory().clone();
     match (&saved.device, host) {
         (SavedDevice::Block(state), HostResource::Disk(file)) => {

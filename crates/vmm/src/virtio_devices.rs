@@ -132,9 +132,23 @@ impl<'a> Placer<'a> {
                 "too many virtio devices: at most {slots} fit"
             )));
         };
-        let base = VIRTIO_MMIO_START + u64::from(irq - VIRTIO_IRQ_BASE) * VIRTIO_MMIO_SIZE;
+        let base = window_of(irq);
         let transport = MmioTransport::new(self.memory.clone(), device.clone())?;
         self.wire(transport, device, shared, base, irq)
+    }
+
+    /// Refuses a placement this VMM would not have made (a snapshot's say):
+    /// the IRQ must be a virtio IRQ and the window the one that goes with it.
+    pub(crate) fn check_placement(base: u64, irq: u32) -> Result<()> {
+        if (VIRTIO_IRQ_BASE..=IRQ_MAX).contains(&irq) && window_of(irq) == base {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig(format!(
+                "a virtio device at {base:#x} with IRQ {irq}: virtio devices sit at \
+                 {VIRTIO_MMIO_START:#x} + (IRQ - {VIRTIO_IRQ_BASE}) * {VIRTIO_MMIO_SIZE:#x}, \
+                 IRQs {VIRTIO_IRQ_BASE} to {IRQ_MAX}"
+            )))
+        }
     }
 
     /// Puts `transport` (with `device` behind it) in the window at `base` with
@@ -185,6 +199,12 @@ impl<'a> Placer<'a> {
         });
         Ok(())
     }
+}
+
+/// The MMIO window of the virtio device with interrupt `irq` (at least
+/// [`VIRTIO_IRQ_BASE`]).
+fn window_of(irq: u32) -> u64 {
+    VIRTIO_MMIO_START + u64::from(irq.saturating_sub(VIRTIO_IRQ_BASE)) * VIRTIO_MMIO_SIZE
 }
 
 /// The kernel command-line arguments that make `drive` the root file system.
@@ -375,6 +395,22 @@ mod tests {
         let mut part = drive("r", true, false);
         part.partuuid = Some("abcd-01".into());
         assert_eq!(root_args(&part), "root=PARTUUID=abcd-01 rw");
+    }
+
+    #[test]
+    fn only_the_placements_this_vmm_makes_are_restored() {
+        assert!(Placer::check_placement(VIRTIO_MMIO_START, VIRTIO_IRQ_BASE).is_ok());
+        assert!(Placer::check_placement(window_of(IRQ_MAX), IRQ_MAX).is_ok());
+        for (base, irq) in [
+            (VIRTIO_MMIO_START, VIRTIO_IRQ_BASE + 1),
+            (window_of(IRQ_MAX + 1), IRQ_MAX + 1),
+            (VIRTIO_MMIO_START, 0),
+            (0, VIRTIO_IRQ_BASE),
+            (VIRTIO_MMIO_START + 8, VIRTIO_IRQ_BASE),
+        ] {
+            let err = Placer::check_placement(base, irq).unwrap_err().to_string();
+            assert!(err.contains("virtio devices sit at"), "{err}");
+        }
     }
 
     #[test]
