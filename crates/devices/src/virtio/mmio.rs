@@ -33,7 +33,7 @@ use crate::bus::BusDevice;
 use crate::trigger::EventTrigger;
 use crate::{Error, Result};
 
-/// Size of one virtio-mmio window (see the memory map in DESIGN.md).
+/// Size of one virtio-mmio window (see the memory map in docs/architecture.md).
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// MagicValue: "virt" in little endian.
 pub const MAGIC_VALUE: u32 = 0x7472_6976;
