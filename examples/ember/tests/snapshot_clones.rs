@@ -68,15 +68,17 @@ fn pss_sum_and_rss_max(memory: &[(u64, u64)]) -> (u64, u64) {
     )
 }
 
-/// Waits until every clone's output shows a count above `above`.
-fn wait_for_counts_above(outputs: &[impl Fn() -> String], above: u64) {
+/// Waits until every clone's serial output shows a count above `above`;
+/// a failure shows the clone's serial output and log.
+fn wait_for_counts_above(clones: &[(impl Fn() -> String, impl Fn() -> String)], above: u64) {
     let deadline = Instant::now() + common::DEADLINE;
-    for output in outputs {
+    for (output, log) in clones {
         while last_count(&output()).is_none_or(|c| c <= above) {
             assert!(
                 Instant::now() < deadline,
-                "no count above {above}:\n{}",
-                output()
+                "no count above {above}:\n{}\nlog:\n{}",
+                output(),
+                log()
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -114,19 +116,24 @@ fn clones_of_one_snapshot_run_on_and_share_its_clean_pages() {
                 .arg(&mem)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
     let outputs: Vec<_> = clones
         .iter_mut()
-        .map(|c| common::collect_output(c.stdout.take().unwrap()))
+        .map(|c| {
+            (
+                common::collect_output(c.stdout.take().unwrap()),
+                common::collect_output(c.stderr.take().unwrap()),
+            )
+        })
         .collect();
     // Each clone goes on from the saved count (never from 0) and keeps
     // printing: two lines after the first one it printed.
     wait_for_counts_above(&outputs, saved);
-    for output in &outputs {
+    for (output, _) in &outputs {
         let first = output()
             .lines()
             .find_map(|l| l.strip_prefix("count=0x"))
@@ -134,7 +141,10 @@ fn clones_of_one_snapshot_run_on_and_share_its_clean_pages() {
             .unwrap();
         assert!(first >= saved, "clone restarted at {first}, saved {saved}");
     }
-    let now: Vec<u64> = outputs.iter().map(|o| last_count(&o()).unwrap()).collect();
+    let now: Vec<u64> = outputs
+        .iter()
+        .map(|(o, _)| last_count(&o()).unwrap())
+        .collect();
     wait_for_counts_above(&outputs, now.into_iter().max().unwrap() + 1);
 
     let process: Vec<(u64, u64)> = clones.iter().map(|c| rss_and_pss_kib(c.id())).collect();
