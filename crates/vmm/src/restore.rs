@@ -253,10 +253,31 @@ fn restore_virtio(
     }
 }
 
+/// Logs (at debug level) how long each stage of a restore took.
+struct StageTimer {
+    last: std::time::Instant,
+}
+
+impl StageTimer {
+    fn start() -> StageTimer {
+        StageTimer {
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn stage(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        log::debug!("restore: {what} in {:?}", now - self.last);
+        self.last = now;
+    }
+}
+
 /// Restores a VM from a snapshot. Nothing runs until [`Vm::start`]; the VM
 /// then starts paused unless [`RestoreConfig::resume`].
 pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
+    let mut timer = StageTimer::start();
     let saved = read_saved_vm(&config.state_path)?;
+    timer.stage("state file read");
     let machine = saved.machine.clone();
     crate::check_vcpu_count(machine.vcpu_count)?;
     if saved.vcpus.len() != usize::from(machine.vcpu_count) {
@@ -275,6 +296,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
         .map(|device| open_host_resource(&config, device))
         .collect::<Result<Vec<_>>>()?;
 
+    timer.stage("host resources opened");
     let kvm = open_kvm(&config.kvm_device)?;
     check_vcpus_against(Some(&kvm), machine.vcpu_count)?;
     let track_dirty_pages = config.track_dirty_pages;
@@ -283,7 +305,9 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
         Backing::File(&mem_file),
         dirty_page_tracking(track_dirty_pages),
     )?;
+    timer.stage("memory file mapped");
     let KvmVm { vm_fd, memory } = KvmVm::create(&kvm, memory, track_dirty_pages)?;
+    timer.stage("KVM VM created, memory registered");
     restore_vm_state(&vm_fd, &saved.vm)?;
 
     let mut devices = create_devices(
@@ -301,6 +325,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
         restore_virtio(&mut placer, device, host, &mut config.mmds_store)?;
     }
     let virtio = placer.finish();
+    timer.stage("devices restored");
 
     let mut vcpus = Vec::with_capacity(saved.vcpus.len());
     for (index, state) in (0..machine.vcpu_count).zip(&saved.vcpus) {
@@ -310,6 +335,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
     }
     let mut machine = machine;
     machine.track_dirty_pages = track_dirty_pages;
+    timer.stage("vCPUs restored");
     let mut vm = Vm::assemble(
         kvm,
         vm_fd,
