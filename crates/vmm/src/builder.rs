@@ -172,6 +172,24 @@ pub(crate) struct LegacyInputs {
     pub(crate) start_time: ember_devices::legacy::StartTime,
 }
 
+impl LegacyInputs {
+    /// Takes the serial ends out of a configuration (leaving a sink and no
+    /// input), with the output limit and the start time.
+    pub(crate) fn take(
+        serial_output: &mut SerialOutput,
+        serial_input: &mut SerialInput,
+        serial_output_limit: Option<ember_ratelimit::BucketConfig>,
+        start_time: ember_devices::legacy::StartTime,
+    ) -> LegacyInputs {
+        LegacyInputs {
+            serial_output: std::mem::replace(serial_output, SerialOutput::Sink),
+            serial_output_limit,
+            serial_input: std::mem::replace(serial_input, SerialInput::None),
+            start_time,
+        }
+    }
+}
+
 /// Creates the legacy devices, fresh or (with `saved`) as a snapshot had them.
 pub(crate) fn create_devices(
     vm: &VmFd,
@@ -311,16 +329,13 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
     )?;
     let KvmVm { vm_fd, memory } = KvmVm::create(&kvm, memory, config.track_dirty_pages)?;
 
-    let mut devices = create_devices(
-        &vm_fd,
-        LegacyInputs {
-            serial_output: std::mem::replace(&mut config.serial_output, SerialOutput::Sink),
-            serial_output_limit: config.serial_output_limit,
-            serial_input: std::mem::replace(&mut config.serial_input, SerialInput::None),
-            start_time: config.start_time,
-        },
-        None,
-    )?;
+    let inputs = LegacyInputs::take(
+        &mut config.serial_output,
+        &mut config.serial_input,
+        config.serial_output_limit,
+        config.start_time,
+    );
+    let mut devices = create_devices(&vm_fd, inputs, None)?;
     let virtio = attach_devices(
         &vm_fd,
         &memory,

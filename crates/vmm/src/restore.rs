@@ -17,10 +17,12 @@ use ember_devices::virtio::block::{open_disk, Block};
 use ember_devices::virtio::net::{Net, Tap};
 use ember_devices::virtio::rng::Rng;
 use ember_devices::virtio::vsock::Vsock;
-use ember_devices::virtio::MmioTransport;
+use ember_devices::virtio::{MmioTransport, VirtioDevice};
 use ember_jailer::seccomp::Filters;
+use ember_memory::GuestMemoryMmap;
 use ember_mmds::Mmds;
 use ember_snapshot::StateFile;
+use event_manager::MutEventSubscriber;
 
 use ember_memory::{map_guest_memory, Backing};
 
@@ -200,57 +202,63 @@ fn restore_virtio(
     mmds_store: &mut Option<Arc<Mutex<Mmds>>>,
 ) -> Result<()> {
     Placer::check_placement(saved.base, saved.irq)?;
-    let memory = placer.memory().clone();
     match (&saved.device, host) {
         (SavedDevice::Block(state), HostResource::Disk(file)) => {
-            let device = Arc::new(Mutex::new(Block::restore(state, file).map_err(
-                |source| Error::Drive {
-                    id: state.drive_id.clone(),
-                    source,
-                },
-            )?));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Block(state.drive_id.clone(), device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+            let device = Block::restore(state, file).map_err(|source| Error::Drive {
+                id: state.drive_id.clone(),
+                source,
+            })?;
+            put_back(placer, saved, device, |d| {
+                SharedDevice::Block(state.drive_id.clone(), d)
+            })
         }
         (SavedDevice::Net(state), HostResource::Tap(tap)) => {
             let mmds = state
                 .mmds_address
                 .map(|_| mmds_store.get_or_insert_with(Default::default).clone());
-            let device = Arc::new(Mutex::new(Net::restore(state, tap, mmds).map_err(
-                |source| Error::NetworkInterface {
+            let device =
+                Net::restore(state, tap, mmds).map_err(|source| Error::NetworkInterface {
                     id: state.iface_id.clone(),
                     source,
-                },
-            )?));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Net(state.iface_id.clone(), device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+                })?;
+            put_back(placer, saved, device, |d| {
+                SharedDevice::Net(state.iface_id.clone(), d)
+            })
         }
         (SavedDevice::Vsock(state), HostResource::Listener(listener)) => {
-            let device = Arc::new(Mutex::new(
-                Vsock::restore(state, listener).map_err(Error::Vsock)?,
-            ));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Vsock(device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+            let device = Vsock::restore(state, listener).map_err(Error::Vsock)?;
+            put_back(placer, saved, device, SharedDevice::Vsock)
         }
         (SavedDevice::Rng(state), _) => {
-            let device = Arc::new(Mutex::new(Rng::restore(state).map_err(Error::Entropy)?));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Rng(device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+            let device = Rng::restore(state).map_err(Error::Entropy)?;
+            put_back(placer, saved, device, SharedDevice::Rng)
         }
         (SavedDevice::Balloon(state), _) => {
-            let device = Arc::new(Mutex::new(Balloon::restore(state).map_err(Error::Balloon)?));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Balloon(device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+            let device = Balloon::restore(state).map_err(Error::Balloon)?;
+            put_back(placer, saved, device, SharedDevice::Balloon)
         }
         _ => Err(Error::InvalidState(
             "a device's host resource does not match it",
         )),
     }
+}
+
+/// Puts a restored `device` behind a transport restored from `saved`, at
+/// the saved place; `shared` is how the running VM keeps it.
+fn put_back<D>(
+    placer: &mut Placer<'_>,
+    saved: &SavedVirtio,
+    device: D,
+    shared: impl FnOnce(Arc<Mutex<D>>) -> SharedDevice,
+) -> Result<()>
+where
+    D: VirtioDevice<GuestMemoryMmap> + MutEventSubscriber + Send + 'static,
+{
+    let device = Arc::new(Mutex::new(device));
+    let transport =
+        MmioTransport::restore(placer.memory().clone(), device.clone(), &saved.transport)?;
+    let shared = shared(device.clone());
+    placer.wire(transport, device, shared, saved.base, saved.irq)
 }
 
 /// Logs (at debug level) how long each stage of a restore took.
@@ -310,16 +318,13 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
     timer.stage("KVM VM created, memory registered");
     restore_vm_state(&vm_fd, &saved.vm)?;
 
-    let mut devices = create_devices(
-        &vm_fd,
-        LegacyInputs {
-            serial_output: std::mem::replace(&mut config.serial_output, SerialOutput::Sink),
-            serial_output_limit: config.serial_output_limit,
-            serial_input: std::mem::replace(&mut config.serial_input, SerialInput::None),
-            start_time: config.start_time,
-        },
-        Some((&saved.serial, &saved.i8042)),
-    )?;
+    let inputs = LegacyInputs::take(
+        &mut config.serial_output,
+        &mut config.serial_input,
+        config.serial_output_limit,
+        config.start_time,
+    );
+    let mut devices = create_devices(&vm_fd, inputs, Some((&saved.serial, &saved.i8042)))?;
     let mut placer = Placer::new(&vm_fd, &memory, &mut devices.mmio);
     for (device, host) in saved.virtio.iter().zip(hosts) {
         restore_virtio(&mut placer, device, host, &mut config.mmds_store)?;
