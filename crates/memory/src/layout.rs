@@ -1,4 +1,4 @@
-//! The fixed x86_64 guest-physical memory map (see DESIGN.md): where boot
+//! The fixed x86_64 guest-physical memory map: where boot
 //! structures, RAM, the 32-bit MMIO gap and the interrupt controllers live.
 
 /// Size of one guest page.
