@@ -39,9 +39,9 @@ pub struct LoadedKernel {
 }
 
 /// Loads the kernel in `image` into `mem`, whose RAM below the MMIO gap ends at
-/// `low_ram_end`. The kernel must load at or above `highmem_start` (below it
-/// live the boot structures; linux-loader also loads a relocatable bzImage
-/// there). ELF kernels with a PVH note are entered through PVH.
+/// `low_ram_end`. The kernel must load at or above `highmem_start`: below it
+/// live the boot structures (Ember's layout puts it at 1 MiB). ELF kernels
+/// with a PVH note are entered through PVH.
 ///
 /// # Example
 ///
