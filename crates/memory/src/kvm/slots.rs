@@ -11,6 +11,22 @@ use crate::{Error, GuestMemoryMmap, Result};
 /// # Safety
 /// KVM keeps the host addresses of the mappings: `mem` must outlive every use of
 /// `vm` that can run guest code or touch guest memory (drop the VM first).
+///
+/// # Example
+///
+/// Needs `/dev/kvm`, so only compiled here:
+///
+/// ```no_run
+/// use ember_memory::{create_guest_memory, register_with_kvm, MemoryLayout};
+///
+/// // Declared before the VM, so dropped after it.
+/// let mem = create_guest_memory(&MemoryLayout::with_mib(4096, 39)?)?;
+/// let vm = kvm_ioctls::Kvm::new()?.create_vm()?;
+/// // SAFETY: `mem` outlives `vm`.
+/// unsafe { register_with_kvm(&vm, &mem) }?;
+/// // Slot 0 is RAM below the MMIO gap, slot 1 RAM from 4 GiB up.
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub unsafe fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
     // SAFETY: this function's contract is `register_slots`'.
     unsafe { register_slots(vm, mem, 0) }
