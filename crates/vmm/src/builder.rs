@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ember_boot::{configure_boot, load_initrd, load_kernel, BootInfo, BootProtocol};
+use ember_boot::{configure_boot, load_initrd, load_kernel, BootAddresses, BootInfo, BootProtocol};
 use ember_cpu::cpuid::host_phys_addr_bits;
 use ember_cpu::mptable::setup_mptable;
 use ember_cpu::platform::setup_platform;
@@ -21,13 +21,17 @@ use ember_devices::legacy::{
 };
 use ember_devices::trigger::EventTrigger;
 use ember_devices::Bus;
-use ember_memory::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START};
+use ember_memory::layout::{
+    BOOT_TIMER_SIZE, BOOT_TIMER_START, CMDLINE_START, HIMEM_START, PVH_INFO_START,
+    PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
+};
 use ember_memory::{
     map_guest_memory, register_with_kvm, register_with_kvm_logging_dirty_pages, Backing,
     DirtyPageTracking, GuestMemoryMmap, MemoryLayout,
 };
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestAddress;
 
 use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
 use crate::snapshot::MachineInfo;
@@ -94,6 +98,15 @@ pub(crate) fn check_vcpus_against(kvm: Option<&Kvm>, count: u8) -> Result<()> {
     Ok(())
 }
 
+/// Where Ember's memory layout puts the boot structures.
+const BOOT_ADDRESSES: BootAddresses = BootAddresses {
+    cmdline: GuestAddress(CMDLINE_START),
+    zero_page: GuestAddress(ZERO_PAGE_START),
+    pvh_start_info: GuestAddress(PVH_INFO_START),
+    pvh_modules: GuestAddress(PVH_MODLIST_START),
+    pvh_memmap: GuestAddress(PVH_MEMMAP_START),
+};
+
 /// Loads the kernel, initrd and boot structures; returns how to enter the kernel.
 fn load_guest(
     config: &VmConfig,
@@ -103,11 +116,16 @@ fn load_guest(
     mut kernel_file: File,
     initrd_file: Option<File>,
 ) -> Result<EntryPoint> {
-    let kernel = load_kernel(memory, &mut kernel_file, layout.low_ram_end()).map_err(|source| {
-        Error::Kernel {
-            path: config.kernel.clone(),
-            source,
-        }
+    let highmem_start = GuestAddress(HIMEM_START);
+    let kernel = load_kernel(
+        memory,
+        &mut kernel_file,
+        highmem_start,
+        layout.low_ram_end(),
+    )
+    .map_err(|source| Error::Kernel {
+        path: config.kernel.clone(),
+        source,
     })?;
     let initrd = match (initrd_file, &config.initrd) {
         (Some(mut file), Some(path)) => {
@@ -134,6 +152,7 @@ fn load_guest(
             e820: &e820,
             initrd,
         },
+        &BOOT_ADDRESSES,
     )?;
     setup_mptable(memory, config.vcpu_count)?;
     log::info!(
