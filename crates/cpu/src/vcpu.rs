@@ -3,13 +3,12 @@
 //! Port and MMIO exits are handed synchronously to an [`ExitHandler`]; the loop
 //! returns only when the guest stops the CPU (reset, power-off, triple fault),
 //! on an error it cannot continue from, or when another thread *kicks* it with
-//! [`kick_signal`]. A kick sets `immediate_exit` in the vCPU's `kvm_run` from
+//! the [`KickSignal`]. A kick sets `immediate_exit` in the vCPU's `kvm_run` from
 //! the signal handler, so it is never lost even if it lands just before
 //! `KVM_RUN` is entered.
 
 use std::cell::Cell;
 use std::ptr::null_mut;
-use std::sync::Once;
 
 use kvm_bindings::{
     kvm_run, CpuId, KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
@@ -19,7 +18,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
 use vm_memory::GuestMemoryBackend;
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMAX, SIGRTMIN};
 
 use crate::cpuid::{host_brand_string, normalize, Topology};
 use crate::lapic::setup_lints;
@@ -57,12 +56,53 @@ pub enum VcpuStop {
     TripleFault,
 }
 
-/// Offset from `SIGRTMIN` of the signal used to kick vCPU threads.
-const KICK_SIGNAL_OFFSET: c_int = 0;
+/// The signal that kicks vCPU threads out of `KVM_RUN`: `SIGRTMIN` by
+/// default, or one the VMM picks when it uses `SIGRTMIN` for something else.
+/// Its handler (installed by [`KickSignal::install_handler`]) is process-wide
+/// and only marks the kicked thread's running vCPU, if any, for an immediate
+/// exit.
+///
+/// # Example
+///
+/// ```
+/// use ember_cpu::vcpu::KickSignal;
+///
+/// let default = KickSignal::default();
+/// assert_eq!(default.number(), libc::SIGRTMIN());
+/// let other = KickSignal::realtime(2)?;
+/// assert_eq!(other.number(), libc::SIGRTMIN() + 2);
+/// assert!(KickSignal::realtime(libc::SIGRTMAX()).is_err());
+/// # Ok::<(), ember_cpu::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KickSignal(c_int);
 
-/// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
-pub fn kick_signal() -> c_int {
-    SIGRTMIN() + KICK_SIGNAL_OFFSET
+impl Default for KickSignal {
+    fn default() -> KickSignal {
+        KickSignal(SIGRTMIN())
+    }
+}
+
+impl KickSignal {
+    /// `SIGRTMIN + offset`, which must not pass `SIGRTMAX`.
+    pub fn realtime(offset: c_int) -> Result<KickSignal> {
+        let number = SIGRTMIN().saturating_add(offset);
+        if offset < 0 || number > SIGRTMAX() {
+            return Err(Error::KickSignal(number));
+        }
+        Ok(KickSignal(number))
+    }
+
+    /// The signal number, to send to a vCPU thread (`pthread_kill`).
+    pub fn number(self) -> c_int {
+        self.0
+    }
+
+    /// Installs the kick handler for this signal, process-wide. Call it
+    /// before starting vCPU threads; installing it again is harmless.
+    pub fn install_handler(self) -> Result<()> {
+        register_signal_handler(self.0, handle_kick).map_err(Error::KickHandler)
+    }
 }
 
 thread_local! {
@@ -78,17 +118,6 @@ extern "C" fn handle_kick(_num: c_int, _info: *mut siginfo_t, _ctx: *mut c_void)
         // is async-signal-safe.
         unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
     }
-}
-
-/// Installs the kick signal handler (once per process). Call before starting
-/// vCPU threads.
-pub fn install_kick_handler() -> Result<()> {
-    static INSTALL: Once = Once::new();
-    let mut result = Ok(());
-    INSTALL.call_once(|| {
-        result = register_signal_handler(kick_signal(), handle_kick).map_err(Error::KickHandler);
-    });
-    result
 }
 
 /// Publishes a vCPU's `kvm_run` to the kick handler for as long as it lives.

@@ -64,7 +64,7 @@ pub enum Error {
         value: String,
     },
     /// A path given on the command line cannot be used.
-    #[error("--{flag} {path}: {source}")]
+    #[error("--{flag} {path}")]
     BadPath {
         /// The flag that named the path.
         flag: &'static str,
@@ -131,7 +131,7 @@ pub enum Error {
         reason: String,
     },
     /// A file-system operation while building or removing the jail failed.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}")]
     Fs {
         /// What was being done.
         action: &'static str,
@@ -141,7 +141,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A value could not be written into a cgroup file.
-    #[error("cannot write {value:?} to {path}: {source}")]
+    #[error("cannot write {value:?} to {path}")]
     CgroupWrite {
         /// The value.
         value: String,
@@ -151,7 +151,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A system call needed to enter the jail failed.
-    #[error("{call} failed: {source}")]
+    #[error("{call} failed")]
     Sys {
         /// The call, with its salient arguments.
         call: &'static str,
@@ -160,7 +160,7 @@ pub enum Error {
     },
     /// The forked child (new PID namespace or daemon) failed before it could
     /// execute the program.
-    #[error("in the jailed child: {call} failed: {source}")]
+    #[error("in the jailed child: {call} failed")]
     Child {
         /// The call that failed in the child.
         call: &'static str,

@@ -12,6 +12,7 @@
 pub mod builder;
 pub mod config;
 mod device_thread;
+mod error_chain;
 mod exit;
 mod io;
 pub mod metrics;
@@ -26,6 +27,7 @@ mod vm;
 pub use builder::{build, check_cmdline, check_vcpu_count, memory_layout, MAX_VCPU_COUNT};
 pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
 pub use ember_snapshot::Section as SnapshotSection;
+pub use error_chain::error_chain;
 pub use exit::{ExitReason, StopHandle};
 pub use metrics::MetricGroup;
 pub use restore::{restore, RestoreConfig};
@@ -56,7 +58,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A kernel, initrd or other input file cannot be opened.
-    #[error("cannot open {what} {path}: {source}")]
+    #[error("cannot open {what} {path}")]
     Open {
         /// What the file is for.
         what: &'static str,
@@ -66,7 +68,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The KVM device cannot be opened.
-    #[error("cannot open {path}: {source} (KVM must be available and accessible to this user)")]
+    #[error("cannot open {path} (KVM must be available and accessible to this user)")]
     OpenKvm {
         /// The KVM device path.
         path: PathBuf,
@@ -74,7 +76,7 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// A KVM ioctl on the VM failed.
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Kvm {
         /// The operation.
         what: &'static str,
@@ -82,7 +84,7 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// The kernel could not be loaded.
-    #[error("kernel {path}: {source}")]
+    #[error("kernel {path}")]
     Kernel {
         /// The kernel path.
         path: PathBuf,
@@ -90,7 +92,7 @@ pub enum Error {
         source: ember_boot::Error,
     },
     /// The initrd could not be loaded.
-    #[error("initrd {path}: {source}")]
+    #[error("initrd {path}")]
     Initrd {
         /// The initrd path.
         path: PathBuf,
@@ -113,7 +115,7 @@ pub enum Error {
     #[error("event loop: {0}")]
     EventLoop(event_manager::Error),
     /// A thread could not be started.
-    #[error("cannot start thread {name}: {source}")]
+    #[error("cannot start thread {name}")]
     Thread {
         /// Thread name.
         name: String,
@@ -121,7 +123,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Signal handling could not be set up.
-    #[error("cannot install the {what} signal handler: {source}")]
+    #[error("cannot install the {what} signal handler")]
     Signal {
         /// Which handler.
         what: &'static str,
@@ -144,7 +146,7 @@ pub enum Error {
     #[error("invalid VM configuration: {0}")]
     InvalidConfig(String),
     /// A drive could not be set up or changed.
-    #[error("drive `{id}`: {source}")]
+    #[error("drive `{id}`")]
     Drive {
         /// The drive id.
         id: String,
@@ -155,7 +157,7 @@ pub enum Error {
     #[error("no drive `{0}`")]
     UnknownDrive(String),
     /// A network interface could not be set up.
-    #[error("network interface `{id}`: {source}")]
+    #[error("network interface `{id}`")]
     NetworkInterface {
         /// The interface id.
         id: String,
@@ -181,7 +183,7 @@ pub enum Error {
     #[error(transparent)]
     Snapshot(ember_snapshot::Error),
     /// A state file is not one this Ember can restore.
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}")]
     SnapshotState {
         /// The state file.
         path: PathBuf,
@@ -192,7 +194,7 @@ pub enum Error {
     #[error("the state file has no `{0}` section")]
     SnapshotMissingSection(String),
     /// A snapshot's memory file could not be created or replaced.
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     SnapshotFile {
         /// What was being done.
         what: &'static str,
@@ -202,7 +204,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A seccomp filter could not be installed.
-    #[error("seccomp ({thread} thread): {source}")]
+    #[error("seccomp ({thread} thread)")]
     Seccomp {
         /// The thread kind.
         thread: &'static str,

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use ember_cpu::vcpu::KickSignal;
 use ember_cpu::Vcpu;
 use ember_devices::legacy::{BootTimer, Serial, I8042};
 use ember_devices::trigger::EventTrigger;
@@ -70,6 +71,8 @@ pub struct Vm {
     pub(crate) machine: MachineInfo,
     /// Start with the vCPUs and devices paused (a restored VM not resumed).
     pub(crate) start_paused: bool,
+    /// The signal that kicks vCPU threads out of `KVM_RUN`.
+    pub(crate) kick_signal: KickSignal,
     /// The caller's own sections of the snapshot this VM was restored from.
     pub(crate) app_sections: Vec<ember_snapshot::Section>,
     pub(crate) memory: GuestMemoryMmap,
@@ -127,9 +130,17 @@ impl Vm {
             seccomp,
             machine,
             start_paused,
+            kick_signal: KickSignal::default(),
             app_sections: Vec::new(),
             memory,
         })
+    }
+
+    /// Kicks the vCPU threads with `signal` instead of `SIGRTMIN`, for a VMM
+    /// that uses `SIGRTMIN` for something else; its handler is installed
+    /// when the VM starts.
+    pub fn set_kick_signal(&mut self, signal: KickSignal) {
+        self.kick_signal = signal;
     }
 
     /// Takes the caller's own sections (`app.*`) of the snapshot this VM was
@@ -182,6 +193,7 @@ impl Vm {
             seccomp,
             machine,
             start_paused,
+            kick_signal,
             app_sections: _,
             memory,
         } = self;
@@ -211,6 +223,7 @@ impl Vm {
             &vcpu_event,
             filter(ThreadKind::Vcpu),
             start_paused,
+            kick_signal,
         )?;
         if start_paused {
             device_thread.pause()?;
