@@ -9,6 +9,26 @@
 //!   through KVM; the VM-wide part ([`platform::VmState`]) sits in [`platform`].
 //!
 //! Nothing here knows about devices: exits are handed to an [`vcpu::ExitHandler`].
+//!
+//! # Example
+//!
+//! The CPUID one vCPU of a 4-vCPU VM sees, made from a (here hand-built)
+//! list of what KVM supports; with KVM, the list is
+//! `Kvm::get_supported_cpuid` and [`Vcpu::configure`] does this:
+//!
+//! ```
+//! use ember_cpu::cpuid::{normalize, Topology};
+//! use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+//!
+//! let leaf = |function, eax| kvm_cpuid_entry2 { function, eax, ..Default::default() };
+//! let mut cpuid = CpuId::from_entries(&[leaf(0, 0xb), leaf(1, 0), leaf(0xb, 0)]).unwrap();
+//! let topology = Topology { vcpu_index: 2, vcpu_count: 4, threads_per_core: 1 };
+//! normalize(&mut cpuid, topology, b"an example brand string, forty-eight bytes long.")?;
+//! let leaf1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();
+//! assert_eq!(leaf1.ebx >> 24, 2, "the APIC ID is the vCPU index");
+//! assert_ne!(leaf1.ecx & (1 << 31), 0, "the hypervisor bit is set");
+//! # Ok::<(), ember_cpu::Error>(())
+//! ```
 
 pub mod cpuid;
 pub mod gdt;

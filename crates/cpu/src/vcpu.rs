@@ -156,6 +156,42 @@ fn internal_error_kind(suberror: u32) -> &'static str {
 }
 
 /// One virtual CPU of a VM.
+///
+/// # Example
+///
+/// Needs `/dev/kvm`, so it is compiled but not run here:
+///
+/// ```no_run
+/// use ember_cpu::platform::setup_platform;
+/// use ember_cpu::vcpu::{ExitHandler, KickSignal, Vcpu};
+/// use ember_cpu::EntryPoint;
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// /// Devices: none here; a VMM dispatches these to its buses.
+/// struct NoDevices;
+/// impl ExitHandler for NoDevices {
+///     fn pio_read(&self, _port: u16, data: &mut [u8]) { data.fill(0xff) }
+///     fn pio_write(&self, _port: u16, _data: &[u8]) {}
+///     fn mmio_read(&self, _addr: u64, data: &mut [u8]) { data.fill(0xff) }
+///     fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let kvm = kvm_ioctls::Kvm::new()?;
+/// let vm = kvm.create_vm()?;
+/// setup_platform(&vm)?;
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?;
+/// // ... register `mem` with KVM and load a kernel whose entry is 0x100_0000 ...
+/// KickSignal::default().install_handler()?;
+/// let supported = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
+/// let mut vcpu = Vcpu::new(&vm, 0)?;
+/// let entry = EntryPoint::Linux64 { entry: 0x100_0000 };
+/// vcpu.configure(&kvm, &supported, 1, 1, &mem, Some(entry))?;
+/// let stop = vcpu.run(&NoDevices)?;
+/// println!("the guest stopped: {stop:?}");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,

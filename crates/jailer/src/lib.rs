@@ -192,3 +192,13 @@ pub enum Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A test's view of an error: its message and its cause's, as the binary
+/// prints them.
+#[cfg(test)]
+pub(crate) fn with_cause(error: &Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}

@@ -8,6 +8,43 @@
 //! owns (for an API server) and returns a [`RunningVm`] to pause, resume and
 //! inspect. [`RunningVm::snapshot`] saves a paused VM to a state file and a
 //! memory file, and [`restore()`] rebuilds a VM from them.
+//!
+//! Errors are [`Error`]s whose messages do not repeat their causes: print
+//! them with [`error_chain`] to show the whole chain on one line.
+//!
+//! # Example
+//!
+//! A configuration checked without KVM, as an API server checks it before
+//! the start:
+//!
+//! ```
+//! use ember_vmm::{check_cmdline, check_vcpu_count, memory_layout, VmConfig};
+//!
+//! let mut config = VmConfig::new("vmlinux", "console=ttyS0 reboot=k panic=1");
+//! config.vcpu_count = 2;
+//! config.mem_size_mib = 256;
+//! check_vcpu_count(config.vcpu_count)?;
+//! check_cmdline(&config.cmdline)?;
+//! memory_layout(config.mem_size_mib)?;
+//! assert!(check_vcpu_count(0).is_err());
+//! assert!(memory_layout(u64::MAX).is_err(), "more bytes than 64 bits hold");
+//! # Ok::<(), ember_vmm::Error>(())
+//! ```
+//!
+//! Booting it needs `/dev/kvm` and a kernel (see `examples/boot.rs`):
+//!
+//! ```no_run
+//! use ember_vmm::signals::TerminationSignals;
+//! use ember_vmm::{build, error_chain, VmConfig};
+//!
+//! let config = VmConfig::new("vmlinux", "console=ttyS0 reboot=k panic=1");
+//! let run = TerminationSignals::install()
+//!     .and_then(|signals| build(config)?.run(Some(&signals)));
+//! match run {
+//!     Ok(reason) => println!("the VM ended: {reason:?}"),
+//!     Err(e) => eprintln!("error: {}", error_chain(&e)),
+//! }
+//! ```
 
 pub mod builder;
 pub mod config;
@@ -37,6 +74,8 @@ pub use virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedRng};
 pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 
 pub use ember_cpu::cpuid::host_phys_addr_bits;
+/// vCPU set-up and the vCPU kick signal ([`cpu::KickSignal`]).
+pub use ember_cpu::vcpu as cpu;
 pub use ember_devices::host_files;
 pub use ember_devices::legacy::{BootTime, StartTime};
 pub use ember_devices::virtio::balloon::{

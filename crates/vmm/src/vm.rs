@@ -59,6 +59,22 @@ pub(crate) struct DeviceHandles {
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
 /// KVM maps.
+///
+/// # Example
+///
+/// A VM whose vCPU threads are kicked with `SIGRTMIN + 3`, for a process
+/// that uses `SIGRTMIN` itself (needs `/dev/kvm` and a kernel):
+///
+/// ```no_run
+/// use ember_vmm::cpu::KickSignal;
+/// use ember_vmm::{build, VmConfig};
+///
+/// let mut vm = build(VmConfig::new("vmlinux", "console=ttyS0"))?;
+/// vm.set_kick_signal(KickSignal::realtime(3)?);
+/// let reason = vm.run(None)?;
+/// println!("the VM ended: {reason:?}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Vm {
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) vm_fd: VmFd,

@@ -39,7 +39,7 @@ impl Setup {
     /// Validates `args`, expecting an error containing `why`, and checks that
     /// the chroot base is still empty.
     fn refuse(&self, args: &JailerArgs, why: &str) {
-        let err = args.validate().unwrap_err().to_string();
+        let err = crate::with_cause(&args.validate().unwrap_err());
         assert!(err.contains(why), "expected {why:?} in: {err}");
         self.assert_nothing_created();
     }
@@ -220,6 +220,6 @@ fn refuses_a_jail_whose_program_or_devices_exist() {
     assert!(err.to_string().contains("already exists"), "{err}");
     fs::remove_file(root.join("prog")).unwrap();
     std::os::unix::fs::symlink("/etc", root.join("run")).unwrap();
-    let err = s.args().validate().unwrap_err();
-    assert!(err.to_string().contains("not a directory"), "{err}");
+    let err = crate::with_cause(&s.args().validate().unwrap_err());
+    assert!(err.contains("not a directory"), "{err}");
 }
