@@ -22,6 +22,21 @@ use crate::{sys, Error, Result};
 pub const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
 
 /// The jailer's flags as given, before validation.
+///
+/// # Example
+///
+/// Validation refuses a bad value before creating anything:
+///
+/// ```
+/// use ember_jailer::JailerArgs;
+///
+/// let args = JailerArgs {
+///     id: Some("not/an/id".into()),
+///     ..JailerArgs::default()
+/// };
+/// let refused = args.validate().unwrap_err().to_string();
+/// assert!(refused.starts_with("invalid --id"), "{refused}");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JailerArgs {
     /// `--id`.

@@ -19,6 +19,42 @@
 //!
 //! The [`seccomp`] module holds the per-thread system-call allow-lists of the
 //! `ember` VMM and installs them.
+//!
+//! Firecracker's jailer command line is read by `JailerArgs::parse`, with the
+//! `cli` feature (the `ember-jailer` binary's).
+//!
+//! # Example
+//!
+//! The default filters compiled to BPF, one program per thread kind:
+//!
+//! ```
+//! use ember_jailer::seccomp::{default_filters, ThreadKind};
+//!
+//! let filters = default_filters()?;
+//! for kind in ThreadKind::ALL {
+//!     assert!(!filters[&kind].is_empty(), "{} has a filter", kind.name());
+//! }
+//! # Ok::<(), ember_jailer::Error>(())
+//! ```
+//!
+//! Jailing a program (as root; `no_run` here):
+//!
+//! ```no_run
+//! use ember_jailer::{Jail, JailerArgs};
+//!
+//! let args = JailerArgs {
+//!     id: Some("vm1".into()),
+//!     exec_file: Some("/usr/local/bin/ember".into()),
+//!     uid: Some("10001".into()),
+//!     gid: Some("10001".into()),
+//!     exec_args: vec!["--no-api".into(), "--config-file".into(), "/vm.json".into()],
+//!     ..JailerArgs::default()
+//! };
+//! let config = args.validate()?; // checks everything, creates nothing
+//! let forked = Jail::prepare(config)?.exec()?; // returns only when it forked
+//! println!("the program runs as pid {}", forked.pid);
+//! # Ok::<(), ember_jailer::Error>(())
+//! ```
 
 pub mod args;
 pub mod cgroup;
