@@ -288,18 +288,57 @@ impl KvmVm {
     }
 }
 
+/// The kernel and initrd files: those opened ahead of the build, else
+/// opened now from their paths.
+fn open_boot_files(config: &mut VmConfig) -> Result<(File, Option<File>)> {
+    let kernel = match config.opened.kernel.take() {
+        Some(file) => file,
+        None => open("kernel image", &config.kernel)?,
+    };
+    let initrd = match (config.opened.initrd.take(), config.initrd.as_deref()) {
+        (Some(file), Some(_)) => Some(file),
+        (_, path) => path.map(|path| open("initrd", path)).transpose()?,
+    };
+    Ok((kernel, initrd))
+}
+
+/// Creates and configures the vCPUs; the first enters the kernel at `entry`.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+    entry: EntryPoint,
+) -> Result<Vec<Vcpu>> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| Error::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    let threads_per_core = if config.smt { 2 } else { 1 };
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpu_count));
+    for index in 0..config.vcpu_count {
+        let vcpu = Vcpu::new(vm_fd, index)?;
+        let boot_entry = (index == 0).then_some(entry);
+        vcpu.configure(
+            kvm,
+            &supported,
+            config.vcpu_count,
+            threads_per_core,
+            memory,
+            boot_entry,
+        )?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
 /// Builds a VM from `config`. Nothing runs until [`Vm::run`].
 pub fn build(mut config: VmConfig) -> Result<Vm> {
     check_vcpu_count(config.vcpu_count)?;
     let layout = memory_layout(config.mem_size_mib)?;
-    let kernel_file = match config.opened.kernel.take() {
-        Some(file) => file,
-        None => open("kernel image", &config.kernel)?,
-    };
-    let initrd_file = match (config.opened.initrd.take(), config.initrd.as_deref()) {
-        (Some(file), Some(_)) => Some(file),
-        (_, path) => path.map(|path| open("initrd", path)).transpose()?,
-    };
+    let (kernel_file, initrd_file) = open_boot_files(&mut config)?;
     check_cmdline(&config.cmdline)?;
 
     let kvm = open_kvm(&config.kvm_device)?;
@@ -344,28 +383,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         kernel_file,
         initrd_file,
     )?;
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| Error::Kvm {
-            what: "KVM_GET_SUPPORTED_CPUID",
-            source,
-        })?;
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpu_count));
-    for index in 0..config.vcpu_count {
-        let vcpu = Vcpu::new(&vm_fd, index)?;
-        let boot_entry = (index == 0).then_some(entry);
-        let threads_per_core = if config.smt { 2 } else { 1 };
-        vcpu.configure(
-            &kvm,
-            &supported,
-            config.vcpu_count,
-            threads_per_core,
-            &memory,
-            boot_entry,
-        )?;
-        vcpus.push(vcpu);
-    }
-
+    let vcpus = create_vcpus(&kvm, &vm_fd, &config, &memory, entry)?;
     let machine = MachineInfo {
         vcpu_count: config.vcpu_count,
         smt: config.smt,
