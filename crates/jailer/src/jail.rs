@@ -56,6 +56,16 @@ impl StartTimes {
 /// `start` is when the jailer started; `forked` says whether the program runs
 /// in a child forked after now, whose CPU clock starts again from 0, so its
 /// start CPU time is 0 and all the jailer's CPU time so far is the parent's.
+///
+/// # Example
+///
+/// ```
+/// use ember_jailer::{firecracker_args, StartTimes};
+///
+/// let args = firecracker_args("vm1", StartTimes::now(), true);
+/// assert_eq!(args[..2], ["--id", "vm1"]);
+/// assert_eq!(args[4..6], ["--start-time-cpu-us", "0"], "a forked child starts from 0");
+/// ```
 pub fn firecracker_args(id: &str, start: StartTimes, forked: bool) -> Vec<String> {
     let cpu_now = sys::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
     let start_cpu = if forked { 0 } else { cpu_now };

@@ -107,7 +107,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The KVM device cannot be opened.
-    #[error("cannot open {path} (KVM must be available and accessible to this user)")]
+    #[error("KVM must be available and accessible to this user: cannot open {path}")]
     OpenKvm {
         /// The KVM device path.
         path: PathBuf,

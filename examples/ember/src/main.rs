@@ -189,7 +189,7 @@ fn main() -> ExitCode {
     // A reader that went away, or a write past RLIMIT_FSIZE, is a write error
     // for the code that wrote, never the end of the VMM.
     if let Err(e) = ember_vmm::signals::ignore_write_signals() {
-        eprintln!("ember: error: {e}");
+        eprintln!("ember: error: {}", error_chain(&e));
         return ExitCode::from(EXIT_ERROR);
     }
     let args = match cli::parse(std::env::args_os().skip(1)) {
@@ -226,7 +226,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("ember: error: {e}");
+                    eprintln!("ember: error: {}", error_chain(&e));
                     ExitCode::from(EXIT_ERROR)
                 }
             }
