@@ -17,7 +17,7 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::builder::Devices;
 use crate::device_thread::DeviceThread;
-use crate::exit::{ExitReason, ExitWatcher, StopHandle};
+use crate::exit::{ExitReason, ExitWatcher, StopHandle, ThreadReport};
 use crate::io::IoBuses;
 use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
@@ -215,15 +215,7 @@ impl Vm {
         } = self;
         let (report_tx, report_rx) = mpsc::channel();
         let vcpu_event = EventTrigger::new()?;
-        let watcher = Arc::new(Mutex::new(ExitWatcher::new(
-            devices.reset.try_clone()?,
-            devices.stop.try_clone()?,
-            vcpu_event.try_clone()?,
-            report_rx,
-            termination
-                .map(TerminationSignals::try_clone_event)
-                .transpose()?,
-        )));
+        let watcher = watch_exits(&devices, &vcpu_event, report_rx, termination)?;
         event_loop.add_subscriber(watcher.clone());
         let filter = |kind| seccomp.as_ref().and_then(|f| f.get(&kind));
         let device_thread = DeviceThread::start(
@@ -476,6 +468,26 @@ impl RunningVm {
 }
 
 /// The entropy device's counters as the `entropy` metrics group.
+/// The event-loop subscriber that learns how the VM ends: a reset, a stop
+/// request, a vCPU thread's report (woken by `vcpu_event`), or a
+/// termination signal.
+fn watch_exits(
+    devices: &DeviceHandles,
+    vcpu_event: &EventTrigger,
+    reports: mpsc::Receiver<ThreadReport>,
+    termination: Option<&TerminationSignals>,
+) -> Result<Arc<Mutex<ExitWatcher>>> {
+    Ok(Arc::new(Mutex::new(ExitWatcher::new(
+        devices.reset.try_clone()?,
+        devices.stop.try_clone()?,
+        vcpu_event.try_clone()?,
+        reports,
+        termination
+            .map(TerminationSignals::try_clone_event)
+            .transpose()?,
+    ))))
+}
+
 impl DeviceHandles {
     /// The serial port's and the i8042's counters.
     fn legacy_metrics(&self) -> [MetricGroup; 2] {
