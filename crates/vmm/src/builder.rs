@@ -209,47 +209,80 @@ impl LegacyInputs {
     }
 }
 
-/// Creates the legacy devices, fresh or (with `saved`) as a snapshot had them.
-pub(crate) fn create_devices(
+/// The serial port on COM1, writing to the configured output (with its
+/// limit) and signalling `drained` when its input buffer empties.
+fn create_serial(
     vm: &VmFd,
-    inputs: LegacyInputs,
-    saved: Option<(&SerialState, &I8042State)>,
-) -> Result<Devices> {
+    output: SerialOutput,
+    limit: Option<ember_ratelimit::BucketConfig>,
+    saved: Option<&SerialState>,
+    drained: &EventTrigger,
+) -> Result<Arc<Mutex<Serial>>> {
     let irq = EventTrigger::new()?;
     vm.register_irqfd(irq.event_fd(), legacy::COM1_IRQ)
         .map_err(|source| Error::Kvm {
             what: "KVM_IRQFD (COM1)",
             source,
         })?;
-    let drained = EventTrigger::new()?;
-    let output: Box<dyn Write + Send> = match inputs.serial_output {
+    let output: Box<dyn Write + Send> = match output {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::Writer(writer) => writer,
         SerialOutput::Sink => Box::new(std::io::sink()),
     };
     let mut serial = match saved {
-        Some((state, _)) => Serial::from_state(state, irq, drained.try_clone()?, output)?,
+        Some(state) => Serial::from_state(state, irq, drained.try_clone()?, output)?,
         None => Serial::new(irq, drained.try_clone()?, output),
     };
-    if let Some(limit) = inputs.serial_output_limit {
+    if let Some(limit) = limit {
         serial.limit_output(limit);
     }
-    let serial = Arc::new(Mutex::new(serial));
+    Ok(Arc::new(Mutex::new(serial)))
+}
 
-    let mut subscribers: Vec<Subscriber> = Vec::new();
-    let mut terminal = None;
-    match inputs.serial_input {
+/// What feeds the serial port's input: its event-loop subscriber, and the
+/// terminal put in raw mode when that is this process's terminal.
+fn serial_input(
+    serial: &Arc<Mutex<Serial>>,
+    input: SerialInput,
+    drained: &EventTrigger,
+) -> Result<(Vec<Subscriber>, Option<RawTerminal>)> {
+    let (subscriber, terminal): (Subscriber, _) = match input {
         SerialInput::Stdin => {
-            terminal = RawTerminal::enable_if_tty();
-            let input = SerialInputDevice::new(serial.clone(), StdinReader, &drained)?;
-            subscribers.push(Arc::new(Mutex::new(input)));
+            let terminal = RawTerminal::enable_if_tty();
+            let input = SerialInputDevice::new(serial.clone(), StdinReader, drained)?;
+            (Arc::new(Mutex::new(input)), terminal)
         }
         SerialInput::Reader(reader) => {
-            let input = SerialInputDevice::new(serial.clone(), BoxedInput(reader), &drained)?;
-            subscribers.push(Arc::new(Mutex::new(input)));
+            let input = SerialInputDevice::new(serial.clone(), BoxedInput(reader), drained)?;
+            (Arc::new(Mutex::new(input)), None)
         }
-        SerialInput::None => {}
-    }
+        SerialInput::None => return Ok((Vec::new(), None)),
+    };
+    Ok((vec![subscriber], terminal))
+}
+
+/// Creates the legacy devices, fresh or (with `saved`) as a snapshot had them.
+pub(crate) fn create_devices(
+    vm: &VmFd,
+    inputs: LegacyInputs,
+    saved: Option<(&SerialState, &I8042State)>,
+) -> Result<Devices> {
+    let LegacyInputs {
+        serial_output,
+        serial_output_limit,
+        serial_input: input,
+        start_time,
+    } = inputs;
+    let drained = EventTrigger::new()?;
+    let saved_serial = saved.map(|(state, _)| state);
+    let serial = create_serial(
+        vm,
+        serial_output,
+        serial_output_limit,
+        saved_serial,
+        &drained,
+    )?;
+    let (subscribers, terminal) = serial_input(&serial, input, &drained)?;
 
     let reset = EventTrigger::new()?;
     let keyboard_irq = EventTrigger::new()?;
@@ -263,7 +296,7 @@ pub(crate) fn create_devices(
         None => I8042::new(reset.try_clone()?, keyboard_irq),
     };
     let i8042 = Arc::new(Mutex::new(i8042));
-    let boot_timer = Arc::new(Mutex::new(BootTimer::new(inputs.start_time)));
+    let boot_timer = Arc::new(Mutex::new(BootTimer::new(start_time)));
 
     let mut pio = Bus::new();
     pio.insert(serial.clone(), legacy::COM1_PORT, legacy::COM1_PORT_COUNT)?;
@@ -325,18 +358,57 @@ impl KvmVm {
     }
 }
 
+/// The kernel and initrd files: those opened ahead of the build, else
+/// opened now from their paths.
+fn open_boot_files(config: &mut VmConfig) -> Result<(File, Option<File>)> {
+    let kernel = match config.opened.kernel.take() {
+        Some(file) => file,
+        None => open("kernel image", &config.kernel)?,
+    };
+    let initrd = match (config.opened.initrd.take(), config.initrd.as_deref()) {
+        (Some(file), Some(_)) => Some(file),
+        (_, path) => path.map(|path| open("initrd", path)).transpose()?,
+    };
+    Ok((kernel, initrd))
+}
+
+/// Creates and configures the vCPUs; the first enters the kernel at `entry`.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+    entry: EntryPoint,
+) -> Result<Vec<Vcpu>> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| Error::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    let threads_per_core = if config.smt { 2 } else { 1 };
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpu_count));
+    for index in 0..config.vcpu_count {
+        let vcpu = Vcpu::new(vm_fd, index)?;
+        let boot_entry = (index == 0).then_some(entry);
+        vcpu.configure(
+            kvm,
+            &supported,
+            config.vcpu_count,
+            threads_per_core,
+            memory,
+            boot_entry,
+        )?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
 /// Builds a VM from `config`. Nothing runs until [`Vm::run`].
 pub fn build(mut config: VmConfig) -> Result<Vm> {
     check_vcpu_count(config.vcpu_count)?;
     let layout = memory_layout(config.mem_size_mib)?;
-    let kernel_file = match config.opened.kernel.take() {
-        Some(file) => file,
-        None => open("kernel image", &config.kernel)?,
-    };
-    let initrd_file = match (config.opened.initrd.take(), config.initrd.as_deref()) {
-        (Some(file), Some(_)) => Some(file),
-        (_, path) => path.map(|path| open("initrd", path)).transpose()?,
-    };
+    let (kernel_file, initrd_file) = open_boot_files(&mut config)?;
     check_cmdline(&config.cmdline)?;
 
     let kvm = open_kvm(&config.kvm_device)?;
@@ -378,28 +450,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         kernel_file,
         initrd_file,
     )?;
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| Error::Kvm {
-            what: "KVM_GET_SUPPORTED_CPUID",
-            source,
-        })?;
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpu_count));
-    for index in 0..config.vcpu_count {
-        let vcpu = Vcpu::new(&vm_fd, index)?;
-        let boot_entry = (index == 0).then_some(entry);
-        let threads_per_core = if config.smt { 2 } else { 1 };
-        vcpu.configure(
-            &kvm,
-            &supported,
-            config.vcpu_count,
-            threads_per_core,
-            &memory,
-            boot_entry,
-        )?;
-        vcpus.push(vcpu);
-    }
-
+    let vcpus = create_vcpus(&kvm, &vm_fd, &config, &memory, entry)?;
     let machine = MachineInfo {
         vcpu_count: config.vcpu_count,
         smt: config.smt,

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ember_cpu::{restore_vm_state, Vcpu};
+use ember_cpu::{restore_vm_state, Vcpu, VcpuState};
 use ember_devices::host_files::{open_input, BoundListener, InputKind};
 use ember_devices::legacy::StartTime;
 use ember_devices::virtio::balloon::Balloon;
@@ -23,6 +23,7 @@ use ember_memory::GuestMemoryMmap;
 use ember_mmds::Mmds;
 use ember_snapshot::StateFile;
 use event_manager::MutEventSubscriber;
+use kvm_ioctls::VmFd;
 
 use ember_memory::{map_guest_memory, Backing};
 
@@ -280,6 +281,31 @@ impl StageTimer {
     }
 }
 
+/// Refuses a saved VM whose vCPU count is out of range or does not match
+/// its vCPU states.
+fn check_saved_vcpus(saved: &SavedVm) -> Result<()> {
+    let count = saved.machine.vcpu_count;
+    crate::check_vcpu_count(count)?;
+    if saved.vcpus.len() != usize::from(count) {
+        return Err(Error::InvalidConfig(format!(
+            "the snapshot has {} vCPU states for {count} vCPUs",
+            saved.vcpus.len(),
+        )));
+    }
+    Ok(())
+}
+
+/// Fresh vCPUs of `vm_fd` with the saved states, in index order.
+fn restore_vcpus(vm_fd: &VmFd, states: &[VcpuState]) -> Result<Vec<Vcpu>> {
+    let mut vcpus = Vec::with_capacity(states.len());
+    for (index, state) in (0..=u8::MAX).zip(states) {
+        let vcpu = Vcpu::new(vm_fd, index)?;
+        vcpu.restore_state(state)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
 /// Restores a VM from a snapshot. Nothing runs until [`Vm::start`]; the VM
 /// then starts paused unless [`RestoreConfig::resume`].
 pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
@@ -287,14 +313,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
     let saved = read_saved_vm(&config.state_path)?;
     timer.stage("state file read");
     let machine = saved.machine.clone();
-    crate::check_vcpu_count(machine.vcpu_count)?;
-    if saved.vcpus.len() != usize::from(machine.vcpu_count) {
-        return Err(Error::InvalidConfig(format!(
-            "the snapshot has {} vCPU states for {} vCPUs",
-            saved.vcpus.len(),
-            machine.vcpu_count
-        )));
-    }
+    check_saved_vcpus(&saved)?;
     let layout = memory_layout(machine.mem_size_mib)?;
     let mem_file = open_memory_file(&config.mem_path, layout.size())?;
     check_overrides(&config, &saved)?;
@@ -332,12 +351,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
     let virtio = placer.finish();
     timer.stage("devices restored");
 
-    let mut vcpus = Vec::with_capacity(saved.vcpus.len());
-    for (index, state) in (0..machine.vcpu_count).zip(&saved.vcpus) {
-        let vcpu = Vcpu::new(&vm_fd, index)?;
-        vcpu.restore_state(state)?;
-        vcpus.push(vcpu);
-    }
+    let vcpus = restore_vcpus(&vm_fd, &saved.vcpus)?;
     let mut machine = machine;
     machine.track_dirty_pages = track_dirty_pages;
     timer.stage("vCPUs restored");

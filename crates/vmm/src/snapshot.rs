@@ -388,90 +388,26 @@ impl RunningVm {
     /// failure leaves the paths as they were.
     pub fn snapshot(&mut self, files: &SnapshotFiles) -> Result<SnapshotReport> {
         let start = Instant::now();
-        if !self.paused {
-            return Err(Error::InvalidState(
-                "save/restore unavailable while running: pause the VM first",
-            ));
-        }
-        if files.kind == SnapshotKind::Diff && !self.machine.track_dirty_pages {
-            return Err(Error::InvalidState(
-                "a diff snapshot needs dirty page tracking (track_dirty_pages)",
-            ));
-        }
-        if let Some(section) = files
-            .extra
-            .iter()
-            .find(|s| !s.id.starts_with(ids::APP_PREFIX))
-        {
-            return Err(Error::InvalidConfig(format!(
-                "snapshot section `{}`: the caller's sections are named `{}...`",
-                section.id,
-                ids::APP_PREFIX
-            )));
-        }
+        self.check_snapshot_request(files)?;
         let (Some(kvm), Some(vm_fd), Some(memory)) = (&self.kvm, &self.vm_fd, &self.memory) else {
             return Err(Error::InvalidState("the VM has stopped"));
         };
-        // KVM's list as is: each vCPU skips the MSRs it refuses to read (a
-        // scratch VM to probe them, as `saveable_msrs` does, would need more
-        // of the filtered VMM thread).
-        let msrs = kvm
-            .get_msr_index_list()
-            .map_err(|source| Error::Kvm {
-                what: "KVM_GET_MSR_INDEX_LIST",
-                source,
-            })?
-            .as_slice()
-            .to_vec();
-        let msrs = Arc::new(msrs);
-        let vcpus = self
-            .threads()?
-            .on_each_vcpu(move |vcpu| vcpu.save_state(&msrs))?
-            .into_iter()
-            .collect::<std::result::Result<Vec<_>, _>>()?;
         let saved = SavedVm {
             machine: self.machine.clone(),
             vm: ember_cpu::save_vm_state(vm_fd)?,
-            vcpus,
+            vcpus: self.save_vcpus(kvm)?,
             serial: lock(&self.devices.serial).state(),
             i8042: lock(&self.devices.i8042).state().clone(),
             virtio: self.devices.virtio.iter().map(save_virtio).collect(),
             app: files.extra.clone(),
         };
         let state = saved.to_state_file()?.to_bytes().map_err(Error::Snapshot)?;
-
         let memory_bytes = match files.kind {
             SnapshotKind::Full => {
-                let out = Replacement::create(&files.mem_path)?;
-                let written = ember_snapshot::write_full_memory(memory, out.file())
-                    .map_err(Error::Snapshot)?;
-                if self.machine.track_dirty_pages {
-                    // The next diff starts from this full snapshot.
-                    ember_memory::dirty_pages(memory, vm_fd)?;
-                }
-                ember_snapshot::write_atomic(&files.state_path, &state).map_err(Error::Snapshot)?;
-                out.commit()?;
-                written
+                let track_dirty_pages = self.machine.track_dirty_pages;
+                write_full(files, &state, memory, track_dirty_pages.then_some(vm_fd))?
             }
-            SnapshotKind::Diff => {
-                let dirty = ember_memory::dirty_pages(memory, vm_fd)?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o600)
-                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                    .open(&files.mem_path)
-                    .map_err(|source| Error::SnapshotFile {
-                        what: "open",
-                        path: files.mem_path.clone(),
-                        source,
-                    })?;
-                let written = ember_snapshot::write_diff_memory(memory, &dirty, &file)
-                    .map_err(Error::Snapshot)?;
-                ember_snapshot::write_atomic(&files.state_path, &state).map_err(Error::Snapshot)?;
-                written
-            }
+            SnapshotKind::Diff => write_diff(files, &state, memory, vm_fd)?,
         };
         let report = SnapshotReport {
             state_bytes: state.len() as u64,
@@ -487,4 +423,100 @@ impl RunningVm {
         );
         Ok(report)
     }
+
+    /// Refuses a snapshot of a running VM, a diff without dirty page
+    /// tracking, and caller's sections not named `app.*`.
+    fn check_snapshot_request(&self, files: &SnapshotFiles) -> Result<()> {
+        if !self.paused {
+            return Err(Error::InvalidState(
+                "save/restore unavailable while running: pause the VM first",
+            ));
+        }
+        if files.kind == SnapshotKind::Diff && !self.machine.track_dirty_pages {
+            return Err(Error::InvalidState(
+                "a diff snapshot needs dirty page tracking (track_dirty_pages)",
+            ));
+        }
+        match files
+            .extra
+            .iter()
+            .find(|s| !s.id.starts_with(ids::APP_PREFIX))
+        {
+            Some(section) => Err(Error::InvalidConfig(format!(
+                "snapshot section `{}`: the caller's sections are named `{}...`",
+                section.id,
+                ids::APP_PREFIX
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Each vCPU's state, saved on its own (parked) thread.
+    fn save_vcpus(&self, kvm: &kvm_ioctls::Kvm) -> Result<Vec<VcpuState>> {
+        // KVM's list as is: each vCPU skips the MSRs it refuses to read (a
+        // scratch VM to probe them, as `saveable_msrs` does, would need more
+        // of the filtered VMM thread).
+        let msrs = kvm
+            .get_msr_index_list()
+            .map_err(|source| Error::Kvm {
+                what: "KVM_GET_MSR_INDEX_LIST",
+                source,
+            })?
+            .as_slice()
+            .to_vec();
+        let msrs = Arc::new(msrs);
+        Ok(self
+            .threads()?
+            .on_each_vcpu(move |vcpu| vcpu.save_state(&msrs))?
+            .into_iter()
+            .collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+}
+
+/// A full snapshot: all of guest memory to a new memory file, then the
+/// state file, each replacing its path only once written. With dirty page
+/// tracking (`tracked_vm`), the dirty log is cleared so that the next diff
+/// starts from this snapshot. Returns the memory bytes written.
+fn write_full(
+    files: &SnapshotFiles,
+    state: &[u8],
+    memory: &ember_memory::GuestMemoryMmap,
+    tracked_vm: Option<&kvm_ioctls::VmFd>,
+) -> Result<u64> {
+    let out = Replacement::create(&files.mem_path)?;
+    let written = ember_snapshot::write_full_memory(memory, out.file()).map_err(Error::Snapshot)?;
+    if let Some(vm_fd) = tracked_vm {
+        ember_memory::dirty_pages(memory, vm_fd)?;
+    }
+    ember_snapshot::write_atomic(&files.state_path, state).map_err(Error::Snapshot)?;
+    out.commit()?;
+    Ok(written)
+}
+
+/// A diff snapshot: the pages written since the last snapshot, into the
+/// memory file (created if missing), then the state file. Returns the
+/// memory bytes written.
+fn write_diff(
+    files: &SnapshotFiles,
+    state: &[u8],
+    memory: &ember_memory::GuestMemoryMmap,
+    vm_fd: &kvm_ioctls::VmFd,
+) -> Result<u64> {
+    let dirty = ember_memory::dirty_pages(memory, vm_fd)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&files.mem_path)
+        .map_err(|source| Error::SnapshotFile {
+            what: "open",
+            path: files.mem_path.clone(),
+            source,
+        })?;
+    let written =
+        ember_snapshot::write_diff_memory(memory, &dirty, &file).map_err(Error::Snapshot)?;
+    ember_snapshot::write_atomic(&files.state_path, state).map_err(Error::Snapshot)?;
+    Ok(written)
 }

@@ -97,7 +97,8 @@ fn a_snapshot_of_a_running_vm_is_refused_and_writes_nothing() {
     let out = SavedFiles::new();
     let mut live = Live::boot(spinning_guest());
     wait_for_tick(&mut live, 1);
-    let err = live.vm.snapshot(&out.full()).unwrap_err().to_string();
+    let err = live.vm.snapshot(&out.full()).unwrap_err();
+    let err = ember_vmm::error_chain(&err);
     assert!(err.contains("pause"), "{err}");
     assert!(!out.state.exists() && !out.mem.exists());
     live.vm.shutdown();
@@ -114,7 +115,8 @@ fn a_snapshot_to_an_unwritable_place_fails_and_leaves_nothing() {
         dir.path().join("missing-dir/vm.state"),
         dir.path().join("vm.mem"),
     );
-    let err = live.vm.snapshot(&files).unwrap_err().to_string();
+    let err = live.vm.snapshot(&files).unwrap_err();
+    let err = ember_vmm::error_chain(&err);
     assert!(err.contains("missing-dir"), "{err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -141,7 +143,7 @@ fn restore_error(state: &Path, mem: &Path) -> String {
     let err = restore(restore_config(state, mem, &capture))
         .map(|_| ())
         .expect_err("the restore is refused");
-    let message = err.to_string();
+    let message = ember_vmm::error_chain(&err);
     assert!(!message.contains('\n'), "not one line: {message}");
     message
 }

@@ -77,10 +77,8 @@ fn restored(config: RestoreConfig, capture: Capture) -> Live {
 
 /// The restore's error, which must be one line.
 fn restore_error(config: RestoreConfig) -> String {
-    let message = restore(config)
-        .map(|_| ())
-        .expect_err("refused")
-        .to_string();
+    let message = restore(config).map(|_| ()).expect_err("refused");
+    let message = ember_vmm::error_chain(&message);
     assert!(!message.contains('\n'), "not one line: {message}");
     message
 }
