@@ -5,7 +5,28 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::{Error, Result};
+/// Why a device cannot be put on a [`Bus`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A device range is empty or wraps around the address space.
+    #[error("invalid bus range {base:#x}+{len:#x}")]
+    InvalidRange {
+        /// Start address.
+        base: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A device range overlaps one already on the bus.
+    #[error("bus range {base:#x}+{len:#x} overlaps a device already at {existing:#x}")]
+    Overlap {
+        /// Start address.
+        base: u64,
+        /// Length.
+        len: u64,
+        /// Start of the device in the way.
+        existing: u64,
+    },
+}
 
 /// A device on a [`Bus`].
 pub trait BusDevice: Send {
@@ -71,7 +92,7 @@ impl Bus {
     }
 
     /// Puts `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<()> {
+    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
         let end = base.checked_add(len).filter(|_| len > 0);
         let Some(end) = end else {
             return Err(Error::InvalidRange { base, len });

@@ -130,7 +130,7 @@ fn open_host_resource(config: &RestoreConfig, saved: &SavedVirtio) -> Result<Hos
             let name = tap_name(config, &state.iface_id, &state.host_dev_name);
             let tap = Tap::open(name).map_err(|source| Error::NetworkInterface {
                 id: state.iface_id.clone(),
-                source,
+                source: source.into(),
             })?;
             HostResource::Tap(tap)
         }

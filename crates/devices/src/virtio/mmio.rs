@@ -31,7 +31,26 @@ use super::{
 };
 use crate::bus::BusDevice;
 use crate::trigger::EventTrigger;
-use crate::{Error, Result};
+use crate::Result;
+
+/// Why the virtio-mmio transport cannot set up or restore its queues.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A virtio queue could not be created or rebuilt.
+    #[error("virtio queue: {0}")]
+    VirtioQueue(virtio_queue::Error),
+    /// A virtio device has a different number of queue eventfds than queues.
+    #[error("virtio device has {queues} queues but {events} queue eventfds")]
+    QueueEventCount {
+        /// Number of queues.
+        queues: usize,
+        /// Number of eventfds.
+        events: usize,
+    },
+    /// A virtio queue the driver enabled does not fit in guest memory.
+    #[error("virtio queue {0} does not fit in guest memory")]
+    InvalidQueue(usize),
+}
 
 /// Size of one virtio-mmio window (see the memory map in DESIGN.md).
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -163,17 +182,18 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
                 .queue_max_sizes()
                 .iter()
                 .map(|&max| Queue::new(max).map_err(Error::VirtioQueue))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<std::result::Result<Vec<_>, Error>>()?;
             let queue_evts = dev
                 .queue_events()
                 .iter()
-                .map(|evt| evt.try_clone().map_err(Error::EventFd))
+                .map(|evt| evt.try_clone().map_err(crate::Error::EventFd))
                 .collect::<Result<Vec<_>>>()?;
             if queue_evts.len() != queues.len() {
                 return Err(Error::QueueEventCount {
                     queues: queues.len(),
                     events: queue_evts.len(),
-                });
+                }
+                .into());
             }
             (dev.device_type(), dev.avail_features(), queues, queue_evts)
         };
@@ -248,7 +268,7 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
         state: &MmioTransportState,
     ) -> Result<MmioTransport<M>> {
         let mut transport = MmioTransport::new(mem, device)?;
-        let mismatch = |reason: String| Error::RestoreMismatch {
+        let mismatch = |reason: String| crate::Error::RestoreMismatch {
             device: "virtio-mmio",
             reason,
         };
@@ -280,7 +300,7 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
             transport.activate()?;
             for (queue, evt) in transport.queues.iter().zip(&transport.queue_evts) {
                 if queue.ready() {
-                    evt.write(1).map_err(Error::EventFd)?;
+                    evt.write(1).map_err(crate::Error::EventFd)?;
                 }
             }
             transport.lock_device().after_restore();
@@ -549,7 +569,7 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, queue) in self.queues.iter().enumerate() {
             if queue.ready() && !queue.is_valid(&self.mem) {
-                return Err(Error::InvalidQueue(index));
+                return Err(Error::InvalidQueue(index).into());
             }
             let mut live = Queue::try_from(queue.state()).map_err(Error::VirtioQueue)?;
             live.set_event_idx(event_idx);
@@ -690,7 +710,7 @@ mod tests {
             acked_features: u64,
         ) -> Result<()> {
             if !queues[0].ready() {
-                return Err(Error::QueueNotReady(0));
+                return Err(crate::virtio::ActivationError::QueueNotReady(0).into());
             }
             self.activations += 1;
             self.active = Some((queues, interrupt, acked_features));
@@ -1171,11 +1191,14 @@ mod tests {
         let mut other = t.state();
         other.queues[1].max_size = 32;
         let err = restore(&other);
-        assert!(matches!(err, Error::RestoreMismatch { .. }), "{err}");
+        assert!(matches!(err, crate::Error::RestoreMismatch { .. }), "{err}");
         let mut bad_size = t.state();
         bad_size.queues[0].size = 3;
         let err = restore(&bad_size);
-        assert!(matches!(err, Error::VirtioQueue(_)), "{err}");
+        assert!(
+            matches!(err, crate::Error::Transport(Error::VirtioQueue(_))),
+            "{err}"
+        );
         // A live queue outside guest memory cannot be activated.
         let mut outside = t.state();
         outside.status = STATUS_LIVE;
@@ -1183,7 +1206,10 @@ mod tests {
         outside.queues[0].ready = true;
         outside.queues[0].desc_table = 0x10_0000;
         let err = restore(&outside);
-        assert!(matches!(err, Error::InvalidQueue(0)), "{err}");
+        assert!(
+            matches!(err, crate::Error::Transport(Error::InvalidQueue(0))),
+            "{err}"
+        );
     }
 
     #[test]

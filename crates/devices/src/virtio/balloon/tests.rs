@@ -405,7 +405,13 @@ fn notifications_before_activation_are_ignored_and_reset_stops_the_device() {
             0,
         )
         .unwrap_err();
-    assert!(matches!(err, crate::Error::QueueNotReady(0)), "{err}");
+    assert!(
+        matches!(
+            err,
+            crate::Error::Activation(crate::virtio::ActivationError::QueueNotReady(0))
+        ),
+        "{err}"
+    );
     assert_eq!(b.counters().activate_fails, 1);
     let h = Harness::new(config(0, 1));
     let mut b = h.balloon.lock().unwrap();

@@ -118,16 +118,17 @@ impl<M: GuestMemoryHandle> Block<M> {
     /// file reopened from `state.path` (with [`open_disk`](super::open_disk)
     /// and `state.read_only`): configuration, configuration generation,
     /// counters and rate-limiter levels as saved. Fails with
-    /// [`Error::DiskSizeChanged`] if the file's capacity is not the saved
+    /// [`super::Error::DiskSizeChanged`] if the file's capacity is not the saved
     /// one. [`crate::virtio::MmioTransport::restore`] then activates it.
     pub fn restore(state: &BlockState, file: std::fs::File) -> Result<Block<M>> {
         let disk = Disk::from_file(file, &state.path, state.read_only)?;
         if disk.sectors() != state.capacity_sectors {
-            return Err(Error::DiskSizeChanged {
+            return Err(super::Error::DiskSizeChanged {
                 path: state.path.clone(),
                 saved: state.capacity_sectors,
                 found: disk.sectors(),
-            });
+            }
+            .into());
         }
         let rate_limiter = RateLimiter::restore(&state.rate_limiter).map_err(Error::RateLimiter)?;
         let mut block =

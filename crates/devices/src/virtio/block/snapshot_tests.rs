@@ -169,11 +169,11 @@ fn a_disk_that_changed_size_is_refused() {
     assert!(
         matches!(
             err,
-            Error::DiskSizeChanged {
+            Error::Block(super::Error::DiskSizeChanged {
                 saved: 8,
                 found: 16,
                 ..
-            }
+            })
         ),
         "{err}"
     );

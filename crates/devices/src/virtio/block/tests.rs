@@ -468,16 +468,31 @@ fn activation_needs_a_ready_queue_and_happens_once() {
     let mut block = h.block.lock().unwrap();
     let irq: Arc<dyn crate::virtio::VirtioInterrupt> = h.irq.clone();
     let err = block.activate(h.mem.clone(), vec![queue], irq.clone(), 0);
-    assert!(matches!(err, Err(crate::Error::QueueNotReady(0))));
+    assert!(matches!(
+        err,
+        Err(crate::Error::Activation(
+            crate::virtio::ActivationError::QueueNotReady(0)
+        ))
+    ));
     let err = block.activate(h.mem.clone(), Vec::new(), irq.clone(), 0);
-    assert!(matches!(err, Err(crate::Error::QueueNotReady(0))));
+    assert!(matches!(
+        err,
+        Err(crate::Error::Activation(
+            crate::virtio::ActivationError::QueueNotReady(0)
+        ))
+    ));
     let queue = h.gq.device_queue(QUEUE_SIZE);
     block
         .activate(h.mem.clone(), vec![queue], irq.clone(), 0)
         .unwrap();
     let queue = h.gq.device_queue(QUEUE_SIZE);
     let err = block.activate(h.mem.clone(), vec![queue], irq, 0);
-    assert!(matches!(err, Err(crate::Error::AlreadyActive)));
+    assert!(matches!(
+        err,
+        Err(crate::Error::Activation(
+            crate::virtio::ActivationError::AlreadyActive
+        ))
+    ));
 }
 
 #[test]

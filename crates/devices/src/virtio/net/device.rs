@@ -102,9 +102,12 @@ struct Settings {
 /// Has `tap` carry a virtio-net header of [`VNET_HDR_LEN`] bytes on every frame.
 fn set_vnet_hdr_size(tap: &Tap) -> Result<()> {
     let hdr_len = i32::try_from(VNET_HDR_LEN).unwrap_or(i32::MAX);
-    tap.set_vnet_hdr_size(hdr_len).map_err(|error| Error::Tap {
-        name: tap.if_name().to_owned(),
-        error,
+    tap.set_vnet_hdr_size(hdr_len).map_err(|error| {
+        super::Error::Tap {
+            name: tap.if_name().to_owned(),
+            error,
+        }
+        .into()
     })
 }
 
@@ -460,10 +463,12 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
         let rx_queue = queues.ready()?;
         let tx_queue = queues.ready()?;
         let offloads = tap_offloads(acked_features) & self.tap_offloads_supported;
-        self.tap.set_offload(offloads).map_err(|error| Error::Tap {
-            name: self.tap.if_name().to_owned(),
-            error,
-        })?;
+        self.tap
+            .set_offload(offloads)
+            .map_err(|error| super::Error::Tap {
+                name: self.tap.if_name().to_owned(),
+                error,
+            })?;
         self.active = Some(Active {
             mem,
             rx_queue,

@@ -35,6 +35,22 @@ pub use device::Net;
 pub use state::{NetCounters, NetState};
 pub use tap::{Tap, MAX_IFACE_NAME_LEN};
 
+/// Why a net device's host side or guest address cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A TAP interface cannot be opened or configured.
+    #[error("TAP interface {name}: {error}")]
+    Tap {
+        /// The interface's name.
+        name: String,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// A guest MAC address is multicast or all zeroes.
+    #[error("invalid guest MAC address {0}: it must be a unicast address")]
+    InvalidMac(String),
+}
+
 /// Size of the virtio-net header in front of every frame
 /// (`virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start,
 /// csum_offset, num_buffers).

@@ -13,7 +13,7 @@ use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::{Error, Result};
+use super::Error;
 
 /// The clone device every TAP interface is opened through.
 const TUN_DEVICE: &str = "/dev/net/tun";
@@ -66,7 +66,7 @@ impl Tap {
     /// The interface is created in the network namespace of the calling
     /// thread. A persistent interface made by someone else (`ip tuntap add`)
     /// is attached to if its owner and flags allow it.
-    pub fn open(name: &str) -> Result<Tap> {
+    pub fn open(name: &str) -> Result<Tap, Error> {
         let fail = |error| Error::Tap {
             name: name.to_owned(),
             error,

@@ -403,7 +403,7 @@ fn configuration_is_checked() {
         })
         .unwrap_err();
         assert!(
-            matches!(err, Error::InvalidVsockCid(c) if c == cid),
+            matches!(err, Error::Vsock(super::Error::InvalidCid(c)) if c == cid),
             "{err}"
         );
     }
@@ -414,7 +414,10 @@ fn configuration_is_checked() {
         uds_path: path.clone(),
     })
     .unwrap_err();
-    assert!(matches!(err, Error::VsockSocket { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Vsock(super::Error::Socket { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("is not a socket"), "{err}");
     assert!(path.exists(), "someone else's file stays");
     // A socket left by a VMM that was killed is replaced; a live one is not.
