@@ -217,12 +217,14 @@ fn restore_virtio(
             let mmds = state
                 .mmds_address
                 .map(|_| mmds_store.get_or_insert_with(Default::default).clone());
-            let device = Arc::new(Mutex::new(Net::restore(state, tap, mmds).map_err(
-                |source| Error::NetworkInterface {
-                    id: state.iface_id.clone(),
-                    source,
-                },
-            )?));
+            let device = Arc::new(Mutex::new(
+                Net::restore(state, Box::new(tap), mmds).map_err(|source| {
+                    Error::NetworkInterface {
+                        id: state.iface_id.clone(),
+                        source,
+                    }
+                })?,
+            ));
             let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
             let shared = SharedDevice::Net(state.iface_id.clone(), device.clone());
             placer.wire(transport, device, shared, saved.base, saved.irq)

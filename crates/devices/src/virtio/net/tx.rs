@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{self, ChainError, Direction};
 use super::device::{admit, signal_used};
-use super::{NetCounters, Tap, MAX_FRAME_LEN, MIN_FRAME_LEN, VNET_HDR_LEN};
+use super::{NetBackend, NetCounters, MAX_FRAME_LEN, MIN_FRAME_LEN, VNET_HDR_LEN};
 use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf, IOV_MAX};
 use crate::virtio::ring::Ring;
 use crate::virtio::VirtioInterrupt;
@@ -50,7 +50,7 @@ pub(super) struct Tx {
 /// What the transmit path works with while the device is active.
 pub(super) struct TxIo<'a, M: GuestMemory> {
     pub(super) iface: &'a str,
-    pub(super) tap: &'a Tap,
+    pub(super) backend: &'a dyn NetBackend,
     pub(super) mem: &'a M,
     pub(super) ring: Ring<'a, 'a, M>,
     pub(super) interrupt: &'a dyn VirtioInterrupt,
@@ -198,12 +198,12 @@ fn transmit<M: GuestMemory>(
         return Outcome::Done;
     }
     let sent = if iovs.count() <= IOV_MAX {
-        write_frame(total, || iovs.writev(io.tap))
+        write_frame(total, || iovs.writev(io.backend))
     } else {
         // More buffers than one writev takes: one frame must be one write.
         buf.resize(TX_BUF_LEN, 0);
         let n = iovs.copy_to(0, &mut buf[..total]);
-        write_frame(total, || io.tap.write(&buf[..n]))
+        write_frame(total, || io.backend.write(&buf[..n]))
     };
     match sent {
         Ok(()) => {
