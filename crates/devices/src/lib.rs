@@ -1,4 +1,6 @@
-//! Device models for KVM microVMs.
+//! Device models for KVM microVMs, usable without the rest of Ember: they
+//! never see KVM, so they run on plain memory in tests, fuzzers and other
+//! VMMs.
 //!
 //! - [`bus`]: address-range buses (port I/O and MMIO) that route vCPU exits to devices.
 //! - [`host_files`]: opening the host files a VM is given (kernel, initrd, disks,
@@ -6,10 +8,17 @@
 //! - [`legacy`]: the PC devices a microVM keeps: COM1 (8250 UART), the i8042 reset
 //!   line, and the boot-timer device.
 //! - [`trigger`]: interrupt and event lines backed by eventfds.
-//! - [`virtio`]: the virtio-mmio transport and the virtio devices.
+//! - [`virtio`]: the virtio-mmio transport and the virtio devices: block,
+//!   net, vsock, rng (entropy) and balloon; block, net and rng take rate
+//!   limits (`ember-ratelimit`).
 //!
-//! Devices never see KVM: they raise interrupts through eventfds (which the VMM
-//! registers as irqfds) and register their own fds with an `event-manager` loop.
+//! Devices raise interrupts through eventfds (which the VMM registers as
+//! irqfds) and register their own fds with an `event-manager` loop.
+//!
+//! Errors: each part has its own error type ([`bus::Error`],
+//! [`virtio::mmio::Error`], [`virtio::ActivationError`],
+//! [`virtio::block::Error`], [`virtio::net::Error`], [`virtio::vsock::Error`]);
+//! [`Error`] wraps them with what every device can run into.
 //!
 //! Snapshots: every device gives its state as plain data apart from host
 //! resources (with the `serde` feature, every state type derives `Serialize`
@@ -17,6 +26,55 @@
 //! it needs (see [`virtio`] and [`legacy`]). Devices only touch guest memory
 //! on the event loop's thread (and on the thread restoring them), so a VMM
 //! that stops running the event loop has quiesced them.
+//!
+//! Features: `serde` (state types), `test-utils` (`virtio::test_utils`: a
+//! guest driver's side of virtqueues and virtio-mmio registers, for tests
+//! and benchmarks).
+//!
+//! # Example
+//!
+//! COM1 on a port-I/O bus, as a vCPU's `out` instructions reach it:
+//!
+//! ```
+//! use std::io::Write;
+//! use std::sync::{Arc, Mutex};
+//!
+//! use ember_devices::legacy::{Serial, COM1_PORT, COM1_PORT_COUNT};
+//! use ember_devices::trigger::EventTrigger;
+//! use ember_devices::Bus;
+//!
+//! /// Guest output, kept for the example to look at.
+//! #[derive(Clone, Default)]
+//! struct Console(Arc<Mutex<Vec<u8>>>);
+//!
+//! impl Write for Console {
+//!     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+//!         self.0.lock().unwrap().extend_from_slice(buf);
+//!         Ok(buf.len())
+//!     }
+//!     fn flush(&mut self) -> std::io::Result<()> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let console = Console::default();
+//! let serial = Serial::new(
+//!     EventTrigger::new()?,
+//!     EventTrigger::new()?,
+//!     Box::new(console.clone()),
+//! );
+//! let mut pio = Bus::new();
+//! pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, COM1_PORT_COUNT)?;
+//! for byte in b"hi\n" {
+//!     assert!(pio.write(COM1_PORT, &[*byte]), "COM1 claims its data port");
+//! }
+//! assert_eq!(console.0.lock().unwrap().as_slice(), b"hi\n");
+//! // Nobody claims port 0x2f8 (COM2): reads see all ones.
+//! let mut data = [0];
+//! assert!(!pio.read(0x2f8, &mut data));
+//! assert_eq!(data, [0xff]);
+//! # Ok::<(), ember_devices::Error>(())
+//! ```
 
 pub mod bus;
 pub mod host_files;
