@@ -92,6 +92,36 @@ impl Write for LimitedOutput {
 type Uart = vm_superio::Serial<EventTrigger, UartEvents, LimitedOutput>;
 
 /// The COM1 device.
+///
+/// # Example
+///
+/// Output limited to 4 bytes a minute (the rest is dropped and counted),
+/// and host input the guest reads, announced by the data-ready interrupt:
+///
+/// ```
+/// use ember_devices::legacy::Serial;
+/// use ember_devices::trigger::EventTrigger;
+/// use ember_devices::ByteRegisters;
+/// use ember_ratelimit::BucketConfig;
+///
+/// const DATA: u8 = 0; // receive and transmit holding registers
+/// const IER: u8 = 1; // interrupt enable
+///
+/// let irq4 = EventTrigger::new()?;
+/// let mut serial = Serial::new(irq4.try_clone()?, EventTrigger::new()?, Box::new(std::io::sink()));
+/// serial.limit_output(BucketConfig { size: 4, one_time_burst: 0, refill_time_ms: 60_000 });
+/// for byte in b"hello" {
+///     serial.write_register(DATA, *byte);
+/// }
+/// let counters = serial.counters();
+/// assert_eq!((counters.bytes_out, counters.bytes_dropped), (5, 1));
+///
+/// serial.write_register(IER, 0x01); // interrupt when data is ready
+/// assert_eq!(serial.enqueue_input(b"ok"), 2);
+/// assert!(irq4.event_fd().read().is_ok(), "IRQ 4 raised");
+/// assert_eq!([serial.read_register(DATA), serial.read_register(DATA)], *b"ok");
+/// # Ok::<(), ember_devices::Error>(())
+/// ```
 pub struct Serial {
     uart: Uart,
     bytes_in: u64,

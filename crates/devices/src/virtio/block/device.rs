@@ -74,6 +74,65 @@ pub struct BlockConfig {
 /// Register it with the event loop (it is a [`MutEventSubscriber`]: it watches
 /// its queue eventfd and its rate limiter's timer) and give it to an
 /// [`crate::virtio::MmioTransport`]; share it as `Arc<Mutex<Block<M>>>`.
+///
+/// # Example
+///
+/// A drive limited to one operation a minute, started without a transport
+/// (as [`crate::virtio::MmioTransport`] starts it at DRIVER_OK) on plain
+/// memory: of two GET_ID requests, the first is answered and the second
+/// waits for the rate limiter (see the transport's example for the
+/// register side).
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use ember_devices::virtio::block::{Block, BlockConfig};
+/// use ember_devices::virtio::test_utils::{
+///     bucket, guest_bytes, memory, notify_queue, run_until_used, GuestQueue, Manager, Mem, WRITE,
+/// };
+/// use ember_devices::virtio::{feature_bit, IrqTrigger, VirtioDevice};
+/// use event_manager::SubscriberOps;
+/// use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
+/// use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// use vm_memory::{Bytes, GuestAddress};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let disk = tempfile::NamedTempFile::new()?;
+/// disk.as_file().set_len(512)?;
+/// let config = BlockConfig {
+///     drive_id: "rootfs".to_owned(),
+///     path: disk.path().to_path_buf(),
+///     ops: bucket(1, 0, 60_000),
+///     ..BlockConfig::default()
+/// };
+/// let block = Arc::new(Mutex::new(Block::<Mem>::new(config)?));
+/// let mut event_loop = Manager::new()?;
+/// event_loop.add_subscriber(block.clone());
+///
+/// let mem = memory(&[(0, 0x10_0000)]);
+/// let mut queue = GuestQueue::new(&mem, 0x1000, 16);
+/// block.lock().unwrap().activate(
+///     mem.clone(),
+///     vec![queue.device_queue(16)],
+///     Arc::new(IrqTrigger::new()?),
+///     feature_bit(VIRTIO_F_VERSION_1),
+/// )?;
+/// for (first, base) in [(0, 0x8000), (3, 0x9000)] {
+///     mem.write_obj(VIRTIO_BLK_T_GET_ID.to_le(), GuestAddress(base))?;
+///     let (id, status) = (base + 0x100, base + 0x200);
+///     queue.add_chain(first, &[(base, 16, 0), (id, 20, WRITE), (status, 1, WRITE)]);
+/// }
+/// notify_queue(&block, 0);
+/// run_until_used(&mut event_loop, &queue, 1, Duration::from_secs(5));
+/// event_loop.run_with_timeout(100)?;
+///
+/// assert_eq!(&guest_bytes(&mem, 0x8100, 6), b"rootfs");
+/// assert_eq!(queue.used_idx(), 1, "the second request waits");
+/// assert!(block.lock().unwrap().counters().throttled > 0);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Block<M> {
     drive_id: String,
     id: [u8; ID_BYTES],
