@@ -114,6 +114,15 @@ impl ActivationQueues {
     }
 }
 
+/// What one pass over a queue's available chains did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pass {
+    /// At least one chain was returned to the driver.
+    pub(crate) progressed: bool,
+    /// The rate limiter refused a chain, which stays available.
+    pub(crate) throttled: bool,
+}
+
 /// Consumes an eventfd's count; an eventfd with nothing to read is fine.
 pub(crate) fn consume_event(evt: &EventFd) -> io::Result<()> {
     match evt.read() {

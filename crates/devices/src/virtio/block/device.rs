@@ -23,7 +23,7 @@ use super::{BlockCounters, BlockState, CacheType, SECTOR_SIZE};
 use crate::virtio::common::SingleQueue as Active;
 use crate::virtio::common::{
     admit, check_restored_features, ignore_config_write, read_config_space, signal_used,
-    DeviceEvents,
+    DeviceEvents, Pass,
 };
 use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
@@ -330,24 +330,11 @@ impl<M: GuestMemoryHandle> Block<M> {
             if let Err(e) = ring.disable_notification() {
                 self.event_error(format_args!("cannot disable notifications: {e}"));
             }
-            let mut progressed = false;
-            let mut throttled = false;
-            while let Some(chain) = ring.pop() {
-                let head = chain.head_index();
-                let mut data = iovs.start();
-                let parsed = request::parse(&guest, chain, SEG_MAX as usize, &mut data);
-                if !self.admit(&parsed) {
-                    ring.go_to_previous_position();
-                    throttled = true;
-                    break;
-                }
-                let len = self.complete(parsed, &mut data);
-                if let Err(e) = ring.add_used(head, len) {
-                    self.event_error(format_args!("cannot return descriptor {head}: {e}"));
-                }
-                progressed = true;
-                used_any = true;
-            }
+            let Pass {
+                progressed,
+                throttled,
+            } = self.complete_available(&mut ring, &guest, &mut iovs);
+            used_any |= progressed;
             // While throttled, notifications stay off: the timer resumes the
             // device. If the limiter could not arm its timer, the guest's next
             // notification has to, so notifications go back on.
@@ -378,6 +365,34 @@ impl<M: GuestMemoryHandle> Block<M> {
                 self.event_error(what);
             });
         }
+    }
+
+    /// One pass over the available requests: completes each and returns it
+    /// to the driver, until the ring is empty or the rate limiter refuses
+    /// one (which stays available).
+    fn complete_available(
+        &mut self,
+        ring: &mut Ring<'_, '_, M>,
+        guest: &GuestRegions<'_, M>,
+        iovs: &mut IoVecBuf,
+    ) -> Pass {
+        let mut pass = Pass::default();
+        while let Some(chain) = ring.pop() {
+            let head = chain.head_index();
+            let mut data = iovs.start();
+            let parsed = request::parse(guest, chain, SEG_MAX as usize, &mut data);
+            if !self.admit(&parsed) {
+                ring.go_to_previous_position();
+                pass.throttled = true;
+                break;
+            }
+            let len = self.complete(parsed, &mut data);
+            if let Err(e) = ring.add_used(head, len) {
+                self.event_error(format_args!("cannot return descriptor {head}: {e}"));
+            }
+            pass.progressed = true;
+        }
+        pass
     }
 
     /// Charges the rate limiter for a request: one operation, and its data

@@ -168,34 +168,9 @@ impl Rx {
                 break;
             }
             budget -= 1;
-            let pending = match self.pending {
-                Some(pending) => pending,
-                None => match self.read_frame(&mut io) {
-                    Read::Frame(pending) => pending,
-                    Read::Empty => {
-                        self.set_polling(io.backend, ops, true, io.counters);
-                        break;
-                    }
-                    Read::Failed => {
-                        // Reading again at once would most likely fail
-                        // again: the next notification of the receive queue
-                        // retries.
-                        self.set_polling(io.backend, ops, false, io.counters);
-                        break;
-                    }
-                },
+            let Some(pending) = self.admitted_frame(&mut io, ops) else {
+                break;
             };
-            if !pending.admitted {
-                if !admit(&mut self.limiter, pending.len - VNET_HDR_LEN) {
-                    io.counters.rx_throttled += 1;
-                    self.set_polling(io.backend, ops, false, io.counters);
-                    break;
-                }
-                self.pending = Some(Pending {
-                    admitted: true,
-                    ..pending
-                });
-            }
             match self.deliver(&mut io, pending.len, &mut used) {
                 Delivery::Delivered => {
                     rechecked = false;
@@ -214,23 +189,9 @@ impl Rx {
                     rechecked = false;
                 }
                 Delivery::NoBuffer { consumed } => {
-                    // Each check also tells the driver (EVENT_IDX) from which
-                    // index on to notify: it is redone after chains were
-                    // taken, so that index is the current one.
-                    if consumed {
-                        rechecked = false;
-                    }
-                    if !rechecked && self.buffers_arrived(&mut io) {
-                        rechecked = true;
+                    if self.buffers_worth_a_retry(&mut io, consumed, &mut rechecked) {
                         continue;
                     }
-                    if rechecked {
-                        // The ring said there were buffers, twice, and had
-                        // none: its index is beyond what the queue holds.
-                        log::warn!("net {}: invalid receive ring index", io.iface);
-                        io.counters.rx_malformed += 1;
-                    }
-                    io.counters.rx_no_buffer += 1;
                     self.set_polling(io.backend, ops, false, io.counters);
                     break;
                 }
@@ -239,6 +200,73 @@ impl Rx {
         if used {
             signal_used(io.iface, &mut io.ring, io.interrupt, io.counters);
         }
+    }
+
+    /// The frame to deliver next (the one waiting, or one read now),
+    /// charged to the limiter once. `None`, with the TAP's polling set for
+    /// what wakes the device next, if there is none or the limiter refuses it.
+    fn admitted_frame<M: GuestMemory>(
+        &mut self,
+        io: &mut RxIo<'_, M>,
+        ops: &mut EventOps,
+    ) -> Option<Pending> {
+        let pending = match self.pending {
+            Some(pending) => pending,
+            None => match self.read_frame(io) {
+                Read::Frame(pending) => pending,
+                Read::Empty => {
+                    self.set_polling(io.backend, ops, true, io.counters);
+                    return None;
+                }
+                Read::Failed => {
+                    // Reading again at once would most likely fail again:
+                    // the next notification of the receive queue retries.
+                    self.set_polling(io.backend, ops, false, io.counters);
+                    return None;
+                }
+            },
+        };
+        if !pending.admitted {
+            if !admit(&mut self.limiter, pending.len - VNET_HDR_LEN) {
+                io.counters.rx_throttled += 1;
+                self.set_polling(io.backend, ops, false, io.counters);
+                return None;
+            }
+            self.pending = Some(Pending {
+                admitted: true,
+                ..pending
+            });
+        }
+        Some(pending)
+    }
+
+    /// After the queue had no buffer for a frame (`consumed`: chains were
+    /// taken from it meanwhile): whether buffers arrived since, so delivery
+    /// is worth another try. Counts the frame as waiting for a buffer if not.
+    fn buffers_worth_a_retry<M: GuestMemory>(
+        &mut self,
+        io: &mut RxIo<'_, M>,
+        consumed: bool,
+        rechecked: &mut bool,
+    ) -> bool {
+        // Each check also tells the driver (EVENT_IDX) from which index on
+        // to notify: it is redone after chains were taken, so that index is
+        // the current one.
+        if consumed {
+            *rechecked = false;
+        }
+        if !*rechecked && self.buffers_arrived(io) {
+            *rechecked = true;
+            return true;
+        }
+        if *rechecked {
+            // The ring said there were buffers, twice, and had none: its
+            // index is beyond what the queue holds.
+            log::warn!("net {}: invalid receive ring index", io.iface);
+            io.counters.rx_malformed += 1;
+        }
+        io.counters.rx_no_buffer += 1;
+        false
     }
 
     /// Reads the next frame into the host buffer: an MMDS reply if one

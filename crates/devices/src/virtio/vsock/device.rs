@@ -303,6 +303,25 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         });
     }
 
+    /// The RX ring is out of buffers: asks to be notified of new ones, and
+    /// tells whether some came meanwhile (checked once in a row, tracked in
+    /// `rechecked`). If not, the device is stalled for want of buffers.
+    fn buffers_came_meanwhile(&mut self, ring: &mut Ring<'_, '_, M>, rechecked: &mut bool) -> bool {
+        match ring.enable_notification() {
+            Ok(true) if !*rechecked => {
+                *rechecked = true;
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => self.event_error(format_args!("cannot enable RX notifications: {e}")),
+        }
+        if !self.rx_stalled {
+            self.rx_stalled = true;
+            self.muxer.counters.rx_buffer_stalls += 1;
+        }
+        false
+    }
+
     /// Gives the guest the packets due, as long as it has RX buffers.
     fn fill_rx(&mut self, active: &mut Active<M>, now: Instant) {
         if !self.muxer.has_rx_work() {
@@ -319,18 +338,8 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         let mut rechecked = false;
         while self.muxer.has_rx_work() {
             let Some(chain) = ring.pop() else {
-                // Ask to be notified of new buffers; some may have come meanwhile.
-                match ring.enable_notification() {
-                    Ok(true) if !rechecked => {
-                        rechecked = true;
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => self.event_error(format_args!("cannot enable RX notifications: {e}")),
-                }
-                if !self.rx_stalled {
-                    self.rx_stalled = true;
-                    self.muxer.counters.rx_buffer_stalls += 1;
+                if self.buffers_came_meanwhile(&mut ring, &mut rechecked) {
+                    continue;
                 }
                 break;
             };
@@ -355,13 +364,10 @@ impl<M: GuestMemoryHandle> Vsock<M> {
                 break;
             };
             self.rx_stalled = false;
-            let written = match buffer.write_header(&hdr) {
-                Some(n) => n,
-                None => {
-                    self.event_error(format_args!("cannot write a packet to RX buffer {head}"));
-                    0
-                }
-            };
+            let written = buffer.write_header(&hdr).unwrap_or_else(|| {
+                self.event_error(format_args!("cannot write a packet to RX buffer {head}"));
+                0
+            });
             drop(buffer);
             if let Err(e) = ring.add_used(head, written) {
                 self.event_error(format_args!("cannot return RX descriptor {head}: {e}"));
