@@ -40,16 +40,12 @@ fn inflate(
     run_until_used(manager, queue, head + 1, WAIT);
 }
 
+/// A device on its event loop behind its transport.
+type Running = (Arc<Mutex<Balloon<Mem>>>, Manager, MmioTransport<Mem>);
+
 /// A balloon of 1 MiB with statistics every minute, started by the driver
 /// with its three queues at 0x1000, 0x4000 and 0x7000.
-fn started(
-    mem: &Mem,
-) -> (
-    Arc<Mutex<Balloon<Mem>>>,
-    Manager,
-    MmioTransport<Mem>,
-    Vec<GuestQueue>,
-) {
+fn started(mem: &Mem) -> (Running, Vec<GuestQueue>) {
     let config = BalloonConfig {
         amount_mib: 1,
         deflate_on_oom: true,
@@ -71,7 +67,7 @@ fn started(
     let setup: Vec<(u32, &GuestQueue)> = (0..).zip(&queues).collect();
     assert_eq!(start(&mut transport, features, &setup), 0xf);
     manager.run_with_timeout(50).unwrap();
-    (balloon, manager, transport, queues)
+    ((balloon, manager, transport), queues)
 }
 
 /// Checks the state saved after the target went to 2 MiB, the driver
@@ -90,7 +86,7 @@ fn restored(
     mem: &Mem,
     transport_state: &MmioTransportState,
     balloon_state: &BalloonState,
-) -> (Arc<Mutex<Balloon<Mem>>>, Manager, MmioTransport<Mem>) {
+) -> Running {
     let balloon = Arc::new(Mutex::new(Balloon::<Mem>::restore(balloon_state).unwrap()));
     let mut manager = Manager::new().unwrap();
     manager.add_subscriber(balloon.clone());
@@ -103,7 +99,7 @@ fn restored(
 #[test]
 fn the_balloon_carries_on_after_a_restore() {
     let mem = memory(&[(0, 0x40_0000)]);
-    let (balloon, mut manager, mut transport, mut queues) = started(&mem);
+    let ((balloon, mut manager, mut transport), mut queues) = started(&mem);
 
     // The host raises the target; the driver reports 256 pages and its
     // statistics, and inflates one page.
