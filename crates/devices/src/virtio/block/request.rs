@@ -420,7 +420,11 @@ mod tests {
             assert_eq!(parsed.request, Err(*error), "case {i}");
             assert_eq!(parsed.status, status.map(GuestAddress), "case {i}");
         }
+    }
 
+    #[test]
+    fn a_write_needs_readable_data_within_seg_max_buffers() {
+        let mem = memory(&[(0, 0x10000)]);
         write_header(&mem, HDR, VIRTIO_BLK_T_OUT, 0);
         let parsed = parse_descs(
             &mem,

@@ -252,7 +252,12 @@ fn config_space_holds_the_mac_and_link_status() {
         let mut mac = [0u8; 6];
         h.net.lock().unwrap().read_config(0, &mut mac);
         assert_eq!(mac, MAC, "the MAC is read-only");
+    });
+}
 
+#[test]
+fn the_mac_and_mtu_come_from_the_configuration() {
+    in_netns(|| {
         // Without a configured MAC the device makes up a local unicast one.
         let generated = Net::<Mem>::new(NetConfig {
             guest_mac: None,
