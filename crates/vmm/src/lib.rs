@@ -252,5 +252,12 @@ pub enum Error {
     },
 }
 
+/// A bus range that cannot be claimed is a device-wiring error.
+impl From<ember_devices::bus::Error> for Error {
+    fn from(error: ember_devices::bus::Error) -> Error {
+        Error::Devices(error.into())
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;

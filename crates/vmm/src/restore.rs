@@ -133,7 +133,7 @@ fn open_host_resource(config: &RestoreConfig, saved: &SavedVirtio) -> Result<Hos
             let name = tap_name(config, &state.iface_id, &state.host_dev_name);
             let tap = Tap::open(name).map_err(|source| Error::NetworkInterface {
                 id: state.iface_id.clone(),
-                source,
+                source: source.into(),
             })?;
             HostResource::Tap(tap)
         }
@@ -217,11 +217,12 @@ fn restore_virtio(
             let mmds = state
                 .mmds_address
                 .map(|_| mmds_store.get_or_insert_with(Default::default).clone());
-            let device =
-                Net::restore(state, tap, mmds).map_err(|source| Error::NetworkInterface {
+            let device = Net::restore(state, Box::new(tap), mmds).map_err(|source| {
+                Error::NetworkInterface {
                     id: state.iface_id.clone(),
                     source,
-                })?;
+                }
+            })?;
             put_back(placer, saved, device, |d| {
                 SharedDevice::Net(state.iface_id.clone(), d)
             })
