@@ -42,8 +42,9 @@ fn serial_pair() -> (UnixStream, SerialInput) {
 /// The complete lines (the guest writes a byte at a time) of `text` that
 /// start with `prefix`.
 fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete.lines().filter(|l| l.starts_with(prefix)).collect()
+    common::complete_lines(text)
+        .filter(|l| l.starts_with(prefix))
+        .collect()
 }
 
 /// Waits for a complete line starting with `prefix` and returns the first.
