@@ -709,7 +709,7 @@ impl Controller {
                 self.resources.logger = Some(request);
                 ApiResponse::no_content()
             }
-            Err(e) => ApiResponse::bad_request(&e.to_string()),
+            Err(e) => ApiResponse::bad_request(&error_chain(&e)),
         }
     }
 

@@ -85,7 +85,7 @@ pub use params::{configure_boot, BootInfo};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading the image file failed.
-    #[error("cannot read the {what}: {source}")]
+    #[error("cannot read the {what}")]
     Read {
         /// "kernel image" or "initrd".
         what: &'static str,
@@ -153,7 +153,7 @@ pub enum Error {
     #[error("the e820 map has {0} entries; the boot protocol holds at most 128")]
     TooManyE820Entries(usize),
     /// Writing a boot structure into guest memory failed.
-    #[error("cannot write the {what} at guest address {addr:#x}: {source}")]
+    #[error("cannot write the {what} at guest address {addr:#x}")]
     GuestMemory {
         /// The structure.
         what: &'static str,

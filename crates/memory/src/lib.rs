@@ -90,7 +90,7 @@ pub enum Error {
         phys_bits: u8,
     },
     /// The host refused to map the memory.
-    #[error("cannot map {size_mib} MiB of guest memory on this host: {source}")]
+    #[error("cannot map {size_mib} MiB of guest memory on this host")]
     Map {
         /// Requested size in MiB.
         size_mib: u64,
@@ -116,7 +116,7 @@ pub enum Error {
     },
     /// KVM refused to hand over a slot's dirty log.
     #[cfg(feature = "kvm")]
-    #[error("cannot read the dirty log of KVM memory slot {slot}: {source}")]
+    #[error("cannot read the dirty log of KVM memory slot {slot}")]
     DirtyLog {
         /// The slot number.
         slot: u32,
@@ -125,7 +125,7 @@ pub enum Error {
     },
     /// KVM refused a memory slot.
     #[cfg(feature = "kvm")]
-    #[error("KVM refused memory slot {slot} at {guest_addr:#x}: {source}")]
+    #[error("KVM refused memory slot {slot} at {guest_addr:#x}")]
     RegisterSlot {
         /// The slot number.
         slot: u32,
