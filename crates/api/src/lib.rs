@@ -12,6 +12,32 @@
 //! - [`mmds`]: the API's side of the microVM metadata service (the store
 //!   itself is the `ember-mmds` crate).
 //! - [`logger`], [`metrics`], [`destination`]: logs and metrics to files or FIFOs.
+//! - [`snapshot`]: `PUT /snapshot/create` and `PUT /snapshot/load`.
+//!
+//! # Example
+//!
+//! A request as the API server parses it, and a Firecracker configuration
+//! as the config file and the API build it up:
+//!
+//! ```
+//! use ember_api::model::VmResources;
+//! use ember_api::request::ApiRequest;
+//! use ember_api::routes::{parse, Method};
+//!
+//! let body = br#"{"vcpu_count": 2, "mem_size_mib": 256}"#;
+//! let request = parse(Method::Put, "/machine-config", Some(body)).unwrap();
+//! let ApiRequest::PutMachineConfig(machine) = request else { panic!() };
+//! assert_eq!((machine.vcpu_count, machine.mem_size_mib), (2, 256));
+//!
+//! // A field Firecracker does not know is refused in Firecracker's words.
+//! let refused = parse(Method::Put, "/machine-config", Some(br#"{"vcpus": 2}"#));
+//! assert_eq!(refused.unwrap_err().status, 400);
+//!
+//! let json = r#"{"boot-source": {"kernel_image_path": "vmlinux"},
+//!                "machine-config": {"vcpu_count": 2, "mem_size_mib": 256}}"#;
+//! let resources: VmResources = serde_json::from_str(json).unwrap();
+//! assert_eq!(resources.machine().vcpu_count, 2);
+//! ```
 
 /// The Firecracker release whose API (swagger) and command line Ember
 /// follows, as a macro so that it can be `concat!`ed.
