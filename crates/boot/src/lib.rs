@@ -123,7 +123,7 @@ pub enum Error {
         available: u64,
     },
     /// linux-loader refused the image.
-    #[error("cannot load the kernel: {0}")]
+    #[error("cannot load the kernel")]
     Load(#[from] linux_loader::loader::Error),
     /// The initrd does not fit between the kernel and the top of low memory.
     #[error(
@@ -163,7 +163,7 @@ pub enum Error {
         source: vm_memory::GuestMemoryError,
     },
     /// linux-loader could not write the boot parameters.
-    #[error("cannot write the boot parameters: {0}")]
+    #[error("cannot write the boot parameters")]
     Configure(#[from] linux_loader::configurator::Error),
 }
 
