@@ -49,8 +49,8 @@ pub use dirty::take_written_pages;
 #[cfg(feature = "kvm")]
 pub use kvm::{dirty_pages, register_with_kvm, register_with_kvm_logging_dirty_pages};
 pub use mapping::{
-    create_guest_memory, create_guest_memory_from_file, map_guest_memory, Backing,
-    DirtyPageTracking,
+    create_guest_memory, create_guest_memory_from_file, free_huge_pages, map_guest_memory, Backing,
+    DirtyPageTracking, HUGE_PAGE_SIZE,
 };
 pub use regions::{E820Entry, E820Kind, MemoryLayout};
 
@@ -114,6 +114,29 @@ pub enum Error {
         /// The memory's size.
         needed: u64,
     },
+    /// Huge-page memory whose region is not a whole number of huge pages.
+    #[error(
+        "a guest memory region of {region_len:#x} bytes is not a multiple of 2 MiB, as 2 MiB huge \
+         pages need"
+    )]
+    HugePageMultiple {
+        /// The region's length.
+        region_len: u64,
+    },
+    /// The host has too few free 2 MiB huge pages.
+    #[error(
+        "guest memory needs {needed} free 2 MiB huge pages and this host has {free} (see \
+         /proc/sys/vm/nr_hugepages)"
+    )]
+    HugePagesUnavailable {
+        /// Huge pages the memory needs.
+        needed: u64,
+        /// Huge pages the host has free.
+        free: u64,
+    },
+    /// The kernel refused the transparent huge page advice.
+    #[error("cannot advise transparent huge pages for guest memory")]
+    HugePageAdvice(#[source] std::io::Error),
     /// KVM refused to hand over a slot's dirty log.
     #[cfg(feature = "kvm")]
     #[error("cannot read the dirty log of KVM memory slot {slot}")]

@@ -23,6 +23,46 @@ pub enum Backing<'f> {
     /// the page cache, clean pages are shared by every VM mapped from the
     /// same file, and writes are copy-on-write (the file never changes).
     File(&'f File),
+    /// Anonymous memory from the host's pool of 2 MiB huge pages
+    /// (hugetlbfs): reserved when mapped, so a host with too few free huge
+    /// pages is refused here rather than failing when the guest touches
+    /// them. Every region must be a multiple of 2 MiB.
+    Hugetlbfs2M,
+    /// Anonymous memory the kernel is advised to back with transparent huge
+    /// pages (`madvise(MADV_HUGEPAGE)`), where it can.
+    TransparentHuge,
+}
+
+/// Size of a huge page of [`Backing::Hugetlbfs2M`].
+pub const HUGE_PAGE_SIZE: u64 = 2 * MIB;
+
+/// Where the kernel counts the free 2 MiB huge pages.
+const FREE_HUGE_PAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+
+/// How many 2 MiB huge pages the host has free (0 when it has none at all).
+pub fn free_huge_pages() -> u64 {
+    std::fs::read_to_string(FREE_HUGE_PAGES)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Refuses a layout [`Backing::Hugetlbfs2M`] cannot back: a region that is
+/// not a multiple of 2 MiB, or more huge pages than the host has free.
+fn check_huge_pages(layout: &MemoryLayout) -> Result<()> {
+    if let Some(&(_, len)) = layout
+        .ranges()
+        .iter()
+        .find(|(_, len)| !len.is_multiple_of(HUGE_PAGE_SIZE))
+    {
+        return Err(Error::HugePageMultiple { region_len: len });
+    }
+    let needed = layout.size() / HUGE_PAGE_SIZE;
+    let free = free_huge_pages();
+    if free < needed {
+        return Err(Error::HugePagesUnavailable { needed, free });
+    }
+    Ok(())
 }
 
 /// Whether guest memory records the pages the VMM writes through it (for
@@ -115,7 +155,11 @@ pub fn map_guest_memory(
 ) -> Result<GuestMemoryMmap> {
     let size_mib = layout.size() / MIB;
     let file = match backing {
-        Backing::Anonymous => None,
+        Backing::Anonymous | Backing::TransparentHuge => None,
+        Backing::Hugetlbfs2M => {
+            check_huge_pages(layout)?;
+            None
+        }
         Backing::File(file) => Some(shared_memory_file(file, layout.size())?),
     };
     let mut regions = Vec::with_capacity(layout.ranges().len());
@@ -126,11 +170,17 @@ pub fn map_guest_memory(
             end: layout.end(),
             phys_bits: 64,
         })?;
-        let file_range = file.as_ref().map(|file| (file, file_offset));
-        regions.push(
-            map_region(start, size, file_range, tracking)
-                .map_err(|source| Error::Map { size_mib, source })?,
-        );
+        let source = match (&file, backing) {
+            (Some(file), _) => Source::File(file, file_offset),
+            (None, Backing::Hugetlbfs2M) => Source::HugeTlb,
+            (None, _) => Source::Anonymous,
+        };
+        let region = map_region(start, size, source, tracking)
+            .map_err(|source| Error::Map { size_mib, source })?;
+        if matches!(backing, Backing::TransparentHuge) {
+            advise_huge_pages(&region)?;
+        }
+        regions.push(region);
         file_offset += len;
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Map {
@@ -151,12 +201,32 @@ fn shared_memory_file(file: &File, needed: u64) -> Result<Arc<File>> {
     Ok(Arc::new(file.try_clone().map_err(Error::MemoryFile)?))
 }
 
-/// Maps `size` bytes at guest address `start`: anonymous, or from the given
-/// file at the given offset.
+/// Where one region's pages come from.
+enum Source<'a> {
+    Anonymous,
+    HugeTlb,
+    File(&'a Arc<File>, u64),
+}
+
+/// Asks the kernel to back `region` with transparent huge pages.
+fn advise_huge_pages(region: &GuestRegionMmap<Option<AtomicBitmap>>) -> Result<()> {
+    let mapping = region.get_mmap();
+    // SAFETY: the range is exactly the live mapping `region` owns; the advice
+    // changes how the kernel backs it, never its contents. The result is
+    // checked.
+    let ret =
+        unsafe { libc::madvise(mapping.as_ptr().cast(), mapping.size(), libc::MADV_HUGEPAGE) };
+    if ret != 0 {
+        return Err(Error::HugePageAdvice(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Maps `size` bytes at guest address `start` from `source`.
 fn map_region(
     start: GuestAddress,
     size: usize,
-    file: Option<(&Arc<File>, u64)>,
+    source: Source<'_>,
     tracking: DirtyPageTracking,
 ) -> std::result::Result<GuestRegionMmap<Option<AtomicBitmap>>, FromRangesError> {
     let bitmap = match tracking {
@@ -165,11 +235,17 @@ fn map_region(
     };
     let builder = MmapRegionBuilder::new_with_bitmap(size, bitmap)
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
-    let builder = match file {
-        None => {
+    let builder = match source {
+        Source::Anonymous => {
             builder.with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
         }
-        Some((file, offset)) => builder
+        // Without MAP_NORESERVE: the huge pages are reserved now.
+        Source::HugeTlb => builder
+            .with_mmap_flags(
+                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB,
+            )
+            .with_hugetlbfs(true),
+        Source::File(file, offset) => builder
             .with_file_offset(FileOffset::from_arc(Arc::clone(file), offset))
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE),
     };
@@ -204,6 +280,55 @@ mod tests {
         assert_eq!(v, 0xdead_beef);
         assert!(mem.read_obj::<u8>(GuestAddress(MMIO_GAP_START)).is_err());
         assert!(mem.iter().all(|r| r.get_mmap().bitmap().is_none()));
+    }
+
+    #[test]
+    fn hugetlbfs_memory_is_made_of_huge_pages_or_refused_up_front() {
+        let layout = MemoryLayout::with_mib(8, 48).unwrap();
+        match map_guest_memory(&layout, Backing::Hugetlbfs2M, DirtyPageTracking::Off) {
+            Ok(mem) => {
+                mem.write_obj(7u8, GuestAddress(0x20_0000)).unwrap();
+                let start = mem.iter().next().unwrap().get_mmap().as_ptr() as u64;
+                let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+                let header = format!("{start:x}-");
+                let entry = smaps.split_once(header.as_str()).unwrap().1;
+                let page_size = entry.lines().find(|l| l.starts_with("KernelPageSize:"));
+                assert_eq!(
+                    page_size.map(|l| l.split_whitespace().nth(1)),
+                    Some(Some("2048"))
+                );
+            }
+            Err(err) => {
+                // The host (CI's or a developer's) has too few free huge pages:
+                // the refusal must say how many are needed and free.
+                assert!(free_huge_pages() < 4, "refused with huge pages free: {err}");
+                assert!(
+                    matches!(err, Error::HugePagesUnavailable { needed: 4, .. }),
+                    "{err}"
+                );
+                assert!(err.to_string().contains("nr_hugepages"), "{err}");
+            }
+        }
+        let odd = MemoryLayout::new(HUGE_PAGE_SIZE + PAGE_SIZE).unwrap();
+        let err = map_guest_memory(&odd, Backing::Hugetlbfs2M, DirtyPageTracking::Off).unwrap_err();
+        assert!(matches!(err, Error::HugePageMultiple { .. }), "{err}");
+    }
+
+    #[test]
+    fn transparent_huge_pages_are_advised_where_the_kernel_has_them() {
+        let layout = MemoryLayout::with_mib(8, 48).unwrap();
+        let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists();
+        match map_guest_memory(&layout, Backing::TransparentHuge, DirtyPageTracking::On) {
+            Ok(mem) => {
+                assert!(thp, "advised without THP in the kernel");
+                mem.write_obj(7u8, GuestAddress(0x10_0000)).unwrap();
+                assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_0000)).unwrap(), 7);
+            }
+            Err(err) => {
+                assert!(!thp, "refused with THP in the kernel: {err}");
+                assert!(matches!(err, Error::HugePageAdvice(_)), "{err}");
+            }
+        }
     }
 
     #[test]
