@@ -201,6 +201,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A snapshot's state file and memory file would be the same file.
+    #[error("the snapshot's state file and memory file are the same file: {}", .0.display())]
+    SnapshotPathsClash(PathBuf),
     /// A seccomp filter could not be installed.
     #[error("seccomp ({thread} thread): {source}")]
     Seccomp {

@@ -311,7 +311,8 @@ mod tests {
         let region = GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
         let mem = vm_memory::GuestMemoryMmap::<()>::from_regions(vec![region]).unwrap();
         // The guest wrote pages 2 and 3 after the restore: private copies.
-        mem.write_slice(&[0xee; 2 * 4096], GuestAddress(0x2000)).unwrap();
+        mem.write_slice(&[0xee; 2 * 4096], GuestAddress(0x2000))
+            .unwrap();
         let host = mem.get_host_address(GuestAddress(0)).unwrap();
         let before = resident_pages(host, 8);
 

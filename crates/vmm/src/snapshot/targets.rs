@@ -1,0 +1,165 @@
+//! Where a snapshot's files land: both paths checked before anything is
+//! written, the diff memory file opened without blocking on or writing into
+//! something that is not a regular file, and replacements that appear whole
+//! or not at all.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+fn file_error<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {
+    move |source| Error::SnapshotFile {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The directory entry a snapshot path names: its directory (symbolic links
+/// followed, as the kernel follows them) by device and inode, and its own
+/// name (which a rename replaces as it is, symbolic link or not).
+#[derive(Debug, PartialEq, Eq)]
+struct Landing {
+    dir_dev: u64,
+    dir_ino: u64,
+    name: OsString,
+}
+
+/// Where `path` lands; refuses a path with no file name, in a directory
+/// that cannot be reached, or naming a directory.
+fn landing(path: &Path) -> Result<Landing> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| file_error("name", path)(std::io::ErrorKind::InvalidInput.into()))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir_meta = std::fs::metadata(dir).map_err(file_error("reach the directory of", path))?;
+    if std::fs::symlink_metadata(path).is_ok_and(|existing| existing.is_dir()) {
+        return Err(file_error("replace", path)(
+            std::io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    Ok(Landing {
+        dir_dev: dir_meta.dev(),
+        dir_ino: dir_meta.ino(),
+        name: name.to_owned(),
+    })
+}
+
+/// Checks the two paths of a snapshot before anything is written: each in
+/// a reachable directory and not naming a directory, and not both the same
+/// directory entry (the second file would replace the first).
+pub(super) fn check_targets(state_path: &Path, mem_path: &Path) -> Result<()> {
+    if landing(state_path)? == landing(mem_path)? {
+        return Err(Error::SnapshotPathsClash(mem_path.to_owned()));
+    }
+    Ok(())
+}
+
+/// Opens (creating it if missing) the memory file a diff snapshot writes
+/// into. Anything at the path that is not a regular file (a FIFO, a device,
+/// a socket, a symbolic link) is refused before it is opened, and again
+/// after, without blocking.
+pub(super) fn open_diff_target(path: &Path) -> Result<File> {
+    let not_regular = || {
+        file_error("write a diff snapshot into", path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    };
+    if std::fs::symlink_metadata(path).is_ok_and(|existing| !existing.is_file()) {
+        return Err(not_regular());
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(file_error("open", path))?;
+    if !file
+        .metadata()
+        .map_err(file_error("inspect", path))?
+        .is_file()
+    {
+        return Err(not_regular());
+    }
+    Ok(file)
+}
+
+/// A file beside `path` that replaces it on [`Replacement::commit`] and is
+/// removed if dropped before.
+pub(crate) struct Replacement {
+    temp: PathBuf,
+    path: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl Replacement {
+    /// Creates the temporary file.
+    pub(crate) fn create(path: &Path) -> Result<Replacement> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| file_error("name", path)(std::io::ErrorKind::InvalidInput.into()))?;
+        let mut temp_name = OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.tmp", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        let _ = std::fs::remove_file(&temp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&temp)
+            .map_err(file_error("create", path))?;
+        Ok(Replacement {
+            temp,
+            path: path.to_owned(),
+            file,
+            committed: false,
+        })
+    }
+
+    /// A replacement of `path` holding `bytes`, synced.
+    pub(crate) fn with_bytes(path: &Path, bytes: &[u8]) -> Result<Replacement> {
+        let replacement = Replacement::create(path)?;
+        (&replacement.file)
+            .write_all(bytes)
+            .and_then(|()| replacement.file.sync_all())
+            .map_err(file_error("write", path))?;
+        Ok(replacement)
+    }
+
+    /// The open temporary file.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Renames the temporary file over the path.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.temp, &self.path).map_err(file_error("rename into", &self.path))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
