@@ -14,6 +14,7 @@ pub mod config;
 mod device_thread;
 mod exit;
 mod io;
+mod memory_fault;
 pub mod metrics;
 mod restore;
 pub mod signals;
@@ -27,6 +28,7 @@ pub use builder::{build, check_cmdline, check_vcpu_count, memory_layout, MAX_VCP
 pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
 pub use ember_snapshot::Section as SnapshotSection;
 pub use exit::{ExitReason, StopHandle};
+pub use memory_fault::MEMORY_FAULT_EXIT_CODE;
 pub use metrics::MetricGroup;
 pub use restore::{restore, RestoreConfig};
 pub use snapshot::{MachineInfo, SnapshotFiles, SnapshotKind, SnapshotReport};
