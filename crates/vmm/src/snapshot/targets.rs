@@ -3,7 +3,7 @@
 //! something that is not a regular file, and replacements that appear whole
 //! or not at all.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -22,7 +22,7 @@ fn file_error<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Er
 /// The directory entry a snapshot path names: its directory (symbolic links
 /// followed, as the kernel follows them) by device and inode, and its own
 /// name (which a rename replaces as it is, symbolic link or not).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct Landing {
     dir_dev: u64,
     dir_ino: u64,
@@ -52,11 +52,28 @@ fn landing(path: &Path) -> Result<Landing> {
     })
 }
 
+/// The name of the temporary file that stands for `name` until it is
+/// renamed over it.
+fn temporary_name(name: &OsStr) -> OsString {
+    let mut temp = OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".{}.tmp", std::process::id()));
+    temp
+}
+
 /// Checks the two paths of a snapshot before anything is written: each in
-/// a reachable directory and not naming a directory, and not both the same
-/// directory entry (the second file would replace the first).
+/// a reachable directory and not naming a directory, and neither the same
+/// directory entry as the other or as the other's temporary file (the
+/// second file would replace the first).
 pub(super) fn check_targets(state_path: &Path, mem_path: &Path) -> Result<()> {
-    if landing(state_path)? == landing(mem_path)? {
+    let state = landing(state_path)?;
+    let mem = landing(mem_path)?;
+    let same_dir = (state.dir_dev, state.dir_ino) == (mem.dir_dev, mem.dir_ino);
+    if same_dir
+        && (state.name == mem.name
+            || state.name == temporary_name(&mem.name)
+            || mem.name == temporary_name(&state.name))
+    {
         return Err(Error::SnapshotPathsClash(mem_path.to_owned()));
     }
     Ok(())
@@ -109,10 +126,7 @@ impl Replacement {
         let name = path
             .file_name()
             .ok_or_else(|| file_error("name", path)(std::io::ErrorKind::InvalidInput.into()))?;
-        let mut temp_name = OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".{}.tmp", std::process::id()));
-        let temp = path.with_file_name(temp_name);
+        let temp = path.with_file_name(temporary_name(name));
         let _ = std::fs::remove_file(&temp);
         let file = OpenOptions::new()
             .read(true)

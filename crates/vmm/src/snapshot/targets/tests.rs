@@ -26,6 +26,13 @@ fn the_same_entry_by_two_spellings_is_refused() {
         let err = check_targets(&state, &mem).unwrap_err();
         assert!(matches!(err, Error::SnapshotPathsClash(_)), "{err}");
     }
+    // Each file is first written under a temporary name beside it.
+    let state_temp = format!(".vm.snap.{}.tmp", std::process::id());
+    let err = check_targets(&state, &dir.path().join(&state_temp)).unwrap_err();
+    assert!(matches!(err, Error::SnapshotPathsClash(_)), "{err}");
+    let mem_temp = format!(".vm.mem.{}.tmp", std::process::id());
+    let err = check_targets(&dir.path().join(mem_temp), &dir.path().join("vm.mem")).unwrap_err();
+    assert!(matches!(err, Error::SnapshotPathsClash(_)), "{err}");
     check_targets(&state, &dir.path().join("vm.mem")).unwrap();
     check_targets(&state, &dir.path().join("sub").join("vm.snap")).unwrap();
     assert_eq!(
