@@ -1,11 +1,12 @@
 //! Where a snapshot's files land: both paths checked before anything is
 //! written, the diff memory file opened without blocking on or writing into
-//! something that is not a regular file, and replacements that appear whole
-//! or not at all.
+//! something that is not a regular file or is a kernel interface, and
+//! replacements that appear whole or not at all.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -79,19 +80,22 @@ pub(super) fn check_targets(state_path: &Path, mem_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A refusal of `path` as the memory file of a diff snapshot.
+fn refused_diff_target(path: &Path, reason: &'static str) -> Error {
+    file_error("write a diff snapshot into", path)(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        reason,
+    ))
+}
+
 /// Opens (creating it if missing) the memory file a diff snapshot writes
 /// into. Anything at the path that is not a regular file (a FIFO, a device,
 /// a socket, a symbolic link) is refused before it is opened, and again
-/// after, without blocking.
+/// after, without blocking; so is a file of a kernel interface file system.
 pub(super) fn open_diff_target(path: &Path) -> Result<File> {
-    let not_regular = || {
-        file_error("write a diff snapshot into", path)(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ))
-    };
+    const NOT_REGULAR: &str = "not a regular file";
     if std::fs::symlink_metadata(path).is_ok_and(|existing| !existing.is_file()) {
-        return Err(not_regular());
+        return Err(refused_diff_target(path, NOT_REGULAR));
     }
     let file = OpenOptions::new()
         .write(true)
@@ -106,9 +110,41 @@ pub(super) fn open_diff_target(path: &Path) -> Result<File> {
         .map_err(file_error("inspect", path))?
         .is_file()
     {
-        return Err(not_regular());
+        return Err(refused_diff_target(path, NOT_REGULAR));
+    }
+    if on_kernel_interface(&file).map_err(file_error("inspect", path))? {
+        return Err(refused_diff_target(
+            path,
+            "a kernel interface file (procfs, sysfs, cgroup, debugfs, tracefs, securityfs or bpffs), not storage",
+        ));
     }
     Ok(file)
+}
+
+/// File systems whose regular files are kernel interfaces rather than
+/// storage: guest bytes written there would be handed to the kernel
+/// (`/proc/self/mem` would write into the VMM itself).
+const KERNEL_INTERFACE_FILE_SYSTEMS: [libc::c_long; 8] = [
+    libc::PROC_SUPER_MAGIC,
+    libc::SYSFS_MAGIC,
+    libc::CGROUP_SUPER_MAGIC,
+    libc::CGROUP2_SUPER_MAGIC,
+    libc::DEBUGFS_MAGIC,
+    libc::TRACEFS_MAGIC,
+    libc::SECURITYFS_MAGIC,
+    libc::BPF_FS_MAGIC,
+];
+
+/// Whether `file` is on one of the [`KERNEL_INTERFACE_FILE_SYSTEMS`].
+fn on_kernel_interface(file: &File) -> std::io::Result<bool> {
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call's duration and `stat` is a
+    // valid, writable statfs.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(KERNEL_INTERFACE_FILE_SYSTEMS.contains(&stat.f_type))
 }
 
 /// A file beside `path` that replaces it on [`Replacement::commit`] and is

@@ -67,6 +67,16 @@ fn a_diff_goes_into_regular_files_only_and_never_blocks() {
         let err = open_diff_target(path).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
     }
+    for path in [
+        "/proc/self/mem",
+        "/proc/sysrq-trigger",
+        "/sys/kernel/uevent_helper",
+    ] {
+        if Path::new(path).is_file() {
+            let err = open_diff_target(Path::new(path)).unwrap_err();
+            assert!(err.to_string().contains("kernel interface"), "{err}");
+        }
+    }
     let created = dir.path().join("vm.mem");
     open_diff_target(&created).unwrap();
     assert!(created.is_file());
