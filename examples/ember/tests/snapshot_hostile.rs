@@ -98,7 +98,7 @@ fn a_create_refuses_clashing_and_directory_paths_and_leaves_nothing() {
 }
 
 #[test]
-fn a_diff_into_a_fifo_or_device_is_refused_without_blocking() {
+fn a_diff_into_a_fifo_device_or_kernel_interface_is_refused_without_blocking() {
     let ember = paused_guest(true);
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
@@ -106,13 +106,16 @@ fn a_diff_into_a_fifo_or_device_is_refused_without_blocking() {
     // SAFETY: `c_path` is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
     let state = dir.path().join("vm.state");
-    for mem in [fifo.as_path(), Path::new("/dev/null")] {
+    // `/proc/self/mem` is the VMM's own memory, which guest bytes must
+    // never reach.
+    let refusals = [
+        (fifo.as_path(), "not a regular file"),
+        (Path::new("/dev/null"), "not a regular file"),
+        (Path::new("/proc/self/mem"), "kernel interface"),
+    ];
+    for (mem, needle) in refusals {
         let started = std::time::Instant::now();
-        assert_refused(
-            &ember,
-            &create_body(&state, mem, "Diff"),
-            "not a regular file",
-        );
+        assert_refused(&ember, &create_body(&state, mem, "Diff"), needle);
         assert!(started.elapsed() < DEADLINE);
     }
     assert_eq!(entries(dir.path()), vec!["fifo"]);
