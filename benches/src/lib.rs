@@ -24,6 +24,8 @@
 //!   process, seccomp and the jailer, memory, launches per second.
 //! - [`api`]: the REST API: time to the first accepted connection, request
 //!   latency, configure-and-boot.
+//! - [`snapshot`]: `ember`'s snapshots: create time and memory-file bytes
+//!   (full and diff), restore latency, memory of VMs restored from one file.
 //! - [`seccomp`]: the size of each default seccomp filter.
 //! - [`ratelimit`]: the token bucket's hot path (also a criterion bench,
 //!   `cargo bench -p ember-benches`).
@@ -31,7 +33,7 @@
 //! Shared pieces: [`driver`] (the guest driver's side of a virtio device),
 //! [`buffers`] (page-aligned buffers for baselines), [`stats`] (medians, percentiles, rates), [`report`] (the
 //! table, the JSON file, comparisons), [`paths`] (where binaries, scratch
-//! files and results live), [`procfs`] (CPU time and memory of a process),
+//! files and results live), [`procfs`] (CPU time, memory and PSS of a process),
 //! [`http`] (a minimal HTTP/1.1 client over a Unix socket), [`process`]
 //! (running `ember` and reading its log lines).
 
@@ -53,6 +55,7 @@ pub mod ratelimit;
 pub mod report;
 pub mod rng;
 pub mod seccomp;
+pub mod snapshot;
 pub mod stats;
 pub mod vsock;
 

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Groups: `all` (the default), `block`, `net`, `vsock`, `boot`, `api`,
-//! `seccomp`, `ratelimit`, `rng`, `balloon`, `mmds`. Exit status: 0 when every group ran, 1 when one
+//! `snapshot`, `seccomp`, `ratelimit`, `rng`, `balloon`, `mmds`. Exit status: 0 when every group ran, 1 when one
 //! failed (its error is printed under the table and saved), 2 on bad usage.
 
 use std::path::PathBuf;
@@ -16,24 +16,26 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ember_benches::paths::{self, Binaries};
 use ember_benches::report::{compare, GroupError, Report};
-use ember_benches::{api, balloon, block, boot, mmds, net, ratelimit, rng, seccomp, vsock, Result};
+use ember_benches::{
+    api, balloon, block, boot, mmds, net, ratelimit, rng, seccomp, snapshot, vsock, Result,
+};
 
 const USAGE: &str = "\
 usage: ember-benches [GROUP...] [--quick] [--out FILE] [--no-build]
        ember-benches compare OLD.json [NEW.json] [--noise PCT]
 
-GROUP: all (default), block, net, vsock, rng, balloon, mmds, boot, api, seccomp,
-  ratelimit
+GROUP: all (default), block, net, vsock, rng, balloon, mmds, boot, api, snapshot,
+  seccomp, ratelimit
   --quick     fewer and shorter rounds (a smoke run, figures are noisier)
   --out FILE  where to save the JSON (default <target>/bench-results.json)
-  --no-build  do not build ember and ember-jailer first (boot, api); they are
-              taken from beside this program, or from EMBER_BIN and
-              EMBER_JAILER_BIN
+  --no-build  do not build ember and ember-jailer first (boot, api,
+              snapshot); they are taken from beside this program, or from
+              EMBER_BIN and EMBER_JAILER_BIN
 compare: the change of every figure from OLD to NEW (default: the latest
   results), marked better or worse beyond the noise (default 5%)";
 
 /// Every group, in the order `all` runs them.
-const GROUPS: [&str; 10] = [
+const GROUPS: [&str; 11] = [
     "seccomp",
     "ratelimit",
     "block",
@@ -44,6 +46,7 @@ const GROUPS: [&str; 10] = [
     "mmds",
     "api",
     "boot",
+    "snapshot",
 ];
 
 /// What the command line asks for.
@@ -172,6 +175,13 @@ fn run_group(
                 boots: if quick { 3 } else { 20 },
             };
             api::run(&binaries()?, &scratch, options, report)?;
+        }
+        "snapshot" => {
+            let options = snapshot::Options {
+                rounds: if quick { 3 } else { 10 },
+                clones: 8,
+            };
+            snapshot::run(&binaries()?, &scratch, options, report)?;
         }
         other => {
             return Err(ember_benches::Error::Unexpected(format!(

@@ -34,7 +34,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use ember_devices::virtio::net::{Net, NetConfig, NetCounters, Tap, VNET_HDR_LEN};
+use ember_devices::virtio::net::{Net, NetBackend, NetConfig, NetCounters, VNET_HDR_LEN};
 use ember_devices::virtio::test_utils::{memory, GuestQueue, Mem, WRITE};
 use ember_devices::virtio::{feature_bit, MmioTransport};
 use event_manager::SubscriberOps;
@@ -159,7 +159,7 @@ fn run_inside(options: Options) -> Result<Vec<Figure>> {
             let (raw, device) = in_turn(
                 round,
                 &mut sides,
-                |(rig, buffers)| raw_tx(&rig.tap(), buffers, &data, count),
+                |(rig, buffers)| raw_tx(&*rig.tap(), buffers, &data, count),
                 |(rig, _)| rig.tx(&data, count),
             )?;
             tx.1.push(per_second(count as f64, raw));
@@ -170,7 +170,7 @@ fn run_inside(options: Options) -> Result<Vec<Figure>> {
                 &mut sides,
                 |(rig, buffers)| {
                     fill_tap(&sender, &data, count)?;
-                    raw_rx(&rig.tap(), buffers, len, count)
+                    raw_rx(&*rig.tap(), buffers, len, count)
                 },
                 |(rig, _)| {
                     fill_tap(&sender, &data, count)?;
@@ -232,7 +232,12 @@ fn fill_tap(sender: &PacketSender, frame: &[u8], count: usize) -> Result<()> {
 
 /// The TX baseline: header and frame written to the TAP, from buffers used
 /// in turn.
-fn raw_tx(tap: &Tap, buffers: &mut PageBuffers, frame: &[u8], count: usize) -> Result<Duration> {
+fn raw_tx(
+    tap: &dyn NetBackend,
+    buffers: &mut PageBuffers,
+    frame: &[u8],
+    count: usize,
+) -> Result<Duration> {
     let len = VNET_HDR_LEN + frame.len();
     for i in 0..usize::from(QUEUE) {
         let buf = buffers.slot(i, len);
@@ -252,7 +257,12 @@ fn raw_tx(tap: &Tap, buffers: &mut PageBuffers, frame: &[u8], count: usize) -> R
 }
 
 /// The RX baseline: `count` frames of `len` bytes read from the TAP.
-fn raw_rx(tap: &Tap, buffers: &mut PageBuffers, len: usize, count: usize) -> Result<Duration> {
+fn raw_rx(
+    tap: &dyn NetBackend,
+    buffers: &mut PageBuffers,
+    len: usize,
+    count: usize,
+) -> Result<Duration> {
     let start = Instant::now();
     for i in 0..count {
         let n = tap
@@ -286,9 +296,9 @@ struct Rig {
 struct TapGuard<'a>(MutexGuard<'a, Net<Mem>>);
 
 impl std::ops::Deref for TapGuard<'_> {
-    type Target = Tap;
-    fn deref(&self) -> &Tap {
-        self.0.tap()
+    type Target = dyn NetBackend;
+    fn deref(&self) -> &Self::Target {
+        self.0.backend()
     }
 }
 

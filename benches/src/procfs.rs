@@ -83,15 +83,17 @@ pub struct Memory {
     pub peak_kib: u64,
 }
 
+/// The number of the first `key    N kB` line of a `/proc` file (0 if none).
+fn kib_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Parses the text of `/proc/<pid>/status`.
 pub fn parse_status_memory(status: &str) -> Memory {
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |key| kib_field(status, key);
     Memory {
         rss_kib: field("VmRSS:"),
         anon_kib: field("RssAnon:"),
@@ -105,6 +107,31 @@ pub fn memory(pid: u32) -> Result<Memory> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).ctx(format!("reading {path}"))?;
     Ok(parse_status_memory(&text))
+}
+
+/// Figures from `/proc/<pid>/smaps_rollup`, in KiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rollup {
+    /// `Rss`: resident memory.
+    pub rss_kib: u64,
+    /// `Pss`: resident memory, each page divided by the processes mapping it.
+    pub pss_kib: u64,
+}
+
+/// Parses the text of `/proc/<pid>/smaps_rollup`.
+pub fn parse_smaps_rollup(text: &str) -> Rollup {
+    let field = |key| kib_field(text, key);
+    Rollup {
+        rss_kib: field("Rss:"),
+        pss_kib: field("Pss:"),
+    }
+}
+
+/// Reads [`Rollup`] of `pid`.
+pub fn smaps_rollup(pid: u32) -> Result<Rollup> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).ctx(format!("reading {path}"))?;
+    Ok(parse_smaps_rollup(&text))
 }
 
 /// Whether `path` is on a tmpfs (where a "disk" benchmark would measure RAM).
@@ -159,6 +186,22 @@ mod tests {
                 peak_kib: 9000
             }
         );
+    }
+
+    #[test]
+    fn smaps_rollup_fields() {
+        let text = "55d0c000-7ffd0000 ---p 00000000 00:00 0    [rollup]\n\
+                    Rss:               10240 kB\nPss:                4100 kB\n\
+                    Pss_Anon:           2000 kB\nPss_File:           2100 kB\n";
+        assert_eq!(
+            parse_smaps_rollup(text),
+            Rollup {
+                rss_kib: 10240,
+                pss_kib: 4100
+            }
+        );
+        let own = smaps_rollup(std::process::id()).unwrap();
+        assert!(own.pss_kib > 0 && own.pss_kib <= own.rss_kib);
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub(crate) fn put(resources: &mut VmResources, balloon: Balloon) -> ApiResponse 
             ApiResponse::no_content()
         }
         Err(Error::InvalidValue { reason, .. }) => config_error(&reason),
-        Err(e) => ApiResponse::bad_request(&e.to_string()),
+        Err(e) => ApiResponse::bad_request(&ember_vmm::error_chain(&e)),
     }
 }
 

@@ -77,7 +77,7 @@ mod tests {
             "{\n  \"boot-source\": {\n    \"kernel_image_path\": \"k\",\n  }\n}",
         )
         .unwrap();
-        let err = load(&bad).unwrap_err().to_string();
+        let err = ember_vmm::error_chain(&load(&bad).unwrap_err());
         assert!(err.contains("line 4 column 3"), "{err}");
 
         for (path, what) in [
@@ -87,16 +87,16 @@ mod tests {
                 "it is a character device, not a regular file",
             ),
         ] {
-            let err = load(path).unwrap_err().to_string();
+            let err = ember_vmm::error_chain(&load(path).unwrap_err());
             assert!(err.contains(what), "{err}");
         }
         let big = dir.path().join("big.json");
         let padding = " ".repeat(usize::try_from(MAX_CONFIG_SIZE).unwrap());
         std::fs::write(&big, format!("{{}}{padding}")).unwrap();
-        let err = load(&big).unwrap_err().to_string();
+        let err = ember_vmm::error_chain(&load(&big).unwrap_err());
         assert!(err.contains("larger than the 1048576-byte limit"), "{err}");
         std::fs::write(&big, &padding[2..]).unwrap();
-        let err = load(&big).unwrap_err().to_string();
+        let err = ember_vmm::error_chain(&load(&big).unwrap_err());
         assert!(
             err.contains("EOF while parsing"),
             "at the limit it is read: {err}"

@@ -9,6 +9,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ember_vmm::error_chain;
 use ember_vmm::host_files::{open_input, BoundListener, InputKind};
 use ember_vmm::seccomp::Filters;
 use ember_vmm::signals::TerminationSignals;
@@ -132,7 +133,7 @@ fn not_before_start() -> ApiResponse {
 }
 
 fn refused(error: &crate::Error) -> ApiResponse {
-    ApiResponse::bad_request(&error.to_string())
+    ApiResponse::bad_request(&error_chain(error))
 }
 
 /// Opens the kernel and initrd of `source` (never blocking, see
@@ -290,7 +291,7 @@ impl Controller {
                 ApiResponse::no_content()
             }
             Err(error) => {
-                let message = error.to_string();
+                let message = error_chain(&error);
                 log::error!("cannot start the VM: {message}");
                 self.phase = Phase::Configuring;
                 if !reply {
@@ -369,8 +370,9 @@ impl Controller {
                 ApiResponse::no_content()
             }
             Err(error) => {
-                log::error!("cannot load the snapshot: {error}");
-                ApiResponse::bad_request(&format!("Load snapshot error: {error}"))
+                let message = error_chain(&error);
+                log::error!("cannot load the snapshot: {message}");
+                ApiResponse::bad_request(&format!("Load snapshot error: {message}"))
             }
         }
     }
@@ -610,7 +612,7 @@ impl Controller {
         };
         let block = match vm.drive(&update.drive_id) {
             Ok(block) => block,
-            Err(e) => return ApiResponse::bad_request(&e.to_string()),
+            Err(e) => return ApiResponse::bad_request(&error_chain(&e)),
         };
         if update.path_on_host.is_none() && update.rate_limiter.is_none() {
             // Firecracker's words: such a PATCH is for vhost-user drives.
@@ -658,7 +660,7 @@ impl Controller {
         };
         let net = match vm.net(&update.iface_id) {
             Ok(net) => net,
-            Err(e) => return ApiResponse::bad_request(&e.to_string()),
+            Err(e) => return ApiResponse::bad_request(&error_chain(&e)),
         };
         let to_update = |limiter: Option<RateLimiter>| {
             limiter.map_or(RateLimiterUpdate::KEEP, |l| RateLimiterUpdate {
@@ -707,7 +709,7 @@ impl Controller {
                 self.resources.logger = Some(request);
                 ApiResponse::no_content()
             }
-            Err(e) => ApiResponse::bad_request(&e.to_string()),
+            Err(e) => ApiResponse::bad_request(&error_chain(&e)),
         }
     }
 
@@ -794,7 +796,7 @@ impl Controller {
                 None => not_before_start(),
                 Some(vm) => match vm.send_ctrl_alt_del() {
                     Ok(()) => ApiResponse::no_content(),
-                    Err(e) => ApiResponse::bad_request(&e.to_string()),
+                    Err(e) => ApiResponse::bad_request(&error_chain(&e)),
                 },
             },
             // As Firecracker: refused before the start; afterwards a line is
@@ -823,7 +825,7 @@ impl Controller {
             .record_latency(timed, true, started.elapsed());
         match result {
             Ok(()) => ApiResponse::no_content(),
-            Err(e) => ApiResponse::error(500, &e.to_string()),
+            Err(e) => ApiResponse::error(500, &error_chain(&e)),
         }
     }
 

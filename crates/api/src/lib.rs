@@ -56,7 +56,7 @@ pub mod socket;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The config file cannot be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     ReadConfig {
         /// The path given.
         path: std::path::PathBuf,
@@ -64,7 +64,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The config file is not valid JSON for the model.
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}")]
     ParseConfig {
         /// The path given.
         path: std::path::PathBuf,
@@ -83,7 +83,7 @@ pub enum Error {
     #[error("`{0}` is not supported by this version of Ember")]
     Unsupported(&'static str),
     /// The log destination cannot be opened.
-    #[error("cannot open log file {path}: {source}")]
+    #[error("cannot open log file {path}")]
     OpenLog {
         /// The path given.
         path: std::path::PathBuf,
@@ -91,7 +91,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The serial console's output cannot be opened.
-    #[error("cannot open the serial output {path}: {source}")]
+    #[error("cannot open the serial output {path}")]
     OpenSerial {
         /// The path given.
         path: std::path::PathBuf,

@@ -288,7 +288,10 @@ pub fn create(
             counters.record_latency(timed, true, report.duration);
             ApiResponse::no_content()
         }
-        Err(error) => fault(&format!("Create snapshot error: {error}")),
+        Err(error) => fault(&format!(
+            "Create snapshot error: {}",
+            ember_vmm::error_chain(&error)
+        )),
     }
 }
 

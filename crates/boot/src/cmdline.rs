@@ -7,6 +7,20 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use crate::{Error, Result};
 
 /// Checks that `cmdline` fits in `max_size` bytes including the NUL and has no NUL.
+/// `max_size` is capped at the boot protocol's 2048 bytes.
+///
+/// # Example
+///
+/// ```
+/// use ember_boot::{cmdline, Error};
+///
+/// assert!(cmdline::validate("console=ttyS0 reboot=k", 256).is_ok());
+/// assert!(matches!(
+///     cmdline::validate(&"x".repeat(256), 256),
+///     Err(Error::CmdlineTooLong { len: 256, max: 255 })
+/// ));
+/// assert!(matches!(cmdline::validate("a\0b", 256), Err(Error::CmdlineNul)));
+/// ```
 pub fn validate(cmdline: &str, max_size: usize) -> Result<()> {
     if cmdline.as_bytes().contains(&0) {
         return Err(Error::CmdlineNul);
@@ -21,7 +35,22 @@ pub fn validate(cmdline: &str, max_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Writes `cmdline` and its NUL at `addr`.
+/// Writes `cmdline` and its NUL at `addr`, after checking it against the
+/// boot protocol's limit.
+///
+/// # Example
+///
+/// ```
+/// use ember_boot::cmdline;
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)])?;
+/// cmdline::write(&mem, GuestAddress(0x2_0000), "panic=1")?;
+/// let mut back = [0u8; 8];
+/// mem.read_slice(&mut back, GuestAddress(0x2_0000))?;
+/// assert_eq!(&back, b"panic=1\0");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn write<M: GuestMemoryBackend>(mem: &M, addr: GuestAddress, cmdline: &str) -> Result<()> {
     validate(cmdline, CMDLINE_MAX_SIZE)?;
     let mut bytes = Vec::with_capacity(cmdline.len() + 1);

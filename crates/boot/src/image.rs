@@ -100,6 +100,20 @@ fn read_err(source: std::io::Error) -> Error {
 }
 
 /// Reads the headers of `file` and checks the image is complete.
+///
+/// # Example
+///
+/// ```
+/// use std::io::Cursor;
+///
+/// use ember_boot::{image, Error};
+///
+/// let mut not_a_kernel = Cursor::new(b"#!/bin/sh\necho hello\n".to_vec());
+/// assert!(matches!(image::inspect(&mut not_a_kernel), Err(Error::UnknownFormat)));
+/// // An ELF header cut short.
+/// let mut cut = Cursor::new(vec![0x7f, b'E', b'L', b'F', 2, 1]);
+/// assert!(matches!(image::inspect(&mut cut), Err(Error::Truncated { needed: 64, .. })));
+/// ```
 pub fn inspect<F: Read + Seek>(file: &mut F) -> Result<ImageInfo> {
     let file_len = file.seek(SeekFrom::End(0)).map_err(read_err)?;
     let mut magic = [0u8; 4];
@@ -123,14 +137,37 @@ pub fn inspect<F: Read + Seek>(file: &mut F) -> Result<ImageInfo> {
 }
 
 fn inspect_elf<F: Read + Seek>(file: &mut F, file_len: u64) -> Result<ImageInfo> {
-    let truncated = |needed: u64| Error::Truncated {
+    let table = read_program_headers(file, file_len)?;
+    let span = loaded_span(file, &table, file_len)?;
+    if span.end == 0 {
+        return Err(Error::BadElf("no loadable segment".into()));
+    }
+    Ok(ImageInfo {
+        format: if span.pvh {
+            ImageFormat::ElfPvh
+        } else {
+            ImageFormat::Elf
+        },
+        load_start: span.start,
+        load_end: span.end,
+    })
+}
+
+/// An ELF image that claims more bytes than `file_len`.
+fn truncated_elf(needed: u64, file_len: u64) -> Error {
+    Error::Truncated {
         format: ImageFormat::Elf,
         needed,
         actual: file_len,
-    };
+    }
+}
+
+/// Checks the ELF header (64-bit, little endian, x86_64) and returns the
+/// program header table.
+fn read_program_headers<F: Read + Seek>(file: &mut F, file_len: u64) -> Result<Vec<u8>> {
     let mut eh = [0u8; ELF64_HEADER_SIZE];
     if read_at(file, 0, &mut eh).map_err(read_err)? < ELF64_HEADER_SIZE {
-        return Err(truncated(ELF64_HEADER_SIZE as u64));
+        return Err(truncated_elf(ELF64_HEADER_SIZE as u64, file_len));
     }
     if eh[4] != ELFCLASS64 || eh[5] != ELFDATA2LSB {
         return Err(Error::BadElf("not a 64-bit little-endian ELF file".into()));
@@ -152,13 +189,31 @@ fn inspect_elf<F: Read + Seek>(file: &mut F, file_len: u64) -> Result<ImageInfo>
     let table_len = (phnum * ELF64_PHDR_SIZE) as u64;
     let table_end = phoff
         .checked_add(table_len)
-        .ok_or_else(|| truncated(u64::MAX))?;
+        .ok_or_else(|| truncated_elf(u64::MAX, file_len))?;
     let mut table = vec![0u8; phnum * ELF64_PHDR_SIZE];
     if read_at(file, phoff, &mut table).map_err(read_err)? < table.len() {
-        return Err(truncated(table_end));
+        return Err(truncated_elf(table_end, file_len));
     }
+    Ok(table)
+}
 
-    let (mut start, mut end, mut pvh) = (u64::MAX, 0u64, false);
+/// Where an ELF kernel's loadable segments lie, and whether it has a PVH note.
+struct LoadedSpan {
+    /// Lowest address of a loadable segment (`u64::MAX` when there is none).
+    start: u64,
+    /// First address past the loadable segments (0 when there is none).
+    end: u64,
+    /// Whether a note segment holds the PVH entry note.
+    pvh: bool,
+}
+
+/// Walks the program header `table`, checking every segment lies in the file.
+fn loaded_span<F: Read + Seek>(file: &mut F, table: &[u8], file_len: u64) -> Result<LoadedSpan> {
+    let mut span = LoadedSpan {
+        start: u64::MAX,
+        end: 0,
+        pvh: false,
+    };
     for ph in table.chunks_exact(ELF64_PHDR_SIZE) {
         let (p_type, offset, paddr) = (u32_at(ph, 0), u64_at(ph, 8), u64_at(ph, 0x18));
         let (filesz, memsz) = (u64_at(ph, 0x20), u64_at(ph, 0x28));
@@ -166,7 +221,7 @@ fn inspect_elf<F: Read + Seek>(file: &mut F, file_len: u64) -> Result<ImageInfo>
             .checked_add(filesz)
             .ok_or_else(|| Error::BadElf("segment offset overflows".into()))?;
         if file_end > file_len {
-            return Err(truncated(file_end));
+            return Err(truncated_elf(file_end, file_len));
         }
         match p_type {
             // linux-loader copies `filesz` bytes even when `memsz` is 0.
@@ -174,25 +229,14 @@ fn inspect_elf<F: Read + Seek>(file: &mut F, file_len: u64) -> Result<ImageInfo>
                 let seg_end = paddr
                     .checked_add(memsz.max(filesz))
                     .ok_or_else(|| Error::BadElf("segment address overflows".into()))?;
-                start = start.min(paddr);
-                end = end.max(seg_end);
+                span.start = span.start.min(paddr);
+                span.end = span.end.max(seg_end);
             }
-            PT_NOTE => pvh |= has_pvh_note(file, offset, filesz)?,
+            PT_NOTE => span.pvh |= has_pvh_note(file, offset, filesz)?,
             _ => {}
         }
     }
-    if end == 0 {
-        return Err(Error::BadElf("no loadable segment".into()));
-    }
-    Ok(ImageInfo {
-        format: if pvh {
-            ImageFormat::ElfPvh
-        } else {
-            ImageFormat::Elf
-        },
-        load_start: start,
-        load_end: end,
-    })
+    Ok(span)
 }
 
 /// Whether the note segment at `offset` holds a "Xen" PHYS32_ENTRY note.

@@ -21,6 +21,29 @@ pub struct InitrdRegion {
 /// Copies `image` into `mem` at the highest page-aligned address whose end is
 /// at or below `limit`, failing if that would overlap the kernel (which ends at
 /// `kernel_end`).
+///
+/// # Example
+///
+/// ```
+/// use std::io::Cursor;
+///
+/// use ember_boot::{load_initrd, Error};
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)])?;
+/// let initrd = load_initrd(&mem, &mut Cursor::new(vec![7u8; 5000]), 0x40_0000, 8 << 20)?;
+/// // The highest page-aligned place that holds it below the limit.
+/// assert_eq!(initrd.addr, GuestAddress((8 << 20) - 0x2000));
+/// assert_eq!(initrd.size, 5000);
+/// assert_eq!(mem.read_obj::<u8>(initrd.addr)?, 7);
+/// // Too large to fit above the kernel.
+/// let mut big = Cursor::new(vec![0u8; 5 << 20]);
+/// assert!(matches!(
+///     load_initrd(&mem, &mut big, 0x40_0000, 8 << 20),
+///     Err(Error::InitrdDoesNotFit { .. })
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn load_initrd<M, F>(
     mem: &M,
     image: &mut F,

@@ -2,10 +2,7 @@
 //! boot protocol, or `hvm_start_info` with its module list and memory map for
 //! PVH. Both carry the e820 map, the command line and the initrd.
 
-use ember_memory::layout::{
-    CMDLINE_MAX_SIZE, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START,
-    ZERO_PAGE_START,
-};
+use ember_memory::layout::CMDLINE_MAX_SIZE;
 use ember_memory::E820Entry;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
@@ -14,10 +11,10 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
 };
-use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend};
+use vm_memory::{ByteValued, GuestMemoryBackend};
 
 use crate::kernel::{BootProtocol, LoadedKernel};
-use crate::{cmdline, Error, InitrdRegion, Result};
+use crate::{cmdline, BootAddresses, Error, InitrdRegion, Result};
 
 /// `type_of_loader` for a boot loader without an assigned ID.
 const LOADER_TYPE_UNDEFINED: u8 = 0xff;
@@ -81,11 +78,52 @@ pub struct BootInfo<'a> {
     pub initrd: Option<InitrdRegion>,
 }
 
-/// Writes the command line and the boot structures `kernel`'s protocol expects.
+/// Writes the command line and the boot structures `kernel`'s protocol expects
+/// at `addresses`.
+///
+/// # Example
+///
+/// A kernel entered through the Linux 64-bit boot protocol, told about 64 MiB
+/// of RAM and its command line:
+///
+/// ```
+/// use ember_boot::{configure_boot, BootAddresses, BootInfo, BootProtocol, ImageFormat, LoadedKernel};
+/// use ember_memory::MemoryLayout;
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?;
+/// let kernel = LoadedKernel {
+///     format: ImageFormat::Elf,
+///     protocol: BootProtocol::Linux64,
+///     entry: GuestAddress(0x100_0000),
+///     end: 0x200_0000,
+///     setup_header: None,
+/// };
+/// let e820 = MemoryLayout::with_mib(64, 39)?.e820_entries();
+/// let info = BootInfo { cmdline: "console=ttyS0", e820: &e820, initrd: None };
+/// let addresses = BootAddresses {
+///     cmdline: GuestAddress(0x2_0000),
+///     zero_page: GuestAddress(0x7000),
+///     pvh_start_info: GuestAddress(0x6000),
+///     pvh_modules: GuestAddress(0x6040),
+///     pvh_memmap: GuestAddress(0x6060),
+/// };
+/// configure_boot(&mem, &kernel, &info, &addresses)?;
+///
+/// // boot_params.hdr.cmd_line_ptr (offset 0x228) points at the command line.
+/// assert_eq!(mem.read_obj::<u32>(GuestAddress(0x7000 + 0x228))?, 0x2_0000);
+/// let mut cmdline = [0u8; 14];
+/// mem.read_slice(&mut cmdline, GuestAddress(0x2_0000))?;
+/// assert_eq!(&cmdline, b"console=ttyS0\0");
+/// // boot_params.e820_entries (offset 0x1e8).
+/// assert_eq!(mem.read_obj::<u8>(GuestAddress(0x7000 + 0x1e8))?, 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn configure_boot<M: GuestMemoryBackend>(
     mem: &M,
     kernel: &LoadedKernel,
     info: &BootInfo<'_>,
+    addresses: &BootAddresses,
 ) -> Result<()> {
     if info.e820.len() > E820_MAX_ENTRIES {
         return Err(Error::TooManyE820Entries(info.e820.len()));
@@ -97,10 +135,10 @@ pub fn configure_boot<M: GuestMemoryBackend>(
             .map_or(CMDLINE_MAX_SIZE, |size| size.saturating_add(1))
     });
     cmdline::validate(info.cmdline, max_cmdline)?;
-    cmdline::write(mem, GuestAddress(CMDLINE_START), info.cmdline)?;
+    cmdline::write(mem, addresses.cmdline, info.cmdline)?;
     match kernel.protocol {
-        BootProtocol::Linux64 => write_zero_page(mem, kernel, info),
-        BootProtocol::Pvh => write_start_info(mem, info),
+        BootProtocol::Linux64 => write_zero_page(mem, kernel, info, addresses),
+        BootProtocol::Pvh => write_start_info(mem, info, addresses),
     }
 }
 
@@ -108,6 +146,7 @@ fn write_zero_page<M: GuestMemoryBackend>(
     mem: &M,
     kernel: &LoadedKernel,
     info: &BootInfo<'_>,
+    addresses: &BootAddresses,
 ) -> Result<()> {
     let mut params = boot_params::default();
     match kernel.setup_header {
@@ -117,8 +156,8 @@ fn write_zero_page<M: GuestMemoryBackend>(
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.boot_flag = BOOT_FLAG;
     params.hdr.header = HDRS_MAGIC;
-    params.hdr.cmd_line_ptr = low32(CMDLINE_START);
-    params.ext_cmd_line_ptr = high32(CMDLINE_START);
+    params.hdr.cmd_line_ptr = low32(addresses.cmdline.0);
+    params.ext_cmd_line_ptr = high32(addresses.cmdline.0);
     params.hdr.cmdline_size = low32(info.cmdline.len() as u64);
     if let Some(initrd) = info.initrd {
         let (addr, size) = (initrd.addr.0, initrd.size);
@@ -139,13 +178,17 @@ fn write_zero_page<M: GuestMemoryBackend>(
 
     let zero_page = ZeroPage(params);
     LinuxBootConfigurator::write_bootparams::<M>(
-        &BootParams::new(&zero_page, GuestAddress(ZERO_PAGE_START)),
+        &BootParams::new(&zero_page, addresses.zero_page),
         mem,
     )?;
     Ok(())
 }
 
-fn write_start_info<M: GuestMemoryBackend>(mem: &M, info: &BootInfo<'_>) -> Result<()> {
+fn write_start_info<M: GuestMemoryBackend>(
+    mem: &M,
+    info: &BootInfo<'_>,
+    addresses: &BootAddresses,
+) -> Result<()> {
     let memmap: Vec<MemmapEntry> = info
         .e820
         .iter()
@@ -161,26 +204,26 @@ fn write_start_info<M: GuestMemoryBackend>(mem: &M, info: &BootInfo<'_>) -> Resu
     let start_info = StartInfo(hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: PVH_START_INFO_VERSION,
-        cmdline_paddr: CMDLINE_START,
-        memmap_paddr: PVH_MEMMAP_START,
+        cmdline_paddr: addresses.cmdline.0,
+        memmap_paddr: addresses.pvh_memmap.0,
         memmap_entries: low32(memmap.len() as u64),
         nr_modules: u32::from(info.initrd.is_some()),
         modlist_paddr: if info.initrd.is_some() {
-            PVH_MODLIST_START
+            addresses.pvh_modules.0
         } else {
             0
         },
         ..Default::default()
     });
-    let mut params = BootParams::new(&start_info, GuestAddress(PVH_INFO_START));
-    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_START));
+    let mut params = BootParams::new(&start_info, addresses.pvh_start_info);
+    params.set_sections(&memmap, addresses.pvh_memmap);
     if let Some(initrd) = info.initrd {
         let module = ModuleEntry(hvm_modlist_entry {
             paddr: initrd.addr.0,
             size: initrd.size,
             ..Default::default()
         });
-        params.set_modules(&[module], GuestAddress(PVH_MODLIST_START));
+        params.set_modules(&[module], addresses.pvh_modules);
     }
     PvhBootConfigurator::write_bootparams::<M>(&params, mem)?;
     Ok(())
@@ -189,9 +232,12 @@ fn write_start_info<M: GuestMemoryBackend>(mem: &M, info: &BootInfo<'_>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_memory::layout::{
+        CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
+    };
     use ember_memory::MemoryLayout;
     use linux_loader::loader::bootparam::setup_header;
-    use vm_memory::{Bytes, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn mem() -> GuestMemoryMmap<()> {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
@@ -206,6 +252,15 @@ mod tests {
             setup_header,
         }
     }
+
+    /// Ember's layout.
+    const ADDRESSES: BootAddresses = BootAddresses {
+        cmdline: GuestAddress(CMDLINE_START),
+        zero_page: GuestAddress(ZERO_PAGE_START),
+        pvh_start_info: GuestAddress(PVH_INFO_START),
+        pvh_modules: GuestAddress(PVH_MODLIST_START),
+        pvh_memmap: GuestAddress(PVH_MEMMAP_START),
+    };
 
     fn u32_at(mem: &GuestMemoryMmap<()>, addr: u64) -> u32 {
         mem.read_obj(GuestAddress(addr)).unwrap()
@@ -224,7 +279,7 @@ mod tests {
             e820: &e820,
             initrd: Some(initrd),
         };
-        configure_boot(&m, &kernel(BootProtocol::Linux64, None), &info).unwrap();
+        configure_boot(&m, &kernel(BootProtocol::Linux64, None), &info, &ADDRESSES).unwrap();
         let zp = ZERO_PAGE_START;
         assert_eq!(
             u32_at(&m, zp + 0x228),
@@ -260,7 +315,7 @@ mod tests {
             e820: &e820,
             initrd: None,
         };
-        configure_boot(&m, &k, &short).unwrap();
+        configure_boot(&m, &k, &short, &ADDRESSES).unwrap();
         assert_eq!(
             u32_at(&m, ZERO_PAGE_START + 0x214),
             0x10_0000,
@@ -271,7 +326,7 @@ mod tests {
             ..short
         };
         assert!(matches!(
-            configure_boot(&m, &k, &long),
+            configure_boot(&m, &k, &long, &ADDRESSES),
             Err(Error::CmdlineTooLong { max: 10, .. })
         ));
     }
@@ -288,7 +343,7 @@ mod tests {
                 size: 77,
             }),
         };
-        configure_boot(&m, &kernel(BootProtocol::Pvh, None), &info).unwrap();
+        configure_boot(&m, &kernel(BootProtocol::Pvh, None), &info, &ADDRESSES).unwrap();
         let si: StartInfo = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(si.0.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(si.0.version, 1);
@@ -324,8 +379,47 @@ mod tests {
             initrd: None,
         };
         assert!(matches!(
-            configure_boot(&m, &kernel(BootProtocol::Linux64, None), &info),
+            configure_boot(&m, &kernel(BootProtocol::Linux64, None), &info, &ADDRESSES),
             Err(Error::TooManyE820Entries(129))
         ));
+    }
+
+    #[test]
+    fn structures_go_where_the_addresses_say() {
+        let m = mem();
+        let e820 = MemoryLayout::with_mib(4, 48).unwrap().e820_entries();
+        let moved = BootAddresses {
+            cmdline: GuestAddress(0x4_0000),
+            zero_page: GuestAddress(0x3000),
+            pvh_start_info: GuestAddress(0x5000),
+            pvh_modules: GuestAddress(0x5100),
+            pvh_memmap: GuestAddress(0x5200),
+        };
+        let info = BootInfo {
+            cmdline: "moved",
+            e820: &e820,
+            initrd: Some(InitrdRegion {
+                addr: GuestAddress(0x38_0000),
+                size: 5,
+            }),
+        };
+        configure_boot(&m, &kernel(BootProtocol::Linux64, None), &info, &moved).unwrap();
+        assert_eq!(u32_at(&m, 0x3000 + 0x228), 0x4_0000, "cmd_line_ptr");
+        assert_eq!(u32_at(&m, 0x3000 + 0x218), 0x38_0000, "ramdisk_image");
+        let mut cmdline = [0u8; 6];
+        m.read_slice(&mut cmdline, GuestAddress(0x4_0000)).unwrap();
+        assert_eq!(&cmdline, b"moved\0");
+
+        configure_boot(&m, &kernel(BootProtocol::Pvh, None), &info, &moved).unwrap();
+        let si: StartInfo = m.read_obj(GuestAddress(0x5000)).unwrap();
+        assert_eq!(si.0.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(
+            (si.0.cmdline_paddr, si.0.modlist_paddr, si.0.memmap_paddr),
+            (0x4_0000, 0x5100, 0x5200)
+        );
+        let module: ModuleEntry = m.read_obj(GuestAddress(0x5100)).unwrap();
+        assert_eq!((module.0.paddr, module.0.size), (0x38_0000, 5));
+        let first: MemmapEntry = m.read_obj(GuestAddress(0x5200)).unwrap();
+        assert_eq!((first.0.addr, first.0.type_), (0, 1));
     }
 }

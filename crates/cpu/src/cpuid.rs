@@ -133,106 +133,164 @@ impl Topology {
 /// Turns the CPUID KVM supports into the CPUID of one vCPU: hypervisor bit,
 /// APIC ID and topology for `topology`, no PMU, and `brand` as the brand string.
 pub fn normalize(cpuid: &mut CpuId, topology: Topology, brand: &[u8; 48]) -> Result<()> {
-    let Topology {
-        vcpu_index,
-        vcpu_count,
-        ..
-    } = topology;
-    let apic_id = u32::from(vcpu_index);
-    let count = u32::from(vcpu_count.max(1));
-    let threads = topology.threads();
-    let thread_bits = id_bits(u8::try_from(threads).unwrap_or(1));
+    let shape = Shape::of(topology);
     let vendor = Vendor::of(cpuid);
-    let max_basic = max_leaf(cpuid, 0);
-
     for entry in cpuid.as_mut_slice() {
-        match entry.function {
-            1 => {
-                entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | (count.min(255) << 16);
-                entry.ecx |= LEAF1_ECX_HYPERVISOR;
-                if count > 1 {
-                    entry.edx |= LEAF1_EDX_HTT;
-                } else {
-                    entry.edx &= !LEAF1_EDX_HTT;
-                }
-            }
-            4 if vendor == Vendor::Intel && entry.eax & 0x1f != 0 => {
-                let cache_level = (entry.eax >> 5) & 0x7;
-                let sharing = if cache_level >= 3 { count } else { threads };
-                let cores = count.div_ceil(threads);
-                entry.eax = (entry.eax & 0x3fff)
-                    | ((cores - 1).min(63) << 26)
-                    | (((sharing - 1) & 0xfff) << 14);
-            }
-            // No thermal/power management and no performance monitoring.
-            6 => {
-                entry.eax &= 1 << 2; // keep ARAT: the APIC timer runs in all states
-                entry.ebx = 0;
-                entry.ecx = 0;
-                entry.edx = 0;
-            }
-            0xa => {
-                entry.eax = 0;
-                entry.ebx = 0;
-                entry.ecx = 0;
-                entry.edx = 0;
-            }
-            0x8000_0001 if vendor == Vendor::Amd => {
-                if count > 1 {
-                    entry.ecx |= EXT1_ECX_CMP_LEGACY;
-                } else {
-                    entry.ecx &= !EXT1_ECX_CMP_LEGACY;
-                }
-            }
-            0x8000_0008 if vendor == Vendor::Amd => {
-                entry.ecx = (entry.ecx & !0xf0ff) | (id_bits(vcpu_count) << 12) | (count - 1);
-            }
-            0x8000_001e if vendor == Vendor::Amd => {
-                entry.eax = apic_id;
-                // Compute unit = core, with its threads.
-                entry.ebx = ((threads - 1) << 8) | ((apic_id >> thread_bits) & 0xff);
-                entry.ecx = 0; // one node
-                entry.edx = 0;
-            }
-            _ => {}
+        match vendor {
+            Vendor::Amd => normalize_amd_leaf(entry, &shape),
+            Vendor::Intel => normalize_intel_leaf(entry, &shape),
+            Vendor::Other => {}
         }
+        normalize_common_leaf(entry, &shape);
     }
-
-    if max_basic >= 0xb {
-        let level = |index: u32, shift: u32, procs: u32, kind: u32| kvm_cpuid_entry2 {
-            function: 0xb,
-            index,
-            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-            eax: shift,
-            ebx: procs,
-            ecx: (kind << 8) | index,
-            edx: apic_id,
-            ..Default::default()
-        };
-        upsert(cpuid, level(0, thread_bits, threads, LEVEL_TYPE_SMT))?;
-        upsert(cpuid, level(1, id_bits(vcpu_count), count, LEVEL_TYPE_CORE))?;
-        upsert(cpuid, level(2, 0, 0, 0))?;
+    if max_leaf(cpuid, 0) >= 0xb {
+        write_topology_leaves(cpuid, &shape)?;
     }
-
     if max_leaf(cpuid, 0x8000_0000) >= 0x8000_0004 {
-        for (i, function) in BRAND_LEAVES.iter().enumerate() {
-            let reg = |j: usize| {
-                let at = i * 16 + j * 4;
-                u32::from_le_bytes([brand[at], brand[at + 1], brand[at + 2], brand[at + 3]])
-            };
-            upsert(
-                cpuid,
-                kvm_cpuid_entry2 {
-                    function: *function,
-                    index: 0,
-                    eax: reg(0),
-                    ebx: reg(1),
-                    ecx: reg(2),
-                    edx: reg(3),
-                    ..Default::default()
-                },
-            )?;
+        write_brand(cpuid, brand)?;
+    }
+    Ok(())
+}
+
+/// The numbers a [`Topology`] puts in CPUID.
+struct Shape {
+    /// This vCPU's APIC ID.
+    apic_id: u32,
+    /// vCPUs in the VM (at least 1).
+    count: u32,
+    /// Threads per core as the guest sees them.
+    threads: u32,
+    /// APIC ID bits that number the threads of a core.
+    thread_bits: u32,
+    /// APIC ID bits that number the vCPUs of the package.
+    package_bits: u32,
+}
+
+impl Shape {
+    fn of(topology: Topology) -> Shape {
+        let threads = topology.threads();
+        Shape {
+            apic_id: u32::from(topology.vcpu_index),
+            count: u32::from(topology.vcpu_count.max(1)),
+            threads,
+            thread_bits: id_bits(u8::try_from(threads).unwrap_or(1)),
+            package_bits: id_bits(topology.vcpu_count),
         }
+    }
+}
+
+/// Leaves every vendor's vCPU gets the same way: leaf 1's APIC ID, count and
+/// hypervisor bit; no thermal/power management and no performance monitoring.
+fn normalize_common_leaf(entry: &mut kvm_cpuid_entry2, shape: &Shape) {
+    match entry.function {
+        1 => {
+            entry.ebx =
+                (entry.ebx & 0x0000_ffff) | (shape.apic_id << 24) | (shape.count.min(255) << 16);
+            entry.ecx |= LEAF1_ECX_HYPERVISOR;
+            if shape.count > 1 {
+                entry.edx |= LEAF1_EDX_HTT;
+            } else {
+                entry.edx &= !LEAF1_EDX_HTT;
+            }
+        }
+        6 => {
+            entry.eax &= 1 << 2; // keep ARAT: the APIC timer runs in all states
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
+        0xa => {
+            entry.eax = 0;
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
+        _ => {}
+    }
+}
+
+/// Intel's deterministic cache parameters (leaf 4): the sharing of each cache.
+fn normalize_intel_leaf(entry: &mut kvm_cpuid_entry2, shape: &Shape) {
+    if entry.function != 4 || entry.eax & 0x1f == 0 {
+        return;
+    }
+    let cache_level = (entry.eax >> 5) & 0x7;
+    let sharing = if cache_level >= 3 {
+        shape.count
+    } else {
+        shape.threads
+    };
+    let cores = shape.count.div_ceil(shape.threads);
+    entry.eax =
+        (entry.eax & 0x3fff) | ((cores - 1).min(63) << 26) | (((sharing - 1) & 0xfff) << 14);
+}
+
+/// AMD's legacy core count, package size and compute-unit leaves.
+fn normalize_amd_leaf(entry: &mut kvm_cpuid_entry2, shape: &Shape) {
+    match entry.function {
+        0x8000_0001 => {
+            if shape.count > 1 {
+                entry.ecx |= EXT1_ECX_CMP_LEGACY;
+            } else {
+                entry.ecx &= !EXT1_ECX_CMP_LEGACY;
+            }
+        }
+        0x8000_0008 => {
+            entry.ecx = (entry.ecx & !0xf0ff) | (shape.package_bits << 12) | (shape.count - 1);
+        }
+        0x8000_001e => {
+            entry.eax = shape.apic_id;
+            // Compute unit = core, with its threads.
+            entry.ebx = ((shape.threads - 1) << 8) | ((shape.apic_id >> shape.thread_bits) & 0xff);
+            entry.ecx = 0; // one node
+            entry.edx = 0;
+        }
+        _ => {}
+    }
+}
+
+/// The extended topology leaf (0xb): the SMT and core levels.
+fn write_topology_leaves(cpuid: &mut CpuId, shape: &Shape) -> Result<()> {
+    let level = |index: u32, shift: u32, procs: u32, kind: u32| kvm_cpuid_entry2 {
+        function: 0xb,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax: shift,
+        ebx: procs,
+        ecx: (kind << 8) | index,
+        edx: shape.apic_id,
+        ..Default::default()
+    };
+    upsert(
+        cpuid,
+        level(0, shape.thread_bits, shape.threads, LEVEL_TYPE_SMT),
+    )?;
+    upsert(
+        cpuid,
+        level(1, shape.package_bits, shape.count, LEVEL_TYPE_CORE),
+    )?;
+    upsert(cpuid, level(2, 0, 0, 0))
+}
+
+/// The brand string leaves (0x8000_0002 to 0x8000_0004).
+fn write_brand(cpuid: &mut CpuId, brand: &[u8; 48]) -> Result<()> {
+    for (i, function) in BRAND_LEAVES.iter().enumerate() {
+        let reg = |j: usize| {
+            let at = i * 16 + j * 4;
+            u32::from_le_bytes([brand[at], brand[at + 1], brand[at + 2], brand[at + 3]])
+        };
+        upsert(
+            cpuid,
+            kvm_cpuid_entry2 {
+                function: *function,
+                index: 0,
+                eax: reg(0),
+                ebx: reg(1),
+                ecx: reg(2),
+                edx: reg(3),
+                ..Default::default()
+            },
+        )?;
     }
     Ok(())
 }

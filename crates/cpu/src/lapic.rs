@@ -61,7 +61,7 @@ mod tests {
 
     #[test]
     fn kvm_lints_on_a_real_lapic() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is needed for this test");
+        let kvm = crate::kvm_for_test();
         let vm = kvm.create_vm().unwrap();
         vm.create_irq_chip().unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();

@@ -9,6 +9,26 @@
 //!   through KVM; the VM-wide part ([`platform::VmState`]) sits in [`platform`].
 //!
 //! Nothing here knows about devices: exits are handed to an [`vcpu::ExitHandler`].
+//!
+//! # Example
+//!
+//! The CPUID one vCPU of a 4-vCPU VM sees, made from a (here hand-built)
+//! list of what KVM supports; with KVM, the list is
+//! `Kvm::get_supported_cpuid` and [`Vcpu::configure`] does this:
+//!
+//! ```
+//! use ember_cpu::cpuid::{normalize, Topology};
+//! use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+//!
+//! let leaf = |function, eax| kvm_cpuid_entry2 { function, eax, ..Default::default() };
+//! let mut cpuid = CpuId::from_entries(&[leaf(0, 0xb), leaf(1, 0), leaf(0xb, 0)]).unwrap();
+//! let topology = Topology { vcpu_index: 2, vcpu_count: 4, threads_per_core: 1 };
+//! normalize(&mut cpuid, topology, b"an example brand string, forty-eight bytes long.")?;
+//! let leaf1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();
+//! assert_eq!(leaf1.ebx >> 24, 2, "the APIC ID is the vCPU index");
+//! assert_ne!(leaf1.ecx & (1 << 31), 0, "the hypervisor bit is set");
+//! # Ok::<(), ember_cpu::Error>(())
+//! ```
 
 pub mod cpuid;
 pub mod gdt;
@@ -34,7 +54,7 @@ pub const MAX_VCPUS: u8 = 254;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A KVM ioctl failed.
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Kvm {
         /// The operation that failed.
         what: &'static str,
@@ -42,7 +62,7 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// Writing boot structures into guest memory failed.
-    #[error("cannot write the {what} at guest address {addr:#x}: {source}")]
+    #[error("cannot write the {what} at guest address {addr:#x}")]
     GuestMemory {
         /// The structure being written.
         what: &'static str,
@@ -126,7 +146,7 @@ pub enum Error {
         host: u32,
     },
     /// KVM refused to scale the TSC to the saved frequency.
-    #[error("KVM_SET_TSC_KHZ to the saved {saved} kHz (this host: {host} kHz) failed: {source}")]
+    #[error("KVM_SET_TSC_KHZ to the saved {saved} kHz (this host: {host} kHz) failed")]
     TscScaling {
         /// Saved frequency in kHz.
         saved: u32,
@@ -135,6 +155,9 @@ pub enum Error {
         /// The ioctl error.
         source: kvm_ioctls::Error,
     },
+    /// A kick signal beyond `SIGRTMAX` (or below `SIGRTMIN`) was asked for.
+    #[error("signal {0} cannot kick vCPUs: pick a real-time signal between SIGRTMIN and SIGRTMAX")]
+    KickSignal(libc::c_int),
     /// Installing the kick signal handler failed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     KickHandler(vmm_sys_util::errno::Error),
@@ -142,6 +165,18 @@ pub enum Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Opens `/dev/kvm` for a unit test that needs KVM. These tests run wherever
+/// `/dev/kvm` exists and fail (never skip) without it, naming what is missing.
+#[cfg(test)]
+pub(crate) fn kvm_for_test() -> kvm_ioctls::Kvm {
+    kvm_ioctls::Kvm::new().unwrap_or_else(|e| {
+        panic!(
+            "this KVM unit test cannot open /dev/kvm ({e}): run ember-cpu's tests on an x86_64 \
+             host with KVM, as a user that can open /dev/kvm read-write (e.g. root)"
+        )
+    })
+}
 
 /// Wraps a KVM ioctl error with what was being done.
 pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {

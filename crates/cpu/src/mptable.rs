@@ -100,6 +100,15 @@ fn entries(vcpus: u8) -> (Vec<u8>, u16) {
 }
 
 /// The whole table (floating pointer first) as it is placed at `base`.
+///
+/// # Example
+///
+/// ```
+/// let table = ember_cpu::mptable::build(4, 0x9fc00)?;
+/// assert_eq!(&table[..4], b"_MP_");
+/// assert_eq!(table.len(), ember_cpu::mptable::table_size(4));
+/// # Ok::<(), ember_cpu::Error>(())
+/// ```
 pub fn build(vcpus: u8, base: u64) -> Result<Vec<u8>> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(Error::VcpuCount {
@@ -138,6 +147,22 @@ pub fn build(vcpus: u8, base: u64) -> Result<Vec<u8>> {
 }
 
 /// Writes the MP table for `vcpus` processors at [`MPTABLE_START`].
+///
+/// # Example
+///
+/// ```
+/// use ember_cpu::mptable::setup_mptable;
+/// use ember_memory::layout::MPTABLE_START;
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+/// setup_mptable(&mem, 2)?;
+/// let mut signature = [0u8; 4];
+/// mem.read_slice(&mut signature, GuestAddress(MPTABLE_START)).unwrap();
+/// assert_eq!(&signature, b"_MP_");
+/// assert!(setup_mptable(&mem, 0).is_err());
+/// # Ok::<(), ember_cpu::Error>(())
+/// ```
 pub fn setup_mptable<M: GuestMemoryBackend>(mem: &M, vcpus: u8) -> Result<()> {
     let table = build(vcpus, MPTABLE_START)?;
     if MPTABLE_START + table.len() as u64 > MPTABLE_END {

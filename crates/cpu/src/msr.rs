@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn kvm_msrs_are_set_on_a_real_vcpu() {
-        let kvm = Kvm::new().expect("/dev/kvm is needed for this test");
+        let kvm = crate::kvm_for_test();
         let vm = kvm.create_vm().unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
         setup_msrs(&kvm, &vcpu).unwrap();

@@ -29,6 +29,18 @@ fn write_table<M: GuestMemoryBackend>(
 }
 
 /// Writes the identity map into `mem` and returns the value for CR3.
+///
+/// # Example
+///
+/// ```
+/// use ember_cpu::paging::setup_identity_map;
+/// use ember_memory::layout::PML4_START;
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+/// assert_eq!(setup_identity_map(&mem)?, PML4_START);
+/// # Ok::<(), ember_cpu::Error>(())
+/// ```
 pub fn setup_identity_map<M: GuestMemoryBackend>(mem: &M) -> Result<u64> {
     write_table(mem, PML4_START, |i| {
         if i == 0 {

@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn kvm_platform_is_created_once() {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is needed for this test");
+        let kvm = crate::kvm_for_test();
         let vm = kvm.create_vm().unwrap();
         setup_platform(&vm).unwrap();
         // A second irqchip is refused by KVM and reported, not panicked on.
@@ -126,7 +126,7 @@ mod tests {
     const NS_PER_MINUTE: u64 = 60_000_000_000;
 
     fn platform() -> (kvm_ioctls::Kvm, VmFd) {
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is needed for this test");
+        let kvm = crate::kvm_for_test();
         let vm = kvm.create_vm().unwrap();
         setup_platform(&vm).unwrap();
         (kvm, vm)

@@ -3,13 +3,12 @@
 //! Port and MMIO exits are handed synchronously to an [`ExitHandler`]; the loop
 //! returns only when the guest stops the CPU (reset, power-off, triple fault),
 //! on an error it cannot continue from, or when another thread *kicks* it with
-//! [`kick_signal`]. A kick sets `immediate_exit` in the vCPU's `kvm_run` from
+//! the [`KickSignal`]. A kick sets `immediate_exit` in the vCPU's `kvm_run` from
 //! the signal handler, so it is never lost even if it lands just before
 //! `KVM_RUN` is entered.
 
 use std::cell::Cell;
 use std::ptr::null_mut;
-use std::sync::Once;
 
 use kvm_bindings::{
     kvm_run, CpuId, KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
@@ -19,7 +18,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use libc::{c_int, c_void, siginfo_t};
 use vm_memory::GuestMemoryBackend;
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMAX, SIGRTMIN};
 
 use crate::cpuid::{host_brand_string, normalize, Topology};
 use crate::lapic::setup_lints;
@@ -57,12 +56,53 @@ pub enum VcpuStop {
     TripleFault,
 }
 
-/// Offset from `SIGRTMIN` of the signal used to kick vCPU threads.
-const KICK_SIGNAL_OFFSET: c_int = 0;
+/// The signal that kicks vCPU threads out of `KVM_RUN`: `SIGRTMIN` by
+/// default, or one the VMM picks when it uses `SIGRTMIN` for something else.
+/// Its handler (installed by [`KickSignal::install_handler`]) is process-wide
+/// and only marks the kicked thread's running vCPU, if any, for an immediate
+/// exit.
+///
+/// # Example
+///
+/// ```
+/// use ember_cpu::vcpu::KickSignal;
+///
+/// let default = KickSignal::default();
+/// assert_eq!(default.number(), libc::SIGRTMIN());
+/// let other = KickSignal::realtime(2)?;
+/// assert_eq!(other.number(), libc::SIGRTMIN() + 2);
+/// assert!(KickSignal::realtime(libc::SIGRTMAX()).is_err());
+/// # Ok::<(), ember_cpu::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KickSignal(c_int);
 
-/// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
-pub fn kick_signal() -> c_int {
-    SIGRTMIN() + KICK_SIGNAL_OFFSET
+impl Default for KickSignal {
+    fn default() -> KickSignal {
+        KickSignal(SIGRTMIN())
+    }
+}
+
+impl KickSignal {
+    /// `SIGRTMIN + offset`, which must not pass `SIGRTMAX`.
+    pub fn realtime(offset: c_int) -> Result<KickSignal> {
+        let number = SIGRTMIN().saturating_add(offset);
+        if offset < 0 || number > SIGRTMAX() {
+            return Err(Error::KickSignal(number));
+        }
+        Ok(KickSignal(number))
+    }
+
+    /// The signal number, to send to a vCPU thread (`pthread_kill`).
+    pub fn number(self) -> c_int {
+        self.0
+    }
+
+    /// Installs the kick handler for this signal, process-wide. Call it
+    /// before starting vCPU threads; installing it again is harmless.
+    pub fn install_handler(self) -> Result<()> {
+        register_signal_handler(self.0, handle_kick).map_err(Error::KickHandler)
+    }
 }
 
 thread_local! {
@@ -78,17 +118,6 @@ extern "C" fn handle_kick(_num: c_int, _info: *mut siginfo_t, _ctx: *mut c_void)
         // is async-signal-safe.
         unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
     }
-}
-
-/// Installs the kick signal handler (once per process). Call before starting
-/// vCPU threads.
-pub fn install_kick_handler() -> Result<()> {
-    static INSTALL: Once = Once::new();
-    let mut result = Ok(());
-    INSTALL.call_once(|| {
-        result = register_signal_handler(kick_signal(), handle_kick).map_err(Error::KickHandler);
-    });
-    result
 }
 
 /// Publishes a vCPU's `kvm_run` to the kick handler for as long as it lives.
@@ -127,6 +156,42 @@ fn internal_error_kind(suberror: u32) -> &'static str {
 }
 
 /// One virtual CPU of a VM.
+///
+/// # Example
+///
+/// Needs `/dev/kvm`, so it is compiled but not run here:
+///
+/// ```no_run
+/// use ember_cpu::platform::setup_platform;
+/// use ember_cpu::vcpu::{ExitHandler, KickSignal, Vcpu};
+/// use ember_cpu::EntryPoint;
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// /// Devices: none here; a VMM dispatches these to its buses.
+/// struct NoDevices;
+/// impl ExitHandler for NoDevices {
+///     fn pio_read(&self, _port: u16, data: &mut [u8]) { data.fill(0xff) }
+///     fn pio_write(&self, _port: u16, _data: &[u8]) {}
+///     fn mmio_read(&self, _addr: u64, data: &mut [u8]) { data.fill(0xff) }
+///     fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let kvm = kvm_ioctls::Kvm::new()?;
+/// let vm = kvm.create_vm()?;
+/// setup_platform(&vm)?;
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)])?;
+/// // ... register `mem` with KVM and load a kernel whose entry is 0x100_0000 ...
+/// KickSignal::default().install_handler()?;
+/// let supported = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
+/// let mut vcpu = Vcpu::new(&vm, 0)?;
+/// let entry = EntryPoint::Linux64 { entry: 0x100_0000 };
+/// vcpu.configure(&kvm, &supported, 1, 1, &mem, Some(entry))?;
+/// let stop = vcpu.run(&NoDevices)?;
+/// println!("the guest stopped: {stop:?}");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,

@@ -5,7 +5,28 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::{Error, Result};
+/// Why a device cannot be put on a [`Bus`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A device range is empty or wraps around the address space.
+    #[error("invalid bus range {base:#x}+{len:#x}")]
+    InvalidRange {
+        /// Start address.
+        base: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A device range overlaps one already on the bus.
+    #[error("bus range {base:#x}+{len:#x} overlaps a device already at {existing:#x}")]
+    Overlap {
+        /// Start address.
+        base: u64,
+        /// Length.
+        len: u64,
+        /// Start of the device in the way.
+        existing: u64,
+    },
+}
 
 /// A device on a [`Bus`].
 pub trait BusDevice: Send {
@@ -51,6 +72,46 @@ struct Range {
 }
 
 /// Devices sorted by address. Built once, then shared read-only by all vCPUs.
+///
+/// # Example
+///
+/// A one-register device at port 0x80, and a device that would overlap it:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// use ember_devices::bus::{self, Bus, ByteRegisters};
+///
+/// /// Keeps the last byte written (a POST-code port).
+/// #[derive(Default)]
+/// struct PostCode(u8);
+///
+/// impl ByteRegisters for PostCode {
+///     fn read_register(&mut self, _offset: u8) -> u8 {
+///         self.0
+///     }
+///     fn write_register(&mut self, _offset: u8, value: u8) {
+///         self.0 = value;
+///     }
+/// }
+///
+/// let mut pio = Bus::new();
+/// pio.insert(Arc::new(Mutex::new(PostCode::default())), 0x80, 1)?;
+/// assert!(pio.write(0x80, &[0x2a]));
+/// let mut data = [0u8];
+/// assert!(pio.read(0x80, &mut data));
+/// assert_eq!(data, [0x2a]);
+/// // Byte registers take one-byte accesses only; wider ones read as all ones.
+/// let mut wide = [0u8; 2];
+/// assert!(!pio.read(0x80, &mut wide), "the access ends past the device");
+///
+/// let err = pio
+///     .insert(Arc::new(Mutex::new(PostCode::default())), 0x7f, 2)
+///     .unwrap_err();
+/// assert!(matches!(err, bus::Error::Overlap { existing: 0x80, .. }));
+/// assert_eq!(err.to_string(), "bus range 0x7f+0x2 overlaps a device already at 0x80");
+/// # Ok::<(), bus::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct Bus {
     ranges: Vec<Range>,
@@ -71,7 +132,7 @@ impl Bus {
     }
 
     /// Puts `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<()> {
+    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
         let end = base.checked_add(len).filter(|_| len > 0);
         let Some(end) = end else {
             return Err(Error::InvalidRange { base, len });

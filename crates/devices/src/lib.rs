@@ -1,4 +1,6 @@
-//! Device models for KVM microVMs.
+//! Device models for KVM microVMs, usable without the rest of Ember: they
+//! never see KVM, so they run on plain memory in tests, fuzzers and other
+//! VMMs.
 //!
 //! - [`bus`]: address-range buses (port I/O and MMIO) that route vCPU exits to devices.
 //! - [`host_files`]: opening the host files a VM is given (kernel, initrd, disks,
@@ -6,10 +8,17 @@
 //! - [`legacy`]: the PC devices a microVM keeps: COM1 (8250 UART), the i8042 reset
 //!   line, and the boot-timer device.
 //! - [`trigger`]: interrupt and event lines backed by eventfds.
-//! - [`virtio`]: the virtio-mmio transport and the virtio devices.
+//! - [`virtio`]: the virtio-mmio transport and the virtio devices: block,
+//!   net, vsock, rng (entropy) and balloon; block, net and rng take rate
+//!   limits (`ember-ratelimit`).
 //!
-//! Devices never see KVM: they raise interrupts through eventfds (which the VMM
-//! registers as irqfds) and register their own fds with an `event-manager` loop.
+//! Devices raise interrupts through eventfds (which the VMM registers as
+//! irqfds) and register their own fds with an `event-manager` loop.
+//!
+//! Errors: each part has its own error type ([`bus::Error`],
+//! [`virtio::mmio::Error`], [`virtio::ActivationError`],
+//! [`virtio::block::Error`], [`virtio::net::Error`], [`virtio::vsock::Error`]);
+//! [`Error`] wraps them with what every device can run into.
 //!
 //! Snapshots: every device gives its state as plain data apart from host
 //! resources (with the `serde` feature, every state type derives `Serialize`
@@ -17,6 +26,55 @@
 //! it needs (see [`virtio`] and [`legacy`]). Devices only touch guest memory
 //! on the event loop's thread (and on the thread restoring them), so a VMM
 //! that stops running the event loop has quiesced them.
+//!
+//! Features: `serde` (state types), `test-utils` (`virtio::test_utils`: a
+//! guest driver's side of virtqueues and virtio-mmio registers, for tests
+//! and benchmarks).
+//!
+//! # Example
+//!
+//! COM1 on a port-I/O bus, as a vCPU's `out` instructions reach it:
+//!
+//! ```
+//! use std::io::Write;
+//! use std::sync::{Arc, Mutex};
+//!
+//! use ember_devices::legacy::{Serial, COM1_PORT, COM1_PORT_COUNT};
+//! use ember_devices::trigger::EventTrigger;
+//! use ember_devices::Bus;
+//!
+//! /// Guest output, kept for the example to look at.
+//! #[derive(Clone, Default)]
+//! struct Console(Arc<Mutex<Vec<u8>>>);
+//!
+//! impl Write for Console {
+//!     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+//!         self.0.lock().unwrap().extend_from_slice(buf);
+//!         Ok(buf.len())
+//!     }
+//!     fn flush(&mut self) -> std::io::Result<()> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let console = Console::default();
+//! let serial = Serial::new(
+//!     EventTrigger::new()?,
+//!     EventTrigger::new()?,
+//!     Box::new(console.clone()),
+//! );
+//! let mut pio = Bus::new();
+//! pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, COM1_PORT_COUNT)?;
+//! for byte in b"hi\n" {
+//!     assert!(pio.write(COM1_PORT, &[*byte]), "COM1 claims its data port");
+//! }
+//! assert_eq!(console.0.lock().unwrap().as_slice(), b"hi\n");
+//! // Nobody claims port 0x2f8 (COM2): reads see all ones.
+//! let mut data = [0];
+//! assert!(!pio.read(0x2f8, &mut data));
+//! assert_eq!(data, [0xff]);
+//! # Ok::<(), ember_devices::Error>(())
+//! ```
 
 pub mod bus;
 pub mod host_files;
@@ -26,83 +84,39 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice, ByteRegisters};
 
-/// Errors from building or wiring devices.
+/// Errors from building or wiring devices: each device's or part's own
+/// error ([`bus::Error`], [`virtio::mmio::Error`], [`virtio::ActivationError`],
+/// [`virtio::block::Error`], [`virtio::net::Error`], [`virtio::vsock::Error`]),
+/// and what every device can run into.
+///
+/// The wrapped errors keep their own messages, so this error displays
+/// exactly as the one it wraps.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A device range is empty or wraps around the address space.
-    #[error("invalid bus range {base:#x}+{len:#x}")]
-    InvalidRange {
-        /// Start address.
-        base: u64,
-        /// Length.
-        len: u64,
-    },
-    /// A device range overlaps one already on the bus.
-    #[error("bus range {base:#x}+{len:#x} overlaps a device already at {existing:#x}")]
-    Overlap {
-        /// Start address.
-        base: u64,
-        /// Length.
-        len: u64,
-        /// Start of the device in the way.
-        existing: u64,
-    },
+    /// A bus range cannot be claimed.
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+    /// The virtio-mmio transport cannot set up or restore its queues.
+    #[error(transparent)]
+    Transport(#[from] virtio::mmio::Error),
+    /// A virtio device refused to start.
+    #[error(transparent)]
+    Activation(#[from] virtio::ActivationError),
+    /// A block device's backing file is unusable.
+    #[error(transparent)]
+    Block(#[from] virtio::block::Error),
+    /// A net device's host side or MAC address is unusable.
+    #[error(transparent)]
+    Net(#[from] virtio::net::Error),
+    /// A vsock device's CID or host resources are unusable.
+    #[error(transparent)]
+    Vsock(#[from] virtio::vsock::Error),
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
-    /// A virtio queue could not be created or rebuilt.
-    #[error("virtio queue: {0}")]
-    VirtioQueue(virtio_queue::Error),
-    /// A virtio device has a different number of queue eventfds than queues.
-    #[error("virtio device has {queues} queues but {events} queue eventfds")]
-    QueueEventCount {
-        /// Number of queues.
-        queues: usize,
-        /// Number of eventfds.
-        events: usize,
-    },
-    /// A virtio queue the driver enabled does not fit in guest memory.
-    #[error("virtio queue {0} does not fit in guest memory")]
-    InvalidQueue(usize),
-    /// A virtio queue the device needs was not enabled by the driver.
-    #[error("virtio queue {0} is not ready")]
-    QueueNotReady(usize),
-    /// The driver activated a virtio device that is already active.
-    #[error("virtio device is already active")]
-    AlreadyActive,
-    /// A block device's backing file cannot be opened or sized.
-    #[error("block backing file {}: {error}", path.display())]
-    BackingFile {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What failed.
-        error: std::io::Error,
-    },
     /// A rate limiter could not be created.
     #[error("rate limiter: {0}")]
     RateLimiter(ember_ratelimit::Error),
-    /// A vsock guest CID is reserved (below 3) or too large for a guest.
-    #[error("invalid vsock guest CID {0}: it must be at least 3 and below 0xffffffff")]
-    InvalidVsockCid(u64),
-    /// A vsock device's Unix socket cannot be created.
-    #[error("vsock socket {}: {error}", path.display())]
-    VsockSocket {
-        /// The socket's path.
-        path: std::path::PathBuf,
-        /// What failed.
-        error: std::io::Error,
-    },
-    /// A vsock device's timer cannot be created.
-    #[error("vsock timer: {0}")]
-    VsockTimer(std::io::Error),
-    /// A TAP interface cannot be opened or configured.
-    #[error("TAP interface {name}: {error}")]
-    Tap {
-        /// The interface's name.
-        name: String,
-        /// What failed.
-        error: std::io::Error,
-    },
     /// A saved state does not fit the device it is restored into, or the
     /// host resources given with it.
     #[error("cannot restore the {device} state: {reason}")]
@@ -112,20 +126,7 @@ pub enum Error {
         /// What does not fit.
         reason: String,
     },
-    /// A block device's backing file changed size since the snapshot.
-    #[error("block backing file {}: {found} sectors, the snapshot has {saved}", path.display())]
-    DiskSizeChanged {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The capacity in the snapshot, in sectors.
-        saved: u64,
-        /// The capacity now, in sectors.
-        found: u64,
-    },
-    /// A guest MAC address is multicast or all zeroes.
-    #[error("invalid guest MAC address {0}: it must be a unicast address")]
-    InvalidMac(String),
 }
 
-/// Result alias for this crate.
-pub type Result<T> = std::result::Result<T, Error>;
+/// Result alias for this crate (its [`Error`] unless told otherwise).
+pub type Result<T, E = Error> = std::result::Result<T, E>;

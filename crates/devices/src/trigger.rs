@@ -8,6 +8,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::{Error, Result};
 
+/// vm-superio's interrupt-line trait, which the legacy devices raise their
+/// lines through; [`EventTrigger`] implements it.
+pub use vm_superio::Trigger;
+
 /// An eventfd that fires once per [`EventTrigger::trigger`].
 #[derive(Debug)]
 pub struct EventTrigger(EventFd);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ember_devices::virtio::balloon::{Balloon, BalloonConfig, INFLATE_QUEUE, QUEUE_SIZE};
 use ember_devices::virtio::test_utils::{
-    memory, notify_queue, run_until_used, GuestQueue, Manager,
+    memory, notify_queue, run_until_used, GuestQueue, Manager, Mem,
 };
 use ember_devices::virtio::{IrqTrigger, VirtioDevice};
 use event_manager::SubscriberOps;
@@ -29,6 +29,25 @@ fn rss() -> usize {
     // SAFETY: sysconf has no memory effects.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     pages * page
+}
+
+/// The guest touches `pages` pages from [`FIRST_PFN`], then puts them in
+/// buffers of 256 PFNs on the inflate queue; returns the buffer count.
+fn touch_and_queue_pages(mem: &Mem, inflate: &mut GuestQueue, pages: u32) -> u32 {
+    let touched = vec![0x5au8; pages as usize * 4096];
+    mem.write_slice(&touched, GuestAddress(u64::from(FIRST_PFN) << 12))
+        .unwrap();
+    drop(touched);
+    let buffers = pages / 256;
+    for i in 0..buffers {
+        let at = 0x1_0000 + u64::from(i) * 1024;
+        let pfns: Vec<u8> = (0..256)
+            .flat_map(|j| (FIRST_PFN + i * 256 + j).to_le_bytes())
+            .collect();
+        mem.write_slice(&pfns, GuestAddress(at)).unwrap();
+        inflate.add_chain(i as u16, &[(at, 1024, 0)]);
+    }
+    buffers
 }
 
 #[test]
@@ -60,21 +79,8 @@ fn inflating_n_mib_lowers_the_rss_by_about_n_mib() {
         )
         .unwrap();
 
-    // The guest touches the pages, then puts them in buffers of 256 PFNs.
-    let touched = vec![0x5au8; INFLATED_MIB * MIB];
-    mem.write_slice(&touched, GuestAddress(u64::from(FIRST_PFN) << 12))
-        .unwrap();
-    drop(touched);
     let pages = ((INFLATED_MIB * MIB) >> 12) as u32;
-    let buffers = pages / 256;
-    for i in 0..buffers {
-        let at = 0x1_0000 + u64::from(i) * 1024;
-        let pfns: Vec<u8> = (0..256)
-            .flat_map(|j| (FIRST_PFN + i * 256 + j).to_le_bytes())
-            .collect();
-        mem.write_slice(&pfns, GuestAddress(at)).unwrap();
-        inflate.add_chain(i as u16, &[(at, 1024, 0)]);
-    }
+    let buffers = touch_and_queue_pages(&mem, &mut inflate, pages);
     let before = rss();
     notify_queue(&balloon, INFLATE_QUEUE);
     run_until_used(

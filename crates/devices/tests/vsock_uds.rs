@@ -224,15 +224,39 @@ fn rate(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64() / 1e6
 }
 
-/// Host writes, guest reads: through the device, then a socket pair.
-#[test]
-fn host_to_guest_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let uds = dir.path().join("v.sock");
-    let mut guest = Guest::new(&uds);
-    let (chunks, expected) = source();
+/// Reads `stream` to its end; returns the byte count and their sum.
+fn read_summed(mut stream: UnixStream) -> (usize, Sum) {
+    let mut buf = vec![0u8; MAX_PKT_LEN as usize];
+    let mut sum = Sum::new();
+    let mut got = 0;
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            return (got, sum);
+        }
+        sum.add(&buf[..n]);
+        got += n;
+    }
+}
 
-    let mut host = UnixStream::connect(&uds).unwrap();
+/// The baseline: the time `chunks` take through a Unix socket pair, and
+/// the sum of what arrived.
+fn socket_pair_baseline(chunks: &[Vec<u8>]) -> (Duration, Sum) {
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let start = Instant::now();
+    let reader = std::thread::spawn(move || read_summed(b));
+    for c in chunks {
+        a.write_all(c).unwrap();
+    }
+    drop(a);
+    let (_, sum) = reader.join().unwrap();
+    (start.elapsed(), sum)
+}
+
+/// A host client connecting through `uds` to the guest's port 5000, which
+/// accepts; returns the client's stream and its host-side port.
+fn connect_from_host(guest: &mut Guest, uds: &std::path::Path) -> (UnixStream, u32) {
+    let mut host = UnixStream::connect(uds).unwrap();
     host.write_all(b"CONNECT 5000\n").unwrap();
     let req = guest.expect(Op::Request);
     let host_port = req.src_port;
@@ -241,6 +265,18 @@ fn host_to_guest_stream() {
     let mut ok = [0u8; 14];
     host.read_exact(&mut ok).unwrap();
     assert_eq!(&ok, format!("OK {host_port}\n").as_bytes());
+    (host, host_port)
+}
+
+/// Host writes, guest reads: through the device, then a socket pair.
+#[test]
+fn host_to_guest_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let mut guest = Guest::new(&uds);
+    let (chunks, expected) = source();
+
+    let (mut host, host_port) = connect_from_host(&mut guest, &uds);
 
     let start = Instant::now();
     let writer = {
@@ -282,24 +318,8 @@ fn host_to_guest_stream() {
     let counters = guest.vsock.lock().unwrap().counters();
     assert_eq!(counters.rx_bytes, TOTAL as u64);
 
-    let (mut a, mut b) = UnixStream::pair().unwrap();
-    let start = Instant::now();
-    let writer = std::thread::spawn(move || {
-        for c in &chunks {
-            a.write_all(c).unwrap();
-        }
-    });
-    let mut buf = vec![0u8; MAX_PKT_LEN as usize];
-    let mut sum = Sum::new();
-    let mut got = 0;
-    while got < TOTAL {
-        let n = b.read(&mut buf).unwrap();
-        sum.add(&buf[..n]);
-        got += n;
-    }
-    let pair = start.elapsed();
-    writer.join().unwrap();
-    assert_eq!(sum, expected);
+    let (pair, pair_sum) = socket_pair_baseline(&chunks);
+    assert_eq!(pair_sum, expected);
     println!(
         "host to guest: device {:.0} MB/s, socket pair {:.0} MB/s ({} MiB, {} packets)",
         rate(TOTAL, device),
@@ -318,20 +338,7 @@ fn guest_to_host_stream() {
     let mut guest = Guest::new(&uds);
     let (chunks, expected) = source();
     let listener = UnixListener::bind(dir.path().join("v.sock_6000")).unwrap();
-    let reader = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; MAX_PKT_LEN as usize];
-        let mut sum = Sum::new();
-        let mut got = 0;
-        loop {
-            let n = s.read(&mut buf).unwrap();
-            if n == 0 {
-                return (got, sum);
-            }
-            sum.add(&buf[..n]);
-            got += n;
-        }
-    });
+    let reader = std::thread::spawn(move || read_summed(listener.accept().unwrap().0));
 
     guest.send(packet(Op::Request, 7000, 6000, 0), &[]);
     let resp = guest.expect(Op::Response);
@@ -369,25 +376,8 @@ fn guest_to_host_stream() {
     assert_eq!(counters.tx_bytes, TOTAL as u64);
     assert_eq!(counters.credit_violations, 0);
 
-    let (mut a, mut b) = UnixStream::pair().unwrap();
-    let start = Instant::now();
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; MAX_PKT_LEN as usize];
-        let mut sum = Sum::new();
-        loop {
-            let n = b.read(&mut buf).unwrap();
-            if n == 0 {
-                return sum;
-            }
-            sum.add(&buf[..n]);
-        }
-    });
-    for c in &chunks {
-        a.write_all(c).unwrap();
-    }
-    drop(a);
-    assert_eq!(reader.join().unwrap(), expected);
-    let pair = start.elapsed();
+    let (pair, pair_sum) = socket_pair_baseline(&chunks);
+    assert_eq!(pair_sum, expected);
     println!(
         "guest to host: device {:.0} MB/s, socket pair {:.0} MB/s ({} MiB, {} packets)",
         rate(TOTAL, device),

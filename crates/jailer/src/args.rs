@@ -1,15 +1,14 @@
 //! The jailer's command line (Firecracker's flags) and its validation.
 //!
-//! [`JailerArgs::parse`] reads the flags; [`JailerArgs::validate`] checks every
-//! value against the host, creating nothing, and returns the [`JailConfig`]
-//! that [`crate::Jail::prepare`] builds.
+//! [`JailerArgs`] holds the flags as given (filled by hand, or by
+//! `JailerArgs::parse` with the `cli` feature); [`JailerArgs::validate`] checks
+//! every value against the host, creating nothing, and returns the
+//! [`JailConfig`] that [`crate::Jail::prepare`] builds.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-
-use lexopt::prelude::*;
 
 use crate::cgroup::{parse_parent, CgroupHost, CgroupPlan, CgroupSetting, CgroupVersion};
 use crate::dirs::check_below;
@@ -22,52 +21,22 @@ use crate::{sys, Error, Result};
 /// The chroot base when `--chroot-base-dir` is not given.
 pub const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
 
-/// Usage text of the `ember-jailer` binary.
-pub const USAGE: &str = "\
-Usage:
-  ember-jailer --id ID --exec-file PATH --uid UID --gid GID [OPTIONS] [-- ARGS...]
-
-Starts PATH jailed in <chroot-base-dir>/<exec-file name>/<ID>/root, as UID:GID,
-in a new mount namespace, as Firecracker's jailer does: with the arguments
---id ID --start-time-us N --start-time-cpu-us N --parent-cpu-time-us N, then ARGS.
-PATH must be statically linked (or its ELF interpreter already in the jail).
-
-Options:
-  --id ID                   Jail id: 1 to 64 characters among A-Z, a-z, 0-9, '-'
-  --exec-file PATH          The program to jail (copied into the jail)
-  --uid UID, --gid GID      Numeric user and group the program runs as
-  --chroot-base-dir DIR     Where jails are made (default /srv/jailer)
-  --netns PATH              Network namespace to join, e.g. /var/run/netns/NAME
-  --daemonize               Start a new session; stdin, stdout and stderr go to /dev/null
-  --new-pid-ns              Run the program as PID 1 of a new PID namespace; its pid
-                            is written to <exec-file name>.pid in the jail
-  --cgroup-version 1|2      cgroup version (default 1, as Firecracker)
-  --cgroup KEY=VALUE        Write VALUE to the jail's cgroup file KEY (cpu.*, cpuset.*,
-                            memory.*, pids.*); repeatable
-  --parent-cgroup NAME      Parent of the jail's cgroups (default the exec file's name);
-                            the cgroup is <mount>/<NAME>/<ID>
-  --resource-limit RES=N    fsize=N or no-file=N (default no-file=2048, at least 128);
-                            repeatable
-  --version                 Print the version
-  --help                    Print this help
-
-Exit status: the program's, since the jailer becomes it; 0 when the program was
-started in a forked child (--new-pid-ns, or --daemonize from a process-group
-leader); 1 when jailing failed (nothing is left behind); 2 when the command line
-is refused (nothing was done).";
-
-/// What the command line asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Print usage.
-    Help,
-    /// Print the version.
-    Version,
-    /// Jail a program.
-    Jail(Box<JailerArgs>),
-}
-
 /// The jailer's flags as given, before validation.
+///
+/// # Example
+///
+/// Validation refuses a bad value before creating anything:
+///
+/// ```
+/// use ember_jailer::JailerArgs;
+///
+/// let args = JailerArgs {
+///     id: Some("not/an/id".into()),
+///     ..JailerArgs::default()
+/// };
+/// let refused = args.validate().unwrap_err().to_string();
+/// assert!(refused.starts_with("invalid --id"), "{refused}");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JailerArgs {
     /// `--id`.
@@ -98,96 +67,7 @@ pub struct JailerArgs {
     pub exec_args: Vec<OsString>,
 }
 
-fn usage(message: String) -> Error {
-    Error::Usage(message)
-}
-
-fn once<T>(slot: &mut Option<T>, flag: &str, value: T) -> Result<()> {
-    if slot.is_some() {
-        return Err(usage(format!("--{flag} given twice")));
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
-fn text(value: OsString, flag: &str) -> Result<String> {
-    value
-        .into_string()
-        .map_err(|v| usage(format!("--{flag} {v:?}: not valid UTF-8")))
-}
-
 impl JailerArgs {
-    /// Parses the command line (without the program name).
-    pub fn parse<I>(args: I) -> Result<Command>
-    where
-        I: IntoIterator,
-        I::Item: Into<OsString>,
-    {
-        let lex = |e: lexopt::Error| usage(e.to_string());
-        let mut parser = lexopt::Parser::from_args(args);
-        let mut a = JailerArgs::default();
-        loop {
-            let mut raw = parser.raw_args().map_err(lex)?;
-            if raw.peek() == Some(OsStr::new("--")) {
-                raw.next();
-                a.exec_args = raw.collect();
-                break;
-            }
-            let Some(arg) = parser.next().map_err(lex)? else {
-                break;
-            };
-            match arg {
-                Long("id") => once(&mut a.id, "id", text(parser.value().map_err(lex)?, "id")?)?,
-                Long("exec-file") => once(
-                    &mut a.exec_file,
-                    "exec-file",
-                    parser.value().map_err(lex)?.into(),
-                )?,
-                Long("uid") => once(
-                    &mut a.uid,
-                    "uid",
-                    text(parser.value().map_err(lex)?, "uid")?,
-                )?,
-                Long("gid") => once(
-                    &mut a.gid,
-                    "gid",
-                    text(parser.value().map_err(lex)?, "gid")?,
-                )?,
-                Long("chroot-base-dir") => once(
-                    &mut a.chroot_base_dir,
-                    "chroot-base-dir",
-                    parser.value().map_err(lex)?.into(),
-                )?,
-                Long("netns") => once(&mut a.netns, "netns", parser.value().map_err(lex)?.into())?,
-                Long("daemonize") => a.daemonize = true,
-                Long("new-pid-ns") => a.new_pid_ns = true,
-                Long("cgroup-version") => {
-                    let value = text(parser.value().map_err(lex)?, "cgroup-version")?;
-                    once(&mut a.cgroup_version, "cgroup-version", value)?
-                }
-                Long("cgroup") => a
-                    .cgroups
-                    .push(text(parser.value().map_err(lex)?, "cgroup")?),
-                Long("parent-cgroup") => {
-                    let value = text(parser.value().map_err(lex)?, "parent-cgroup")?;
-                    once(&mut a.parent_cgroup, "parent-cgroup", value)?
-                }
-                Long("resource-limit") => a
-                    .resource_limits
-                    .push(text(parser.value().map_err(lex)?, "resource-limit")?),
-                Long("help") | Short('h') => return Ok(Command::Help),
-                Long("version") | Short('V') => return Ok(Command::Version),
-                Value(value) => {
-                    return Err(usage(format!(
-                        "unexpected argument {value:?} (the program's arguments go after --)"
-                    )))
-                }
-                other => return Err(lex(other.unexpected())),
-            }
-        }
-        Ok(Command::Jail(Box::new(a)))
-    }
-
     /// Checks every value, creating nothing: the id; that the exec file is an
     /// executable regular file without set-id bits or file capabilities; the
     /// numeric uid and gid; that the chroot base is (or can be created as) a
@@ -562,6 +442,11 @@ impl JailConfig {
         &self.exec_args
     }
 }
+
+#[cfg(feature = "cli")]
+mod parse;
+#[cfg(feature = "cli")]
+pub use parse::{Command, USAGE};
 
 #[cfg(test)]
 mod tests;

@@ -326,6 +326,7 @@ mod tests {
         let err = check_below(tmp.path(), Path::new("x/root/prog"), true).unwrap_err();
         assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
         let err = check_below(tmp.path(), Path::new("x/root/prog/y"), false).unwrap_err();
-        assert!(err.to_string().contains("not a directory"), "{err}");
+        let err = crate::with_cause(&err);
+        assert!(err.contains("not a directory"), "{err}");
     }
 }

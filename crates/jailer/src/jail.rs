@@ -56,6 +56,16 @@ impl StartTimes {
 /// `start` is when the jailer started; `forked` says whether the program runs
 /// in a child forked after now, whose CPU clock starts again from 0, so its
 /// start CPU time is 0 and all the jailer's CPU time so far is the parent's.
+///
+/// # Example
+///
+/// ```
+/// use ember_jailer::{firecracker_args, StartTimes};
+///
+/// let args = firecracker_args("vm1", StartTimes::now(), true);
+/// assert_eq!(args[..2], ["--id", "vm1"]);
+/// assert_eq!(args[4..6], ["--start-time-cpu-us", "0"], "a forked child starts from 0");
+/// ```
 pub fn firecracker_args(id: &str, start: StartTimes, forked: bool) -> Vec<String> {
     let cpu_now = sys::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
     let start_cpu = if forked { 0 } else { cpu_now };
@@ -189,6 +199,37 @@ impl Jail {
     /// created. Call it from a single-threaded process.
     pub fn exec(mut self) -> Result<Forked> {
         process::close_inherited_on_exec()?;
+        self.enter_namespaces_and_limits()?;
+        let setsid_in_child = self.start_session()?;
+        if self.config.new_pid_ns() {
+            sys::unshare(libc::CLONE_NEWPID).map_err(|source| Error::Sys {
+                call: "unshare(CLONE_NEWPID)",
+                source,
+            })?;
+        }
+        let forks = self.config.new_pid_ns() || setsid_in_child;
+        let argv = self.argv(forks)?;
+        let launch = Launch {
+            uid: self.config.uid(),
+            gid: self.config.gid(),
+            dev_null: self.dev_null.as_ref().map(AsFd::as_fd),
+            program: &self.program,
+            argv: &argv,
+        };
+        if !forks {
+            let (stage, source) = process::drop_privileges_and_exec(&launch);
+            return Err(Error::Sys {
+                call: stage.call_failing_with(&source),
+                source,
+            });
+        }
+        let child = fork_launcher(&launch, setsid_in_child)?;
+        self.start_child(child)
+    }
+
+    /// Enters the jail's mount namespace and root, its cgroups and network
+    /// namespace, and applies its resource limits.
+    fn enter_namespaces_and_limits(&mut self) -> Result<()> {
         mount_ns::enter(&self.root)?;
         if let Some(cgroups) = self.cgroups.take() {
             cgroups.attach(&mut self.undo)?;
@@ -199,77 +240,30 @@ impl Jail {
         for limit in self.config.resource_limits() {
             limit.apply()?;
         }
-        let mut setsid_in_child = false;
-        if self.config.daemonize() {
-            match sys::setsid() {
-                Ok(()) => {}
-                // A process-group leader cannot start a session: a child can.
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => setsid_in_child = true,
-                Err(source) => {
-                    return Err(Error::Sys {
-                        call: "setsid",
-                        source,
-                    })
-                }
-            }
-        }
-        if self.config.new_pid_ns() {
-            sys::unshare(libc::CLONE_NEWPID).map_err(|source| Error::Sys {
-                call: "unshare(CLONE_NEWPID)",
-                source,
-            })?;
-        }
-        let argv = self.argv(self.config.new_pid_ns() || setsid_in_child)?;
-        let launch = Launch {
-            uid: self.config.uid(),
-            gid: self.config.gid(),
-            dev_null: self.dev_null.as_ref().map(AsFd::as_fd),
-            program: &self.program,
-            argv: &argv,
-        };
-        if !self.config.new_pid_ns() && !setsid_in_child {
-            let (stage, source) = process::drop_privileges_and_exec(&launch);
-            return Err(Error::Sys {
-                call: stage.call_failing_with(&source),
-                source,
-            });
-        }
+        Ok(())
+    }
 
-        let (report, report_child) = sys::pipe().map_err(|source| Error::Sys {
-            call: "pipe2",
-            source,
-        })?;
-        // The child waits on `go` until the parent has recorded its pid, so the
-        // program never runs before its pid file exists.
-        let (go_child, go) = sys::pipe().map_err(|source| Error::Sys {
-            call: "pipe2",
-            source,
-        })?;
-        let child = sys::fork().map_err(|source| Error::Sys {
-            call: "fork",
-            source,
-        })?;
-        let Some(pid) = child else {
-            // The child never returns: it executes the program or reports why
-            // it could not and exits, leaving the undo to the parent.
-            drop(report);
-            drop(go);
-            let mut signal = [0u8; 1];
-            if !matches!(sys::read(go_child.as_fd(), &mut signal), Ok(1)) {
-                // The parent gave up (or died) before letting the child go.
-                sys::exit_now(1);
-            }
-            drop(go_child);
-            if setsid_in_child {
-                if let Err(e) = sys::setsid() {
-                    process::report_and_exit(report_child, Stage::Setsid, &e);
-                }
-            }
-            let (stage, error) = process::drop_privileges_and_exec(&launch);
-            process::report_and_exit(report_child, stage, &error);
-        };
-        drop(report_child);
-        drop(go_child);
+    /// With `--daemonize`, starts a new session; returns whether a forked
+    /// child must do it instead (a process-group leader cannot).
+    fn start_session(&self) -> Result<bool> {
+        if !self.config.daemonize() {
+            return Ok(false);
+        }
+        match sys::setsid() {
+            Ok(()) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(true),
+            Err(source) => Err(Error::Sys {
+                call: "setsid",
+                source,
+            }),
+        }
+    }
+
+    /// In the parent, once the child is forked: writes its pid file (with
+    /// `--new-pid-ns`), lets it go, and waits for its report that the program
+    /// runs (then the undo is committed) or why it does not.
+    fn start_child(mut self, child: ForkedLauncher) -> Result<Forked> {
+        let pid = child.pid;
         if self.config.new_pid_ns() {
             let mut name = self.config.exec_name().to_owned();
             name.push(".pid");
@@ -277,21 +271,19 @@ impl Jail {
                 .root
                 .create_file(&name, pid.to_string().as_bytes(), &mut self.undo);
             if let Err(e) = written {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                let _ = sys::wait(pid);
+                kill_and_reap(pid);
                 return Err(e);
             }
         }
-        if let Err(source) = sys::write_all(go.as_fd(), b"g") {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::wait(pid);
+        if let Err(source) = sys::write_all(child.go.as_fd(), b"g") {
+            kill_and_reap(pid);
             return Err(Error::Sys {
                 call: "starting the forked child",
                 source,
             });
         }
-        drop(go);
-        match process::read_report(&report) {
+        drop(child.go);
+        match process::read_report(&child.report) {
             Ok(None) => {
                 std::mem::take(&mut self.undo).commit();
                 Ok(Forked { pid })
@@ -304,12 +296,71 @@ impl Jail {
                 })
             }
             Err(e) => {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                let _ = sys::wait(pid);
+                kill_and_reap(pid);
                 Err(e)
             }
         }
     }
+}
+
+/// The parent's side of a forked child that will execute the program.
+struct ForkedLauncher {
+    /// The child's pid.
+    pid: i32,
+    /// Where the child reports why it could not execute the program; closed
+    /// without a word when it did.
+    report: OwnedFd,
+    /// Written once the parent lets the child go on.
+    go: OwnedFd,
+}
+
+/// Forks a child that waits for the parent's go, starts a session if
+/// `setsid_in_child`, drops privileges and executes the program (or reports
+/// why it could not and exits, leaving the undo to the parent).
+fn fork_launcher(launch: &Launch<'_>, setsid_in_child: bool) -> Result<ForkedLauncher> {
+    let pipe = || {
+        sys::pipe().map_err(|source| Error::Sys {
+            call: "pipe2",
+            source,
+        })
+    };
+    let (report, report_child) = pipe()?;
+    // The child waits on `go` until the parent has recorded its pid, so the
+    // program never runs before its pid file exists.
+    let (go_child, go) = pipe()?;
+    let child = sys::fork().map_err(|source| Error::Sys {
+        call: "fork",
+        source,
+    })?;
+    let Some(pid) = child else {
+        drop(report);
+        drop(go);
+        run_launcher(launch, setsid_in_child, go_child, report_child)
+    };
+    Ok(ForkedLauncher { pid, report, go })
+}
+
+/// The forked child's life: never returns.
+fn run_launcher(launch: &Launch<'_>, setsid_in_child: bool, go: OwnedFd, report: OwnedFd) -> ! {
+    let mut signal = [0u8; 1];
+    if !matches!(sys::read(go.as_fd(), &mut signal), Ok(1)) {
+        // The parent gave up (or died) before letting the child go.
+        sys::exit_now(1);
+    }
+    drop(go);
+    if setsid_in_child {
+        if let Err(e) = sys::setsid() {
+            process::report_and_exit(report, Stage::Setsid, &e);
+        }
+    }
+    let (stage, error) = process::drop_privileges_and_exec(launch);
+    process::report_and_exit(report, stage, &error)
+}
+
+/// Ends a forked child that must not run the program, and reaps it.
+fn kill_and_reap(pid: i32) {
+    let _ = sys::kill(pid, libc::SIGKILL);
+    let _ = sys::wait(pid);
 }
 
 #[cfg(test)]

@@ -19,6 +19,42 @@
 //!
 //! The [`seccomp`] module holds the per-thread system-call allow-lists of the
 //! `ember` VMM and installs them.
+//!
+//! Firecracker's jailer command line is read by `JailerArgs::parse`, with the
+//! `cli` feature (the `ember-jailer` binary's).
+//!
+//! # Example
+//!
+//! The default filters compiled to BPF, one program per thread kind:
+//!
+//! ```
+//! use ember_jailer::seccomp::{default_filters, ThreadKind};
+//!
+//! let filters = default_filters()?;
+//! for kind in ThreadKind::ALL {
+//!     assert!(!filters[&kind].is_empty(), "{} has a filter", kind.name());
+//! }
+//! # Ok::<(), ember_jailer::Error>(())
+//! ```
+//!
+//! Jailing a program (as root; `no_run` here):
+//!
+//! ```no_run
+//! use ember_jailer::{Jail, JailerArgs};
+//!
+//! let args = JailerArgs {
+//!     id: Some("vm1".into()),
+//!     exec_file: Some("/usr/local/bin/ember".into()),
+//!     uid: Some("10001".into()),
+//!     gid: Some("10001".into()),
+//!     exec_args: vec!["--no-api".into(), "--config-file".into(), "/vm.json".into()],
+//!     ..JailerArgs::default()
+//! };
+//! let config = args.validate()?; // checks everything, creates nothing
+//! let forked = Jail::prepare(config)?.exec()?; // returns only when it forked
+//! println!("the program runs as pid {}", forked.pid);
+//! # Ok::<(), ember_jailer::Error>(())
+//! ```
 
 pub mod args;
 pub mod cgroup;
@@ -64,7 +100,7 @@ pub enum Error {
         value: String,
     },
     /// A path given on the command line cannot be used.
-    #[error("--{flag} {path}: {source}")]
+    #[error("--{flag} {path}")]
     BadPath {
         /// The flag that named the path.
         flag: &'static str,
@@ -131,7 +167,7 @@ pub enum Error {
         reason: String,
     },
     /// A file-system operation while building or removing the jail failed.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}")]
     Fs {
         /// What was being done.
         action: &'static str,
@@ -141,7 +177,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A value could not be written into a cgroup file.
-    #[error("cannot write {value:?} to {path}: {source}")]
+    #[error("cannot write {value:?} to {path}")]
     CgroupWrite {
         /// The value.
         value: String,
@@ -151,7 +187,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A system call needed to enter the jail failed.
-    #[error("{call} failed: {source}")]
+    #[error("{call} failed")]
     Sys {
         /// The call, with its salient arguments.
         call: &'static str,
@@ -160,7 +196,7 @@ pub enum Error {
     },
     /// The forked child (new PID namespace or daemon) failed before it could
     /// execute the program.
-    #[error("in the jailed child: {call} failed: {source}")]
+    #[error("in the jailed child: {call} failed")]
     Child {
         /// The call that failed in the child.
         call: &'static str,
@@ -192,3 +228,13 @@ pub enum Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A test's view of an error: its message and its cause's, as the binary
+/// prints them.
+#[cfg(test)]
+pub(crate) fn with_cause(error: &Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}

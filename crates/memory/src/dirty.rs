@@ -1,91 +1,70 @@
-//! Pages written since the last look: KVM's dirty log (the guest's writes)
-//! merged with the memory's own bitmaps (the VMM's and devices' writes).
+//! Pages the VMM and its devices wrote through vm-memory, from the bitmaps of
+//! memory mapped with [`DirtyPageTracking::On`](crate::DirtyPageTracking::On).
+//! (The guest's own writes are KVM's dirty log: see `dirty_pages` with the
+//! `kvm` feature.)
 
-use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryBackend;
 
-use crate::{Error, GuestMemoryMmap, Result};
+use crate::GuestMemoryMmap;
 
-/// The pages of each region written since the previous call (or since the
-/// slots were registered): one bitmap per region, in guest-address order,
-/// bit `i % 64` of word `i / 64` for the region's page `i`. Combines KVM's
-/// dirty log of slot `i` for region `i` (the slots must have been registered
-/// with [`register_with_kvm_logging_dirty_pages`](crate::register_with_kvm_logging_dirty_pages))
-/// with the region's dirty bitmap when it has one; both are reset.
-pub fn dirty_pages(mem: &GuestMemoryMmap, vm: &VmFd) -> Result<Vec<Vec<u64>>> {
-    let mut bitmaps = Vec::with_capacity(mem.num_regions());
-    for (index, region) in mem.iter().enumerate() {
-        let slot = u32::try_from(index).map_err(|_| Error::TooManyRegions(index))?;
-        let mapping = region.get_mmap();
-        let mut pages = vm
-            .get_dirty_log(slot, mapping.size())
-            .map_err(|source| Error::DirtyLog { slot, source })?;
-        if let Some(bitmap) = mapping.bitmap() {
-            let written = bitmap.get_and_reset();
-            if written.len() > pages.len() {
-                pages.resize(written.len(), 0);
-            }
-            for (word, written) in pages.iter_mut().zip(written) {
-                *word |= written;
-            }
-        }
-        bitmaps.push(pages);
-    }
-    Ok(bitmaps)
+/// The pages of each region written through vm-memory since the previous call
+/// (or since the memory was mapped), and resets the bitmaps: one bitmap per
+/// region, in guest-address order, bit `i % 64` of word `i / 64` for the
+/// region's page `i`. A region mapped without tracking gives an empty bitmap.
+///
+/// # Example
+///
+/// ```
+/// use ember_memory::layout::PAGE_SIZE;
+/// use ember_memory::{map_guest_memory, take_written_pages, Backing, DirtyPageTracking, MemoryLayout};
+/// use vm_memory::{Bytes, GuestAddress};
+///
+/// let layout = MemoryLayout::new(128 * PAGE_SIZE)?;
+/// let mem = map_guest_memory(&layout, Backing::Anonymous, DirtyPageTracking::On)?;
+/// mem.write_obj(1u8, GuestAddress(3 * PAGE_SIZE))?;
+/// mem.write_obj(1u8, GuestAddress(65 * PAGE_SIZE))?;
+/// // Page 3 is bit 3 of word 0, page 65 bit 1 of word 1.
+/// assert_eq!(take_written_pages(&mem), vec![vec![1 << 3, 1 << 1]]);
+/// // Taking them resets the bitmaps.
+/// assert_eq!(take_written_pages(&mem), vec![vec![0, 0]]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn take_written_pages(mem: &GuestMemoryMmap) -> Vec<Vec<u64>> {
+    mem.iter()
+        .map(|region| {
+            region
+                .get_mmap()
+                .bitmap()
+                .as_ref()
+                .map_or_else(Vec::new, |bitmap| bitmap.get_and_reset())
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use kvm_ioctls::{Kvm, VcpuExit};
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::layout::PAGE_SIZE;
-    use crate::{map_guest_memory, register_with_kvm_logging_dirty_pages, Backing};
-    use crate::{DirtyPageTracking, MemoryLayout};
-
-    /// Real-mode code at address 0: `mov al, 0x42; mov [0x2000], al; hlt`.
-    const STORE_AND_HALT: [u8; 6] = [0xb0, 0x42, 0xa2, 0x00, 0x20, 0xf4];
+    use crate::layout::{MMIO_GAP_END, MMIO_GAP_START, PAGE_SIZE};
+    use crate::{create_guest_memory, map_guest_memory, Backing, DirtyPageTracking, MemoryLayout};
 
     #[test]
-    fn guest_and_host_writes_are_both_reported_then_reset() {
-        let kvm = Kvm::new().expect("/dev/kvm is needed for this test");
-        let vm = kvm.create_vm().unwrap();
-        let layout = MemoryLayout::new(256 * PAGE_SIZE).unwrap();
+    fn each_region_reports_its_own_pages() {
+        let layout = MemoryLayout::new(MMIO_GAP_START + 64 * PAGE_SIZE).unwrap();
         let mem = map_guest_memory(&layout, Backing::Anonymous, DirtyPageTracking::On).unwrap();
-        mem.write_slice(&STORE_AND_HALT, GuestAddress(0)).unwrap();
-        // SAFETY: `mem` outlives `vm` (declared before it, dropped after it).
-        unsafe { register_with_kvm_logging_dirty_pages(&vm, &mem) }.unwrap();
-        // The host wrote the code: page 0.
-        assert_eq!(dirty_pages(&mem, &vm).unwrap(), vec![vec![1, 0, 0, 0]]);
-        assert_eq!(dirty_pages(&mem, &vm).unwrap(), vec![vec![0; 4]]);
+        mem.write_obj(1u8, GuestAddress(MMIO_GAP_END + 2 * PAGE_SIZE))
+            .unwrap();
+        let pages = take_written_pages(&mem);
+        assert_eq!(pages.len(), 2);
+        assert!(pages[0].iter().all(|&word| word == 0));
+        assert_eq!(pages[1], vec![1 << 2]);
+    }
 
-        mem.write_obj(7u8, GuestAddress(200 * PAGE_SIZE)).unwrap();
-        let mut vcpu = vm.create_vcpu(0).unwrap();
-        let mut sregs = vcpu.get_sregs().unwrap();
-        for segment in [&mut sregs.cs, &mut sregs.ds] {
-            segment.base = 0;
-            segment.selector = 0;
-        }
-        vcpu.set_sregs(&sregs).unwrap();
-        let regs = kvm_bindings::kvm_regs {
-            rip: 0,
-            rflags: 2,
-            ..Default::default()
-        };
-        vcpu.set_regs(&regs).unwrap();
-        match vcpu.run().unwrap() {
-            VcpuExit::Hlt => {}
-            exit => panic!("unexpected exit {exit:?}"),
-        }
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 0x42);
-        // The guest wrote page 2, the host page 200 (word 3, bit 8).
-        assert_eq!(
-            dirty_pages(&mem, &vm).unwrap(),
-            vec![vec![1 << 2, 0, 0, 1 << 8]]
-        );
-        assert_eq!(dirty_pages(&mem, &vm).unwrap(), vec![vec![0; 4]]);
-        drop(vcpu);
-        drop(vm);
+    #[test]
+    fn untracked_memory_reports_empty_bitmaps() {
+        let mem = create_guest_memory(&MemoryLayout::new(16 * PAGE_SIZE).unwrap()).unwrap();
+        mem.write_obj(1u8, GuestAddress(0)).unwrap();
+        assert_eq!(take_written_pages(&mem), vec![Vec::<u64>::new()]);
     }
 }

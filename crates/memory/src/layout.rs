@@ -1,4 +1,5 @@
-//! The fixed x86_64 guest-physical memory map (see DESIGN.md): where boot
+//! The fixed x86_64 guest-physical memory map (see docs/architecture.md in
+//! Ember's repository): where boot
 //! structures, RAM, the 32-bit MMIO gap and the interrupt controllers live.
 
 /// Size of one guest page.

@@ -5,18 +5,49 @@
 //! [`create_guest_memory`] backs those ranges with anonymous private mappings,
 //! [`create_guest_memory_from_file`] with private views of a memory file (a
 //! snapshot's), and [`map_guest_memory`] either, with a bitmap of the pages
-//! the VMM writes. [`register_with_kvm`] hands them to a KVM VM as memory
-//! slots ([`register_with_kvm_logging_dirty_pages`] with KVM's dirty log on),
-//! and [`dirty_pages`] collects what the guest and the VMM wrote since.
+//! the VMM writes ([`take_written_pages`] reads it).
+//!
+//! With the `kvm` feature (on by default), `register_with_kvm` hands the
+//! mappings to a KVM VM as memory slots (`register_with_kvm_logging_dirty_pages`
+//! with KVM's dirty log on), and `dirty_pages` collects what the guest and the
+//! VMM wrote since. Without it the crate does not depend on kvm-ioctls: a boot
+//! loader or a snapshot tool that only needs layouts and mappings turns it off
+//! (`default-features = false`).
+//!
+//! # Example
+//!
+//! ```
+//! use ember_memory::layout::{MIB, MMIO_GAP_END};
+//! use ember_memory::{create_guest_memory, E820Kind, MemoryLayout};
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+//!
+//! // 4 GiB of RAM on a host with a 39-bit guest-physical address space:
+//! // 3 GiB below the MMIO gap, 1 GiB from 4 GiB up.
+//! let layout = MemoryLayout::with_mib(4096, 39)?;
+//! assert_eq!(layout.ranges().len(), 2);
+//! assert_eq!(layout.end(), MMIO_GAP_END + 1024 * MIB);
+//! for entry in layout.e820_entries() {
+//!     assert_eq!(entry.kind, E820Kind::Ram);
+//! }
+//!
+//! // Pages are only allocated when touched.
+//! let mem = create_guest_memory(&layout)?;
+//! assert_eq!(mem.num_regions(), 2);
+//! mem.write_obj(0x1234_u32, GuestAddress(MMIO_GAP_END))?;
+//! assert_eq!(mem.read_obj::<u32>(GuestAddress(MMIO_GAP_END))?, 0x1234);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod dirty;
+#[cfg(feature = "kvm")]
 mod kvm;
 pub mod layout;
 mod mapping;
 mod regions;
 
-pub use dirty::dirty_pages;
-pub use kvm::{register_with_kvm, register_with_kvm_logging_dirty_pages};
+pub use dirty::take_written_pages;
+#[cfg(feature = "kvm")]
+pub use kvm::{dirty_pages, register_with_kvm, register_with_kvm_logging_dirty_pages};
 pub use mapping::{
     create_guest_memory, create_guest_memory_from_file, map_guest_memory, Backing,
     DirtyPageTracking,
@@ -59,7 +90,7 @@ pub enum Error {
         phys_bits: u8,
     },
     /// The host refused to map the memory.
-    #[error("cannot map {size_mib} MiB of guest memory on this host: {source}")]
+    #[error("cannot map {size_mib} MiB of guest memory on this host")]
     Map {
         /// Requested size in MiB.
         size_mib: u64,
@@ -67,6 +98,7 @@ pub enum Error {
         source: vm_memory::mmap::FromRangesError,
     },
     /// More memory regions than KVM slots.
+    #[cfg(feature = "kvm")]
     #[error("guest memory has more regions than KVM memory slots ({0})")]
     TooManyRegions(usize),
     /// The memory file could not be inspected or shared with the mappings.
@@ -83,7 +115,8 @@ pub enum Error {
         needed: u64,
     },
     /// KVM refused to hand over a slot's dirty log.
-    #[error("cannot read the dirty log of KVM memory slot {slot}: {source}")]
+    #[cfg(feature = "kvm")]
+    #[error("cannot read the dirty log of KVM memory slot {slot}")]
     DirtyLog {
         /// The slot number.
         slot: u32,
@@ -91,7 +124,8 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// KVM refused a memory slot.
-    #[error("KVM refused memory slot {slot} at {guest_addr:#x}: {source}")]
+    #[cfg(feature = "kvm")]
+    #[error("KVM refused memory slot {slot} at {guest_addr:#x}")]
     RegisterSlot {
         /// The slot number.
         slot: u32,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::{FromRangesError, MmapRegionBuilder};
-use vm_memory::{FileOffset, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
 
 use crate::layout::{MIB, PAGE_SIZE};
 use crate::{Error, GuestMemoryMmap, MemoryLayout, Result};
@@ -37,12 +37,51 @@ pub enum DirtyPageTracking {
 
 /// Backs every range of `layout` with anonymous memory, without dirty-page
 /// tracking (`MAP_NORESERVE`: pages are only allocated when touched).
+///
+/// # Example
+///
+/// ```
+/// use ember_memory::{create_guest_memory, MemoryLayout};
+/// use vm_memory::{Bytes, GuestAddress};
+///
+/// let mem = create_guest_memory(&MemoryLayout::with_mib(64, 39)?)?;
+/// mem.write_slice(b"hello", GuestAddress(0x1000))?;
+/// let mut back = [0u8; 5];
+/// mem.read_slice(&mut back, GuestAddress(0x1000))?;
+/// assert_eq!(&back, b"hello");
+/// // Past the end of RAM is not memory.
+/// assert!(mem.write_obj(0u8, GuestAddress(64 << 20)).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn create_guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap> {
     map_guest_memory(layout, Backing::Anonymous, DirtyPageTracking::Off)
 }
 
 /// Maps every range of `layout` from `file` (see [`Backing::File`]), without
 /// dirty-page tracking. A file shorter than the layout is refused.
+///
+/// # Example
+///
+/// ```
+/// use std::io::Write;
+///
+/// use ember_memory::layout::PAGE_SIZE;
+/// use ember_memory::{create_guest_memory_from_file, MemoryLayout};
+/// use vm_memory::{Bytes, GuestAddress};
+///
+/// let mut file = tempfile::tempfile()?;
+/// file.write_all(&[7u8; 2 * PAGE_SIZE as usize])?;
+/// let layout = MemoryLayout::new(2 * PAGE_SIZE)?;
+/// let mem = create_guest_memory_from_file(&layout, &file)?;
+/// assert_eq!(mem.read_obj::<u8>(GuestAddress(PAGE_SIZE))?, 7);
+/// // Writes are private: the file keeps its bytes.
+/// mem.write_obj(0u8, GuestAddress(PAGE_SIZE))?;
+/// let again = create_guest_memory_from_file(&layout, &file)?;
+/// assert_eq!(again.read_obj::<u8>(GuestAddress(PAGE_SIZE))?, 7);
+/// // A file shorter than the memory is refused.
+/// assert!(create_guest_memory_from_file(&MemoryLayout::new(4 * PAGE_SIZE)?, &file).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn create_guest_memory_from_file(
     layout: &MemoryLayout,
     file: &File,
@@ -52,25 +91,32 @@ pub fn create_guest_memory_from_file(
 
 /// Maps every range of `layout`, private and `MAP_NORESERVE`, from `backing`,
 /// with or without a bitmap of the pages written through vm-memory.
+///
+/// # Example
+///
+/// ```
+/// use ember_memory::layout::PAGE_SIZE;
+/// use ember_memory::{map_guest_memory, Backing, DirtyPageTracking, MemoryLayout};
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+///
+/// let layout = MemoryLayout::new(64 * PAGE_SIZE)?;
+/// let mem = map_guest_memory(&layout, Backing::Anonymous, DirtyPageTracking::On)?;
+/// mem.write_obj(1u64, GuestAddress(5 * PAGE_SIZE))?;
+/// let region = mem.iter().next().ok_or("no region")?;
+/// let mapping = region.get_mmap();
+/// let bitmap = mapping.bitmap().as_ref().ok_or("no bitmap")?;
+/// assert_eq!(bitmap.get_and_reset(), vec![1 << 5]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn map_guest_memory(
     layout: &MemoryLayout,
     backing: Backing<'_>,
     tracking: DirtyPageTracking,
 ) -> Result<GuestMemoryMmap> {
     let size_mib = layout.size() / MIB;
-    let map_error = |source: FromRangesError| Error::Map { size_mib, source };
     let file = match backing {
         Backing::Anonymous => None,
-        Backing::File(file) => {
-            let len = file.metadata().map_err(Error::MemoryFile)?.len();
-            if len < layout.size() {
-                return Err(Error::MemoryFileTooShort {
-                    file_len: len,
-                    needed: layout.size(),
-                });
-            }
-            Some(Arc::new(file.try_clone().map_err(Error::MemoryFile)?))
-        }
+        Backing::File(file) => Some(shared_memory_file(file, layout.size())?),
     };
     let mut regions = Vec::with_capacity(layout.ranges().len());
     let mut file_offset = 0u64;
@@ -80,28 +126,55 @@ pub fn map_guest_memory(
             end: layout.end(),
             phys_bits: 64,
         })?;
-        let bitmap = match tracking {
-            DirtyPageTracking::Off => None,
-            DirtyPageTracking::On => Some(AtomicBitmap::new(size, page_size())),
-        };
-        let builder = MmapRegionBuilder::new_with_bitmap(size, bitmap)
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
-        let builder = match &file {
-            None => builder
-                .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE),
-            Some(file) => builder
-                .with_file_offset(FileOffset::from_arc(Arc::clone(file), file_offset))
-                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE),
-        };
-        let mapping = builder
-            .build()
-            .map_err(|e| map_error(FromRangesError::MmapRegion(e)))?;
-        let region = GuestRegionMmap::new(mapping, start)
-            .ok_or_else(|| map_error(FromRangesError::InvalidGuestRegion))?;
-        regions.push(region);
+        let file_range = file.as_ref().map(|file| (file, file_offset));
+        regions.push(
+            map_region(start, size, file_range, tracking)
+                .map_err(|source| Error::Map { size_mib, source })?,
+        );
         file_offset += len;
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(e.into()))
+    GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Map {
+        size_mib,
+        source: e.into(),
+    })
+}
+
+/// `file`, checked to hold at least `needed` bytes, shared with the mappings.
+fn shared_memory_file(file: &File, needed: u64) -> Result<Arc<File>> {
+    let len = file.metadata().map_err(Error::MemoryFile)?.len();
+    if len < needed {
+        return Err(Error::MemoryFileTooShort {
+            file_len: len,
+            needed,
+        });
+    }
+    Ok(Arc::new(file.try_clone().map_err(Error::MemoryFile)?))
+}
+
+/// Maps `size` bytes at guest address `start`: anonymous, or from the given
+/// file at the given offset.
+fn map_region(
+    start: GuestAddress,
+    size: usize,
+    file: Option<(&Arc<File>, u64)>,
+    tracking: DirtyPageTracking,
+) -> std::result::Result<GuestRegionMmap<Option<AtomicBitmap>>, FromRangesError> {
+    let bitmap = match tracking {
+        DirtyPageTracking::Off => None,
+        DirtyPageTracking::On => Some(AtomicBitmap::new(size, page_size())),
+    };
+    let builder = MmapRegionBuilder::new_with_bitmap(size, bitmap)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+    let builder = match file {
+        None => {
+            builder.with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        }
+        Some((file, offset)) => builder
+            .with_file_offset(FileOffset::from_arc(Arc::clone(file), offset))
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE),
+    };
+    let mapping = builder.build().map_err(FromRangesError::MmapRegion)?;
+    GuestRegionMmap::new(mapping, start).ok_or(FromRangesError::InvalidGuestRegion)
 }
 
 /// The granularity of dirty bitmaps.

@@ -28,6 +28,22 @@ pub struct E820Entry {
 
 /// Where a guest's RAM lives: below the 32-bit MMIO gap and, for guests of more
 /// than 3 GiB, from 4 GiB upwards.
+///
+/// # Example
+///
+/// ```
+/// use ember_memory::layout::{MIB, MMIO_GAP_END, MMIO_GAP_START};
+/// use ember_memory::MemoryLayout;
+/// use vm_memory::GuestAddress;
+///
+/// let small = MemoryLayout::with_mib(512, 39)?;
+/// assert_eq!(small.ranges(), &[(GuestAddress(0), 512 * MIB)]);
+///
+/// let large = MemoryLayout::with_mib(3072 + 256, 39)?;
+/// assert_eq!(large.low_ram_end(), MMIO_GAP_START);
+/// assert_eq!(large.ranges()[1], (GuestAddress(MMIO_GAP_END), 256 * MIB));
+/// # Ok::<(), ember_memory::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryLayout {
     size: u64,
@@ -36,6 +52,17 @@ pub struct MemoryLayout {
 
 impl MemoryLayout {
     /// Lays out `size` bytes of RAM. The size must be non-zero and page-aligned.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ember_memory::{Error, MemoryLayout};
+    ///
+    /// assert_eq!(MemoryLayout::new(0x10_0000)?.size(), 0x10_0000);
+    /// assert!(matches!(MemoryLayout::new(0), Err(Error::ZeroSize)));
+    /// assert!(matches!(MemoryLayout::new(4097), Err(Error::Unaligned(4097))));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn new(size: u64) -> Result<Self> {
         if size == 0 {
             return Err(Error::ZeroSize);
@@ -59,6 +86,18 @@ impl MemoryLayout {
 
     /// Lays out `mib` MiB of RAM, checking that it fits in a `phys_bits`-wide
     /// guest-physical address space.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ember_memory::{Error, MemoryLayout};
+    ///
+    /// // A guest that can address 2^36 bytes (64 GiB) cannot have 64 GiB of
+    /// // RAM: the MMIO gap pushes its end past 64 GiB.
+    /// assert!(MemoryLayout::with_mib(63 * 1024, 36).is_ok());
+    /// let err = MemoryLayout::with_mib(64 * 1024, 36).unwrap_err();
+    /// assert!(matches!(err, Error::BeyondAddressSpace { phys_bits: 36, .. }));
+    /// ```
     pub fn with_mib(mib: u64, phys_bits: u8) -> Result<Self> {
         let size = mib
             .checked_mul(MIB)
@@ -97,6 +136,23 @@ impl MemoryLayout {
 
     /// The e820 map: low RAM below the EBDA, RAM from 1 MiB to the MMIO gap (or
     /// the end of RAM), and RAM above 4 GiB when there is any.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ember_memory::layout::{EBDA_START, HIMEM_START, MIB};
+    /// use ember_memory::{E820Entry, E820Kind, MemoryLayout};
+    ///
+    /// let e820 = MemoryLayout::with_mib(128, 39)?.e820_entries();
+    /// assert_eq!(
+    ///     e820,
+    ///     [
+    ///         E820Entry { addr: 0, size: EBDA_START, kind: E820Kind::Ram },
+    ///         E820Entry { addr: HIMEM_START, size: 128 * MIB - HIMEM_START, kind: E820Kind::Ram },
+    ///     ]
+    /// );
+    /// # Ok::<(), ember_memory::Error>(())
+    /// ```
     pub fn e820_entries(&self) -> Vec<E820Entry> {
         let mut entries = Vec::with_capacity(3);
         let low_end = self.low_ram_end();

@@ -12,6 +12,19 @@ use crate::{Error, Result};
 pub const DEFAULT_IPV4_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 /// The MMDS configuration.
+///
+/// # Example
+///
+/// ```
+/// use ember_mmds::{MmdsConfig, MmdsVersion, DEFAULT_IPV4_ADDRESS};
+///
+/// let config: MmdsConfig =
+///     serde_json::from_str(r#"{"version": "V2", "network_interfaces": ["eth0"]}"#).unwrap();
+/// assert_eq!(config.version, MmdsVersion::V2);
+/// assert_eq!(config.ipv4_address(), DEFAULT_IPV4_ADDRESS);
+/// assert!(config.validate(|iface| iface == "eth0").is_ok());
+/// assert!(config.validate(|_| false).is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MmdsConfig {

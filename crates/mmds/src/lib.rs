@@ -14,6 +14,25 @@
 //! answered by the VMM for the guest) shares one `Arc<Mutex<Mmds>>` with the API and calls, per guest request,
 //! [`Mmds::version`], [`Mmds::generate_token`] for `PUT /latest/api/token`,
 //! [`Mmds::is_valid_token`] for V2 `GET`s, and [`Mmds::get`].
+//!
+//! # Example
+//!
+//! A document stored, patched and read back as the guest sees it:
+//!
+//! ```
+//! use ember_mmds::{Mmds, OutputFormat};
+//! use serde_json::json;
+//!
+//! let mut mmds = Mmds::default();
+//! mmds.put(json!({"latest": {"meta-data": {"ami-id": "ami-1", "tags": {}}}}))?;
+//! mmds.patch(json!({"latest": {"meta-data": {"hostname": "vm1", "tags": null}}}))?;
+//! assert_eq!(
+//!     mmds.get("/latest/meta-data/", OutputFormat::Imds)?,
+//!     "ami-id\nhostname"
+//! );
+//! assert_eq!(mmds.get("/latest/meta-data/hostname", OutputFormat::Json)?, "\"vm1\"");
+//! # Ok::<(), ember_mmds::Error>(())
+//! ```
 
 pub mod config;
 pub mod merge;

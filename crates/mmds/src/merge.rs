@@ -6,6 +6,17 @@ use serde_json::{Map, Value};
 /// by key (a `null` removes the key, any other value is merged into the
 /// key's value), anything else replaces the target. The patch is consumed,
 /// so nothing is copied.
+///
+/// # Example
+///
+/// ```
+/// use ember_mmds::merge::merge_patch;
+/// use serde_json::json;
+///
+/// let mut document = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+/// merge_patch(&mut document, json!({"a": "z", "c": {"f": null}}));
+/// assert_eq!(document, json!({"a": "z", "c": {"d": "e"}}));
+/// ```
 pub fn merge_patch(target: &mut Value, patch: Value) {
     let Value::Object(changes) = patch else {
         *target = patch;

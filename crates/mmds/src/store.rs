@@ -36,6 +36,24 @@ pub enum OutputFormat {
 }
 
 /// The metadata store.
+///
+/// # Example
+///
+/// A store limited to 64 bytes of compact JSON refuses a larger document and
+/// keeps the one it has:
+///
+/// ```
+/// use ember_mmds::{Error, Mmds, OutputFormat};
+/// use serde_json::json;
+///
+/// let mut mmds = Mmds::new(64);
+/// assert!(matches!(mmds.patch(json!({"a": 1})), Err(Error::NotInitialized)));
+/// mmds.put(json!({"instance-id": "i-1"}))?;
+/// let too_big = json!({"instance-id": "x".repeat(100)});
+/// assert!(matches!(mmds.put(too_big), Err(Error::DataStoreLimitExceeded)));
+/// assert_eq!(mmds.get("/instance-id", OutputFormat::Imds)?, "i-1");
+/// # Ok::<(), ember_mmds::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Mmds {
     data: Value,

@@ -18,6 +18,22 @@ pub const MAX_LIVE_TOKENS: usize = 1024;
 const TOKEN_BYTES: usize = 32;
 
 /// The live tokens and when each expires.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, Instant};
+///
+/// use ember_mmds::TokenStore;
+///
+/// let mut tokens = TokenStore::default();
+/// let now = Instant::now();
+/// let token = tokens.generate(60, now)?;
+/// assert!(tokens.is_valid(&token, now + Duration::from_secs(59)));
+/// assert!(!tokens.is_valid(&token, now + Duration::from_secs(60)));
+/// assert!(tokens.generate(0, now).is_err(), "a time to live of 1 to 21600 s");
+/// # Ok::<(), ember_mmds::Error>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct TokenStore {
     expiries: HashMap<String, Instant>,

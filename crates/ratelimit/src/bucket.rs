@@ -69,6 +69,36 @@ pub enum Reduction {
 /// 4. otherwise nothing is taken and the caller learns how long to wait.
 ///
 /// Requests are all-or-nothing: a refused request leaves every level unchanged.
+///
+/// # Example
+///
+/// 1000 bytes per second with a one-time burst of 500, driven with made-up
+/// instants:
+///
+/// ```
+/// use std::time::{Duration, Instant};
+///
+/// use ember_ratelimit::{BucketConfig, Reduction, TokenBucket};
+///
+/// let config = BucketConfig { size: 1000, one_time_burst: 500, refill_time_ms: 1000 };
+/// let start = Instant::now();
+/// let mut bucket = TokenBucket::new(config, start).ok_or("unlimited")?;
+///
+/// // The burst pays first, then the budget.
+/// assert_eq!(bucket.reduce(1200, start), Reduction::Consumed);
+/// assert_eq!((bucket.burst(), bucket.budget()), (0, 300));
+/// // 500 more needs 200 more tokens: 200 ms of refill.
+/// assert_eq!(bucket.reduce(500, start), Reduction::Insufficient(Duration::from_millis(200)));
+/// // A refused request takes nothing; 200 ms later it goes through.
+/// assert_eq!(bucket.reduce(500, start + Duration::from_millis(200)), Reduction::Consumed);
+/// assert_eq!(bucket.budget(), 0);
+///
+/// // Size or refill time 0 means "no limit": there is no bucket.
+/// let unlimited = BucketConfig { size: 0, ..config };
+/// assert!(unlimited.is_unlimited());
+/// assert!(TokenBucket::new(unlimited, start).is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenBucket {
     config: BucketConfig,
@@ -100,6 +130,29 @@ impl TokenBucket {
     /// Rebuilds a bucket from saved levels, as if `state` had been taken at `now`.
     /// Levels beyond what the configuration allows are clamped. `None` when the
     /// configuration means "unlimited".
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// use ember_ratelimit::{BucketConfig, TokenBucket};
+    ///
+    /// let config = BucketConfig { size: 100, one_time_burst: 0, refill_time_ms: 100 };
+    /// let saved_at = Instant::now();
+    /// let mut bucket = TokenBucket::new(config, saved_at).ok_or("unlimited")?;
+    /// let _ = bucket.reduce(100, saved_at);
+    /// let state = bucket.state(saved_at + Duration::from_micros(500));
+    /// assert_eq!((state.budget, state.pending_refill_ns), (0, 500_000));
+    ///
+    /// // Restored later: the half token that was accruing is kept, and the
+    /// // time between save and restore earns nothing.
+    /// let restored_at = saved_at + Duration::from_secs(60);
+    /// let mut restored = TokenBucket::from_state(&state, restored_at).ok_or("unlimited")?;
+    /// restored.refill(restored_at + Duration::from_micros(500));
+    /// assert_eq!(restored.budget(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_state(state: &BucketState, now: Instant) -> Option<TokenBucket> {
         let mut bucket = TokenBucket::new(state.config, now)?;
         bucket.budget = state.budget.min(state.config.size);

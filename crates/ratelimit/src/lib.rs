@@ -21,6 +21,36 @@
 //! Unlike Firecracker, a refused request consumes nothing (not even the one-time
 //! burst), and a request larger than the bucket is only let through when the
 //! bucket is full; it then leaves a debt that later requests wait for.
+//!
+//! # Example
+//!
+//! A device allowed 2 operations per 20 ms (and unlimited bytes), sleeping on
+//! the limiter's fd when refused:
+//!
+//! ```
+//! use std::os::fd::AsRawFd;
+//!
+//! use ember_ratelimit::{BucketConfig, RateLimiter, TokenType};
+//!
+//! let ops = BucketConfig { size: 2, one_time_burst: 0, refill_time_ms: 20 };
+//! let mut limiter = RateLimiter::new(None, Some(ops))?;
+//! assert!(limiter.consume(4096, TokenType::Bytes));
+//! assert!(limiter.consume(1, TokenType::Ops));
+//! assert!(limiter.consume(1, TokenType::Ops));
+//! // The bucket is empty: the request stays queued and the timer is armed.
+//! assert!(!limiter.consume(1, TokenType::Ops));
+//! assert!(limiter.is_blocked());
+//!
+//! // An event loop would watch the fd with epoll; here, wait for it with poll(2).
+//! let mut fd = libc::pollfd { fd: limiter.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+//! // SAFETY: `fd` is one valid pollfd for the duration of the call.
+//! let ready = unsafe { libc::poll(&mut fd, 1, 1000) };
+//! assert_eq!(ready, 1);
+//! limiter.event_handler()?;
+//! assert!(!limiter.is_blocked());
+//! assert!(limiter.consume(1, TokenType::Ops));
+//! # Ok::<(), ember_ratelimit::Error>(())
+//! ```
 
 pub mod bucket;
 pub mod clock;

@@ -58,6 +58,49 @@ pub struct RateLimiterState {
 /// calls [`RateLimiter::event_handler`]. The device then retries the refused
 /// operation. A device that charged one bucket and is refused by the other
 /// gives the first charge back with [`RateLimiter::manual_replenish`].
+///
+/// # Example
+///
+/// A limiter on a clock the caller controls, so nothing depends on how fast
+/// this runs (the crate-level example waits on the timerfd instead):
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::{Duration, Instant};
+///
+/// use ember_ratelimit::{BucketConfig, BucketUpdate, Clock, RateLimiter, TokenType};
+///
+/// #[derive(Debug)]
+/// struct ManualClock(Arc<Mutex<Instant>>);
+/// impl Clock for ManualClock {
+///     fn now(&self) -> Instant {
+///         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+///     }
+/// }
+///
+/// let time = ManualClock(Arc::new(Mutex::new(Instant::now())));
+/// let bytes = BucketConfig { size: 64 << 10, one_time_burst: 0, refill_time_ms: 100 };
+/// let mut limiter = RateLimiter::with_clock(Some(bytes), None, Box::new(time))?;
+///
+/// // A request larger than the bucket goes through once, on a full bucket...
+/// assert!(limiter.consume(96 << 10, TokenType::Bytes));
+/// // ...and leaves a debt: 32 KiB owed, then 1 byte, is 150 ms of refill.
+/// let state = limiter.state();
+/// assert_eq!(state.bandwidth.map(|b| b.debt), Some(32 << 10));
+/// assert!(!limiter.consume(1, TokenType::Bytes));
+/// assert!(limiter.is_blocked());
+///
+/// // Operations were never limited; a new configuration turns that on and
+/// // moves the timer so the device retries at once.
+/// let ops = BucketConfig { size: 10, one_time_burst: 0, refill_time_ms: 1000 };
+/// limiter.update_buckets(BucketUpdate::Keep, BucketUpdate::Set(ops));
+/// assert!(limiter.bucket(TokenType::Ops).is_some());
+///
+/// // Snapshots: the levels as plain data, and a limiter rebuilt from them.
+/// let restored = RateLimiter::restore(&limiter.state())?;
+/// assert_eq!(restored.bucket(TokenType::Bytes).map(|b| b.debt()), Some(32 << 10));
+/// # Ok::<(), ember_ratelimit::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct RateLimiter {
     bandwidth: Option<TokenBucket>,

@@ -8,6 +8,20 @@ use crate::Result;
 /// Summarizes a state file: its format version, architecture and size, then
 /// one line per section (id, version, required or optional, payload size).
 /// Files of any architecture are described; malformed ones are an error.
+///
+/// # Example
+///
+/// ```
+/// use ember_snapshot::{describe, Section, StateFile};
+///
+/// let mut state = StateFile::default();
+/// state.sections.push(Section::json("vm", 1, &[1, 2, 3])?);
+/// let text = describe(&state.to_bytes()?)?;
+/// assert!(text.starts_with("Ember state file, format version 1"));
+/// assert!(text.contains("vm  version 1      required  7 bytes"));
+/// assert!(describe(b"not a state file").is_err());
+/// # Ok::<(), ember_snapshot::Error>(())
+/// ```
 pub fn describe(bytes: &[u8]) -> Result<String> {
     let decoded = decode(bytes)?;
     let mut out = format!(

@@ -71,6 +71,23 @@ fn write_and_rename(temp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Reads a state file, refusing (without blocking) anything that is not a
 /// regular file, and files over [`MAX_STATE_FILE_SIZE`].
+///
+/// # Example
+///
+/// ```
+/// use ember_snapshot::{read_state_file, write_atomic};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("vm.state");
+/// write_atomic(&path, b"old")?;
+/// write_atomic(&path, b"new")?;
+/// assert_eq!(read_state_file(&path)?, b"new");
+/// // Only the file is left in the directory: no temporary beside it.
+/// assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
+/// // A directory is not a state file.
+/// assert!(read_state_file(dir.path()).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_state_file(path: &Path) -> Result<Vec<u8>> {
     let file = OpenOptions::new()
         .read(true)

@@ -35,6 +35,26 @@ const CHECKSUM_LEN: usize = 4;
 const MIN_SECTION_LEN: usize = 1 + 1 + 2 + 2 + 8;
 
 /// One named, versioned piece of saved state.
+///
+/// # Example
+///
+/// ```
+/// use ember_snapshot::{Error, Section};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Serial {
+///     divisor: u16,
+/// }
+///
+/// let section = Section::json("device.serial", 2, &Serial { divisor: 12 })?;
+/// assert!(section.required);
+/// assert_eq!(section.payload, br#"{"divisor":12}"#);
+/// assert_eq!(section.decode::<Serial>()?, Serial { divisor: 12 });
+/// // A payload that does not match the type is an error naming the section.
+/// let err = section.decode::<Vec<u8>>().unwrap_err();
+/// assert!(matches!(err, Error::Decode { ref id, version: 2, .. } if id == "device.serial"));
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Section {
     /// Name: 1 to 64 of `A-Z a-z 0-9 . _ -` (for example `vm`, `vcpu.0`).
@@ -79,6 +99,28 @@ impl Section {
 }
 
 /// A state file: its sections, in file order.
+///
+/// # Example
+///
+/// ```
+/// use ember_snapshot::{Error, Section, StateFile};
+///
+/// let mut state = StateFile::default();
+/// state.sections.push(Section::json("vm", 1, &"state of the vm")?);
+/// state.sections.push(Section::json("device.new", 1, &7)?);
+/// let bytes = state.to_bytes()?;
+///
+/// // A reader that knows every section gets them back.
+/// assert_eq!(StateFile::from_bytes(&bytes, &|_| true)?, state);
+/// // One that does not know a required section refuses the file.
+/// let err = StateFile::from_bytes(&bytes, &|id| id == "vm").unwrap_err();
+/// assert!(matches!(err, Error::UnknownRequiredSection { ref id, .. } if id == "device.new"));
+/// // A changed byte is caught by the checksum.
+/// let mut corrupted = bytes.clone();
+/// corrupted[35] ^= 1; // the first payload byte
+/// assert!(StateFile::from_bytes(&corrupted, &|_| true).is_err());
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateFile {
     /// The sections; ids are unique.

@@ -190,7 +190,7 @@ pub enum Error {
     #[error("cannot write {0} sections in one state file")]
     TooManySectionsToWrite(usize),
     /// A value could not be serialized to JSON.
-    #[error("cannot encode section {id:?} as JSON: {source}")]
+    #[error("cannot encode section {id:?} as JSON")]
     Encode {
         /// The section's id.
         id: String,
@@ -198,7 +198,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// A payload is not the JSON the caller expects.
-    #[error("cannot decode section {id:?} (version {version}): {source}")]
+    #[error("cannot decode section {id:?} (version {version})")]
     Decode {
         /// The section's id.
         id: String,
@@ -208,7 +208,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// A file system operation on a path failed.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}", path.display())]
     Io {
         /// What was being done.
         action: &'static str,
@@ -234,7 +234,7 @@ pub enum Error {
         size: u64,
     },
     /// Writing a memory file failed.
-    #[error("cannot {action} the memory file: {source}")]
+    #[error("cannot {action} the memory file")]
     MemoryFile {
         /// What was being done.
         action: &'static str,
@@ -242,7 +242,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Guest memory could not be read.
-    #[error("cannot read guest memory region {region} at offset {offset:#x}: {source}")]
+    #[error("cannot read guest memory region {region} at offset {offset:#x}")]
     GuestMemory {
         /// Index of the region.
         region: usize,

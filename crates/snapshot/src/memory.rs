@@ -19,6 +19,30 @@ const CHUNK_SIZE: usize = 512 * PAGE_SIZE;
 /// region in guest-address order. All-zero pages are left as holes, runs of
 /// other pages are written with one `pwrite` each (per 2 MiB chunk), and the
 /// file ends exactly at the end of the last region. Returns the bytes written.
+///
+/// # Example
+///
+/// ```
+/// use std::os::unix::fs::FileExt;
+///
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+///
+/// // Two regions with a hole between them, as above and below an MMIO gap.
+/// let memory = GuestMemoryMmap::<()>::from_ranges(&[
+///     (GuestAddress(0), 0x10_0000),
+///     (GuestAddress(0x100_0000), 0x10_0000),
+/// ])?;
+/// memory.write_obj(0xabu8, GuestAddress(0x100_0000))?;
+/// let file = tempfile::tempfile()?;
+/// // One page is not zero: only it is written, the rest are holes.
+/// assert_eq!(ember_snapshot::write_full_memory(&memory, &file)?, 4096);
+/// assert_eq!(file.metadata()?.len(), 0x20_0000);
+/// // The second region follows the first in the file.
+/// let mut byte = [0u8];
+/// file.read_exact_at(&mut byte, 0x10_0000)?;
+/// assert_eq!(byte, [0xab]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn write_full_memory<M: GuestMemoryBackend>(memory: &M, file: &File) -> Result<u64> {
     file.set_len(0).map_err(memory_file("truncate"))?;
     let mut buffer = vec![0u8; CHUNK_SIZE];
@@ -49,6 +73,30 @@ pub fn write_full_memory<M: GuestMemoryBackend>(memory: &M, file: &File) -> Resu
 /// file's length, unless it was shorter) as it was. `dirty` has one bitmap
 /// per region, in guest-address order: bit `i % 64` of word `i / 64` marks
 /// the region's page `i` (KVM's dirty log format). Returns the bytes written.
+///
+/// # Example
+///
+/// ```
+/// use std::os::unix::fs::FileExt;
+///
+/// use ember_snapshot::{write_diff_memory, write_full_memory, PAGE_SIZE};
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+///
+/// let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 * PAGE_SIZE)])?;
+/// let file = tempfile::tempfile()?;
+/// write_full_memory(&memory, &file)?;
+///
+/// // The guest then writes pages 3 and 4; only they go to the file.
+/// memory.write_slice(&[1u8; 2 * PAGE_SIZE], GuestAddress(3 * PAGE_SIZE as u64))?;
+/// let dirty = vec![vec![0b11000]];
+/// assert_eq!(write_diff_memory(&memory, &dirty, &file)?, 2 * PAGE_SIZE as u64);
+/// let mut byte = [0u8];
+/// file.read_exact_at(&mut byte, 4 * PAGE_SIZE as u64)?;
+/// assert_eq!(byte, [1]);
+/// // One bitmap per region, of the region's length.
+/// assert!(write_diff_memory(&memory, &[], &file).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn write_diff_memory<M: GuestMemoryBackend>(
     memory: &M,
     dirty: &[Vec<u64>],
@@ -122,7 +170,7 @@ fn read_chunk<'b, R: GuestMemoryRegion>(
 fn non_zero_page_runs(chunk: &[u8]) -> Vec<Range<usize>> {
     let mut runs: Vec<Range<usize>> = Vec::new();
     for (page_index, page) in chunk.chunks(PAGE_SIZE).enumerate() {
-        if page.iter().all(|&b| b == 0) {
+        if is_zero(page) {
             continue;
         }
         let start = page_index * PAGE_SIZE;
@@ -133,6 +181,18 @@ fn non_zero_page_runs(chunk: &[u8]) -> Vec<Range<usize>> {
         }
     }
     runs
+}
+
+/// Whether every byte of `page` is zero: 16 bytes at a time, OR-ed without
+/// an early exit so the compiler vectorises it (a byte-by-byte check made
+/// the zero scan most of a full snapshot's time: ~0.9 s per GiB).
+fn is_zero(page: &[u8]) -> bool {
+    let (words, tail) = page.as_chunks::<16>();
+    words
+        .iter()
+        .fold(0u128, |acc, word| acc | u128::from_ne_bytes(*word))
+        == 0
+        && tail.iter().all(|&b| b == 0)
 }
 
 /// Page ranges of the first `pages` pages whose bits are set in `bitmap`.

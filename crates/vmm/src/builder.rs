@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ember_boot::{configure_boot, load_initrd, load_kernel, BootInfo, BootProtocol};
+use ember_boot::{configure_boot, load_initrd, load_kernel, BootAddresses, BootInfo, BootProtocol};
 use ember_cpu::cpuid::host_phys_addr_bits;
 use ember_cpu::mptable::setup_mptable;
 use ember_cpu::platform::setup_platform;
@@ -21,13 +21,17 @@ use ember_devices::legacy::{
 };
 use ember_devices::trigger::EventTrigger;
 use ember_devices::Bus;
-use ember_memory::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START};
+use ember_memory::layout::{
+    BOOT_TIMER_SIZE, BOOT_TIMER_START, CMDLINE_START, HIMEM_START, PVH_INFO_START,
+    PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
+};
 use ember_memory::{
     map_guest_memory, register_with_kvm, register_with_kvm_logging_dirty_pages, Backing,
     DirtyPageTracking, GuestMemoryMmap, MemoryLayout,
 };
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestAddress;
 
 use crate::config::{BoxedInput, SerialInput, SerialOutput, VmConfig};
 use crate::snapshot::MachineInfo;
@@ -94,6 +98,15 @@ pub(crate) fn check_vcpus_against(kvm: Option<&Kvm>, count: u8) -> Result<()> {
     Ok(())
 }
 
+/// Where Ember's memory layout puts the boot structures.
+const BOOT_ADDRESSES: BootAddresses = BootAddresses {
+    cmdline: GuestAddress(CMDLINE_START),
+    zero_page: GuestAddress(ZERO_PAGE_START),
+    pvh_start_info: GuestAddress(PVH_INFO_START),
+    pvh_modules: GuestAddress(PVH_MODLIST_START),
+    pvh_memmap: GuestAddress(PVH_MEMMAP_START),
+};
+
 /// Loads the kernel, initrd and boot structures; returns how to enter the kernel.
 fn load_guest(
     config: &VmConfig,
@@ -103,11 +116,16 @@ fn load_guest(
     mut kernel_file: File,
     initrd_file: Option<File>,
 ) -> Result<EntryPoint> {
-    let kernel = load_kernel(memory, &mut kernel_file, layout.low_ram_end()).map_err(|source| {
-        Error::Kernel {
-            path: config.kernel.clone(),
-            source,
-        }
+    let highmem_start = GuestAddress(HIMEM_START);
+    let kernel = load_kernel(
+        memory,
+        &mut kernel_file,
+        highmem_start,
+        layout.low_ram_end(),
+    )
+    .map_err(|source| Error::Kernel {
+        path: config.kernel.clone(),
+        source,
     })?;
     let initrd = match (initrd_file, &config.initrd) {
         (Some(mut file), Some(path)) => {
@@ -134,6 +152,7 @@ fn load_guest(
             e820: &e820,
             initrd,
         },
+        &BOOT_ADDRESSES,
     )?;
     setup_mptable(memory, config.vcpu_count)?;
     log::info!(
@@ -172,47 +191,98 @@ pub(crate) struct LegacyInputs {
     pub(crate) start_time: ember_devices::legacy::StartTime,
 }
 
-/// Creates the legacy devices, fresh or (with `saved`) as a snapshot had them.
-pub(crate) fn create_devices(
+impl LegacyInputs {
+    /// Takes the serial ends out of a configuration (leaving a sink and no
+    /// input), with the output limit and the start time.
+    pub(crate) fn take(
+        serial_output: &mut SerialOutput,
+        serial_input: &mut SerialInput,
+        serial_output_limit: Option<ember_ratelimit::BucketConfig>,
+        start_time: ember_devices::legacy::StartTime,
+    ) -> LegacyInputs {
+        LegacyInputs {
+            serial_output: std::mem::replace(serial_output, SerialOutput::Sink),
+            serial_output_limit,
+            serial_input: std::mem::replace(serial_input, SerialInput::None),
+            start_time,
+        }
+    }
+}
+
+/// The serial port on COM1, writing to the configured output (with its
+/// limit) and signalling `drained` when its input buffer empties.
+fn create_serial(
     vm: &VmFd,
-    inputs: LegacyInputs,
-    saved: Option<(&SerialState, &I8042State)>,
-) -> Result<Devices> {
+    output: SerialOutput,
+    limit: Option<ember_ratelimit::BucketConfig>,
+    saved: Option<&SerialState>,
+    drained: &EventTrigger,
+) -> Result<Arc<Mutex<Serial>>> {
     let irq = EventTrigger::new()?;
     vm.register_irqfd(irq.event_fd(), legacy::COM1_IRQ)
         .map_err(|source| Error::Kvm {
             what: "KVM_IRQFD (COM1)",
             source,
         })?;
-    let drained = EventTrigger::new()?;
-    let output: Box<dyn Write + Send> = match inputs.serial_output {
+    let output: Box<dyn Write + Send> = match output {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::Writer(writer) => writer,
         SerialOutput::Sink => Box::new(std::io::sink()),
     };
     let mut serial = match saved {
-        Some((state, _)) => Serial::from_state(state, irq, drained.try_clone()?, output)?,
+        Some(state) => Serial::from_state(state, irq, drained.try_clone()?, output)?,
         None => Serial::new(irq, drained.try_clone()?, output),
     };
-    if let Some(limit) = inputs.serial_output_limit {
+    if let Some(limit) = limit {
         serial.limit_output(limit);
     }
-    let serial = Arc::new(Mutex::new(serial));
+    Ok(Arc::new(Mutex::new(serial)))
+}
 
-    let mut subscribers: Vec<Subscriber> = Vec::new();
-    let mut terminal = None;
-    match inputs.serial_input {
+/// What feeds the serial port's input: its event-loop subscriber, and the
+/// terminal put in raw mode when that is this process's terminal.
+fn serial_input(
+    serial: &Arc<Mutex<Serial>>,
+    input: SerialInput,
+    drained: &EventTrigger,
+) -> Result<(Vec<Subscriber>, Option<RawTerminal>)> {
+    let (subscriber, terminal): (Subscriber, _) = match input {
         SerialInput::Stdin => {
-            terminal = RawTerminal::enable_if_tty();
-            let input = SerialInputDevice::new(serial.clone(), StdinReader, &drained)?;
-            subscribers.push(Arc::new(Mutex::new(input)));
+            let terminal = RawTerminal::enable_if_tty();
+            let input = SerialInputDevice::new(serial.clone(), StdinReader, drained)?;
+            (Arc::new(Mutex::new(input)), terminal)
         }
         SerialInput::Reader(reader) => {
-            let input = SerialInputDevice::new(serial.clone(), BoxedInput(reader), &drained)?;
-            subscribers.push(Arc::new(Mutex::new(input)));
+            let input = SerialInputDevice::new(serial.clone(), BoxedInput(reader), drained)?;
+            (Arc::new(Mutex::new(input)), None)
         }
-        SerialInput::None => {}
-    }
+        SerialInput::None => return Ok((Vec::new(), None)),
+    };
+    Ok((vec![subscriber], terminal))
+}
+
+/// Creates the legacy devices, fresh or (with `saved`) as a snapshot had them.
+pub(crate) fn create_devices(
+    vm: &VmFd,
+    inputs: LegacyInputs,
+    saved: Option<(&SerialState, &I8042State)>,
+) -> Result<Devices> {
+    let LegacyInputs {
+        serial_output,
+        serial_output_limit,
+        serial_input: input,
+        start_time,
+    } = inputs;
+    let drained = EventTrigger::new()?;
+    let saved_serial = saved.map(|(state, _)| state);
+    let serial = create_serial(
+        vm,
+        serial_output,
+        serial_output_limit,
+        saved_serial,
+        &drained,
+    )?;
+    let (subscribers, terminal) = serial_input(&serial, input, &drained)?;
 
     let reset = EventTrigger::new()?;
     let keyboard_irq = EventTrigger::new()?;
@@ -226,7 +296,7 @@ pub(crate) fn create_devices(
         None => I8042::new(reset.try_clone()?, keyboard_irq),
     };
     let i8042 = Arc::new(Mutex::new(i8042));
-    let boot_timer = Arc::new(Mutex::new(BootTimer::new(inputs.start_time)));
+    let boot_timer = Arc::new(Mutex::new(BootTimer::new(start_time)));
 
     let mut pio = Bus::new();
     pio.insert(serial.clone(), legacy::COM1_PORT, legacy::COM1_PORT_COUNT)?;
@@ -288,18 +358,57 @@ impl KvmVm {
     }
 }
 
+/// The kernel and initrd files: those opened ahead of the build, else
+/// opened now from their paths.
+fn open_boot_files(config: &mut VmConfig) -> Result<(File, Option<File>)> {
+    let kernel = match config.opened.kernel.take() {
+        Some(file) => file,
+        None => open("kernel image", &config.kernel)?,
+    };
+    let initrd = match (config.opened.initrd.take(), config.initrd.as_deref()) {
+        (Some(file), Some(_)) => Some(file),
+        (_, path) => path.map(|path| open("initrd", path)).transpose()?,
+    };
+    Ok((kernel, initrd))
+}
+
+/// Creates and configures the vCPUs; the first enters the kernel at `entry`.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+    entry: EntryPoint,
+) -> Result<Vec<Vcpu>> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| Error::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    let threads_per_core = if config.smt { 2 } else { 1 };
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpu_count));
+    for index in 0..config.vcpu_count {
+        let vcpu = Vcpu::new(vm_fd, index)?;
+        let boot_entry = (index == 0).then_some(entry);
+        vcpu.configure(
+            kvm,
+            &supported,
+            config.vcpu_count,
+            threads_per_core,
+            memory,
+            boot_entry,
+        )?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
 /// Builds a VM from `config`. Nothing runs until [`Vm::run`].
 pub fn build(mut config: VmConfig) -> Result<Vm> {
     check_vcpu_count(config.vcpu_count)?;
     let layout = memory_layout(config.mem_size_mib)?;
-    let kernel_file = match config.opened.kernel.take() {
-        Some(file) => file,
-        None => open("kernel image", &config.kernel)?,
-    };
-    let initrd_file = match (config.opened.initrd.take(), config.initrd.as_deref()) {
-        (Some(file), Some(_)) => Some(file),
-        (_, path) => path.map(|path| open("initrd", path)).transpose()?,
-    };
+    let (kernel_file, initrd_file) = open_boot_files(&mut config)?;
     check_cmdline(&config.cmdline)?;
 
     let kvm = open_kvm(&config.kvm_device)?;
@@ -311,16 +420,13 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
     )?;
     let KvmVm { vm_fd, memory } = KvmVm::create(&kvm, memory, config.track_dirty_pages)?;
 
-    let mut devices = create_devices(
-        &vm_fd,
-        LegacyInputs {
-            serial_output: std::mem::replace(&mut config.serial_output, SerialOutput::Sink),
-            serial_output_limit: config.serial_output_limit,
-            serial_input: std::mem::replace(&mut config.serial_input, SerialInput::None),
-            start_time: config.start_time,
-        },
-        None,
-    )?;
+    let inputs = LegacyInputs::take(
+        &mut config.serial_output,
+        &mut config.serial_input,
+        config.serial_output_limit,
+        config.start_time,
+    );
+    let mut devices = create_devices(&vm_fd, inputs, None)?;
     let virtio = attach_devices(
         &vm_fd,
         &memory,
@@ -344,28 +450,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm> {
         kernel_file,
         initrd_file,
     )?;
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| Error::Kvm {
-            what: "KVM_GET_SUPPORTED_CPUID",
-            source,
-        })?;
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpu_count));
-    for index in 0..config.vcpu_count {
-        let vcpu = Vcpu::new(&vm_fd, index)?;
-        let boot_entry = (index == 0).then_some(entry);
-        let threads_per_core = if config.smt { 2 } else { 1 };
-        vcpu.configure(
-            &kvm,
-            &supported,
-            config.vcpu_count,
-            threads_per_core,
-            &memory,
-            boot_entry,
-        )?;
-        vcpus.push(vcpu);
-    }
-
+    let vcpus = create_vcpus(&kvm, &vm_fd, &config, &memory, entry)?;
     let machine = MachineInfo {
         vcpu_count: config.vcpu_count,
         smt: config.smt,

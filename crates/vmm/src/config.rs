@@ -91,6 +91,18 @@ pub struct DriveConfig {
 }
 
 /// Everything needed to build a VM.
+///
+/// # Example
+///
+/// ```
+/// use ember_vmm::VmConfig;
+///
+/// let mut config = VmConfig::new("/vm/vmlinux", "console=ttyS0 root=/dev/vda");
+/// config.vcpu_count = 2;
+/// config.initrd = Some("/vm/initrd.cpio".into());
+/// assert_eq!(config.mem_size_mib, 128);
+/// assert!(config.drives.is_empty() && config.seccomp.is_none());
+/// ```
 #[derive(Debug)]
 pub struct VmConfig {
     /// Number of vCPUs (1 to the host's limit).

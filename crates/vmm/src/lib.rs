@@ -8,10 +8,48 @@
 //! owns (for an API server) and returns a [`RunningVm`] to pause, resume and
 //! inspect. [`RunningVm::snapshot`] saves a paused VM to a state file and a
 //! memory file, and [`restore()`] rebuilds a VM from them.
+//!
+//! Errors are [`Error`]s whose messages do not repeat their causes: print
+//! them with [`error_chain`] to show the whole chain on one line.
+//!
+//! # Example
+//!
+//! A configuration checked without KVM, as an API server checks it before
+//! the start:
+//!
+//! ```
+//! use ember_vmm::{check_cmdline, check_vcpu_count, memory_layout, VmConfig};
+//!
+//! let mut config = VmConfig::new("vmlinux", "console=ttyS0 reboot=k panic=1");
+//! config.vcpu_count = 2;
+//! config.mem_size_mib = 256;
+//! check_vcpu_count(config.vcpu_count)?;
+//! check_cmdline(&config.cmdline)?;
+//! memory_layout(config.mem_size_mib)?;
+//! assert!(check_vcpu_count(0).is_err());
+//! assert!(memory_layout(u64::MAX).is_err(), "more bytes than 64 bits hold");
+//! # Ok::<(), ember_vmm::Error>(())
+//! ```
+//!
+//! Booting it needs `/dev/kvm` and a kernel (see `examples/boot.rs`):
+//!
+//! ```no_run
+//! use ember_vmm::signals::TerminationSignals;
+//! use ember_vmm::{build, error_chain, VmConfig};
+//!
+//! let config = VmConfig::new("vmlinux", "console=ttyS0 reboot=k panic=1");
+//! let run = TerminationSignals::install()
+//!     .and_then(|signals| build(config)?.run(Some(&signals)));
+//! match run {
+//!     Ok(reason) => println!("the VM ended: {reason:?}"),
+//!     Err(e) => eprintln!("error: {}", error_chain(&e)),
+//! }
+//! ```
 
 pub mod builder;
 pub mod config;
 mod device_thread;
+mod error_chain;
 mod exit;
 mod io;
 mod memory_fault;
@@ -27,6 +65,7 @@ mod vm;
 pub use builder::{build, check_cmdline, check_vcpu_count, memory_layout, MAX_VCPU_COUNT};
 pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOutput, VmConfig};
 pub use ember_snapshot::Section as SnapshotSection;
+pub use error_chain::error_chain;
 pub use exit::{ExitReason, StopHandle};
 pub use memory_fault::MEMORY_FAULT_EXIT_CODE;
 pub use metrics::MetricGroup;
@@ -37,6 +76,8 @@ pub use virtio_devices::{SharedBalloon, SharedBlock, SharedNet, SharedRng};
 pub use vm::{EventLoop, RunState, RunningVm, Subscriber, Vm};
 
 pub use ember_cpu::cpuid::host_phys_addr_bits;
+/// vCPU set-up and the vCPU kick signal ([`cpu::KickSignal`]).
+pub use ember_cpu::vcpu as cpu;
 pub use ember_devices::host_files;
 pub use ember_devices::legacy::{BootTime, StartTime};
 pub use ember_devices::virtio::balloon::{
@@ -58,7 +99,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A kernel, initrd or other input file cannot be opened.
-    #[error("cannot open {what} {path}: {source}")]
+    #[error("cannot open {what} {path}")]
     Open {
         /// What the file is for.
         what: &'static str,
@@ -68,7 +109,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The KVM device cannot be opened.
-    #[error("cannot open {path}: {source} (KVM must be available and accessible to this user)")]
+    #[error("KVM must be available and accessible to this user: cannot open {path}")]
     OpenKvm {
         /// The KVM device path.
         path: PathBuf,
@@ -76,7 +117,7 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// A KVM ioctl on the VM failed.
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Kvm {
         /// The operation.
         what: &'static str,
@@ -84,7 +125,7 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// The kernel could not be loaded.
-    #[error("kernel {path}: {source}")]
+    #[error("kernel {path}")]
     Kernel {
         /// The kernel path.
         path: PathBuf,
@@ -92,7 +133,7 @@ pub enum Error {
         source: ember_boot::Error,
     },
     /// The initrd could not be loaded.
-    #[error("initrd {path}: {source}")]
+    #[error("initrd {path}")]
     Initrd {
         /// The initrd path.
         path: PathBuf,
@@ -115,7 +156,7 @@ pub enum Error {
     #[error("event loop: {0}")]
     EventLoop(event_manager::Error),
     /// A thread could not be started.
-    #[error("cannot start thread {name}: {source}")]
+    #[error("cannot start thread {name}")]
     Thread {
         /// Thread name.
         name: String,
@@ -123,7 +164,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Signal handling could not be set up.
-    #[error("cannot install the {what} signal handler: {source}")]
+    #[error("cannot install the {what} signal handler")]
     Signal {
         /// Which handler.
         what: &'static str,
@@ -146,7 +187,7 @@ pub enum Error {
     #[error("invalid VM configuration: {0}")]
     InvalidConfig(String),
     /// A drive could not be set up or changed.
-    #[error("drive `{id}`: {source}")]
+    #[error("drive `{id}`")]
     Drive {
         /// The drive id.
         id: String,
@@ -157,7 +198,7 @@ pub enum Error {
     #[error("no drive `{0}`")]
     UnknownDrive(String),
     /// A network interface could not be set up.
-    #[error("network interface `{id}`: {source}")]
+    #[error("network interface `{id}`")]
     NetworkInterface {
         /// The interface id.
         id: String,
@@ -183,7 +224,7 @@ pub enum Error {
     #[error(transparent)]
     Snapshot(ember_snapshot::Error),
     /// A state file is not one this Ember can restore.
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}")]
     SnapshotState {
         /// The state file.
         path: PathBuf,
@@ -194,7 +235,7 @@ pub enum Error {
     #[error("the state file has no `{0}` section")]
     SnapshotMissingSection(String),
     /// A snapshot's memory file could not be created or replaced.
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     SnapshotFile {
         /// What was being done.
         what: &'static str,
@@ -207,13 +248,20 @@ pub enum Error {
     #[error("the snapshot's state file and memory file are the same file: {}", .0.display())]
     SnapshotPathsClash(PathBuf),
     /// A seccomp filter could not be installed.
-    #[error("seccomp ({thread} thread): {source}")]
+    #[error("seccomp ({thread} thread)")]
     Seccomp {
         /// The thread kind.
         thread: &'static str,
         /// What failed.
         source: ember_jailer::Error,
     },
+}
+
+/// A bus range that cannot be claimed is a device-wiring error.
+impl From<ember_devices::bus::Error> for Error {
+    fn from(error: ember_devices::bus::Error) -> Error {
+        Error::Devices(error.into())
+    }
 }
 
 /// Result alias for this crate.

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ember_cpu::{restore_vm_state, Vcpu};
+use ember_cpu::{restore_vm_state, Vcpu, VcpuState};
 use ember_devices::host_files::{open_input, BoundListener, InputKind};
 use ember_devices::legacy::StartTime;
 use ember_devices::virtio::balloon::Balloon;
@@ -17,10 +17,13 @@ use ember_devices::virtio::block::{open_disk, Block};
 use ember_devices::virtio::net::{Net, Tap};
 use ember_devices::virtio::rng::Rng;
 use ember_devices::virtio::vsock::Vsock;
-use ember_devices::virtio::MmioTransport;
+use ember_devices::virtio::{MmioTransport, VirtioDevice};
 use ember_jailer::seccomp::Filters;
+use ember_memory::GuestMemoryMmap;
 use ember_mmds::Mmds;
 use ember_snapshot::StateFile;
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::VmFd;
 
 use ember_memory::{map_guest_memory, Backing};
 
@@ -131,7 +134,7 @@ fn open_host_resource(config: &RestoreConfig, saved: &SavedVirtio) -> Result<Hos
             let name = tap_name(config, &state.iface_id, &state.host_dev_name);
             let tap = Tap::open(name).map_err(|source| Error::NetworkInterface {
                 id: state.iface_id.clone(),
-                source,
+                source: source.into(),
             })?;
             HostResource::Tap(tap)
         }
@@ -201,52 +204,41 @@ fn restore_virtio(
     mmds_store: &mut Option<Arc<Mutex<Mmds>>>,
 ) -> Result<()> {
     Placer::check_placement(saved.base, saved.irq)?;
-    let memory = placer.memory().clone();
     match (&saved.device, host) {
         (SavedDevice::Block(state), HostResource::Disk(file)) => {
-            let device = Arc::new(Mutex::new(Block::restore(state, file).map_err(
-                |source| Error::Drive {
-                    id: state.drive_id.clone(),
-                    source,
-                },
-            )?));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Block(state.drive_id.clone(), device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+            let device = Block::restore(state, file).map_err(|source| Error::Drive {
+                id: state.drive_id.clone(),
+                source,
+            })?;
+            put_back(placer, saved, device, |d| {
+                SharedDevice::Block(state.drive_id.clone(), d)
+            })
         }
         (SavedDevice::Net(state), HostResource::Tap(tap)) => {
             let mmds = state
                 .mmds_address
                 .map(|_| mmds_store.get_or_insert_with(Default::default).clone());
-            let device = Arc::new(Mutex::new(Net::restore(state, tap, mmds).map_err(
-                |source| Error::NetworkInterface {
+            let device = Net::restore(state, Box::new(tap), mmds).map_err(|source| {
+                Error::NetworkInterface {
                     id: state.iface_id.clone(),
                     source,
-                },
-            )?));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Net(state.iface_id.clone(), device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+                }
+            })?;
+            put_back(placer, saved, device, |d| {
+                SharedDevice::Net(state.iface_id.clone(), d)
+            })
         }
         (SavedDevice::Vsock(state), HostResource::Listener(listener)) => {
-            let device = Arc::new(Mutex::new(
-                Vsock::restore(state, listener).map_err(Error::Vsock)?,
-            ));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Vsock(device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+            let device = Vsock::restore(state, listener).map_err(Error::Vsock)?;
+            put_back(placer, saved, device, SharedDevice::Vsock)
         }
         (SavedDevice::Rng(state), _) => {
-            let device = Arc::new(Mutex::new(Rng::restore(state).map_err(Error::Entropy)?));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Rng(device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+            let device = Rng::restore(state).map_err(Error::Entropy)?;
+            put_back(placer, saved, device, SharedDevice::Rng)
         }
         (SavedDevice::Balloon(state), _) => {
-            let device = Arc::new(Mutex::new(Balloon::restore(state).map_err(Error::Balloon)?));
-            let transport = MmioTransport::restore(memory, device.clone(), &saved.transport)?;
-            let shared = SharedDevice::Balloon(device.clone());
-            placer.wire(transport, device, shared, saved.base, saved.irq)
+            let device = Balloon::restore(state).map_err(Error::Balloon)?;
+            put_back(placer, saved, device, SharedDevice::Balloon)
         }
         _ => Err(Error::InvalidState(
             "a device's host resource does not match it",
@@ -254,19 +246,76 @@ fn restore_virtio(
     }
 }
 
+/// Puts a restored `device` behind a transport restored from `saved`, at
+/// the saved place; `shared` is how the running VM keeps it.
+fn put_back<D>(
+    placer: &mut Placer<'_>,
+    saved: &SavedVirtio,
+    device: D,
+    shared: impl FnOnce(Arc<Mutex<D>>) -> SharedDevice,
+) -> Result<()>
+where
+    D: VirtioDevice<GuestMemoryMmap> + MutEventSubscriber + Send + 'static,
+{
+    let device = Arc::new(Mutex::new(device));
+    let transport =
+        MmioTransport::restore(placer.memory().clone(), device.clone(), &saved.transport)?;
+    let shared = shared(device.clone());
+    placer.wire(transport, device, shared, saved.base, saved.irq)
+}
+
+/// Logs (at debug level) how long each stage of a restore took.
+struct StageTimer {
+    last: std::time::Instant,
+}
+
+impl StageTimer {
+    fn start() -> StageTimer {
+        StageTimer {
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn stage(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        log::debug!("restore: {what} in {:?}", now - self.last);
+        self.last = now;
+    }
+}
+
+/// Refuses a saved VM whose vCPU count is out of range or does not match
+/// its vCPU states.
+fn check_saved_vcpus(saved: &SavedVm) -> Result<()> {
+    let count = saved.machine.vcpu_count;
+    crate::check_vcpu_count(count)?;
+    if saved.vcpus.len() != usize::from(count) {
+        return Err(Error::InvalidConfig(format!(
+            "the snapshot has {} vCPU states for {count} vCPUs",
+            saved.vcpus.len(),
+        )));
+    }
+    Ok(())
+}
+
+/// Fresh vCPUs of `vm_fd` with the saved states, in index order.
+fn restore_vcpus(vm_fd: &VmFd, states: &[VcpuState]) -> Result<Vec<Vcpu>> {
+    let mut vcpus = Vec::with_capacity(states.len());
+    for (index, state) in (0..=u8::MAX).zip(states) {
+        let vcpu = Vcpu::new(vm_fd, index)?;
+        vcpu.restore_state(state)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
 /// Restores a VM from a snapshot. Nothing runs until [`Vm::start`]; the VM
 /// then starts paused unless [`RestoreConfig::resume`].
 pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
+    let mut timer = StageTimer::start();
     let saved = read_saved_vm(&config.state_path)?;
+    timer.stage("state file read");
     let machine = saved.machine.clone();
-    crate::check_vcpu_count(machine.vcpu_count)?;
-    if saved.vcpus.len() != usize::from(machine.vcpu_count) {
-        return Err(Error::InvalidConfig(format!(
-            "the snapshot has {} vCPU states for {} vCPUs",
-            saved.vcpus.len(),
-            machine.vcpu_count
-        )));
-    }
+    check_saved_vcpus(&saved)?;
     let layout = memory_layout(machine.mem_size_mib)?;
     let mem_file = open_memory_file(&config.mem_path, layout.size())?;
     check_overrides(&config, &saved)?;
@@ -276,6 +325,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
         .map(|device| open_host_resource(&config, device))
         .collect::<Result<Vec<_>>>()?;
 
+    timer.stage("host resources opened");
     let kvm = open_kvm(&config.kvm_device)?;
     check_vcpus_against(Some(&kvm), machine.vcpu_count)?;
     let track_dirty_pages = config.track_dirty_pages;
@@ -285,33 +335,29 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
         Backing::File(&mem_file),
         dirty_page_tracking(track_dirty_pages),
     )?;
+    timer.stage("memory file mapped");
     let KvmVm { vm_fd, memory } = KvmVm::create(&kvm, memory, track_dirty_pages)?;
+    timer.stage("KVM VM created, memory registered");
     restore_vm_state(&vm_fd, &saved.vm)?;
 
-    let mut devices = create_devices(
-        &vm_fd,
-        LegacyInputs {
-            serial_output: std::mem::replace(&mut config.serial_output, SerialOutput::Sink),
-            serial_output_limit: config.serial_output_limit,
-            serial_input: std::mem::replace(&mut config.serial_input, SerialInput::None),
-            start_time: config.start_time,
-        },
-        Some((&saved.serial, &saved.i8042)),
-    )?;
+    let inputs = LegacyInputs::take(
+        &mut config.serial_output,
+        &mut config.serial_input,
+        config.serial_output_limit,
+        config.start_time,
+    );
+    let mut devices = create_devices(&vm_fd, inputs, Some((&saved.serial, &saved.i8042)))?;
     let mut placer = Placer::new(&vm_fd, &memory, &mut devices.mmio);
     for (device, host) in saved.virtio.iter().zip(hosts) {
         restore_virtio(&mut placer, device, host, &mut config.mmds_store)?;
     }
     let virtio = placer.finish();
+    timer.stage("devices restored");
 
-    let mut vcpus = Vec::with_capacity(saved.vcpus.len());
-    for (index, state) in (0..machine.vcpu_count).zip(&saved.vcpus) {
-        let vcpu = Vcpu::new(&vm_fd, index)?;
-        vcpu.restore_state(state)?;
-        vcpus.push(vcpu);
-    }
+    let vcpus = restore_vcpus(&vm_fd, &saved.vcpus)?;
     let mut machine = machine;
     machine.track_dirty_pages = track_dirty_pages;
+    timer.stage("vCPUs restored");
     let mut vm = Vm::assemble(
         kvm,
         vm_fd,

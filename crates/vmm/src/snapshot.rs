@@ -348,6 +348,46 @@ impl RunningVm {
     /// were; a failed diff leaves its pages dirty for the next one.
     pub fn snapshot(&mut self, files: &SnapshotFiles) -> Result<SnapshotReport> {
         let start = Instant::now();
+        self.check_snapshot_request(files)?;
+        let (Some(kvm), Some(vm_fd), Some(memory)) = (&self.kvm, &self.vm_fd, &self.memory) else {
+            return Err(Error::InvalidState("the VM has stopped"));
+        };
+        let saved = SavedVm {
+            machine: self.machine.clone(),
+            vm: ember_cpu::save_vm_state(vm_fd)?,
+            vcpus: self.save_vcpus(kvm)?,
+            serial: lock(&self.devices.serial).state(),
+            i8042: lock(&self.devices.i8042).state().clone(),
+            virtio: self.devices.virtio.iter().map(save_virtio).collect(),
+            app: files.extra.clone(),
+        };
+        let state = saved.to_state_file()?.to_bytes().map_err(Error::Snapshot)?;
+        let memory_bytes = match files.kind {
+            SnapshotKind::Full => {
+                let track_dirty_pages = self.machine.track_dirty_pages;
+                write_full(files, &state, memory, track_dirty_pages.then_some(vm_fd))?
+            }
+            SnapshotKind::Diff => write_diff(files, &state, memory, vm_fd)?,
+        };
+        let report = SnapshotReport {
+            state_bytes: state.len() as u64,
+            memory_bytes,
+            duration: start.elapsed(),
+        };
+        log::info!(
+            "snapshot ({:?}) written in {:?}: state {} bytes, memory {} bytes",
+            files.kind,
+            report.duration,
+            report.state_bytes,
+            report.memory_bytes
+        );
+        Ok(report)
+    }
+
+    /// Refuses a snapshot of a running VM, a diff without dirty page
+    /// tracking, caller's sections not named `app.*`, and paths that name
+    /// directories or the same file ([`check_targets`]).
+    fn check_snapshot_request(&self, files: &SnapshotFiles) -> Result<()> {
         if !self.paused {
             return Err(Error::InvalidState(
                 "save/restore unavailable while running: pause the VM first",
@@ -369,10 +409,11 @@ impl RunningVm {
                 ids::APP_PREFIX
             )));
         }
-        let (Some(kvm), Some(vm_fd), Some(memory)) = (&self.kvm, &self.vm_fd, &self.memory) else {
-            return Err(Error::InvalidState("the VM has stopped"));
-        };
-        check_targets(&files.state_path, &files.mem_path)?;
+        check_targets(&files.state_path, &files.mem_path)
+    }
+
+    /// Each vCPU's state, saved on its own (parked) thread.
+    fn save_vcpus(&self, kvm: &kvm_ioctls::Kvm) -> Result<Vec<VcpuState>> {
         // KVM's list as is: each vCPU skips the MSRs it refuses to read (a
         // scratch VM to probe them, as `saveable_msrs` does, would need more
         // of the filtered VMM thread).
@@ -385,66 +426,57 @@ impl RunningVm {
             .as_slice()
             .to_vec();
         let msrs = Arc::new(msrs);
-        let vcpus = self
+        Ok(self
             .threads()?
             .on_each_vcpu(move |vcpu| vcpu.save_state(&msrs))?
             .into_iter()
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let saved = SavedVm {
-            machine: self.machine.clone(),
-            vm: ember_cpu::save_vm_state(vm_fd)?,
-            vcpus,
-            serial: lock(&self.devices.serial).state(),
-            i8042: lock(&self.devices.i8042).state().clone(),
-            virtio: self.devices.virtio.iter().map(save_virtio).collect(),
-            app: files.extra.clone(),
-        };
-        let state = saved.to_state_file()?.to_bytes().map_err(Error::Snapshot)?;
-
-        // Both files are complete before either is renamed into place, so a
-        // failure leaves neither.
-        let memory_bytes = match files.kind {
-            SnapshotKind::Full => {
-                let mem_out = Replacement::create(&files.mem_path)?;
-                let written = ember_snapshot::write_full_memory(memory, mem_out.file())
-                    .map_err(Error::Snapshot)?;
-                let state_out = Replacement::with_bytes(&files.state_path, &state)?;
-                mem_out.commit()?;
-                state_out.commit()?;
-                if self.machine.track_dirty_pages {
-                    // The next diff starts from this full snapshot.
-                    ember_memory::dirty_pages(memory, vm_fd)?;
-                }
-                written
-            }
-            SnapshotKind::Diff => {
-                let mem_file = open_diff_target(&files.mem_path)?;
-                let state_out = Replacement::with_bytes(&files.state_path, &state)?;
-                let dirty = ember_memory::dirty_pages(memory, vm_fd)?;
-                let written = ember_snapshot::write_diff_memory(memory, &dirty, &mem_file)
-                    .map_err(Error::Snapshot)
-                    .and_then(|written| state_out.commit().map(|()| written));
-                if written.is_err() {
-                    // The next diff still has to write these pages.
-                    mark_dirty_again(memory, &dirty);
-                }
-                written?
-            }
-        };
-        let report = SnapshotReport {
-            state_bytes: state.len() as u64,
-            memory_bytes,
-            duration: start.elapsed(),
-        };
-        log::info!(
-            "snapshot ({:?}) written in {:?}: state {} bytes, memory {} bytes",
-            files.kind,
-            report.duration,
-            report.state_bytes,
-            report.memory_bytes
-        );
-        Ok(report)
+            .collect::<std::result::Result<Vec<_>, _>>()?)
     }
+}
+
+/// A full snapshot: all of guest memory and the state, each to a temporary
+/// file beside its path; both are complete before either is renamed into
+/// place, so a failure leaves neither. With dirty page tracking
+/// (`tracked_vm`), the dirty log is then cleared so that the next diff
+/// starts from this snapshot. Returns the memory bytes written.
+fn write_full(
+    files: &SnapshotFiles,
+    state: &[u8],
+    memory: &GuestMemoryMmap,
+    tracked_vm: Option<&kvm_ioctls::VmFd>,
+) -> Result<u64> {
+    let mem_out = Replacement::create(&files.mem_path)?;
+    let written =
+        ember_snapshot::write_full_memory(memory, mem_out.file()).map_err(Error::Snapshot)?;
+    let state_out = Replacement::with_bytes(&files.state_path, state)?;
+    mem_out.commit()?;
+    state_out.commit()?;
+    if let Some(vm_fd) = tracked_vm {
+        ember_memory::dirty_pages(memory, vm_fd)?;
+    }
+    Ok(written)
+}
+
+/// A diff snapshot: the pages written since the last snapshot, into the
+/// memory file (created if missing, a regular file: [`open_diff_target`]),
+/// then the state file, renamed into place. If either fails, the pages stay
+/// dirty for the next diff. Returns the memory bytes written.
+fn write_diff(
+    files: &SnapshotFiles,
+    state: &[u8],
+    memory: &GuestMemoryMmap,
+    vm_fd: &kvm_ioctls::VmFd,
+) -> Result<u64> {
+    let mem_file = open_diff_target(&files.mem_path)?;
+    let state_out = Replacement::with_bytes(&files.state_path, state)?;
+    let dirty = ember_memory::dirty_pages(memory, vm_fd)?;
+    let written = ember_snapshot::write_diff_memory(memory, &dirty, &mem_file)
+        .map_err(Error::Snapshot)
+        .and_then(|written| state_out.commit().map(|()| written));
+    if written.is_err() {
+        mark_dirty_again(memory, &dirty);
+    }
+    written
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ember_cpu::vcpu::{install_kick_handler, kick_signal};
+use ember_cpu::vcpu::KickSignal;
 use ember_cpu::{Vcpu, VcpuStop};
 use ember_devices::trigger::EventTrigger;
 use ember_jailer::seccomp::{self, BpfProgram};
@@ -126,6 +126,8 @@ pub(crate) struct VcpuThreads {
     control: Arc<Control>,
     /// Disconnects when every thread has ended (each holds a sender).
     finished: Receiver<()>,
+    /// The signal that kicks the threads out of `KVM_RUN`.
+    kick: KickSignal,
 }
 
 fn run_vcpu(
@@ -176,8 +178,9 @@ impl VcpuThreads {
         wake: &EventTrigger,
         filter: Option<&BpfProgram>,
         paused: bool,
+        kick: KickSignal,
     ) -> Result<VcpuThreads> {
-        install_kick_handler()?;
+        kick.install_handler()?;
         let (finished_tx, finished) = mpsc::channel();
         let mut threads = VcpuThreads {
             handles: Vec::with_capacity(vcpus.len()),
@@ -192,6 +195,7 @@ impl VcpuThreads {
                 any_ended: AtomicBool::new(false),
             }),
             finished,
+            kick,
         };
         for vcpu in vcpus {
             let name = vcpu_thread_name(vcpu.index());
@@ -223,7 +227,7 @@ impl VcpuThreads {
 
     fn kick_running(&self) {
         for handle in self.handles.iter().filter(|h| !h.is_finished()) {
-            if let Err(e) = handle.kill(kick_signal()) {
+            if let Err(e) = handle.kill(self.kick.number()) {
                 log::warn!("cannot kick a vCPU thread: {e}");
             }
         }

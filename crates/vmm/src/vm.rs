@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use ember_cpu::vcpu::KickSignal;
 use ember_cpu::Vcpu;
 use ember_devices::legacy::{BootTimer, Serial, I8042};
 use ember_devices::trigger::EventTrigger;
@@ -16,7 +17,7 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::builder::Devices;
 use crate::device_thread::DeviceThread;
-use crate::exit::{ExitReason, ExitWatcher, StopHandle};
+use crate::exit::{ExitReason, ExitWatcher, StopHandle, ThreadReport};
 use crate::io::IoBuses;
 use crate::metrics::MetricGroup;
 use crate::signals::TerminationSignals;
@@ -58,6 +59,22 @@ pub(crate) struct DeviceHandles {
 
 /// A VM ready to run. Fields drop in order: vCPUs and the VM before the memory
 /// KVM maps.
+///
+/// # Example
+///
+/// A VM whose vCPU threads are kicked with `SIGRTMIN + 3`, for a process
+/// that uses `SIGRTMIN` itself (needs `/dev/kvm` and a kernel):
+///
+/// ```no_run
+/// use ember_vmm::cpu::KickSignal;
+/// use ember_vmm::{build, VmConfig};
+///
+/// let mut vm = build(VmConfig::new("vmlinux", "console=ttyS0"))?;
+/// vm.set_kick_signal(KickSignal::realtime(3)?);
+/// let reason = vm.run(None)?;
+/// println!("the VM ended: {reason:?}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Vm {
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) vm_fd: VmFd,
@@ -70,6 +87,8 @@ pub struct Vm {
     pub(crate) machine: MachineInfo,
     /// Start with the vCPUs and devices paused (a restored VM not resumed).
     pub(crate) start_paused: bool,
+    /// The signal that kicks vCPU threads out of `KVM_RUN`.
+    pub(crate) kick_signal: KickSignal,
     /// The caller's own sections of the snapshot this VM was restored from.
     pub(crate) app_sections: Vec<ember_snapshot::Section>,
     pub(crate) memory: GuestMemoryMmap,
@@ -127,9 +146,17 @@ impl Vm {
             seccomp,
             machine,
             start_paused,
+            kick_signal: KickSignal::default(),
             app_sections: Vec::new(),
             memory,
         })
+    }
+
+    /// Kicks the vCPU threads with `signal` instead of `SIGRTMIN`, for a VMM
+    /// that uses `SIGRTMIN` for something else; its handler is installed
+    /// when the VM starts.
+    pub fn set_kick_signal(&mut self, signal: KickSignal) {
+        self.kick_signal = signal;
     }
 
     /// Takes the caller's own sections (`app.*`) of the snapshot this VM was
@@ -182,20 +209,13 @@ impl Vm {
             seccomp,
             machine,
             start_paused,
+            kick_signal,
             app_sections: _,
             memory,
         } = self;
         let (report_tx, report_rx) = mpsc::channel();
         let vcpu_event = EventTrigger::new()?;
-        let watcher = Arc::new(Mutex::new(ExitWatcher::new(
-            devices.reset.try_clone()?,
-            devices.stop.try_clone()?,
-            vcpu_event.try_clone()?,
-            report_rx,
-            termination
-                .map(TerminationSignals::try_clone_event)
-                .transpose()?,
-        )));
+        let watcher = watch_exits(&devices, &vcpu_event, report_rx, termination)?;
         event_loop.add_subscriber(watcher.clone());
         let filter = |kind| seccomp.as_ref().and_then(|f| f.get(&kind));
         let device_thread = DeviceThread::start(
@@ -211,6 +231,7 @@ impl Vm {
             &vcpu_event,
             filter(ThreadKind::Vcpu),
             start_paused,
+            kick_signal,
         )?;
         if start_paused {
             device_thread.pause()?;
@@ -393,106 +414,22 @@ impl RunningVm {
 
     /// Counters of the vCPUs and devices, grouped.
     pub fn metrics(&self) -> Vec<MetricGroup> {
-        let serial = lock(&self.devices.serial).counters();
-        let i8042 = lock(&self.devices.i8042).counters();
-        let drives = self.devices.drives.iter().map(|(id, block)| {
-            let c = lock(block).counters();
-            MetricGroup::new(
-                format!("block_{id}"),
-                vec![
-                    ("requests", c.requests),
-                    ("read_count", c.reads),
-                    ("write_count", c.writes),
-                    ("flush_count", c.flushes),
-                    ("sync_count", c.syncs),
-                    ("read_bytes", c.read_bytes),
-                    ("write_bytes", c.write_bytes),
-                    ("io_errors", c.io_errors),
-                    ("unsupported", c.unsupported),
-                    ("invalid_chains", c.invalid_chains),
-                    ("throttled", c.throttled),
-                    ("event_errors", c.event_errors),
-                ],
-            )
-        });
-        let mut groups = vec![
-            MetricGroup::new("vcpu", self.devices.io.counters.snapshot()),
-            MetricGroup::new(
-                "uart",
-                vec![
-                    ("write_count", serial.bytes_out),
-                    ("missed_write_count", serial.bytes_lost),
-                    ("read_count", serial.bytes_in),
-                    ("rate_limiter_dropped_bytes", serial.bytes_dropped),
-                ],
-            ),
-            MetricGroup::new(
-                "i8042",
-                vec![
-                    ("reset_count", i8042.resets),
-                    ("keys_injected", i8042.keys_injected),
-                    ("missed_interrupts", i8042.missed_interrupts),
-                ],
-            ),
-        ];
-        groups.extend(drives);
-        groups.extend(self.devices.nets.iter().map(|(id, net)| {
-            let c = lock(net).counters();
-            MetricGroup::new(
-                format!("net_{id}"),
-                vec![
-                    ("rx_frames", c.rx_frames),
-                    ("rx_bytes", c.rx_bytes),
-                    ("rx_no_buffer", c.rx_no_buffer),
-                    ("rx_too_big", c.rx_too_big),
-                    ("rx_dropped", c.rx_dropped),
-                    ("rx_malformed", c.rx_malformed),
-                    ("rx_tap_errors", c.rx_tap_errors),
-                    ("rx_throttled", c.rx_throttled),
-                    ("tx_frames", c.tx_frames),
-                    ("tx_bytes", c.tx_bytes),
-                    ("tx_too_big", c.tx_too_big),
-                    ("tx_malformed", c.tx_malformed),
-                    ("tx_tap_errors", c.tx_tap_errors),
-                    ("tx_throttled", c.tx_throttled),
-                    ("rx_queue_events", c.rx_queue_events),
-                    ("tx_queue_events", c.tx_queue_events),
-                    ("tap_events", c.tap_events),
-                    ("event_errors", c.event_errors),
-                ],
-            )
-        }));
+        let devices = &self.devices;
+        let mut groups = vec![MetricGroup::new("vcpu", devices.io.counters.snapshot())];
+        groups.extend(devices.legacy_metrics());
+        groups.extend(devices.drive_metrics());
+        groups.extend(devices.net_metrics());
         // One `mmds` group per interface answering for the MMDS: the metrics
         // line adds them up.
-        groups.extend(self.devices.nets.iter().filter_map(|(_, net)| {
+        groups.extend(devices.nets.iter().filter_map(|(_, net)| {
             let c = lock(net).mmds_counters()?;
             Some(MetricGroup::new("mmds", c.snapshot()))
         }));
-        if let Some(vsock) = &self.devices.vsock {
-            let c = lock(vsock).counters();
-            groups.push(MetricGroup::new(
-                "vsock",
-                vec![
-                    ("conns_opened", c.conns_opened),
-                    ("conns_closed", c.conns_closed),
-                    ("conns_refused", c.conns_refused),
-                    ("rx_packets", c.rx_packets),
-                    ("tx_packets", c.tx_packets),
-                    ("rx_bytes", c.rx_bytes),
-                    ("tx_bytes", c.tx_bytes),
-                    ("rsts_sent", c.rsts_sent),
-                    ("malformed_packets", c.malformed_packets),
-                    ("credit_violations", c.credit_violations),
-                    ("credit_stalls", c.credit_stalls),
-                    ("connections", c.connections),
-                    ("buffered_bytes", c.buffered_bytes),
-                ],
-            ));
-        }
-        if let Some(rng) = &self.devices.entropy {
+        groups.extend(devices.vsock_metrics());
+        if let Some(rng) = &devices.entropy {
             groups.push(rng_metrics(lock(rng).counters()));
         }
-        if let Some(balloon) = &self.devices.balloon {
+        if let Some(balloon) = &devices.balloon {
             groups.push(balloon_metrics(&lock(balloon).counters()));
         }
         groups
@@ -531,6 +468,131 @@ impl RunningVm {
 }
 
 /// The entropy device's counters as the `entropy` metrics group.
+/// The event-loop subscriber that learns how the VM ends: a reset, a stop
+/// request, a vCPU thread's report (woken by `vcpu_event`), or a
+/// termination signal.
+fn watch_exits(
+    devices: &DeviceHandles,
+    vcpu_event: &EventTrigger,
+    reports: mpsc::Receiver<ThreadReport>,
+    termination: Option<&TerminationSignals>,
+) -> Result<Arc<Mutex<ExitWatcher>>> {
+    Ok(Arc::new(Mutex::new(ExitWatcher::new(
+        devices.reset.try_clone()?,
+        devices.stop.try_clone()?,
+        vcpu_event.try_clone()?,
+        reports,
+        termination
+            .map(TerminationSignals::try_clone_event)
+            .transpose()?,
+    ))))
+}
+
+impl DeviceHandles {
+    /// The serial port's and the i8042's counters.
+    fn legacy_metrics(&self) -> [MetricGroup; 2] {
+        let serial = lock(&self.serial).counters();
+        let i8042 = lock(&self.i8042).counters();
+        [
+            MetricGroup::new(
+                "uart",
+                vec![
+                    ("write_count", serial.bytes_out),
+                    ("missed_write_count", serial.bytes_lost),
+                    ("read_count", serial.bytes_in),
+                    ("rate_limiter_dropped_bytes", serial.bytes_dropped),
+                ],
+            ),
+            MetricGroup::new(
+                "i8042",
+                vec![
+                    ("reset_count", i8042.resets),
+                    ("keys_injected", i8042.keys_injected),
+                    ("missed_interrupts", i8042.missed_interrupts),
+                ],
+            ),
+        ]
+    }
+
+    /// One group per drive.
+    fn drive_metrics(&self) -> impl Iterator<Item = MetricGroup> + '_ {
+        self.drives.iter().map(|(id, block)| {
+            let c = lock(block).counters();
+            MetricGroup::new(
+                format!("block_{id}"),
+                vec![
+                    ("requests", c.requests),
+                    ("read_count", c.reads),
+                    ("write_count", c.writes),
+                    ("flush_count", c.flushes),
+                    ("sync_count", c.syncs),
+                    ("read_bytes", c.read_bytes),
+                    ("write_bytes", c.write_bytes),
+                    ("io_errors", c.io_errors),
+                    ("unsupported", c.unsupported),
+                    ("invalid_chains", c.invalid_chains),
+                    ("throttled", c.throttled),
+                    ("event_errors", c.event_errors),
+                ],
+            )
+        })
+    }
+
+    /// One group per network interface.
+    fn net_metrics(&self) -> impl Iterator<Item = MetricGroup> + '_ {
+        self.nets.iter().map(|(id, net)| {
+            let c = lock(net).counters();
+            MetricGroup::new(
+                format!("net_{id}"),
+                vec![
+                    ("rx_frames", c.rx_frames),
+                    ("rx_bytes", c.rx_bytes),
+                    ("rx_no_buffer", c.rx_no_buffer),
+                    ("rx_too_big", c.rx_too_big),
+                    ("rx_dropped", c.rx_dropped),
+                    ("rx_malformed", c.rx_malformed),
+                    ("rx_tap_errors", c.rx_tap_errors),
+                    ("rx_throttled", c.rx_throttled),
+                    ("tx_frames", c.tx_frames),
+                    ("tx_bytes", c.tx_bytes),
+                    ("tx_too_big", c.tx_too_big),
+                    ("tx_malformed", c.tx_malformed),
+                    ("tx_tap_errors", c.tx_tap_errors),
+                    ("tx_throttled", c.tx_throttled),
+                    ("rx_queue_events", c.rx_queue_events),
+                    ("tx_queue_events", c.tx_queue_events),
+                    ("tap_events", c.tap_events),
+                    ("event_errors", c.event_errors),
+                ],
+            )
+        })
+    }
+
+    /// The vsock device's counters, if it has one.
+    fn vsock_metrics(&self) -> Option<MetricGroup> {
+        let vsock = self.vsock.as_ref()?;
+        let c = lock(vsock).counters();
+        Some(MetricGroup::new(
+            "vsock",
+            vec![
+                ("conns_opened", c.conns_opened),
+                ("conns_closed", c.conns_closed),
+                ("conns_refused", c.conns_refused),
+                ("rx_packets", c.rx_packets),
+                ("tx_packets", c.tx_packets),
+                ("rx_bytes", c.rx_bytes),
+                ("tx_bytes", c.tx_bytes),
+                ("rsts_sent", c.rsts_sent),
+                ("malformed_packets", c.malformed_packets),
+                ("credit_violations", c.credit_violations),
+                ("credit_stalls", c.credit_stalls),
+                ("connections", c.connections),
+                ("buffered_bytes", c.buffered_bytes),
+            ],
+        ))
+    }
+}
+
 fn rng_metrics(c: ember_devices::virtio::rng::RngCounters) -> MetricGroup {
     MetricGroup::new(
         "entropy",

@@ -261,8 +261,8 @@ fn a_missing_backing_file_is_a_clear_error() {
             .drive(drive("gone", Path::new("/nonexistent/disk.img")))
             .config(&common::Capture::default()),
     )
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    let err = ember_vmm::error_chain(&err);
     assert!(err.contains("drive `gone`"), "{err}");
     assert!(err.contains("/nonexistent/disk.img"), "{err}");
 }

@@ -17,7 +17,7 @@ mod common;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
-use common::{hex, run_vm_with, value_of, Capture, Guest, Run, GUEST_DEADLINE};
+use common::{complete_lines, hex, run_vm_with, value_of, Capture, Guest, Run, GUEST_DEADLINE};
 use ember_test_guests::{BZIMAGE_PATH, ELF64_PATH, PVH_PATH};
 use ember_vmm::{build, ExitReason, RunningVm, SerialInput};
 use vm_memory::{Bytes, GuestAddress};
@@ -43,10 +43,9 @@ fn run_until(guest: Guest, mut step: impl FnMut(&str, &RunningVm) -> bool) -> Ru
     run
 }
 
-/// The values of `key` on every line starting with `prefix`, in order.
+/// The values of `key` on every complete line starting with `prefix`, in order.
 fn values(output: &str, prefix: &str, key: &str) -> Vec<u64> {
-    output
-        .lines()
+    complete_lines(output)
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| value_of(l, key))
         .map(|v| hex(&v))
@@ -104,8 +103,7 @@ fn ticks_bzimage_keeps_ticking_with_monotonic_time() {
 /// The counts CPU `cpu` printed (`cpuN=0x..` lines).
 fn cpu_counts(output: &str, cpu: u32) -> Vec<u64> {
     let prefix = format!("cpu{cpu}=");
-    output
-        .lines()
+    complete_lines(output)
         .filter_map(|l| l.strip_prefix(&prefix))
         .map(hex)
         .collect()

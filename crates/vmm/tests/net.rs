@@ -183,8 +183,8 @@ fn a_missing_tap_name_or_a_bad_mac_is_a_clear_error() {
                 .net(bad.clone())
                 .config(&Capture::default()),
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        let err = ember_vmm::error_chain(&err);
         assert!(err.contains("network interface `eth0`"), "{err}");
         bad.host_dev_name = "ember-m0".into();
         bad.guest_mac = Some([0x01, 0, 0, 0, 0, 1]);
@@ -193,8 +193,8 @@ fn a_missing_tap_name_or_a_bad_mac_is_a_clear_error() {
                 .net(bad)
                 .config(&Capture::default()),
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        let err = ember_vmm::error_chain(&err);
         assert!(err.contains("unicast"), "{err}");
     });
 }

@@ -38,7 +38,7 @@ fn spinning_guest() -> Guest {
 /// Waits for tick `n` or later; returns the last tick seen.
 fn wait_for_tick(live: &mut Live, n: u64) -> u64 {
     live.wait_for(&format!("tick {n}"), |text| {
-        text.lines()
+        common::complete_lines(text)
             .filter_map(|l| l.strip_prefix("tick="))
             .any(|v| common::hex(v.trim()) >= n)
     });
@@ -70,8 +70,7 @@ fn a_counting_guest_continues_where_it_was_for_two_generations() {
         !text.contains("spin: running"),
         "the guest booted again:\n{text}"
     );
-    let first_tick = text
-        .lines()
+    let first_tick = common::complete_lines(&text)
         .find_map(|l| l.strip_prefix("tick="))
         .map(|v| common::hex(v.trim()))
         .unwrap();
@@ -97,7 +96,8 @@ fn a_snapshot_of_a_running_vm_is_refused_and_writes_nothing() {
     let out = SavedFiles::new();
     let mut live = Live::boot(spinning_guest());
     wait_for_tick(&mut live, 1);
-    let err = live.vm.snapshot(&out.full()).unwrap_err().to_string();
+    let err = live.vm.snapshot(&out.full()).unwrap_err();
+    let err = ember_vmm::error_chain(&err);
     assert!(err.contains("pause"), "{err}");
     assert!(!out.state.exists() && !out.mem.exists());
     live.vm.shutdown();
@@ -114,7 +114,8 @@ fn a_snapshot_to_an_unwritable_place_fails_and_leaves_nothing() {
         dir.path().join("missing-dir/vm.state"),
         dir.path().join("vm.mem"),
     );
-    let err = live.vm.snapshot(&files).unwrap_err().to_string();
+    let err = live.vm.snapshot(&files).unwrap_err();
+    let err = ember_vmm::error_chain(&err);
     assert!(err.contains("missing-dir"), "{err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -141,7 +142,7 @@ fn restore_error(state: &Path, mem: &Path) -> String {
     let err = restore(restore_config(state, mem, &capture))
         .map(|_| ())
         .expect_err("the restore is refused");
-    let message = err.to_string();
+    let message = ember_vmm::error_chain(&err);
     assert!(!message.contains('\n'), "not one line: {message}");
     message
 }
@@ -194,9 +195,7 @@ fn bad_state_and_memory_files_are_refused_with_one_line() {
 /// The values of `key` on the output's complete lines starting with `prefix`
 /// (a pause may cut the last line short).
 fn values(text: &str, prefix: &str, key: &str) -> Vec<u64> {
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
+    common::complete_lines(text)
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| common::value_of(l, key))
         .map(|v| common::hex(&v))
@@ -236,9 +235,7 @@ fn timer_interrupts_keep_coming_and_time_never_goes_back_after_restore() {
 /// The counts CPU `cpu` printed.
 fn cpu_counts(text: &str, cpu: u32) -> Vec<u64> {
     let prefix = format!("cpu{cpu}=");
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
+    common::complete_lines(text)
         .filter_map(|l| l.strip_prefix(&prefix))
         .map(common::hex)
         .collect()

@@ -42,8 +42,9 @@ fn serial_pair() -> (UnixStream, SerialInput) {
 /// The complete lines (the guest writes a byte at a time) of `text` that
 /// start with `prefix`.
 fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete.lines().filter(|l| l.starts_with(prefix)).collect()
+    common::complete_lines(text)
+        .filter(|l| l.starts_with(prefix))
+        .collect()
 }
 
 /// Waits for a complete line starting with `prefix` and returns the first.
@@ -77,10 +78,8 @@ fn restored(config: RestoreConfig, capture: Capture) -> Live {
 
 /// The restore's error, which must be one line.
 fn restore_error(config: RestoreConfig) -> String {
-    let message = restore(config)
-        .map(|_| ())
-        .expect_err("refused")
-        .to_string();
+    let message = restore(config).map(|_| ()).expect_err("refused");
+    let message = ember_vmm::error_chain(&message);
     assert!(!message.contains('\n'), "not one line: {message}");
     message
 }

@@ -149,8 +149,8 @@ fn a_socket_path_in_use_is_a_clear_error() {
             .vsock(vsock(&uds))
             .config(&Capture::default()),
     )
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    let err = ember_vmm::error_chain(&err);
     assert!(err.starts_with("vsock:"), "{err}");
     assert!(err.contains("v.sock"), "{err}");
     assert_eq!(std::fs::read_to_string(&uds).unwrap(), "taken");

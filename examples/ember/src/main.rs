@@ -14,8 +14,8 @@ use ember_api::mmds::MmdsHost;
 use ember_api::server::ServerLimits;
 use ember_api::service::ServiceOptions;
 use ember_vmm::host_files::{open_input, InputKind};
-use ember_vmm::seccomp;
 use ember_vmm::signals::TerminationSignals;
+use ember_vmm::{error_chain, seccomp};
 use ember_vmm::{ExitReason, RestoreConfig, SerialInput, SerialOutput, StartTime, VmConfig};
 
 /// Exit status for an error while building or running the VM.
@@ -56,7 +56,7 @@ fn vm_config(args: &Args, start: StartTime) -> Result<Option<VmConfig>, String> 
 fn seccomp_filters(choice: &SeccompChoice) -> Result<Option<seccomp::Filters>, String> {
     let filters = match choice {
         SeccompChoice::Off => return Ok(None),
-        SeccompChoice::BuiltIn => seccomp::default_filters().map_err(|e| e.to_string())?,
+        SeccompChoice::BuiltIn => seccomp::default_filters().map_err(|e| error_chain(&e))?,
         SeccompChoice::File(path) => {
             let file = open_input(path, InputKind::RegularFile, false)
                 .map_err(|e| format!("cannot open seccomp filter file {}: {e}", path.display()))?;
@@ -80,7 +80,7 @@ fn seccomp_filters(choice: &SeccompChoice) -> Result<Option<seccomp::Filters>, S
 fn mmds_host(args: &Args) -> Result<MmdsHost, String> {
     let mut mmds = MmdsHost::new(args.mmds_size_limit.unwrap_or(args.api_max_payload));
     if let Some(path) = &args.metadata {
-        mmds.load_metadata(path).map_err(|e| e.to_string())?;
+        mmds.load_metadata(path).map_err(|e| error_chain(&e))?;
         log::info!("MMDS filled from {}", path.display());
     }
     Ok(mmds)
@@ -97,8 +97,8 @@ fn serve(
     let resources = config_file
         .map(ember_api::config_file::load)
         .transpose()
-        .map_err(|e| e.to_string())?;
-    let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
+    let signals = TerminationSignals::install().map_err(|e| error_chain(&e))?;
     let options = ServiceOptions {
         socket: socket.map(Path::to_owned),
         start_time: start,
@@ -119,7 +119,7 @@ fn serve(
         metrics_path: args.metrics_path.clone(),
         process_start: args.process_start,
     };
-    ember_api::service::run(options, Some(&signals)).map_err(|e| e.to_string())
+    ember_api::service::run(options, Some(&signals)).map_err(|e| error_chain(&e))
 }
 
 /// `ember run --restore`: the VM a snapshot holds, running.
@@ -139,14 +139,14 @@ fn restore(args: &Args, restore: &RestoreArgs, start: StartTime) -> Result<ExitR
         config.serial_input = SerialInput::None;
     }
     config.seccomp = seccomp_filters(&args.seccomp)?;
-    let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
-    let vm = ember_vmm::restore(config).map_err(|e| e.to_string())?;
-    vm.run(Some(&signals)).map_err(|e| e.to_string())
+    let signals = TerminationSignals::install().map_err(|e| error_chain(&e))?;
+    let vm = ember_vmm::restore(config).map_err(|e| error_chain(&e))?;
+    vm.run(Some(&signals)).map_err(|e| error_chain(&e))
 }
 
 /// Boots what the command line asks for and returns how the VM ended.
 fn boot(args: &Args, start: StartTime) -> Result<ExitReason, String> {
-    ember_api::logger::configure(args.logger.clone()).map_err(|e| e.to_string())?;
+    ember_api::logger::configure(args.logger.clone()).map_err(|e| error_chain(&e))?;
     let reason = if let Command::Api {
         socket,
         config_file,
@@ -162,9 +162,9 @@ fn boot(args: &Args, start: StartTime) -> Result<ExitReason, String> {
             return Ok(ExitReason::Stopped);
         };
         config.seccomp = seccomp_filters(&args.seccomp)?;
-        let signals = TerminationSignals::install().map_err(|e| e.to_string())?;
-        let vm = ember_vmm::build(config).map_err(|e| e.to_string())?;
-        vm.run(Some(&signals)).map_err(|e| e.to_string())?
+        let signals = TerminationSignals::install().map_err(|e| error_chain(&e))?;
+        let vm = ember_vmm::build(config).map_err(|e| error_chain(&e))?;
+        vm.run(Some(&signals)).map_err(|e| error_chain(&e))?
     };
     log::info!("VM stopped: {reason:?}");
     log::logger().flush();
@@ -189,7 +189,7 @@ fn main() -> ExitCode {
     // A reader that went away, or a write past RLIMIT_FSIZE, is a write error
     // for the code that wrote, never the end of the VMM.
     if let Err(e) = ember_vmm::signals::ignore_write_signals() {
-        eprintln!("ember: error: {e}");
+        eprintln!("ember: error: {}", error_chain(&e));
         return ExitCode::from(EXIT_ERROR);
     }
     let args = match cli::parse(std::env::args_os().skip(1)) {
@@ -226,7 +226,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("ember: error: {e}");
+                    eprintln!("ember: error: {}", error_chain(&e));
                     ExitCode::from(EXIT_ERROR)
                 }
             }

@@ -34,6 +34,14 @@ fn wait_for_tick(ember: &Ember, n: u64) {
     }
 }
 
+/// Asserts `method path body` gets a 400 whose fault message contains `needle`.
+fn refused(ember: &Ember, method: &str, path: &str, body: &str, needle: &str) {
+    let reply = ember.call(method, path, Some(body));
+    assert_eq!(reply.status, 400, "{method} {path}: {}", reply.body);
+    let fault = reply.fault();
+    assert!(fault.contains(needle), "{method} {path}: {fault}");
+}
+
 fn create_body(state: &Path, mem: &Path, kind: &str) -> String {
     format!(
         r#"{{"snapshot_type": "{kind}", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
@@ -122,41 +130,25 @@ fn a_vm_saved_through_the_api_loads_in_a_new_process_and_goes_on() {
 fn snapshot_requests_are_refused_as_firecracker_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
     let (state, mem) = (dir.path().join("s"), dir.path().join("m"));
+    let full = create_body(&state, &mem, "Full");
+    let load = load_body(&state, &mem, false);
     let ember = Ember::start(&[]);
 
-    // Create before the start.
-    let reply = ember.call(
-        "PUT",
-        "/snapshot/create",
-        Some(&create_body(&state, &mem, "Full")),
-    );
-    assert_eq!(reply.status, 400);
-    assert!(
-        reply.fault().contains("before starting"),
-        "{}",
-        reply.fault()
-    );
+    refused(&ember, "PUT", "/snapshot/create", &full, "before starting");
     // A load of missing files: a 400, and the process is still there to
     // take another request.
-    let reply = ember.call(
+    refused(
+        &ember,
         "PUT",
         "/snapshot/load",
-        Some(&load_body(&state, &mem, false)),
-    );
-    assert_eq!(reply.status, 400);
-    assert!(
-        reply.fault().starts_with("Load snapshot error:"),
-        "{}",
-        reply.fault()
+        &load,
+        "Load snapshot error:",
     );
     assert_eq!(ember.state(), "Not started");
     // Uffd is refused by name; the deprecated field gets its header.
-    let reply = ember.call(
-        "PUT",
-        "/snapshot/load",
-        Some(r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#),
-    );
-    assert!(reply.fault().contains("Uffd"), "{}", reply.fault());
+    let uffd =
+        r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#;
+    refused(&ember, "PUT", "/snapshot/load", uffd, "Uffd");
     let reply = ember.call(
         "PUT",
         "/snapshot/load",
@@ -170,55 +162,27 @@ fn snapshot_requests_are_refused_as_firecracker_refuses_them() {
         "/boot-source",
         &format!(r#"{{"kernel_image_path": "{ELF64_PATH}", "boot_args": "{SPIN}"}}"#),
     );
-    let reply = ember.call(
-        "PUT",
-        "/snapshot/load",
-        Some(&load_body(&state, &mem, false)),
-    );
-    assert_eq!(reply.status, 400);
-    assert!(
-        reply
-            .fault()
-            .contains("not allowed after configuring boot-specific resources"),
-        "{}",
-        reply.fault()
-    );
+    let not_allowed = "not allowed after configuring boot-specific resources";
+    refused(&ember, "PUT", "/snapshot/load", &load, not_allowed);
     // Create while running.
     ember.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     ember.wait_for("tick=");
-    let reply = ember.call(
-        "PUT",
-        "/snapshot/create",
-        Some(&create_body(&state, &mem, "Full")),
-    );
-    assert_eq!(reply.status, 400);
-    assert!(reply.fault().contains("pause"), "{}", reply.fault());
+    refused(&ember, "PUT", "/snapshot/create", &full, "pause");
     assert!(!state.exists() && !mem.exists());
     // A diff without dirty page tracking.
     ember.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    let reply = ember.call(
+    let diff = create_body(&state, &mem, "Diff");
+    refused(
+        &ember,
         "PUT",
         "/snapshot/create",
-        Some(&create_body(&state, &mem, "Diff")),
-    );
-    assert_eq!(reply.status, 400);
-    assert!(
-        reply.fault().contains("track_dirty_pages"),
-        "{}",
-        reply.fault()
+        &diff,
+        "track_dirty_pages",
     );
     // An unwritable place.
-    let reply = ember.call(
-        "PUT",
-        "/snapshot/create",
-        Some(&create_body(
-            &dir.path().join("no/such/dir/s"),
-            &dir.path().join("no/such/dir/m"),
-            "Full",
-        )),
-    );
-    assert_eq!(reply.status, 400);
-    assert!(reply.fault().contains("no/such/dir"), "{}", reply.fault());
+    let nowhere = dir.path().join("no/such/dir");
+    let body = create_body(&nowhere.join("s"), &nowhere.join("m"), "Full");
+    refused(&ember, "PUT", "/snapshot/create", &body, "no/such/dir");
     // The VM is unharmed.
     ember.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     let tick = last_tick(&ember.output()).unwrap();
@@ -273,8 +237,7 @@ fn the_command_line_describes_and_restores_snapshots() {
 }
 
 #[test]
-fn the_full_config_after_a_load_is_the_saved_one_with_the_overrides_as_test_get_full_config_after_restoring_snapshot(
-) {
+fn full_config_after_a_load_as_test_get_full_config_after_restoring_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let ember = Ember::start(&[]);
     let vsock = dir.path().join("v.sock");

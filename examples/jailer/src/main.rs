@@ -12,11 +12,11 @@ const EXIT_ERROR: u8 = 1;
 /// Exit status when the command line is refused (nothing was done).
 const EXIT_USAGE: u8 = 2;
 
+/// Prints `error` and its causes on one line.
 fn fail(code: u8, error: &ember_jailer::Error) -> ExitCode {
-    eprintln!(
-        "ember-jailer: error: {}",
-        error.to_string().replace('\n', " ")
-    );
+    let causes = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source());
+    let messages: Vec<String> = causes.map(|e| e.to_string().replace('\n', " ")).collect();
+    eprintln!("ember-jailer: error: {}", messages.join(": "));
     ExitCode::from(code)
 }
 

@@ -169,7 +169,10 @@ fn the_jailed_vmm_is_unprivileged_confined_and_filtered() {
         filtered.push(name);
     }
     filtered.sort();
-    assert_eq!(filtered, ["ember", "fc_vcpu 0", "fc_vcpu 1"]);
+    assert_eq!(
+        filtered,
+        ["ember", "ember_devices", "fc_vcpu 0", "fc_vcpu 1"]
+    );
 
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);

@@ -34,7 +34,8 @@ pub fn run(data: &[u8]) {
     let mem: GuestMemoryMmap<AtomicBitmap> =
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
             .expect("guest memory");
-    let loaded = match load_kernel(&mem, &mut Cursor::new(data), MEM_SIZE) {
+    let himem = GuestAddress(HIMEM_START);
+    let loaded = match load_kernel(&mem, &mut Cursor::new(data), himem, MEM_SIZE) {
         Ok(loaded) => loaded,
         Err(e) => {
             let _ = e.to_string();

@@ -17,7 +17,7 @@ const LVTT_TSC_DEADLINE: u32 = 0b10 << 17;
 const TSC_WRITTEN: u64 = 1 << 42;
 
 fn kvm() -> Kvm {
-    Kvm::new().expect("/dev/kvm is needed for this test")
+    crate::kvm_for_test()
 }
 
 /// A VM with the platform `setup_platform` creates and `count` fresh vCPUs.

@@ -3,10 +3,14 @@
 //! driver issues during probing are answered, and key sequences (Ctrl-Alt-Del)
 //! can be injected into the output buffer with an IRQ 1 for the guest to read.
 //!
-//! vm-superio's i8042 only implements the reset, so this device replaces it.
+//! vm-superio's i8042 only implements the reset, so this device replaces it;
+//! like vm-superio's devices, it raises its lines through any
+//! [`vm_superio::Trigger`] ([`EventTrigger`], an eventfd, by default).
 
 use std::collections::VecDeque;
 use std::fmt;
+
+use vm_superio::Trigger;
 
 use crate::bus::ByteRegisters;
 use crate::trigger::EventTrigger;
@@ -123,14 +127,53 @@ pub struct I8042Counters {
     pub missed_interrupts: u64,
 }
 
-/// The i8042 on ports 0x60-0x64.
-pub struct I8042 {
-    reset: EventTrigger,
-    interrupt: EventTrigger,
+/// The i8042 on ports 0x60-0x64, raising its reset and interrupt lines
+/// through `T`.
+///
+/// # Example
+///
+/// The guest resets the CPU through the controller (command 0xFE on port
+/// 0x64), and the host injects Ctrl-Alt-Del for the guest to read; the
+/// lines here are plain counters:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+///
+/// use ember_devices::legacy::i8042::CTRL_ALT_DEL;
+/// use ember_devices::legacy::I8042;
+/// use ember_devices::trigger::Trigger;
+/// use ember_devices::ByteRegisters;
+///
+/// /// A line that counts how often it was raised.
+/// #[derive(Clone, Default)]
+/// struct Counter(Arc<AtomicU32>);
+///
+/// impl Trigger for Counter {
+///     type E = ();
+///     fn trigger(&self) -> Result<(), ()> {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+///
+/// let (reset, irq1) = (Counter::default(), Counter::default());
+/// let mut i8042 = I8042::new(reset.clone(), irq1.clone());
+/// i8042.write_register(4, 0xfe);
+/// assert_eq!(reset.0.load(Ordering::Relaxed), 1);
+///
+/// i8042.send_ctrl_alt_del().unwrap();
+/// assert!(irq1.0.load(Ordering::Relaxed) > 0);
+/// let keys: Vec<u8> = CTRL_ALT_DEL.iter().map(|_| i8042.read_register(0)).collect();
+/// assert_eq!(keys, CTRL_ALT_DEL);
+/// ```
+pub struct I8042<T = EventTrigger> {
+    reset: T,
+    interrupt: T,
     state: I8042State,
 }
 
-impl fmt::Debug for I8042 {
+impl<T> fmt::Debug for I8042<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("I8042")
             .field("state", &self.state)
@@ -138,10 +181,10 @@ impl fmt::Debug for I8042 {
     }
 }
 
-impl I8042 {
+impl<T: Trigger> I8042<T> {
     /// A controller that fires `reset` when the guest resets the CPU through it
     /// and `interrupt` (IRQ 1) when keyboard data is waiting.
-    pub fn new(reset: EventTrigger, interrupt: EventTrigger) -> I8042 {
+    pub fn new(reset: T, interrupt: T) -> I8042<T> {
         I8042::from_state(&I8042State::default(), reset, interrupt)
     }
 
@@ -149,7 +192,7 @@ impl I8042 {
     /// in its output buffer are dropped), with the host's `reset` and
     /// `interrupt` lines as [`I8042::new`]. No interrupt is raised: one
     /// pending for waiting bytes is in the interrupt controller's state.
-    pub fn from_state(state: &I8042State, reset: EventTrigger, interrupt: EventTrigger) -> I8042 {
+    pub fn from_state(state: &I8042State, reset: T, interrupt: T) -> I8042<T> {
         let mut state = state.clone();
         state.output.truncate(OUTPUT_BUFFER_SIZE);
         if state.output.is_empty() {
@@ -236,7 +279,7 @@ impl I8042 {
             CMD_RESET_CPU => {
                 self.state.counters.resets += 1;
                 if let Err(e) = self.reset.trigger() {
-                    log::error!("i8042: cannot signal the reset: {e}");
+                    log::error!("i8042: cannot signal the reset: {e:?}");
                 }
             }
             other => log::debug!("i8042: ignoring command {other:#x}"),
@@ -282,7 +325,7 @@ impl I8042 {
     }
 }
 
-impl ByteRegisters for I8042 {
+impl<T: Trigger + Send> ByteRegisters for I8042<T> {
     fn read_register(&mut self, offset: u8) -> u8 {
         match offset {
             DATA => self.read_data(),

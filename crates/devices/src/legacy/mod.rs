@@ -1,6 +1,11 @@
 //! The PC devices a microVM keeps: COM1, the i8042 reset line and the
 //! boot-timer device, with their conventional addresses.
 //!
+//! COM1 and the i8042 raise their interrupt (and reset) lines through any
+//! vm-superio [`Trigger`](crate::trigger::Trigger), as vm-superio's own
+//! devices do; [`EventTrigger`](crate::trigger::EventTrigger), an eventfd a
+//! VMM registers as an irqfd, is the default.
+//!
 //! Snapshots: COM1 ([`SerialState`]) and the i8042 ([`I8042State`]) give
 //! their state as plain data and are rebuilt from it with the host's lines.
 //! The boot timer has no state worth keeping: it only reports the first

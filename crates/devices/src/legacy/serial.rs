@@ -19,7 +19,7 @@ use vm_superio::serial::SerialEvents;
 
 use super::{SerialState, UartState};
 use crate::bus::ByteRegisters;
-use crate::trigger::EventTrigger;
+use crate::trigger::{EventTrigger, Trigger};
 use crate::{Error, Result};
 
 /// Most input bytes read from the host in one go (the UART FIFO is 64 bytes).
@@ -89,28 +89,55 @@ impl Write for LimitedOutput {
     }
 }
 
-type Uart = vm_superio::Serial<EventTrigger, UartEvents, LimitedOutput>;
+type Uart<T> = vm_superio::Serial<T, UartEvents, LimitedOutput>;
 
-/// The COM1 device.
-pub struct Serial {
-    uart: Uart,
+/// The COM1 device, raising its interrupt through `T` (any vm-superio
+/// [`Trigger`]; an eventfd by default).
+///
+/// # Example
+///
+/// Output limited to 4 bytes a minute (the rest is dropped and counted),
+/// and host input the guest reads, announced by the data-ready interrupt:
+///
+/// ```
+/// use ember_devices::legacy::Serial;
+/// use ember_devices::trigger::EventTrigger;
+/// use ember_devices::ByteRegisters;
+/// use ember_ratelimit::BucketConfig;
+///
+/// const DATA: u8 = 0; // receive and transmit holding registers
+/// const IER: u8 = 1; // interrupt enable
+///
+/// let irq4 = EventTrigger::new()?;
+/// let mut serial = Serial::new(irq4.try_clone()?, EventTrigger::new()?, Box::new(std::io::sink()));
+/// serial.limit_output(BucketConfig { size: 4, one_time_burst: 0, refill_time_ms: 60_000 });
+/// for byte in b"hello" {
+///     serial.write_register(DATA, *byte);
+/// }
+/// let counters = serial.counters();
+/// assert_eq!((counters.bytes_out, counters.bytes_dropped), (5, 1));
+///
+/// serial.write_register(IER, 0x01); // interrupt when data is ready
+/// assert_eq!(serial.enqueue_input(b"ok"), 2);
+/// assert!(irq4.event_fd().read().is_ok(), "IRQ 4 raised");
+/// assert_eq!([serial.read_register(DATA), serial.read_register(DATA)], *b"ok");
+/// # Ok::<(), ember_devices::Error>(())
+/// ```
+pub struct Serial<T: Trigger = EventTrigger> {
+    uart: Uart<T>,
     bytes_in: u64,
 }
 
-impl fmt::Debug for Serial {
+impl<T: Trigger> fmt::Debug for Serial<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Serial").finish_non_exhaustive()
     }
 }
 
-impl Serial {
+impl<T: Trigger> Serial<T> {
     /// A UART raising `interrupt`, writing guest output to `out`, and firing
     /// `input_drained` when the guest has read all pending input.
-    pub fn new(
-        interrupt: EventTrigger,
-        input_drained: EventTrigger,
-        out: Box<dyn Write + Send>,
-    ) -> Serial {
+    pub fn new(interrupt: T, input_drained: EventTrigger, out: Box<dyn Write + Send>) -> Serial<T> {
         let events = UartEvents {
             drained: input_drained,
             bytes_out: AtomicU64::new(0),
@@ -134,10 +161,13 @@ impl Serial {
     /// holds more than it can or the interrupt cannot be raised.
     pub fn from_state(
         state: &SerialState,
-        interrupt: EventTrigger,
+        interrupt: T,
         input_drained: EventTrigger,
         out: Box<dyn Write + Send>,
-    ) -> Result<Serial> {
+    ) -> Result<Serial<T>>
+    where
+        T::E: fmt::Display,
+    {
         let events = UartEvents {
             drained: input_drained,
             bytes_out: AtomicU64::new(state.counters.bytes_out),
@@ -212,7 +242,7 @@ impl Serial {
     }
 }
 
-impl ByteRegisters for Serial {
+impl<T: Trigger + Send> ByteRegisters for Serial<T> {
     fn read_register(&mut self, offset: u8) -> u8 {
         self.uart.read(offset)
     }
@@ -245,15 +275,15 @@ impl AsRawFd for StdinReader {
 }
 
 /// Moves bytes from a host fd into the serial device's receive FIFO.
-pub struct SerialInput<R> {
-    serial: Arc<Mutex<Serial>>,
+pub struct SerialInput<R, T: Trigger = EventTrigger> {
+    serial: Arc<Mutex<Serial<T>>>,
     input: R,
     drained: EventTrigger,
     paused: bool,
     closed: bool,
 }
 
-impl<R> fmt::Debug for SerialInput<R> {
+impl<R, T: Trigger> fmt::Debug for SerialInput<R, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SerialInput")
             .field("paused", &self.paused)
@@ -262,10 +292,10 @@ impl<R> fmt::Debug for SerialInput<R> {
     }
 }
 
-impl<R: Read + AsRawFd> SerialInput<R> {
+impl<R: Read + AsRawFd, T: Trigger> SerialInput<R, T> {
     /// Feeds `input` into `serial`; `drained` must be the trigger given to
     /// [`Serial::new`] as `input_drained`.
-    pub fn new(serial: Arc<Mutex<Serial>>, input: R, drained: &EventTrigger) -> Result<Self> {
+    pub fn new(serial: Arc<Mutex<Serial<T>>>, input: R, drained: &EventTrigger) -> Result<Self> {
         Ok(SerialInput {
             serial,
             input,
@@ -323,7 +353,7 @@ impl<R: Read + AsRawFd> SerialInput<R> {
     }
 }
 
-impl<R: Read + AsRawFd> MutEventSubscriber for SerialInput<R> {
+impl<R: Read + AsRawFd, T: Trigger> MutEventSubscriber for SerialInput<R, T> {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.drained, EventSet::IN)) {
             log::warn!("serial: cannot poll the drained event: {e:?}");
@@ -366,6 +396,42 @@ mod tests {
 
     const LSR: u64 = 5;
     const LSR_DATA_READY: u8 = 1;
+
+    /// An interrupt line that counts how often it was raised.
+    #[derive(Clone, Default)]
+    struct CountingLine(Arc<std::sync::atomic::AtomicU32>);
+
+    impl Trigger for CountingLine {
+        type E = io::Error;
+        fn trigger(&self) -> io::Result<()> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_interrupt_goes_through_any_trigger() {
+        let line = CountingLine::default();
+        let out = Box::new(Capture::default());
+        let mut serial = Serial::new(line.clone(), EventTrigger::new().unwrap(), out);
+        serial.write_register(1, 0x01); // IER: data ready
+        assert_eq!(line.0.load(Ordering::Relaxed), 0);
+        serial.enqueue_input(b"x");
+        assert_eq!(line.0.load(Ordering::Relaxed), 1);
+        let restored = Serial::from_state(
+            &serial.state(),
+            line.clone(),
+            EventTrigger::new().unwrap(),
+            Box::new(Capture::default()),
+        )
+        .unwrap();
+        assert_eq!(
+            line.0.load(Ordering::Relaxed),
+            2,
+            "data ready again on restore"
+        );
+        assert_eq!(restored.counters().bytes_in, 1);
+    }
 
     fn serial() -> (Arc<Mutex<Serial>>, EventTrigger, EventTrigger, Capture) {
         let irq = EventTrigger::new().unwrap();

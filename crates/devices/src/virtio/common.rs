@@ -17,7 +17,7 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ring::Ring;
-use super::{InterruptKind, VirtioDevice, VirtioInterrupt};
+use super::{ActivationError, InterruptKind, VirtioDevice, VirtioInterrupt};
 use crate::{Error, Result};
 
 /// Copies the configuration space `config` from `offset` into `data`
@@ -81,11 +81,11 @@ pub(crate) struct ActivationQueues {
 }
 
 impl ActivationQueues {
-    /// Starts an activation; fails with [`Error::AlreadyActive`] if the
-    /// device is `active` already.
+    /// Starts an activation; fails with [`ActivationError::AlreadyActive`] if
+    /// the device is `active` already.
     pub(crate) fn new(active: bool, queues: Vec<Queue>) -> Result<ActivationQueues> {
         if active {
-            return Err(Error::AlreadyActive);
+            return Err(ActivationError::AlreadyActive.into());
         }
         Ok(ActivationQueues {
             queues: queues.into_iter(),
@@ -94,7 +94,7 @@ impl ActivationQueues {
     }
 
     /// The next queue, which the driver must have enabled
-    /// ([`Error::QueueNotReady`] otherwise).
+    /// ([`ActivationError::QueueNotReady`] otherwise).
     pub(crate) fn ready(&mut self) -> Result<Queue> {
         self.next(true)
     }
@@ -109,9 +109,18 @@ impl ActivationQueues {
         self.index += 1;
         match self.queues.next() {
             Some(queue) if queue.ready() || !ready => Ok(queue),
-            _ => Err(Error::QueueNotReady(index)),
+            _ => Err(ActivationError::QueueNotReady(index).into()),
         }
     }
+}
+
+/// What one pass over a queue's available chains did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pass {
+    /// At least one chain was returned to the driver.
+    pub(crate) progressed: bool,
+    /// The rate limiter refused a chain, which stays available.
+    pub(crate) throttled: bool,
 }
 
 /// Consumes an eventfd's count; an eventfd with nothing to read is fine.
@@ -235,16 +244,25 @@ mod tests {
     #[test]
     fn activation_takes_the_queues_in_order() {
         let err = ActivationQueues::new(true, vec![queue(true)]).unwrap_err();
-        assert!(matches!(err, Error::AlreadyActive), "{err}");
+        assert!(
+            matches!(err, Error::Activation(ActivationError::AlreadyActive)),
+            "{err}"
+        );
 
         let mut queues =
             ActivationQueues::new(false, vec![queue(true), queue(false), queue(false)]).unwrap();
         assert!(queues.ready().unwrap().ready());
         assert!(!queues.any().unwrap().ready(), "an unused queue may be off");
         let err = queues.ready().unwrap_err();
-        assert!(matches!(err, Error::QueueNotReady(2)), "{err}");
+        assert!(
+            matches!(err, Error::Activation(ActivationError::QueueNotReady(2))),
+            "{err}"
+        );
         let err = queues.any().unwrap_err();
-        assert!(matches!(err, Error::QueueNotReady(3)), "missing: {err}");
+        assert!(
+            matches!(err, Error::Activation(ActivationError::QueueNotReady(3))),
+            "missing: {err}"
+        );
     }
 
     #[test]

@@ -8,6 +8,17 @@ use vmm_sys_util::eventfd::EventFd;
 use super::interrupt::VirtioInterrupt;
 use crate::Result;
 
+/// Why a virtio device refused to start (see [`VirtioDevice::activate`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// A virtio queue the device needs was not enabled by the driver.
+    #[error("virtio queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// The driver activated a virtio device that is already active.
+    #[error("virtio device is already active")]
+    AlreadyActive,
+}
+
 /// A virtio device back-end (block, net, ...), driven by a transport.
 ///
 /// Life cycle: the transport negotiates features and sets up queues with the

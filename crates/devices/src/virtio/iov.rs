@@ -460,7 +460,7 @@ impl<'m> GuestIoVecs<'_, 'm> {
 
     /// One `writev` of the buffers (the first [`IOV_MAX`]) to `fd`; a
     /// plain `write` for one buffer.
-    pub(crate) fn writev(&self, fd: &impl AsRawFd) -> io::Result<usize> {
+    pub(crate) fn writev(&self, fd: &(impl AsRawFd + ?Sized)) -> io::Result<usize> {
         let ret = if let [one] = self.entries() {
             // SAFETY: `one` describes guest memory that stays mapped for
             // `'m`; the kernel only reads it. The fd is open for the borrow

@@ -31,9 +31,28 @@ use super::{
 };
 use crate::bus::BusDevice;
 use crate::trigger::EventTrigger;
-use crate::{Error, Result};
+use crate::Result;
 
-/// Size of one virtio-mmio window (see the memory map in DESIGN.md).
+/// Why the virtio-mmio transport cannot set up or restore its queues.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A virtio queue could not be created or rebuilt.
+    #[error("virtio queue: {0}")]
+    VirtioQueue(virtio_queue::Error),
+    /// A virtio device has a different number of queue eventfds than queues.
+    #[error("virtio device has {queues} queues but {events} queue eventfds")]
+    QueueEventCount {
+        /// Number of queues.
+        queues: usize,
+        /// Number of eventfds.
+        events: usize,
+    },
+    /// A virtio queue the driver enabled does not fit in guest memory.
+    #[error("virtio queue {0} does not fit in guest memory")]
+    InvalidQueue(usize),
+}
+
+/// Size of one virtio-mmio window (see the memory map in docs/architecture.md).
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// MagicValue: "virt" in little endian.
 pub const MAGIC_VALUE: u32 = 0x7472_6976;
@@ -101,6 +120,67 @@ pub struct MmioTransportState {
 /// [`MmioTransport::queue_events`] as ioeventfds at `base + QUEUE_NOTIFY_OFFSET`
 /// (data match = queue index) and [`MmioTransport::interrupt_event`] as the
 /// irqfd of the device's IRQ, and adds [`cmdline_entry`] to the kernel command line.
+///
+/// # Example
+///
+/// A virtio-block device on plain memory, no KVM: the example plays the
+/// guest driver with `test_utils` (the `test-utils` feature), starting the
+/// device through the registers and reading sector 1 of a file through a
+/// virtqueue in guest memory.
+///
+/// ```
+/// use std::io::Write;
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use ember_devices::virtio::block::{Block, BlockConfig, SECTOR_SIZE};
+/// use ember_devices::virtio::test_utils::{
+///     guest_bytes, memory, read_reg, run_until_used, start, write_reg, GuestQueue, Manager, Mem,
+///     WRITE,
+/// };
+/// use ember_devices::virtio::{feature_bit, MmioTransport};
+/// use event_manager::SubscriberOps;
+/// use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
+/// use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+/// use virtio_bindings::virtio_mmio::{
+///     VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_QUEUE_NOTIFY,
+/// };
+/// use vm_memory::{Bytes, GuestAddress};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut disk = tempfile::NamedTempFile::new()?;
+/// disk.write_all(&[[0u8; 512], [0x5a; 512]].concat())?;
+///
+/// let mem: Mem = memory(&[(0, 0x10_0000)]);
+/// let config = BlockConfig {
+///     drive_id: "rootfs".to_owned(),
+///     path: disk.path().to_path_buf(),
+///     ..BlockConfig::default()
+/// };
+/// let block = Arc::new(Mutex::new(Block::new(config)?));
+/// let mut event_loop = Manager::new()?;
+/// event_loop.add_subscriber(block.clone());
+/// let mut transport = MmioTransport::new(mem.clone(), block)?;
+/// assert_eq!(read_reg(&mut transport, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976); // "virt"
+/// assert_eq!(read_reg(&mut transport, VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_BLOCK);
+///
+/// // The driver's queue 0 at 0x1000, then a read request: header, data, status.
+/// let mut queue = GuestQueue::new(&mem, 0x1000, 16);
+/// start(&mut transport, feature_bit(VIRTIO_F_VERSION_1), &[(0, &queue)]);
+/// let (header, data, status) = (0x8000, 0x9000, 0xa000);
+/// mem.write_obj(VIRTIO_BLK_T_IN.to_le(), GuestAddress(header))?;
+/// mem.write_obj(1u64.to_le(), GuestAddress(header + 8))?; // the sector
+/// queue.add_chain(0, &[(header, 16, 0), (data, 512, WRITE), (status, 1, WRITE)]);
+/// write_reg(&mut transport, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+/// run_until_used(&mut event_loop, &queue, 1, Duration::from_secs(5));
+///
+/// assert_eq!(mem.read_obj::<u8>(GuestAddress(status))?, 0, "VIRTIO_BLK_S_OK");
+/// assert_eq!(guest_bytes(&mem, data, SECTOR_SIZE as usize), vec![0x5a; 512]);
+/// assert_eq!(queue.used_elem(0), (0, 513), "the bytes written, status included");
+/// # Ok(())
+/// # }
+/// ```
 pub struct MmioTransport<M> {
     mem: M,
     device: Arc<Mutex<dyn VirtioDevice<M>>>,
@@ -163,17 +243,18 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
                 .queue_max_sizes()
                 .iter()
                 .map(|&max| Queue::new(max).map_err(Error::VirtioQueue))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<std::result::Result<Vec<_>, Error>>()?;
             let queue_evts = dev
                 .queue_events()
                 .iter()
-                .map(|evt| evt.try_clone().map_err(Error::EventFd))
+                .map(|evt| evt.try_clone().map_err(crate::Error::EventFd))
                 .collect::<Result<Vec<_>>>()?;
             if queue_evts.len() != queues.len() {
                 return Err(Error::QueueEventCount {
                     queues: queues.len(),
                     events: queue_evts.len(),
-                });
+                }
+                .into());
             }
             (dev.device_type(), dev.avail_features(), queues, queue_evts)
         };
@@ -248,7 +329,7 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
         state: &MmioTransportState,
     ) -> Result<MmioTransport<M>> {
         let mut transport = MmioTransport::new(mem, device)?;
-        let mismatch = |reason: String| Error::RestoreMismatch {
+        let mismatch = |reason: String| crate::Error::RestoreMismatch {
             device: "virtio-mmio",
             reason,
         };
@@ -280,7 +361,7 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
             transport.activate()?;
             for (queue, evt) in transport.queues.iter().zip(&transport.queue_evts) {
                 if queue.ready() {
-                    evt.write(1).map_err(Error::EventFd)?;
+                    evt.write(1).map_err(crate::Error::EventFd)?;
                 }
             }
             transport.lock_device().after_restore();
@@ -549,7 +630,7 @@ impl<M: GuestMemoryHandle> MmioTransport<M> {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, queue) in self.queues.iter().enumerate() {
             if queue.ready() && !queue.is_valid(&self.mem) {
-                return Err(Error::InvalidQueue(index));
+                return Err(Error::InvalidQueue(index).into());
             }
             let mut live = Queue::try_from(queue.state()).map_err(Error::VirtioQueue)?;
             live.set_event_idx(event_idx);
@@ -690,7 +771,7 @@ mod tests {
             acked_features: u64,
         ) -> Result<()> {
             if !queues[0].ready() {
-                return Err(Error::QueueNotReady(0));
+                return Err(crate::virtio::ActivationError::QueueNotReady(0).into());
             }
             self.activations += 1;
             self.active = Some((queues, interrupt, acked_features));
@@ -1171,11 +1252,14 @@ mod tests {
         let mut other = t.state();
         other.queues[1].max_size = 32;
         let err = restore(&other);
-        assert!(matches!(err, Error::RestoreMismatch { .. }), "{err}");
+        assert!(matches!(err, crate::Error::RestoreMismatch { .. }), "{err}");
         let mut bad_size = t.state();
         bad_size.queues[0].size = 3;
         let err = restore(&bad_size);
-        assert!(matches!(err, Error::VirtioQueue(_)), "{err}");
+        assert!(
+            matches!(err, crate::Error::Transport(Error::VirtioQueue(_))),
+            "{err}"
+        );
         // A live queue outside guest memory cannot be activated.
         let mut outside = t.state();
         outside.status = STATUS_LIVE;
@@ -1183,7 +1267,10 @@ mod tests {
         outside.queues[0].ready = true;
         outside.queues[0].desc_table = 0x10_0000;
         let err = restore(&outside);
-        assert!(matches!(err, Error::InvalidQueue(0)), "{err}");
+        assert!(
+            matches!(err, crate::Error::Transport(Error::InvalidQueue(0))),
+            "{err}"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub mod test_utils;
 mod timer;
 pub mod vsock;
 
-pub use device::VirtioDevice;
+pub use device::{ActivationError, VirtioDevice};
 pub use interrupt::{InterruptKind, IrqTrigger, VirtioInterrupt};
 pub use mmio::{cmdline_entry, MmioTransport, MmioTransportState};
 pub use queue_state::VirtqueueState;

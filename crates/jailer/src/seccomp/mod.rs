@@ -70,6 +70,19 @@ pub fn default_filters() -> Result<Filters> {
 /// with exactly the keys `vmm`, `vcpu` and `api`, each a seccompiler filter
 /// (`mismatch_action`/`default_action`, `match_action`/`filter_action`,
 /// `filter`).
+///
+/// # Example
+///
+/// ```
+/// use ember_jailer::seccomp::{filters_from_json, ThreadKind};
+///
+/// let allow_all = r#"{"mismatch_action": "allow", "match_action": "trap", "filter": []}"#;
+/// let file = format!(r#"{{"vmm": {allow_all}, "vcpu": {allow_all}, "api": {allow_all}}}"#);
+/// let filters = filters_from_json(file.as_bytes())?;
+/// assert_eq!(filters.len(), ThreadKind::ALL.len());
+/// assert!(filters_from_json(r#"{"vmm": {}}"#.as_bytes()).is_err());
+/// # Ok::<(), ember_jailer::Error>(())
+/// ```
 pub fn filters_from_json<R: Read>(reader: R) -> Result<Filters> {
     let compiled = seccompiler::compile_from_json(reader, ARCH).map_err(Error::SeccompCompile)?;
     by_thread(compiled)

@@ -148,6 +148,21 @@ fn bitmaps_that_do_not_fit_the_memory_are_refused() {
 }
 
 #[test]
+fn a_page_is_zero_only_if_every_byte_is() {
+    assert!(is_zero(&[0u8; PAGE_SIZE]));
+    assert!(is_zero(&[]));
+    assert!(is_zero(&[0u8; 17]));
+    for at in [0, 15, 16, 4000, PAGE_SIZE - 1] {
+        let mut page = vec![0u8; PAGE_SIZE];
+        page[at] = 0x80;
+        assert!(!is_zero(&page), "byte {at}");
+    }
+    let mut short = [0u8; 17];
+    short[16] = 1;
+    assert!(!is_zero(&short));
+}
+
+#[test]
 fn runs_merge_adjacent_pages_only() {
     let mut chunk = vec![0u8; 5 * PAGE_SIZE + 10];
     chunk[0] = 1;

@@ -102,6 +102,12 @@ pub fn value_of(line: &str, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The lines of `text` up to its last newline: the guest writes a byte at a
+/// time, so the last line of a capture may be cut short.
+pub fn complete_lines(text: &str) -> std::str::Lines<'_> {
+    text.rfind('\n').map_or("", |end| &text[..end]).lines()
+}
+
 /// Parses `0x...` as produced by the guest.
 pub fn hex(value: &str) -> u64 {
     u64::from_str_radix(value.trim_start_matches("0x"), 16)
@@ -310,9 +316,7 @@ impl Live {
     pub fn last_value(&self, key: &str) -> Option<u64> {
         let prefix = format!("{key}=");
         let text = self.capture.text();
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete
-            .lines()
+        complete_lines(&text)
             .rev()
             .filter_map(|line| line.strip_prefix(&prefix))
             .find_map(|value| value.split_whitespace().next())

@@ -405,7 +405,13 @@ fn notifications_before_activation_are_ignored_and_reset_stops_the_device() {
             0,
         )
         .unwrap_err();
-    assert!(matches!(err, crate::Error::QueueNotReady(0)), "{err}");
+    assert!(
+        matches!(
+            err,
+            crate::Error::Activation(crate::virtio::ActivationError::QueueNotReady(0))
+        ),
+        "{err}"
+    );
     assert_eq!(b.counters().activate_fails, 1);
     let h = Harness::new(config(0, 1));
     let mut b = h.balloon.lock().unwrap();
@@ -499,6 +505,12 @@ impl Harness {
     }
 }
 
+/// The hinting run's host and guest commands.
+fn hinting_commands(h: &Harness) -> (u32, Option<u32>) {
+    let status = h.balloon.lock().unwrap().hinting_status().unwrap();
+    (status.host_cmd, status.guest_cmd)
+}
+
 #[test]
 fn a_hinting_run_gives_back_hinted_pages_and_ends_when_the_driver_stops() {
     let mut h = Harness::new(hinting_config());
@@ -543,27 +555,16 @@ fn a_hinting_run_gives_back_hinted_pages_and_ends_when_the_driver_stops() {
         (2, 0x2000)
     );
     assert_eq!((c.pages_outside, c.free_page_hint_fails), (0x7_ffff, 0));
-    assert_eq!(
-        h.balloon.lock().unwrap().hinting_status().unwrap(),
-        HintingStatus {
-            host_cmd: 2,
-            guest_cmd: Some(2)
-        }
-    );
+    assert_eq!(hinting_commands(&h), (2, Some(2)));
 
     // STOP (with a hint after it, ignored) ends the run: DONE.
     let stop = h.command(FREE_PAGE_HINT_STOP);
     h.chain(hinting, &[stop, (at(FREE_PFN + 2), 0x1000, WRITE)]);
     h.run(hinting, 4);
     assert_eq!(h.page_byte(FREE_PFN + 2), 0x44);
+    let done = (FREE_PAGE_HINT_DONE, Some(FREE_PAGE_HINT_STOP));
+    assert_eq!(hinting_commands(&h), done);
     let b = h.balloon.lock().unwrap();
-    assert_eq!(
-        b.hinting_status().unwrap(),
-        HintingStatus {
-            host_cmd: FREE_PAGE_HINT_DONE,
-            guest_cmd: Some(FREE_PAGE_HINT_STOP)
-        }
-    );
     assert_eq!(config_cmd_id(&b), FREE_PAGE_HINT_DONE);
     assert_eq!(b.counters().free_page_hint_count, 2);
 }

@@ -23,7 +23,7 @@ use super::{BlockCounters, BlockState, CacheType, SECTOR_SIZE};
 use crate::virtio::common::SingleQueue as Active;
 use crate::virtio::common::{
     admit, check_restored_features, ignore_config_write, read_config_space, signal_used,
-    DeviceEvents,
+    DeviceEvents, Pass,
 };
 use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
@@ -74,6 +74,65 @@ pub struct BlockConfig {
 /// Register it with the event loop (it is a [`MutEventSubscriber`]: it watches
 /// its queue eventfd and its rate limiter's timer) and give it to an
 /// [`crate::virtio::MmioTransport`]; share it as `Arc<Mutex<Block<M>>>`.
+///
+/// # Example
+///
+/// A drive limited to one operation a minute, started without a transport
+/// (as [`crate::virtio::MmioTransport`] starts it at DRIVER_OK) on plain
+/// memory: of two GET_ID requests, the first is answered and the second
+/// waits for the rate limiter (see the transport's example for the
+/// register side).
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use ember_devices::virtio::block::{Block, BlockConfig};
+/// use ember_devices::virtio::test_utils::{
+///     bucket, guest_bytes, memory, notify_queue, run_until_used, GuestQueue, Manager, Mem, WRITE,
+/// };
+/// use ember_devices::virtio::{feature_bit, IrqTrigger, VirtioDevice};
+/// use event_manager::SubscriberOps;
+/// use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
+/// use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// use vm_memory::{Bytes, GuestAddress};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let disk = tempfile::NamedTempFile::new()?;
+/// disk.as_file().set_len(512)?;
+/// let config = BlockConfig {
+///     drive_id: "rootfs".to_owned(),
+///     path: disk.path().to_path_buf(),
+///     ops: bucket(1, 0, 60_000),
+///     ..BlockConfig::default()
+/// };
+/// let block = Arc::new(Mutex::new(Block::<Mem>::new(config)?));
+/// let mut event_loop = Manager::new()?;
+/// event_loop.add_subscriber(block.clone());
+///
+/// let mem = memory(&[(0, 0x10_0000)]);
+/// let mut queue = GuestQueue::new(&mem, 0x1000, 16);
+/// block.lock().unwrap().activate(
+///     mem.clone(),
+///     vec![queue.device_queue(16)],
+///     Arc::new(IrqTrigger::new()?),
+///     feature_bit(VIRTIO_F_VERSION_1),
+/// )?;
+/// for (first, base) in [(0, 0x8000), (3, 0x9000)] {
+///     mem.write_obj(VIRTIO_BLK_T_GET_ID.to_le(), GuestAddress(base))?;
+///     let (id, status) = (base + 0x100, base + 0x200);
+///     queue.add_chain(first, &[(base, 16, 0), (id, 20, WRITE), (status, 1, WRITE)]);
+/// }
+/// notify_queue(&block, 0);
+/// run_until_used(&mut event_loop, &queue, 1, Duration::from_secs(5));
+/// event_loop.run_with_timeout(100)?;
+///
+/// assert_eq!(&guest_bytes(&mem, 0x8100, 6), b"rootfs");
+/// assert_eq!(queue.used_idx(), 1, "the second request waits");
+/// assert!(block.lock().unwrap().counters().throttled > 0);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Block<M> {
     drive_id: String,
     id: [u8; ID_BYTES],
@@ -118,16 +177,17 @@ impl<M: GuestMemoryHandle> Block<M> {
     /// file reopened from `state.path` (with [`open_disk`](super::open_disk)
     /// and `state.read_only`): configuration, configuration generation,
     /// counters and rate-limiter levels as saved. Fails with
-    /// [`Error::DiskSizeChanged`] if the file's capacity is not the saved
+    /// [`super::Error::DiskSizeChanged`] if the file's capacity is not the saved
     /// one. [`crate::virtio::MmioTransport::restore`] then activates it.
     pub fn restore(state: &BlockState, file: std::fs::File) -> Result<Block<M>> {
         let disk = Disk::from_file(file, &state.path, state.read_only)?;
         if disk.sectors() != state.capacity_sectors {
-            return Err(Error::DiskSizeChanged {
+            return Err(super::Error::DiskSizeChanged {
                 path: state.path.clone(),
                 saved: state.capacity_sectors,
                 found: disk.sectors(),
-            });
+            }
+            .into());
         }
         let rate_limiter = RateLimiter::restore(&state.rate_limiter).map_err(Error::RateLimiter)?;
         let mut block =
@@ -270,24 +330,11 @@ impl<M: GuestMemoryHandle> Block<M> {
             if let Err(e) = ring.disable_notification() {
                 self.event_error(format_args!("cannot disable notifications: {e}"));
             }
-            let mut progressed = false;
-            let mut throttled = false;
-            while let Some(chain) = ring.pop() {
-                let head = chain.head_index();
-                let mut data = iovs.start();
-                let parsed = request::parse(&guest, chain, SEG_MAX as usize, &mut data);
-                if !self.admit(&parsed) {
-                    ring.go_to_previous_position();
-                    throttled = true;
-                    break;
-                }
-                let len = self.complete(parsed, &mut data);
-                if let Err(e) = ring.add_used(head, len) {
-                    self.event_error(format_args!("cannot return descriptor {head}: {e}"));
-                }
-                progressed = true;
-                used_any = true;
-            }
+            let Pass {
+                progressed,
+                throttled,
+            } = self.complete_available(&mut ring, &guest, &mut iovs);
+            used_any |= progressed;
             // While throttled, notifications stay off: the timer resumes the
             // device. If the limiter could not arm its timer, the guest's next
             // notification has to, so notifications go back on.
@@ -318,6 +365,34 @@ impl<M: GuestMemoryHandle> Block<M> {
                 self.event_error(what);
             });
         }
+    }
+
+    /// One pass over the available requests: completes each and returns it
+    /// to the driver, until the ring is empty or the rate limiter refuses
+    /// one (which stays available).
+    fn complete_available(
+        &mut self,
+        ring: &mut Ring<'_, '_, M>,
+        guest: &GuestRegions<'_, M>,
+        iovs: &mut IoVecBuf,
+    ) -> Pass {
+        let mut pass = Pass::default();
+        while let Some(chain) = ring.pop() {
+            let head = chain.head_index();
+            let mut data = iovs.start();
+            let parsed = request::parse(guest, chain, SEG_MAX as usize, &mut data);
+            if !self.admit(&parsed) {
+                ring.go_to_previous_position();
+                pass.throttled = true;
+                break;
+            }
+            let len = self.complete(parsed, &mut data);
+            if let Err(e) = ring.add_used(head, len) {
+                self.event_error(format_args!("cannot return descriptor {head}: {e}"));
+            }
+            pass.progressed = true;
+        }
+        pass
     }
 
     /// Charges the rate limiter for a request: one operation, and its data

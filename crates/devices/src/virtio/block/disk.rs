@@ -6,10 +6,10 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use super::Error;
 use super::SECTOR_SIZE;
 use crate::host_files::{open_input, InputKind};
 use crate::virtio::iov::GuestIoVecs;
-use crate::{Error, Result};
 
 /// What a FLUSH request does, as Firecracker's `cache_type`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Disk {
     /// block device (anything else is refused without blocking, see
     /// [`open_input`]). The capacity is the size (from seeking to the end,
     /// which also works for block devices) rounded down to whole sectors.
-    pub(crate) fn open(path: &Path, read_only: bool) -> Result<Disk> {
+    pub(crate) fn open(path: &Path, read_only: bool) -> Result<Disk, Error> {
         let file = open_disk(path, read_only).map_err(|error| Error::BackingFile {
             path: path.to_path_buf(),
             error,
@@ -54,7 +54,7 @@ impl Disk {
 
     /// A disk on `file`, already opened from `path` as [`Disk::open`] opens
     /// it (see [`open_disk`](crate::virtio::block::open_disk)).
-    pub(crate) fn from_file(file: File, path: &Path, read_only: bool) -> Result<Disk> {
+    pub(crate) fn from_file(file: File, path: &Path, read_only: bool) -> Result<Disk, Error> {
         let fail = |error| Error::BackingFile {
             path: path.to_path_buf(),
             error,

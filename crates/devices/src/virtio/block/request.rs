@@ -83,6 +83,21 @@ pub(crate) struct ParsedChain<'m, M: GuestMemory> {
     pub(crate) status: Option<GuestSlice<'m, M>>,
 }
 
+impl Streams {
+    /// Counts a readable buffer of `len` bytes, all in host slice `slice`
+    /// or starting there.
+    fn add_readable<M: GuestMemory>(&mut self, slice: &GuestSlice<'_, M>, len: u32) {
+        if self.readable_bytes == 0 && slice.len() == len as usize {
+            // The common layout: the header in one host slice, read at once.
+            self.header = slice.get_ref::<Header>(0).ok().map(|r| r.load());
+        }
+        if self.readable_bytes + u64::from(len) > u64::from(HEADER_LEN) {
+            self.readable_data_descs += 1;
+        }
+        self.readable_bytes += u64::from(len);
+    }
+}
+
 /// The shape of a chain's two streams, as the walk found it.
 #[derive(Default)]
 struct Streams {
@@ -132,17 +147,10 @@ pub(crate) fn parse<'m, M: GuestMemory>(
                 error = error.or(Some(ChainError::OutOfMemory));
             }
         } else if let Some(slice) = pushed {
-            if streams.readable_bytes == 0 && slice.len() == len as usize {
-                // The common layout: the header in one host slice, read at once.
-                streams.header = slice.get_ref::<Header>(0).ok().map(|r| r.load());
-            }
+            streams.add_readable::<M>(&slice, len);
             if seen_writable {
                 error = error.or(Some(ChainError::ReadableAfterWritable));
             }
-            if streams.readable_bytes + u64::from(len) > u64::from(HEADER_LEN) {
-                streams.readable_data_descs += 1;
-            }
-            streams.readable_bytes += u64::from(len);
         } else {
             error = error.or(Some(ChainError::OutOfMemory));
         }
@@ -153,22 +161,31 @@ pub(crate) fn parse<'m, M: GuestMemory>(
     if !terminated {
         error = Some(ChainError::Unterminated);
     }
-    // The status is the last byte of the writable stream.
-    let status = last_writable.and_then(|(slice, len)| {
-        let byte = slice.subslice(slice.len() - 1, 1).ok()?;
-        data.pop_last_byte();
-        streams.writable_bytes -= 1;
-        if len == 1 {
-            streams.writable_descs -= 1;
-        }
-        Some(byte)
-    });
+    let status = take_status::<M>(last_writable, &mut streams, data);
     let request = match (error, &status) {
         (Some(e), _) => Err(e),
         (None, None) => Err(ChainError::NoStatus),
         (None, Some(_)) => request(&streams, seg_max, data),
     };
     ParsedChain { request, status }
+}
+
+/// Takes the status byte, the last byte of the writable stream (in
+/// `last_writable`, the last writable buffer's last host slice and the
+/// buffer's length), off the data buffers.
+fn take_status<'m, M: GuestMemory>(
+    last_writable: Option<(GuestSlice<'m, M>, u32)>,
+    streams: &mut Streams,
+    data: &mut GuestIoVecs<'_, 'm>,
+) -> Option<GuestSlice<'m, M>> {
+    let (slice, len) = last_writable?;
+    let byte = slice.subslice(slice.len() - 1, 1).ok()?;
+    data.pop_last_byte();
+    streams.writable_bytes -= 1;
+    if len == 1 {
+        streams.writable_descs -= 1;
+    }
+    Some(byte)
 }
 
 /// Reads the header off the front of `data` and checks the data buffers
@@ -403,7 +420,11 @@ mod tests {
             assert_eq!(parsed.request, Err(*error), "case {i}");
             assert_eq!(parsed.status, status.map(GuestAddress), "case {i}");
         }
+    }
 
+    #[test]
+    fn a_write_needs_readable_data_within_seg_max_buffers() {
+        let mem = memory(&[(0, 0x10000)]);
         write_header(&mem, HDR, VIRTIO_BLK_T_OUT, 0);
         let parsed = parse_descs(
             &mem,

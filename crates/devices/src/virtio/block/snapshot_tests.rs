@@ -20,7 +20,7 @@ use super::*;
 use crate::virtio::test_utils::{
     bucket, memory, run_until_used, start, through_json, write_reg, GuestQueue, Manager, Mem, WRITE,
 };
-use crate::virtio::{feature_bit, MmioTransport, VirtioDevice};
+use crate::virtio::{feature_bit, MmioTransport, MmioTransportState, VirtioDevice};
 use crate::Error;
 
 const QUEUE_BASE: u64 = 0x1000;
@@ -76,6 +76,32 @@ fn disk(len: usize) -> tempfile::NamedTempFile {
     file
 }
 
+/// The device and its transport rebuilt from their states (the backing
+/// file reopened), which they give back unchanged but for the rate
+/// limiter's refill clock, on a new event loop.
+fn restored(mem: &Mem, block_state: &BlockState, transport_state: &MmioTransportState) -> Setup {
+    let reopened = open_disk(&block_state.path, block_state.read_only).unwrap();
+    let block = Arc::new(Mutex::new(
+        Block::<Mem>::restore(block_state, reopened).unwrap(),
+    ));
+    let mut manager = Manager::new().unwrap();
+    manager.add_subscriber(block.clone());
+    let transport = MmioTransport::restore(mem.clone(), block.clone(), transport_state).unwrap();
+    assert_eq!(&transport.state(), transport_state);
+    let mut restored = block.lock().unwrap().state();
+    // The refill clock restarted: the time accrued differs, the levels not.
+    let ops = restored.rate_limiter.ops.as_mut().unwrap();
+    let saved_ops = block_state.rate_limiter.ops.unwrap();
+    assert_eq!((ops.budget, ops.burst), (saved_ops.budget, saved_ops.burst));
+    ops.pending_refill_ns = saved_ops.pending_refill_ns;
+    assert_eq!(&restored, block_state);
+    Setup {
+        block,
+        transport,
+        manager,
+    }
+}
+
 #[test]
 fn a_request_queued_before_the_save_completes_once_after_the_restore() {
     let mem = memory(&[(0, 0x10_0000)]);
@@ -105,21 +131,12 @@ fn a_request_queued_before_the_save_completes_once_after_the_restore() {
     assert_eq!(block_state.counters.writes, 1);
     drop(live);
 
-    let reopened = open_disk(&block_state.path, block_state.read_only).unwrap();
-    let block = Arc::new(Mutex::new(
-        Block::<Mem>::restore(&block_state, reopened).unwrap(),
-    ));
-    let mut manager = Manager::new().unwrap();
-    manager.add_subscriber(block.clone());
-    let transport = MmioTransport::restore(mem.clone(), block.clone(), &transport_state).unwrap();
-    assert_eq!(transport.state(), transport_state);
-    let mut restored = block.lock().unwrap().state();
-    // The refill clock restarted: the time accrued differs, the levels not.
-    let ops = restored.rate_limiter.ops.as_mut().unwrap();
+    let Setup {
+        block,
+        transport: _transport,
+        mut manager,
+    } = restored(&mem, &block_state, &transport_state);
     let saved_ops = block_state.rate_limiter.ops.unwrap();
-    assert_eq!((ops.budget, ops.burst), (saved_ops.budget, saved_ops.burst));
-    ops.pending_refill_ns = saved_ops.pending_refill_ns;
-    assert_eq!(restored, block_state);
 
     run_until_used(&mut manager, &gq, 2, Duration::from_secs(5));
     assert_eq!(
@@ -141,15 +158,9 @@ fn a_request_queued_before_the_save_completes_once_after_the_restore() {
         (counters.requests, counters.reads, counters.writes),
         (2, 1, 1)
     );
+    let ops = block.lock().unwrap().state().rate_limiter.ops.unwrap();
     assert_eq!(
-        block
-            .lock()
-            .unwrap()
-            .state()
-            .rate_limiter
-            .ops
-            .unwrap()
-            .burst,
+        ops.burst,
         saved_ops.burst - 1,
         "the restored one-time burst pays for the read"
     );
@@ -169,11 +180,11 @@ fn a_disk_that_changed_size_is_refused() {
     assert!(
         matches!(
             err,
-            Error::DiskSizeChanged {
+            Error::Block(super::Error::DiskSizeChanged {
                 saved: 8,
                 found: 16,
                 ..
-            }
+            })
         ),
         "{err}"
     );

@@ -468,16 +468,31 @@ fn activation_needs_a_ready_queue_and_happens_once() {
     let mut block = h.block.lock().unwrap();
     let irq: Arc<dyn crate::virtio::VirtioInterrupt> = h.irq.clone();
     let err = block.activate(h.mem.clone(), vec![queue], irq.clone(), 0);
-    assert!(matches!(err, Err(crate::Error::QueueNotReady(0))));
+    assert!(matches!(
+        err,
+        Err(crate::Error::Activation(
+            crate::virtio::ActivationError::QueueNotReady(0)
+        ))
+    ));
     let err = block.activate(h.mem.clone(), Vec::new(), irq.clone(), 0);
-    assert!(matches!(err, Err(crate::Error::QueueNotReady(0))));
+    assert!(matches!(
+        err,
+        Err(crate::Error::Activation(
+            crate::virtio::ActivationError::QueueNotReady(0)
+        ))
+    ));
     let queue = h.gq.device_queue(QUEUE_SIZE);
     block
         .activate(h.mem.clone(), vec![queue], irq.clone(), 0)
         .unwrap();
     let queue = h.gq.device_queue(QUEUE_SIZE);
     let err = block.activate(h.mem.clone(), vec![queue], irq, 0);
-    assert!(matches!(err, Err(crate::Error::AlreadyActive)));
+    assert!(matches!(
+        err,
+        Err(crate::Error::Activation(
+            crate::virtio::ActivationError::AlreadyActive
+        ))
+    ));
 }
 
 #[test]
@@ -784,45 +799,29 @@ fn one_time_burst_lets_the_first_requests_through() {
 
 // ---- Through the MMIO transport ----------------------------------------------
 
-#[test]
-fn mmio_handshake_drives_the_block_device() {
-    let contents = pattern(8 * 512, 15);
-    let file = temp_file(&contents);
-    let mem = memory(&[(0, MEM_SIZE)]);
-    let block = Arc::new(Mutex::new(
-        Block::<Mem>::new(BlockConfig {
-            drive_id: "data".to_string(),
-            path: file.path().to_path_buf(),
-            ..BlockConfig::default()
-        })
-        .unwrap(),
-    ));
-    let mut manager = Manager::new().unwrap();
-    manager.add_subscriber(block.clone());
-    let mut t = MmioTransport::new(mem.clone(), block.clone()).unwrap();
-
-    assert_eq!(read_reg(&mut t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
-    assert_eq!(read_reg(&mut t, VIRTIO_MMIO_VERSION), 2);
-    assert_eq!(read_reg(&mut t, VIRTIO_MMIO_DEVICE_ID), 2);
+/// What a driver does first: checks the magic value, version and device
+/// ID, accepts the offered features but EVENT_IDX, and reads the capacity
+/// (8 sectors).
+fn identify_and_negotiate(t: &mut MmioTransport<Mem>) {
+    assert_eq!(read_reg(t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+    assert_eq!(read_reg(t, VIRTIO_MMIO_VERSION), 2);
+    assert_eq!(read_reg(t, VIRTIO_MMIO_DEVICE_ID), 2);
     let mut offered = 0u64;
     for sel in 0..2 {
-        write_reg(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
-        offered |= u64::from(read_reg(&mut t, VIRTIO_MMIO_DEVICE_FEATURES)) << (32 * sel);
+        write_reg(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        offered |= u64::from(read_reg(t, VIRTIO_MMIO_DEVICE_FEATURES)) << (32 * sel);
     }
     let wanted = offered & !feature_bit(VIRTIO_RING_F_EVENT_IDX);
-    assert_eq!(negotiate(&mut t, wanted) & 0x8, 0x8, "FEATURES_OK");
+    assert_eq!(negotiate(t, wanted) & 0x8, 0x8, "FEATURES_OK");
     let mut capacity = [0u8; 8];
     t.read(CONFIG_SPACE_OFFSET, &mut capacity);
     assert_eq!(u64::from_le_bytes(capacity), 8);
+}
 
-    let mut gq = GuestQueue::new(&mem, QUEUE_BASE, 128);
-    setup_queue(&mut t, 0, &gq);
-    add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    assert_eq!(read_reg(&mut t, VIRTIO_MMIO_STATUS), 0xf);
-    assert!(block.lock().unwrap().is_activated());
-    manager.run_with_timeout(100).unwrap();
-
-    // One write and one read, notified through the QueueNotify register.
+/// Queues a write of 0xab bytes to sector 3 (descriptors 0 to 2) and a read
+/// of sector 2 (descriptors 3 to 5); returns where the data and the two
+/// status bytes are (the read's data is 512 bytes after the write's).
+fn queue_write_and_read(mem: &Mem, gq: &mut GuestQueue) -> (u64, u64) {
     let (hdr, data, status) = (0x2_0000u64, 0x3_0000u64, 0x2_0100u64);
     mem.write_obj(VIRTIO_BLK_T_OUT.to_le(), GuestAddress(hdr))
         .unwrap();
@@ -840,6 +839,37 @@ fn mmio_handshake_drives_the_block_device() {
             (status + 1, 1, WRITE),
         ],
     );
+    (data, status)
+}
+
+#[test]
+fn mmio_handshake_drives_the_block_device() {
+    let contents = pattern(8 * 512, 15);
+    let file = temp_file(&contents);
+    let mem = memory(&[(0, MEM_SIZE)]);
+    let block = Arc::new(Mutex::new(
+        Block::<Mem>::new(BlockConfig {
+            drive_id: "data".to_string(),
+            path: file.path().to_path_buf(),
+            ..BlockConfig::default()
+        })
+        .unwrap(),
+    ));
+    let mut manager = Manager::new().unwrap();
+    manager.add_subscriber(block.clone());
+    let mut t = MmioTransport::new(mem.clone(), block.clone()).unwrap();
+
+    identify_and_negotiate(&mut t);
+
+    let mut gq = GuestQueue::new(&mem, QUEUE_BASE, 128);
+    setup_queue(&mut t, 0, &gq);
+    add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
+    assert_eq!(read_reg(&mut t, VIRTIO_MMIO_STATUS), 0xf);
+    assert!(block.lock().unwrap().is_activated());
+    manager.run_with_timeout(100).unwrap();
+
+    // One write and one read, notified through the QueueNotify register.
+    let (data, status) = queue_write_and_read(&mem, &mut gq);
     write_reg(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
     manager.run_with_timeout(1000).unwrap();
 

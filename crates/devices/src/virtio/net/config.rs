@@ -11,8 +11,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
 };
 
+use super::Error;
 use crate::virtio::feature_bit;
-use crate::{Error, Result};
 
 /// A MAC address.
 pub type MacAddr = [u8; 6];
@@ -80,7 +80,7 @@ impl fmt::Debug for DisplayMac<'_> {
 }
 
 /// `mac` if a guest may use it (not multicast, not all zeroes).
-pub(crate) fn check_mac(mac: MacAddr) -> Result<MacAddr> {
+pub(crate) fn check_mac(mac: MacAddr) -> Result<MacAddr, Error> {
     if mac[0] & 1 != 0 || mac == [0; 6] {
         return Err(Error::InvalidMac(DisplayMac(&mac).to_string()));
     }

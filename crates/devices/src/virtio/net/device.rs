@@ -27,8 +27,8 @@ use super::config::{check_mac, offload_features, probe_offloads, random_mac, tap
 use super::rx::{Rx, RxIo};
 use super::tx::{Tx, TxIo};
 use super::{
-    DisplayMac, MacAddr, NetConfig, NetCounters, NetState, RateLimiterConfig, RateLimiterUpdate,
-    Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
+    DisplayMac, MacAddr, NetBackend, NetConfig, NetCounters, NetState, RateLimiterConfig,
+    RateLimiterUpdate, Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
 };
 use crate::virtio::common::{
     self, check_restored_features, ignore_config_write, read_config_space, ActivationQueues,
@@ -54,17 +54,17 @@ pub(super) struct Active<M> {
     pub(super) tap_offloads: u32,
 }
 
-/// A virtio-net device on a TAP interface.
+/// A virtio-net device on a TAP interface (or another [`NetBackend`]).
 ///
 /// Register it with the event loop (it is a [`MutEventSubscriber`]: it
-/// watches its two queue eventfds, the TAP and its two rate limiters'
+/// watches its two queue eventfds, the backend and its two rate limiters'
 /// timers, all registered once in `init`) and give it to an
 /// [`crate::virtio::MmioTransport`]; share it as `Arc<Mutex<Net<M>>>`.
 /// Queue 0 ([`super::RX_QUEUE`]) receives, queue 1 ([`super::TX_QUEUE`])
 /// transmits.
 pub struct Net<M> {
     iface_id: String,
-    tap: Tap,
+    backend: Box<dyn NetBackend>,
     mac: MacAddr,
     mtu: Option<u16>,
     avail_features: u64,
@@ -83,7 +83,7 @@ impl<M> fmt::Debug for Net<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Net")
             .field("iface_id", &self.iface_id)
-            .field("tap", &self.tap.if_name())
+            .field("backend", &self.backend.name())
             .field("mac", &DisplayMac(&self.mac))
             .field("active", &self.active.is_some())
             .field("counters", &self.counters)
@@ -99,13 +99,20 @@ struct Settings {
     tap_offloads_supported: u32,
 }
 
-/// Has `tap` carry a virtio-net header of [`VNET_HDR_LEN`] bytes on every frame.
-fn set_vnet_hdr_size(tap: &Tap) -> Result<()> {
-    let hdr_len = i32::try_from(VNET_HDR_LEN).unwrap_or(i32::MAX);
-    tap.set_vnet_hdr_size(hdr_len).map_err(|error| Error::Tap {
-        name: tap.if_name().to_owned(),
+/// The error of `backend` failing with `error`.
+fn backend_error(backend: &dyn NetBackend, error: std::io::Error) -> super::Error {
+    super::Error::Tap {
+        name: backend.name().to_owned(),
         error,
-    })
+    }
+}
+
+/// Has `backend` carry a virtio-net header of [`VNET_HDR_LEN`] bytes on every frame.
+fn set_vnet_hdr_size(backend: &dyn NetBackend) -> Result<(), super::Error> {
+    let hdr_len = i32::try_from(VNET_HDR_LEN).unwrap_or(i32::MAX);
+    backend
+        .set_vnet_hdr_size(hdr_len)
+        .map_err(|error| backend_error(backend, error))
 }
 
 fn limiter(config: &RateLimiterConfig) -> Result<RateLimiter> {
@@ -137,20 +144,28 @@ pub(super) fn signal_used<M: GuestMemory>(
 }
 
 impl<M: GuestMemoryHandle> Net<M> {
-    /// Opens the TAP interface, probes the offloads it supports and builds
-    /// an inactive device. Offloads are offered to the driver only if the
-    /// TAP supports them.
+    /// Opens the TAP interface `config.host_dev_name` and builds the device
+    /// on it (see [`Net::with_backend`]).
     pub fn new(config: NetConfig) -> Result<Net<M>> {
         let tap = Tap::open(&config.host_dev_name)?;
-        set_vnet_hdr_size(&tap)?;
-        let tap_offloads_supported = probe_offloads(|flags| tap.set_offload(flags).is_ok());
+        Net::with_backend(config, Box::new(tap))
+    }
+
+    /// Sets the header size of `backend`, an open host side, probes the
+    /// offloads it supports and builds an inactive device on it. Offloads
+    /// are offered to the driver only if the backend supports them.
+    /// `config.host_dev_name` is not used: the device's state names the
+    /// backend by [`NetBackend::name`].
+    pub fn with_backend(config: NetConfig, backend: Box<dyn NetBackend>) -> Result<Net<M>> {
+        set_vnet_hdr_size(backend.as_ref())?;
+        let tap_offloads_supported = probe_offloads(|flags| backend.set_offload(flags).is_ok());
         let mac = match config.guest_mac {
             Some(mac) => check_mac(mac)?,
             None => random_mac(&config.iface_id),
         };
-        Net::on_tap(
+        Net::on_backend(
             config.iface_id,
-            tap,
+            backend,
             Settings {
                 mac,
                 mtu: config.mtu,
@@ -161,28 +176,32 @@ impl<M: GuestMemoryHandle> Net<M> {
         )
     }
 
-    /// Rebuilds the inactive device `state` describes on `tap`, the TAP
+    /// Rebuilds the inactive device `state` describes on `backend`, the TAP
     /// interface reopened by its name (`state.host_dev_name`, with
-    /// [`Tap::open`]): MAC address, MTU, offered features, configuration
+    /// [`Tap::open`]) or another backend: MAC address, MTU, offered features, configuration
     /// generation, counters and rate-limiter levels as saved. A frame that
-    /// was waiting for a receive buffer is lost with the old TAP (counted in
+    /// was waiting for a receive buffer is lost with the old backend (counted in
     /// `rx_dropped`). If the interface answered for the MMDS
     /// (`state.mmds_address`), `mmds` is the store it answers from; it is
     /// an error to leave it out then. [`crate::virtio::MmioTransport::restore`]
     /// then activates the device.
-    pub fn restore(state: &NetState, tap: Tap, mmds: Option<Arc<Mutex<Mmds>>>) -> Result<Net<M>> {
+    pub fn restore(
+        state: &NetState,
+        backend: Box<dyn NetBackend>,
+        mmds: Option<Arc<Mutex<Mmds>>>,
+    ) -> Result<Net<M>> {
         let mismatch = |reason: String| Error::RestoreMismatch {
             device: "net",
             reason,
         };
-        set_vnet_hdr_size(&tap)?;
+        set_vnet_hdr_size(backend.as_ref())?;
         let rx_limiter =
             RateLimiter::restore(&state.rx_rate_limiter).map_err(Error::RateLimiter)?;
         let tx_limiter =
             RateLimiter::restore(&state.tx_rate_limiter).map_err(Error::RateLimiter)?;
-        let mut net = Net::on_tap(
+        let mut net = Net::on_backend(
             state.iface_id.clone(),
-            tap,
+            backend,
             Settings {
                 mac: check_mac(state.mac)?,
                 mtu: state.mtu,
@@ -209,7 +228,13 @@ impl<M: GuestMemoryHandle> Net<M> {
         Ok(net)
     }
 
-    fn on_tap(iface_id: String, tap: Tap, settings: Settings, rx: Rx, tx: Tx) -> Result<Net<M>> {
+    fn on_backend(
+        iface_id: String,
+        backend: Box<dyn NetBackend>,
+        settings: Settings,
+        rx: Rx,
+        tx: Tx,
+    ) -> Result<Net<M>> {
         let mut avail_features = feature_bit(VIRTIO_F_VERSION_1)
             | feature_bit(VIRTIO_RING_F_EVENT_IDX)
             | feature_bit(VIRTIO_NET_F_MAC)
@@ -221,7 +246,7 @@ impl<M: GuestMemoryHandle> Net<M> {
         let event = || EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd);
         Ok(Net {
             iface_id,
-            tap,
+            backend,
             mac: settings.mac,
             mtu: settings.mtu,
             avail_features,
@@ -246,9 +271,10 @@ impl<M: GuestMemoryHandle> Net<M> {
         self.mac
     }
 
-    /// The TAP interface.
-    pub fn tap(&self) -> &Tap {
-        &self.tap
+    /// The host side: the TAP interface, or the backend given to
+    /// [`Net::with_backend`].
+    pub fn backend(&self) -> &(dyn NetBackend + 'static) {
+        self.backend.as_ref()
     }
 
     /// The counters.
@@ -274,7 +300,7 @@ impl<M: GuestMemoryHandle> Net<M> {
         let active = self.active.as_ref();
         NetState {
             iface_id: self.iface_id.clone(),
-            host_dev_name: self.tap.if_name().to_owned(),
+            host_dev_name: self.backend.name().to_owned(),
             mac: self.mac,
             mtu: self.mtu,
             mmds_address: self.mmds.as_ref().map(MmdsStack::address),
@@ -331,16 +357,17 @@ impl<M: GuestMemoryHandle> Net<M> {
             log::error!(
                 "net {}: TAP {} reports an error; no more frames will be received",
                 self.iface_id,
-                self.tap.if_name()
+                self.backend.name()
             );
             self.counters.rx_tap_errors += 1;
-            self.rx.detach(&self.tap, ops, &mut self.counters);
+            self.rx
+                .detach(self.backend.as_ref(), ops, &mut self.counters);
             return;
         }
         if self.active.is_none() {
             self.count_ignored();
             self.rx
-                .set_polling(&self.tap, ops, false, &mut self.counters);
+                .set_polling(self.backend.as_ref(), ops, false, &mut self.counters);
             return;
         }
         self.process_rx(ops);
@@ -368,7 +395,7 @@ impl<M: GuestMemoryHandle> Net<M> {
         };
         let io = RxIo {
             iface: &self.iface_id,
-            tap: &self.tap,
+            backend: self.backend.as_ref(),
             mem: &active.mem,
             ring: Ring::new(&mut active.rx_queue, &active.mem),
             interrupt: active.interrupt.as_ref(),
@@ -403,7 +430,7 @@ impl<M: GuestMemoryHandle> Net<M> {
         };
         let io = TxIo {
             iface: &self.iface_id,
-            tap: &self.tap,
+            backend: self.backend.as_ref(),
             mem: &active.mem,
             ring: Ring::new(&mut active.tx_queue, &active.mem),
             interrupt: active.interrupt.as_ref(),
@@ -460,10 +487,9 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
         let rx_queue = queues.ready()?;
         let tx_queue = queues.ready()?;
         let offloads = tap_offloads(acked_features) & self.tap_offloads_supported;
-        self.tap.set_offload(offloads).map_err(|error| Error::Tap {
-            name: self.tap.if_name().to_owned(),
-            error,
-        })?;
+        self.backend
+            .set_offload(offloads)
+            .map_err(|error| backend_error(self.backend.as_ref(), error))?;
         self.active = Some(Active {
             mem,
             rx_queue,
@@ -494,7 +520,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Net<M> {
         if self.rx.drop_pending() {
             self.counters.rx_dropped += 1;
         }
-        if let Err(e) = self.tap.set_offload(0) {
+        if let Err(e) = self.backend.set_offload(0) {
             log::warn!("net {}: cannot clear the TAP offloads: {e}", self.iface_id);
         }
     }
@@ -535,7 +561,7 @@ impl<M: GuestMemoryHandle> MutEventSubscriber for Net<M> {
             ),
             // Registered without readiness interest: the receive path turns
             // it on when it has buffers to fill (see `Rx::set_polling`).
-            ("the TAP", self.tap.as_raw_fd(), EventSet::empty()),
+            ("the TAP", self.backend.as_raw_fd(), EventSet::empty()),
         ];
         for (what, fd, events) in watched {
             if let Err(e) = ops.add(Events::new_raw(fd, events)) {
@@ -550,7 +576,7 @@ impl<M: GuestMemoryHandle> MutEventSubscriber for Net<M> {
             self.on_rx_queue_event(ops);
         } else if fd == self.queue_evts[TX_QUEUE].as_raw_fd() {
             self.on_tx_queue_event();
-        } else if fd == self.tap.as_raw_fd() {
+        } else if fd == self.backend.as_raw_fd() {
             self.on_tap_event(events.event_set(), ops);
         } else if fd == self.rx.limiter.as_raw_fd() {
             self.on_rx_limiter_event(ops);

@@ -3,12 +3,16 @@
 //!
 //! - [`Net`]: the device ([`crate::virtio::VirtioDevice`] and event-manager
 //!   subscriber).
-//! - [`Tap`]: the TAP interface (`/dev/net/tun`), each ioctl wrapped once.
+//! - [`NetBackend`]: the host side the device reads and writes frames
+//!   through; [`Tap`], the TAP interface (`/dev/net/tun`, each ioctl wrapped
+//!   once), implements it, and [`Net::with_backend`] takes any other (an fd
+//!   a CNI plugin opened, a socket pair in tests).
 //! - [`NetConfig`]: how an interface is set up (Firecracker's
 //!   `network-interfaces` fields); [`RateLimiterConfig`] and
 //!   [`RateLimiterUpdate`] for its limits.
 //! - [`NetState`], [`NetCounters`]: the device's state as plain data;
-//!   [`Net::restore`] rebuilds the device from it and the reopened TAP.
+//!   [`Net::restore`] rebuilds the device from it and the reopened TAP (or
+//!   another backend).
 //! - `chain`: descriptor chains to lists of guest buffers, validated against
 //!   guest memory; `rx` and `tx`: the two data paths.
 //!
@@ -20,6 +24,7 @@
 //! when the driver did not accept `VIRTIO_NET_F_GUEST_CSUM`, clears the rest
 //! of the header (no checksum or segmentation offload information).
 
+mod backend;
 mod chain;
 mod config;
 mod device;
@@ -30,10 +35,27 @@ mod tap;
 mod tests;
 mod tx;
 
+pub use backend::NetBackend;
 pub use config::{DisplayMac, MacAddr, NetConfig, RateLimiterConfig, RateLimiterUpdate};
 pub use device::Net;
 pub use state::{NetCounters, NetState};
 pub use tap::{Tap, MAX_IFACE_NAME_LEN};
+
+/// Why a net device's host side or guest address cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A TAP interface cannot be opened or configured.
+    #[error("TAP interface {name}: {error}")]
+    Tap {
+        /// The interface's name.
+        name: String,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// A guest MAC address is multicast or all zeroes.
+    #[error("invalid guest MAC address {0}: it must be a unicast address")]
+    InvalidMac(String),
+}
 
 /// Size of the virtio-net header in front of every frame
 /// (`virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start,

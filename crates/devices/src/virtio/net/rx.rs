@@ -19,7 +19,7 @@ use vm_memory::GuestMemory;
 
 use super::chain::{self, Direction};
 use super::device::{admit, signal_used};
-use super::{NetCounters, Tap, MAX_FRAME_LEN, VNET_HDR_LEN};
+use super::{NetBackend, NetCounters, MAX_FRAME_LEN, VNET_HDR_LEN};
 use crate::virtio::iov::{GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
 use crate::virtio::VirtioInterrupt;
@@ -79,7 +79,7 @@ pub(super) struct Rx {
 /// What the receive path works with while the device is active.
 pub(super) struct RxIo<'a, M: GuestMemory> {
     pub(super) iface: &'a str,
-    pub(super) tap: &'a Tap,
+    pub(super) backend: &'a dyn NetBackend,
     pub(super) mem: &'a M,
     pub(super) ring: Ring<'a, 'a, M>,
     pub(super) interrupt: &'a dyn VirtioInterrupt,
@@ -115,7 +115,7 @@ impl Rx {
     /// Watches the TAP for readability, or stops.
     pub(super) fn set_polling(
         &mut self,
-        tap: &Tap,
+        backend: &dyn NetBackend,
         ops: &mut EventOps,
         on: bool,
         counters: &mut NetCounters,
@@ -124,7 +124,7 @@ impl Rx {
             return;
         }
         let events = if on { EventSet::IN } else { EventSet::empty() };
-        match ops.modify(Events::new(tap, events)) {
+        match ops.modify(Events::new_raw(backend.as_raw_fd(), events)) {
             Ok(()) => self.polling = on,
             Err(e) => {
                 log::warn!("net: cannot change the TAP's event registration: {e:?}");
@@ -134,11 +134,16 @@ impl Rx {
     }
 
     /// Takes the TAP out of the event loop for good.
-    pub(super) fn detach(&mut self, tap: &Tap, ops: &mut EventOps, counters: &mut NetCounters) {
+    pub(super) fn detach(
+        &mut self,
+        backend: &dyn NetBackend,
+        ops: &mut EventOps,
+        counters: &mut NetCounters,
+    ) {
         if self.detached {
             return;
         }
-        if let Err(e) = ops.remove(Events::empty(tap)) {
+        if let Err(e) = ops.remove(Events::empty_raw(backend.as_raw_fd())) {
             log::warn!("net: cannot remove the TAP from the event loop: {e:?}");
             counters.event_errors += 1;
         }
@@ -159,38 +164,13 @@ impl Rx {
             if budget == 0 {
                 // More frames may be queued: the level-triggered TAP brings
                 // the device back after the other event sources had a turn.
-                self.set_polling(io.tap, ops, true, io.counters);
+                self.set_polling(io.backend, ops, true, io.counters);
                 break;
             }
             budget -= 1;
-            let pending = match self.pending {
-                Some(pending) => pending,
-                None => match self.read_frame(&mut io) {
-                    Read::Frame(pending) => pending,
-                    Read::Empty => {
-                        self.set_polling(io.tap, ops, true, io.counters);
-                        break;
-                    }
-                    Read::Failed => {
-                        // Reading again at once would most likely fail
-                        // again: the next notification of the receive queue
-                        // retries.
-                        self.set_polling(io.tap, ops, false, io.counters);
-                        break;
-                    }
-                },
+            let Some(pending) = self.admitted_frame(&mut io, ops) else {
+                break;
             };
-            if !pending.admitted {
-                if !admit(&mut self.limiter, pending.len - VNET_HDR_LEN) {
-                    io.counters.rx_throttled += 1;
-                    self.set_polling(io.tap, ops, false, io.counters);
-                    break;
-                }
-                self.pending = Some(Pending {
-                    admitted: true,
-                    ..pending
-                });
-            }
             match self.deliver(&mut io, pending.len, &mut used) {
                 Delivery::Delivered => {
                     rechecked = false;
@@ -209,24 +189,10 @@ impl Rx {
                     rechecked = false;
                 }
                 Delivery::NoBuffer { consumed } => {
-                    // Each check also tells the driver (EVENT_IDX) from which
-                    // index on to notify: it is redone after chains were
-                    // taken, so that index is the current one.
-                    if consumed {
-                        rechecked = false;
-                    }
-                    if !rechecked && self.buffers_arrived(&mut io) {
-                        rechecked = true;
+                    if self.buffers_worth_a_retry(&mut io, consumed, &mut rechecked) {
                         continue;
                     }
-                    if rechecked {
-                        // The ring said there were buffers, twice, and had
-                        // none: its index is beyond what the queue holds.
-                        log::warn!("net {}: invalid receive ring index", io.iface);
-                        io.counters.rx_malformed += 1;
-                    }
-                    io.counters.rx_no_buffer += 1;
-                    self.set_polling(io.tap, ops, false, io.counters);
+                    self.set_polling(io.backend, ops, false, io.counters);
                     break;
                 }
             }
@@ -234,6 +200,73 @@ impl Rx {
         if used {
             signal_used(io.iface, &mut io.ring, io.interrupt, io.counters);
         }
+    }
+
+    /// The frame to deliver next (the one waiting, or one read now),
+    /// charged to the limiter once. `None`, with the TAP's polling set for
+    /// what wakes the device next, if there is none or the limiter refuses it.
+    fn admitted_frame<M: GuestMemory>(
+        &mut self,
+        io: &mut RxIo<'_, M>,
+        ops: &mut EventOps,
+    ) -> Option<Pending> {
+        let pending = match self.pending {
+            Some(pending) => pending,
+            None => match self.read_frame(io) {
+                Read::Frame(pending) => pending,
+                Read::Empty => {
+                    self.set_polling(io.backend, ops, true, io.counters);
+                    return None;
+                }
+                Read::Failed => {
+                    // Reading again at once would most likely fail again:
+                    // the next notification of the receive queue retries.
+                    self.set_polling(io.backend, ops, false, io.counters);
+                    return None;
+                }
+            },
+        };
+        if !pending.admitted {
+            if !admit(&mut self.limiter, pending.len - VNET_HDR_LEN) {
+                io.counters.rx_throttled += 1;
+                self.set_polling(io.backend, ops, false, io.counters);
+                return None;
+            }
+            self.pending = Some(Pending {
+                admitted: true,
+                ..pending
+            });
+        }
+        Some(pending)
+    }
+
+    /// After the queue had no buffer for a frame (`consumed`: chains were
+    /// taken from it meanwhile): whether buffers arrived since, so delivery
+    /// is worth another try. Counts the frame as waiting for a buffer if not.
+    fn buffers_worth_a_retry<M: GuestMemory>(
+        &mut self,
+        io: &mut RxIo<'_, M>,
+        consumed: bool,
+        rechecked: &mut bool,
+    ) -> bool {
+        // Each check also tells the driver (EVENT_IDX) from which index on
+        // to notify: it is redone after chains were taken, so that index is
+        // the current one.
+        if consumed {
+            *rechecked = false;
+        }
+        if !*rechecked && self.buffers_arrived(io) {
+            *rechecked = true;
+            return true;
+        }
+        if *rechecked {
+            // The ring said there were buffers, twice, and had none: its
+            // index is beyond what the queue holds.
+            log::warn!("net {}: invalid receive ring index", io.iface);
+            io.counters.rx_malformed += 1;
+        }
+        io.counters.rx_no_buffer += 1;
+        false
     }
 
     /// Reads the next frame into the host buffer: an MMDS reply if one
@@ -252,7 +285,7 @@ impl Rx {
             return Read::Frame(pending);
         }
         loop {
-            match io.tap.read(&mut self.buf) {
+            match io.backend.read(&mut self.buf) {
                 Ok(len) if len < VNET_HDR_LEN => {
                     log::debug!("net {}: {len}-byte read from the TAP dropped", io.iface);
                     io.counters.rx_dropped += 1;

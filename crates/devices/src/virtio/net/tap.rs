@@ -10,10 +10,10 @@
 use std::ffi::c_int;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::{Error, Result};
+use super::Error;
 
 /// The clone device every TAP interface is opened through.
 const TUN_DEVICE: &str = "/dev/net/tun";
@@ -50,7 +50,7 @@ fn check_name(name: &str) -> io::Result<()> {
     }
 }
 
-/// Turns an ioctl's return value into a result.
+/// Turns an ioctl's (or fcntl's) return value into a result.
 fn ioctl_result(ret: c_int) -> io::Result<()> {
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -66,7 +66,7 @@ impl Tap {
     /// The interface is created in the network namespace of the calling
     /// thread. A persistent interface made by someone else (`ip tuntap add`)
     /// is attached to if its owner and flags allow it.
-    pub fn open(name: &str) -> Result<Tap> {
+    pub fn open(name: &str) -> Result<Tap, Error> {
         let fail = |error| Error::Tap {
             name: name.to_owned(),
             error,
@@ -82,6 +82,32 @@ impl Tap {
         let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
         ifr.set_flags(flags);
         set_iff(&file, &mut ifr).map_err(fail)?;
+        Ok(Tap {
+            file,
+            if_name: ifr.name(),
+        })
+    }
+
+    /// Takes a TAP file someone else opened and attached to its interface
+    /// (a CNI plugin, a jailer), such as [`Tap::open`] opens: with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`. The file is made non-blocking
+    /// (a flag of the open file, shared with other descriptors of it).
+    /// Fails if `fd` is not a TAP attached to an interface with those flags.
+    pub fn from_fd(fd: OwnedFd) -> Result<Tap, Error> {
+        let file = File::from(fd);
+        let fail = |name: String, error| Error::Tap { name, error };
+        let unnamed = || format!("fd {}", file.as_raw_fd());
+        let mut ifr = IfReq::new("");
+        get_iff(&file, &mut ifr).map_err(|error| fail(unnamed(), error))?;
+        let wanted = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if ifr.flags() & wanted != wanted {
+            let error = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a TAP opened with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR",
+            );
+            return Err(fail(ifr.name(), error));
+        }
+        set_nonblocking(&file).map_err(|error| fail(ifr.name(), error))?;
         Ok(Tap {
             file,
             if_name: ifr.name(),
@@ -198,6 +224,13 @@ impl IfReq {
         self.0.ifr_ifru.ifru_flags = i16::try_from(flags).unwrap_or(0);
     }
 
+    /// The flags the kernel wrote back.
+    fn flags(&self) -> c_int {
+        // SAFETY: every bit pattern is a valid short; TUNGETIFF (or
+        // `set_flags`) wrote the flags member.
+        c_int::from(unsafe { self.0.ifr_ifru.ifru_flags })
+    }
+
     /// The name, up to its first NUL.
     fn name(&self) -> String {
         let bytes: Vec<u8> = self
@@ -224,6 +257,32 @@ fn set_iff(file: &File, ifr: &mut IfReq) -> io::Result<()> {
             &mut ifr.0 as *mut libc::ifreq,
         )
     };
+    ioctl_result(ret)
+}
+
+/// TUNGETIFF: the name and flags of the interface `file` is attached to.
+fn get_iff(file: &File, ifr: &mut IfReq) -> io::Result<()> {
+    // SAFETY: TUNGETIFF writes one `struct ifreq` through the pointer,
+    // which points at `ifr.0`, alive and writable for the call; the fd is
+    // open for the borrow of `file`.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNGETIFF,
+            &mut ifr.0 as *mut libc::ifreq,
+        )
+    };
+    ioctl_result(ret)
+}
+
+/// Adds `O_NONBLOCK` to the flags of the open file.
+fn set_nonblocking(file: &File) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no argument and only returns the flags; the fd
+    // is open for the borrow of `file`.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    ioctl_result(flags)?;
+    // SAFETY: F_SETFL takes the flags by value; the fd is open.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
     ioctl_result(ret)
 }
 
@@ -261,6 +320,23 @@ mod tests {
             tap.set_offload(0).unwrap();
             assert!(tap.set_offload(0x8000_0000).is_err(), "unknown flag");
         });
+    }
+
+    #[test]
+    fn an_open_tap_is_taken_by_its_fd() {
+        in_netns(|| {
+            let opened = Tap::open("ember-fd").unwrap();
+            let tap = Tap::from_fd(OwnedFd::from(opened.file.try_clone().unwrap())).unwrap();
+            assert_eq!(tap.if_name(), "ember-fd");
+            tap.set_vnet_hdr_size(12).unwrap();
+            assert_eq!(opened.vnet_hdr_size().unwrap(), 12, "the same file");
+            let mut buf = [0u8; 64];
+            let err = tap.read(&mut buf).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        });
+        let not_a_tap = OwnedFd::from(File::open("/dev/null").unwrap());
+        let err = Tap::from_fd(not_a_tap).unwrap_err();
+        assert!(err.to_string().starts_with("TAP interface fd "), "{err}");
     }
 
     #[test]

@@ -20,7 +20,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{self, ChainError, Direction};
 use super::device::{admit, signal_used};
-use super::{NetCounters, Tap, MAX_FRAME_LEN, MIN_FRAME_LEN, VNET_HDR_LEN};
+use super::{NetBackend, NetCounters, MAX_FRAME_LEN, MIN_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::common::Pass;
 use crate::virtio::iov::{GuestIoVecs, GuestRegions, IoVecBuf, IOV_MAX};
 use crate::virtio::ring::Ring;
 use crate::virtio::VirtioInterrupt;
@@ -50,7 +51,7 @@ pub(super) struct Tx {
 /// What the transmit path works with while the device is active.
 pub(super) struct TxIo<'a, M: GuestMemory> {
     pub(super) iface: &'a str,
-    pub(super) tap: &'a Tap,
+    pub(super) backend: &'a dyn NetBackend,
     pub(super) mem: &'a M,
     pub(super) ring: Ring<'a, 'a, M>,
     pub(super) interrupt: &'a dyn VirtioInterrupt,
@@ -85,47 +86,12 @@ impl Tx {
                 log::warn!("net {}: cannot disable notifications: {e}", io.iface);
                 io.counters.event_errors += 1;
             }
-            let mut progressed = false;
-            let mut throttled = false;
-            while budget > 0 {
-                let Some(chain) = io.ring.pop() else {
-                    break;
-                };
-                let head = chain.head_index();
-                let mut iovs = self.iovs.start();
-                let result = chain::collect(
-                    &guest,
-                    chain,
-                    Direction::Readable,
-                    TX_BUF_LEN as u64,
-                    &mut iovs,
-                );
-                let outcome = transmit(
-                    &mut self.limiter,
-                    &mut self.buf,
-                    &mut io,
-                    head,
-                    result,
-                    &iovs,
-                );
-                drop(iovs);
-                if let Outcome::Throttled = outcome {
-                    io.ring.go_to_previous_position();
-                    throttled = true;
-                    break;
-                }
-                if let Err(e) = io.ring.add_used(head, 0) {
-                    log::warn!("net {}: cannot return descriptor {head}: {e}", io.iface);
-                    io.counters.event_errors += 1;
-                }
-                budget -= 1;
-                progressed = true;
-                used_any = true;
-            }
+            let pass = self.send_available(&mut io, &guest, &mut budget);
+            used_any |= pass.progressed;
             // While throttled, notifications stay off: the timer resumes the
             // device. If the limiter could not arm its timer, the guest's
             // next notification has to, so notifications go back on.
-            if throttled && self.limiter.is_blocked() {
+            if pass.throttled && self.limiter.is_blocked() {
                 break;
             }
             if budget == 0 {
@@ -142,8 +108,10 @@ impl Tx {
                 // second pass in a row that finds nothing means the driver
                 // published more entries than the queue holds: the ring is
                 // broken and spinning on it would not help.
-                Ok(true) if !throttled && (progressed || !stalled) => stalled = !progressed,
-                Ok(true) if !throttled => {
+                Ok(true) if !pass.throttled && (pass.progressed || !stalled) => {
+                    stalled = !pass.progressed;
+                }
+                Ok(true) if !pass.throttled => {
                     log::warn!("net {}: invalid transmit ring index", io.iface);
                     io.counters.tx_malformed += 1;
                     break;
@@ -159,6 +127,46 @@ impl Tx {
         if used_any {
             signal_used(io.iface, &mut io.ring, io.interrupt, io.counters);
         }
+    }
+
+    /// One pass over the available chains: sends (or drops) each and
+    /// returns it to the driver, until the ring is empty, `budget` is
+    /// spent or the limiter refuses a frame (whose chain is left for later).
+    fn send_available<M: GuestMemory>(
+        &mut self,
+        io: &mut TxIo<'_, M>,
+        guest: &GuestRegions<'_, M>,
+        budget: &mut usize,
+    ) -> Pass {
+        let mut pass = Pass::default();
+        while *budget > 0 {
+            let Some(chain) = io.ring.pop() else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut iovs = self.iovs.start();
+            let result = chain::collect(
+                guest,
+                chain,
+                Direction::Readable,
+                TX_BUF_LEN as u64,
+                &mut iovs,
+            );
+            let outcome = transmit(&mut self.limiter, &mut self.buf, io, head, result, &iovs);
+            drop(iovs);
+            if let Outcome::Throttled = outcome {
+                io.ring.go_to_previous_position();
+                pass.throttled = true;
+                break;
+            }
+            if let Err(e) = io.ring.add_used(head, 0) {
+                log::warn!("net {}: cannot return descriptor {head}: {e}", io.iface);
+                io.counters.event_errors += 1;
+            }
+            *budget -= 1;
+            pass.progressed = true;
+        }
+        pass
     }
 }
 
@@ -198,12 +206,12 @@ fn transmit<M: GuestMemory>(
         return Outcome::Done;
     }
     let sent = if iovs.count() <= IOV_MAX {
-        write_frame(total, || iovs.writev(io.tap))
+        write_frame(total, || iovs.writev(io.backend))
     } else {
         // More buffers than one writev takes: one frame must be one write.
         buf.resize(TX_BUF_LEN, 0);
         let n = iovs.copy_to(0, &mut buf[..total]);
-        write_frame(total, || io.tap.write(&buf[..n]))
+        write_frame(total, || io.backend.write(&buf[..n]))
     };
     match sent {
         Ok(()) => {

@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::Muxer;
 use super::packet::{parse_tx, RxBuffer};
+use super::Error;
 use super::{Limits, VsockCounters, VsockState, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET};
 use crate::host_files::BoundListener;
 use crate::virtio::common::{
@@ -27,7 +28,7 @@ use crate::virtio::iov::{GuestRegions, IoVecBuf};
 use crate::virtio::ring::Ring;
 use crate::virtio::timer::DeadlineTimer;
 use crate::virtio::{feature_bit, GuestMemoryHandle, VirtioDevice, VirtioInterrupt};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -97,15 +98,15 @@ impl<M> fmt::Debug for Vsock<M> {
 }
 
 /// Refuses a reserved CID (0 to 2) or `VMADDR_CID_ANY` and above.
-fn check_cid(guest_cid: u64) -> Result<()> {
+fn check_cid(guest_cid: u64) -> Result<(), Error> {
     if guest_cid < 3 || guest_cid >= u64::from(u32::MAX) {
-        return Err(Error::InvalidVsockCid(guest_cid));
+        return Err(Error::InvalidCid(guest_cid));
     }
     Ok(())
 }
 
 fn new_eventfd() -> Result<EventFd> {
-    EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)
+    EventFd::new(EFD_NONBLOCK).map_err(crate::Error::EventFd)
 }
 
 impl<M: GuestMemoryHandle> Vsock<M> {
@@ -114,11 +115,10 @@ impl<M: GuestMemoryHandle> Vsock<M> {
     /// device is dropped.
     pub fn new(config: VsockConfig) -> Result<Vsock<M>> {
         check_cid(config.guest_cid)?;
-        let listener =
-            BoundListener::bind(&config.uds_path).map_err(|error| Error::VsockSocket {
-                path: config.uds_path.clone(),
-                error,
-            })?;
+        let listener = BoundListener::bind(&config.uds_path).map_err(|error| Error::Socket {
+            path: config.uds_path.clone(),
+            error,
+        })?;
         Vsock::with_listener(config.guest_cid, listener)
     }
 
@@ -152,7 +152,7 @@ impl<M: GuestMemoryHandle> Vsock<M> {
             avail_features: feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_RING_F_EVENT_IDX),
             queue_evts: [new_eventfd()?, new_eventfd()?, new_eventfd()?],
             wake: new_eventfd()?,
-            timer: DeadlineTimer::new().map_err(Error::VsockTimer)?,
+            timer: DeadlineTimer::new().map_err(Error::Timer)?,
             muxer,
             iovs: IoVecBuf::default(),
             rx_stalled: false,
@@ -303,6 +303,25 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         });
     }
 
+    /// The RX ring is out of buffers: asks to be notified of new ones, and
+    /// tells whether some came meanwhile (checked once in a row, tracked in
+    /// `rechecked`). If not, the device is stalled for want of buffers.
+    fn buffers_came_meanwhile(&mut self, ring: &mut Ring<'_, '_, M>, rechecked: &mut bool) -> bool {
+        match ring.enable_notification() {
+            Ok(true) if !*rechecked => {
+                *rechecked = true;
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => self.event_error(format_args!("cannot enable RX notifications: {e}")),
+        }
+        if !self.rx_stalled {
+            self.rx_stalled = true;
+            self.muxer.counters.rx_buffer_stalls += 1;
+        }
+        false
+    }
+
     /// Gives the guest the packets due, as long as it has RX buffers.
     fn fill_rx(&mut self, active: &mut Active<M>, now: Instant) {
         if !self.muxer.has_rx_work() {
@@ -319,18 +338,8 @@ impl<M: GuestMemoryHandle> Vsock<M> {
         let mut rechecked = false;
         while self.muxer.has_rx_work() {
             let Some(chain) = ring.pop() else {
-                // Ask to be notified of new buffers; some may have come meanwhile.
-                match ring.enable_notification() {
-                    Ok(true) if !rechecked => {
-                        rechecked = true;
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => self.event_error(format_args!("cannot enable RX notifications: {e}")),
-                }
-                if !self.rx_stalled {
-                    self.rx_stalled = true;
-                    self.muxer.counters.rx_buffer_stalls += 1;
+                if self.buffers_came_meanwhile(&mut ring, &mut rechecked) {
+                    continue;
                 }
                 break;
             };
@@ -355,13 +364,10 @@ impl<M: GuestMemoryHandle> Vsock<M> {
                 break;
             };
             self.rx_stalled = false;
-            let written = match buffer.write_header(&hdr) {
-                Some(n) => n,
-                None => {
-                    self.event_error(format_args!("cannot write a packet to RX buffer {head}"));
-                    0
-                }
-            };
+            let written = buffer.write_header(&hdr).unwrap_or_else(|| {
+                self.event_error(format_args!("cannot write a packet to RX buffer {head}"));
+                0
+            });
             drop(buffer);
             if let Err(e) = ring.add_used(head, written) {
                 self.event_error(format_args!("cannot return RX descriptor {head}: {e}"));

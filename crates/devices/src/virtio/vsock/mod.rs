@@ -59,6 +59,25 @@ pub use packet::{
 };
 pub use state::{VsockCounters, VsockState};
 
+/// Why a vsock device cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A guest CID is reserved (below 3) or too large for a guest.
+    #[error("invalid vsock guest CID {0}: it must be at least 3 and below 0xffffffff")]
+    InvalidCid(u64),
+    /// The device's Unix socket cannot be created.
+    #[error("vsock socket {}: {error}", path.display())]
+    Socket {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// The device's timer cannot be created.
+    #[error("vsock timer: {0}")]
+    Timer(std::io::Error),
+}
+
 /// The host's context ID.
 pub const HOST_CID: u64 = 2;
 /// Receive buffer the device advertises per connection (`buf_alloc`): the

@@ -499,6 +499,14 @@ impl Muxer {
     /// Applies the recorded epoll changes: closes removed streams, watches
     /// new clients, pauses or resumes the listener, re-registers connections.
     pub(crate) fn sync(&mut self, ops: &mut EventOps) {
+        self.unwatch_closed(ops);
+        self.watch_new_clients(ops);
+        self.sync_listener(ops);
+        self.sync_connections(ops);
+    }
+
+    /// Closes the removed streams, taking those still watched out of epoll.
+    fn unwatch_closed(&mut self, ops: &mut EventOps) {
         for (stream, registered) in std::mem::take(&mut self.graveyard) {
             if registered {
                 if let Err(e) = ops.remove(Events::empty(&stream)) {
@@ -507,6 +515,11 @@ impl Muxer {
                 }
             }
         }
+    }
+
+    /// Watches the host clients accepted since the last sync; one that
+    /// cannot be watched is dropped.
+    fn watch_new_clients(&mut self, ops: &mut EventOps) {
         for fd in std::mem::take(&mut self.new_clients) {
             let Some(client) = self.clients.get_mut(&fd) else {
                 continue;
@@ -520,6 +533,10 @@ impl Muxer {
                 }
             }
         }
+    }
+
+    /// Watches the listener, or stops while accepting is paused.
+    fn sync_listener(&mut self, ops: &mut EventOps) {
         let watch_listener = self.listener_paused_until.is_none();
         if watch_listener != self.listener_watched {
             let set = if watch_listener {
@@ -535,6 +552,11 @@ impl Muxer {
                 }
             }
         }
+    }
+
+    /// Registers the events the changed connections now want; a new
+    /// connection that cannot be watched is reset.
+    fn sync_connections(&mut self, ops: &mut EventOps) {
         let mut failed = Vec::new();
         for key in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(&key) else {

@@ -40,23 +40,31 @@ fn rx_header(mem: &Mem, rxq: &GuestQueue, i: u16) -> Header {
     Header::from_bytes(&raw)
 }
 
-#[test]
-fn the_driver_learns_its_connections_are_gone_and_the_host_socket_works_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let uds = dir.path().join("v.sock");
-    let mem = memory(&[(0, 0x40_0000)]);
+/// The guest's side of the three queues.
+struct Queues {
+    rxq: GuestQueue,
+    txq: GuestQueue,
+    evq: GuestQueue,
+}
+
+/// A device on `uds` behind a transport the driver started, with four RX
+/// buffers and an event buffer (filled with 0xff) posted, on an event loop.
+fn started(
+    mem: &Mem,
+    uds: &std::path::Path,
+) -> (Arc<Mutex<Vsock<Mem>>>, Manager, MmioTransport<Mem>, Queues) {
     let vsock = Vsock::<Mem>::new(VsockConfig {
         guest_cid: CID,
-        uds_path: uds.clone(),
+        uds_path: uds.to_path_buf(),
     })
     .unwrap();
     let vsock = Arc::new(Mutex::new(vsock));
     let mut manager = Manager::new().unwrap();
     manager.add_subscriber(vsock.clone());
     let mut transport = MmioTransport::new(mem.clone(), vsock.clone()).unwrap();
-    let mut rxq = GuestQueue::new(&mem, 0x1_0000, 8);
-    let mut txq = GuestQueue::new(&mem, 0x2_0000, 8);
-    let mut evq = GuestQueue::new(&mem, 0x3_0000, 4);
+    let mut rxq = GuestQueue::new(mem, 0x1_0000, 8);
+    let txq = GuestQueue::new(mem, 0x2_0000, 8);
+    let mut evq = GuestQueue::new(mem, 0x3_0000, 4);
     for slot in 0..4u16 {
         rxq.add_chain(slot, &[(RX_BUFS + u64::from(slot) * 0x1000, RX_LEN, WRITE)]);
     }
@@ -69,6 +77,26 @@ fn the_driver_learns_its_connections_are_gone_and_the_host_socket_works_again() 
         0xf
     );
     manager.run_with_timeout(50).unwrap();
+    (vsock, manager, transport, Queues { rxq, txq, evq })
+}
+
+/// Checks that the event queue's one buffer holds
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (4 bytes, the rest untouched).
+fn assert_transport_reset_event(mem: &Mem, evq: &GuestQueue) {
+    assert_eq!(evq.used_idx(), 1);
+    assert_eq!(evq.used_elem(0), (0, 4));
+    let mut event = [0u8; 8];
+    mem.read_slice(&mut event, GuestAddress(EVENT_BUF)).unwrap();
+    assert_eq!(event, [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+}
+
+#[test]
+fn the_driver_learns_its_connections_are_gone_and_the_host_socket_works_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let mem = memory(&[(0, 0x40_0000)]);
+    let (vsock, mut manager, mut transport, queues) = started(&mem, &uds);
+    let Queues { rxq, mut txq, evq } = queues;
 
     // A guest connection to a host port nobody listens on: refused.
     let request = Header {
@@ -103,12 +131,7 @@ fn the_driver_learns_its_connections_are_gone_and_the_host_socket_works_again() 
     manager.add_subscriber(vsock.clone());
     let transport = MmioTransport::restore(mem.clone(), vsock.clone(), &transport_state).unwrap();
 
-    // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, in the event buffer.
-    assert_eq!(evq.used_idx(), 1);
-    assert_eq!(evq.used_elem(0), (0, 4));
-    let mut event = [0u8; 8];
-    mem.read_slice(&mut event, GuestAddress(EVENT_BUF)).unwrap();
-    assert_eq!(event, [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    assert_transport_reset_event(&mem, &evq);
     assert!(transport.interrupt_event().event_fd().read().unwrap() >= 1);
     // The transport's state differs from the saved one only by the event:
     // the event queue moved on and the driver was interrupted.

@@ -403,7 +403,7 @@ fn configuration_is_checked() {
         })
         .unwrap_err();
         assert!(
-            matches!(err, Error::InvalidVsockCid(c) if c == cid),
+            matches!(err, Error::Vsock(super::Error::InvalidCid(c)) if c == cid),
             "{err}"
         );
     }
@@ -414,7 +414,10 @@ fn configuration_is_checked() {
         uds_path: path.clone(),
     })
     .unwrap_err();
-    assert!(matches!(err, Error::VsockSocket { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Vsock(super::Error::Socket { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("is not a socket"), "{err}");
     assert!(path.exists(), "someone else's file stays");
     // A socket left by a VMM that was killed is replaced; a live one is not.
@@ -926,6 +929,51 @@ fn without_rx_buffers_the_device_waits_without_spinning() {
     s.shutdown(Shutdown::Both).unwrap();
 }
 
+impl Harness {
+    /// Queues 13 hostile transmit chains: 8 malformed (too short, lengths
+    /// beyond the chain or 64 KiB, wrong type, unknown op, data on a control
+    /// packet, a device-writable buffer, a buffer outside guest memory), 2
+    /// with bad addresses (forged source, another destination) and 3 for no
+    /// connection (data, a response, an RST).
+    fn queue_hostile_packets(&mut self) {
+        // Too short for a header.
+        let at = self.tx_area();
+        self.tx_chain(&[(at, 20, 0)]);
+        // A header with len beyond the chain, and beyond 64 KiB.
+        let mut hdr = g(Op::Rw, 1, 2);
+        hdr.len = 100;
+        self.queue_raw(hdr, &[0u8; 10]);
+        hdr.len = MAX_PKT_LEN + 1;
+        self.queue_raw(hdr, &[0u8; 10]);
+        // Wrong type, unknown op, data on a control packet.
+        let mut wrong_type = g(Op::Request, 3, 4);
+        wrong_type.type_ = 2;
+        self.queue_packet(wrong_type, &[]);
+        let mut unknown = g(Op::Rw, 3, 4);
+        unknown.op = 99;
+        self.queue_packet(unknown, &[]);
+        self.queue_packet(g(Op::Request, 3, 4), b"junk");
+        // Forged source CID and a destination other than the host.
+        let mut forged = g(Op::Request, 3, 8);
+        forged.src_cid = 77;
+        self.queue_packet(forged, &[]);
+        let mut elsewhere = g(Op::Request, 3, 8);
+        elsewhere.dst_cid = 4;
+        self.queue_packet(elsewhere, &[]);
+        // Packets for no connection (forged ports), an RST for none.
+        self.queue_packet(g(Op::Rw, 81, 8), b"x");
+        self.queue_packet(g(Op::Response, 80, 9), &[]);
+        self.queue_packet(g(Op::Rst, 81, 8), &[]);
+        // A device-writable buffer in the TX queue, a buffer outside memory.
+        let at = self.tx_area();
+        self.mem
+            .write_slice(&g(Op::Rw, 1, 2).to_bytes(), GuestAddress(at))
+            .unwrap();
+        self.tx_chain(&[(at, HDR_LEN as u32, WRITE)]);
+        self.tx_chain(&[(MEM_SIZE as u64 - 8, 64, 0)]);
+    }
+}
+
 #[test]
 fn hostile_packets_are_counted_and_never_fatal() {
     let mut h = Harness::new();
@@ -933,41 +981,7 @@ fn hostile_packets_are_counted_and_never_fatal() {
     let mut s = h.establish_guest(&listener, 80, 8);
     let before = h.counters();
 
-    // Too short for a header.
-    let at = h.tx_area();
-    h.tx_chain(&[(at, 20, 0)]);
-    // A header with len beyond the chain, and beyond 64 KiB.
-    let mut hdr = g(Op::Rw, 1, 2);
-    hdr.len = 100;
-    h.queue_raw(hdr, &[0u8; 10]);
-    hdr.len = MAX_PKT_LEN + 1;
-    h.queue_raw(hdr, &[0u8; 10]);
-    // Wrong type, unknown op, data on a control packet.
-    let mut wrong_type = g(Op::Request, 3, 4);
-    wrong_type.type_ = 2;
-    h.queue_packet(wrong_type, &[]);
-    let mut unknown = g(Op::Rw, 3, 4);
-    unknown.op = 99;
-    h.queue_packet(unknown, &[]);
-    h.queue_packet(g(Op::Request, 3, 4), b"junk");
-    // Forged source CID and a destination other than the host.
-    let mut forged = g(Op::Request, 3, 8);
-    forged.src_cid = 77;
-    h.queue_packet(forged, &[]);
-    let mut elsewhere = g(Op::Request, 3, 8);
-    elsewhere.dst_cid = 4;
-    h.queue_packet(elsewhere, &[]);
-    // Packets for no connection (forged ports), an RST for none.
-    h.queue_packet(g(Op::Rw, 81, 8), b"x");
-    h.queue_packet(g(Op::Response, 80, 9), &[]);
-    h.queue_packet(g(Op::Rst, 81, 8), &[]);
-    // A device-writable buffer in the TX queue, a buffer outside memory.
-    let at = h.tx_area();
-    h.mem
-        .write_slice(&g(Op::Rw, 1, 2).to_bytes(), GuestAddress(at))
-        .unwrap();
-    h.tx_chain(&[(at, HDR_LEN as u32, WRITE)]);
-    h.tx_chain(&[(MEM_SIZE as u64 - 8, 64, 0)]);
+    h.queue_hostile_packets();
     h.kick(TX_QUEUE);
 
     let c = h.counters();

@@ -252,7 +252,12 @@ fn config_space_holds_the_mac_and_link_status() {
         let mut mac = [0u8; 6];
         h.net.lock().unwrap().read_config(0, &mut mac);
         assert_eq!(mac, MAC, "the MAC is read-only");
+    });
+}
 
+#[test]
+fn the_mac_and_mtu_come_from_the_configuration() {
+    in_netns(|| {
         // Without a configured MAC the device makes up a local unicast one.
         let generated = Net::<Mem>::new(NetConfig {
             guest_mac: None,
@@ -275,9 +280,15 @@ fn config_space_holds_the_mac_and_link_status() {
             guest_mac: Some([1, 2, 3, 4, 5, 6]),
             ..net_config("ember-bad")
         });
-        assert!(matches!(bad, Err(crate::Error::InvalidMac(_))));
+        assert!(matches!(
+            bad,
+            Err(crate::Error::Net(crate::virtio::net::Error::InvalidMac(_)))
+        ));
         let no_tap = Net::<Mem>::new(net_config("name-is-far-too-long"));
-        assert!(matches!(no_tap, Err(crate::Error::Tap { .. })));
+        assert!(matches!(
+            no_tap,
+            Err(crate::Error::Net(crate::virtio::net::Error::Tap { .. }))
+        ));
     });
 }
 
@@ -473,16 +484,36 @@ fn activation_needs_both_queues_ready_and_happens_once() {
         let mut not_ready = ready();
         not_ready.set_ready(false);
         let err = net.activate(mem.clone(), vec![ready(), not_ready], irq.clone(), 0);
-        assert!(matches!(err, Err(crate::Error::QueueNotReady(1))));
+        assert!(matches!(
+            err,
+            Err(crate::Error::Activation(
+                crate::virtio::ActivationError::QueueNotReady(1)
+            ))
+        ));
         let err = net.activate(mem.clone(), vec![ready()], irq.clone(), 0);
-        assert!(matches!(err, Err(crate::Error::QueueNotReady(1))));
+        assert!(matches!(
+            err,
+            Err(crate::Error::Activation(
+                crate::virtio::ActivationError::QueueNotReady(1)
+            ))
+        ));
         let err = net.activate(mem.clone(), Vec::new(), irq.clone(), 0);
-        assert!(matches!(err, Err(crate::Error::QueueNotReady(0))));
+        assert!(matches!(
+            err,
+            Err(crate::Error::Activation(
+                crate::virtio::ActivationError::QueueNotReady(0)
+            ))
+        ));
         assert!(!net.is_activated());
         net.activate(mem.clone(), vec![ready(), ready()], irq.clone(), 0)
             .unwrap();
         let err = net.activate(mem, vec![ready(), ready()], irq, 0);
-        assert!(matches!(err, Err(crate::Error::AlreadyActive)));
+        assert!(matches!(
+            err,
+            Err(crate::Error::Activation(
+                crate::virtio::ActivationError::AlreadyActive
+            ))
+        ));
     });
 }
 

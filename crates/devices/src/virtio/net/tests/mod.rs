@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+mod backend;
 mod datapath;
 pub(crate) mod host;
 mod hostile;

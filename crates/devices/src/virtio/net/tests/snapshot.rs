@@ -88,7 +88,7 @@ fn a_frame_queued_before_the_save_is_sent_once_after_the_restore() {
         // The old device is gone with its TAP; a new one is made by name.
         let tap = Tap::open(&net_state.host_dev_name).unwrap();
         let net = Arc::new(Mutex::new(
-            Net::<Mem>::restore(&net_state, tap, None).unwrap(),
+            Net::<Mem>::restore(&net_state, Box::new(tap), None).unwrap(),
         ));
         let port = HostPort::new(TAP);
         let mut manager = Manager::new().unwrap();
@@ -135,11 +135,11 @@ fn an_mmds_interface_needs_its_store_on_restore() {
         assert_eq!(state.mmds_address, Some(address));
         drop(with_mmds);
         let tap = Tap::open("ember-snap2").unwrap();
-        let err = Net::<Mem>::restore(&state, tap, None).unwrap_err();
+        let err = Net::<Mem>::restore(&state, Box::new(tap), None).unwrap_err();
         assert!(matches!(err, Error::RestoreMismatch { .. }), "{err}");
         let tap = Tap::open("ember-snap2").unwrap();
         let store = Arc::new(Mutex::new(Mmds::default()));
-        let restored = Net::<Mem>::restore(&state, tap, Some(store)).unwrap();
+        let restored = Net::<Mem>::restore(&state, Box::new(tap), Some(store)).unwrap();
         assert_eq!(restored.state().mmds_address, Some(address));
         drop(net);
     });

@@ -21,6 +21,31 @@ use crate::virtio::test_utils::{
 };
 use crate::virtio::MmioTransport;
 
+/// What a driver does before it sets up the queues: checks the device ID,
+/// accepts the basic features and STATUS, and reads the MAC (byte by byte,
+/// as a driver may) and the link status.
+fn negotiate_and_read_config(t: &mut MmioTransport<Mem>) {
+    assert_eq!(read_reg(t, VIRTIO_MMIO_DEVICE_ID), 1);
+    let mut offered = 0u64;
+    for sel in 0..2 {
+        write_reg(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        offered |= u64::from(read_reg(t, VIRTIO_MMIO_DEVICE_FEATURES)) << (32 * sel);
+    }
+    let wanted = basic_features() | feature_bit(VIRTIO_NET_F_STATUS);
+    assert_eq!(offered & wanted, wanted);
+    assert_eq!(negotiate(t, wanted) & 0x8, 0x8, "FEATURES_OK");
+    let mut mac = [0u8; 6];
+    for (i, byte) in mac.iter_mut().enumerate() {
+        let mut b = [0u8; 1];
+        t.read(CONFIG_SPACE_OFFSET + i as u64, &mut b);
+        *byte = b[0];
+    }
+    assert_eq!(mac, MAC);
+    let mut status = [0u8; 2];
+    t.read(CONFIG_SPACE_OFFSET + 6, &mut status);
+    assert_eq!(u32::from(u16::from_le_bytes(status)), VIRTIO_NET_S_LINK_UP);
+}
+
 #[test]
 fn mmio_handshake_drives_the_net_device() {
     in_netns(|| {
@@ -33,26 +58,7 @@ fn mmio_handshake_drives_the_net_device() {
         manager.add_subscriber(net.clone());
         let mut t = MmioTransport::new(mem.clone(), net.clone()).unwrap();
 
-        assert_eq!(read_reg(&mut t, VIRTIO_MMIO_DEVICE_ID), 1);
-        let mut offered = 0u64;
-        for sel in 0..2 {
-            write_reg(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
-            offered |= u64::from(read_reg(&mut t, VIRTIO_MMIO_DEVICE_FEATURES)) << (32 * sel);
-        }
-        let wanted = basic_features() | feature_bit(VIRTIO_NET_F_STATUS);
-        assert_eq!(offered & wanted, wanted);
-        assert_eq!(negotiate(&mut t, wanted) & 0x8, 0x8, "FEATURES_OK");
-        // The MAC, byte by byte as a driver may read it, and the status.
-        let mut mac = [0u8; 6];
-        for (i, byte) in mac.iter_mut().enumerate() {
-            let mut b = [0u8; 1];
-            t.read(CONFIG_SPACE_OFFSET + i as u64, &mut b);
-            *byte = b[0];
-        }
-        assert_eq!(mac, MAC);
-        let mut status = [0u8; 2];
-        t.read(CONFIG_SPACE_OFFSET + 6, &mut status);
-        assert_eq!(u32::from(u16::from_le_bytes(status)), VIRTIO_NET_S_LINK_UP);
+        negotiate_and_read_config(&mut t);
 
         let mut rxq = GuestQueue::new(&mem, 0x1000, 8);
         let mut txq = GuestQueue::new(&mem, 0x2000, 8);
