@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::error_chain;
 
 fn entries(dir: &Path) -> Vec<OsString> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
@@ -65,7 +66,7 @@ fn a_diff_goes_into_regular_files_only_and_never_blocks() {
     std::os::unix::fs::symlink(dir.path().join("target"), &link).unwrap();
     for path in [fifo.as_path(), Path::new("/dev/null"), link.as_path()] {
         let err = open_diff_target(path).unwrap_err();
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(error_chain(&err).contains("not a regular file"), "{err}");
     }
     for path in [
         "/proc/self/mem",
@@ -74,7 +75,7 @@ fn a_diff_goes_into_regular_files_only_and_never_blocks() {
     ] {
         if Path::new(path).is_file() {
             let err = open_diff_target(Path::new(path)).unwrap_err();
-            assert!(err.to_string().contains("kernel interface"), "{err}");
+            assert!(error_chain(&err).contains("kernel interface"), "{err}");
         }
     }
     let created = dir.path().join("vm.mem");
