@@ -9,10 +9,13 @@
 //! - [`bind_unix_listener`] binds a listening Unix socket, replacing a stale
 //!   socket left by a process that died ([`clear_stale_socket`]) and refusing
 //!   a live socket or anything that is not a socket; [`BoundListener`] is
-//!   such a socket that removes its file when dropped.
+//!   such a socket that removes its file when dropped. Sockets are only
+//!   ever connected to without blocking (`connect_nonblocking`).
 
 use std::fs::{File, FileType, OpenOptions};
 use std::io::{self, ErrorKind};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -102,16 +105,72 @@ pub fn open_input(path: &Path, kind: InputKind, write: bool) -> io::Result<File>
     Ok(file)
 }
 
+/// Connects a non-blocking stream socket to `path` without blocking: a
+/// listener whose backlog is full refuses (`WouldBlock`) instead of stalling
+/// the event loop.
+pub(crate) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX)
+        .map_err(|_| io::Error::other("AF_UNIX does not fit sa_family_t"))?;
+    // One byte stays 0: the terminator.
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "unusable Unix socket path",
+        ));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = libc::c_char::from_ne_bytes([src]);
+    }
+    // SAFETY: socket() takes no pointers; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    let len = libc::socklen_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path too long"))?;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes that
+    // outlives the call; the result is checked.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
+}
+
 /// Makes way for a listening socket at `path`: nothing there is fine; a socket
 /// nobody accepts on (left by a process that died) is removed; a socket a
 /// process accepts on, or anything that is not a socket, is refused. The
 /// errors say why in a few words, for the caller to prefix with the path.
 pub fn clear_stale_socket(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+        // Never a blocking connect: a listener whose backlog is full would
+        // hold the caller until it accepts.
+        Ok(meta) if meta.file_type().is_socket() => match connect_nonblocking(path) {
             Ok(_) => Err(io::Error::new(
                 ErrorKind::AddrInUse,
                 "another process is listening on it",
+            )),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(io::Error::new(
+                ErrorKind::AddrInUse,
+                "another process is listening on it (its backlog is full)",
             )),
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)
                 .map_err(|e| {
@@ -277,6 +336,31 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
         let err = clear_stale_socket(dir.path()).unwrap_err().to_string();
         assert!(err.contains("it is a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_live_socket_with_a_full_backlog_is_refused_without_blocking() {
+        use std::os::fd::AsRawFd;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let live = UnixListener::bind(&path).unwrap();
+        // SAFETY: `live` is a bound listening socket; listen only changes
+        // its backlog.
+        assert_eq!(unsafe { libc::listen(live.as_raw_fd(), 0) }, 0);
+        let mut pending = Vec::new();
+        loop {
+            match connect_nonblocking(&path) {
+                Ok(stream) => pending.push(stream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(pending.len() < 1024, "the backlog never filled");
+        }
+        let err = clear_stale_socket(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AddrInUse, "{err}");
+        assert!(err.to_string().contains("backlog is full"), "{err}");
+        assert!(path.exists());
     }
 
     #[test]

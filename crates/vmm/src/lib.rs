@@ -52,6 +52,7 @@ mod device_thread;
 mod error_chain;
 mod exit;
 mod io;
+mod memory_fault;
 pub mod metrics;
 mod restore;
 pub mod signals;
@@ -66,6 +67,7 @@ pub use config::{DriveConfig, MmdsNetConfig, OpenedInputs, SerialInput, SerialOu
 pub use ember_snapshot::Section as SnapshotSection;
 pub use error_chain::error_chain;
 pub use exit::{ExitReason, StopHandle};
+pub use memory_fault::MEMORY_FAULT_EXIT_CODE;
 pub use metrics::MetricGroup;
 pub use restore::{restore, RestoreConfig};
 pub use snapshot::{MachineInfo, SnapshotFiles, SnapshotKind, SnapshotReport};
@@ -242,6 +244,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A snapshot's state file and memory file would be the same file.
+    #[error("the snapshot's state file and memory file are the same file: {}", .0.display())]
+    SnapshotPathsClash(PathBuf),
     /// A seccomp filter could not be installed.
     #[error("seccomp ({thread} thread)")]
     Seccomp {

@@ -31,6 +31,7 @@ use crate::builder::{
     check_vcpus_against, create_devices, dirty_page_tracking, open_kvm, KvmVm, LegacyInputs,
 };
 use crate::config::{SerialInput, SerialOutput, DEFAULT_KVM_DEVICE};
+use crate::memory_fault::install_memory_fault_handler;
 use crate::snapshot::{ids, SavedDevice, SavedVirtio, SavedVm};
 use crate::virtio_devices::{Placer, SharedDevice};
 use crate::{memory_layout, Error, Result, Vm};
@@ -328,6 +329,7 @@ pub fn restore(mut config: RestoreConfig) -> Result<Vm> {
     let kvm = open_kvm(&config.kvm_device)?;
     check_vcpus_against(Some(&kvm), machine.vcpu_count)?;
     let track_dirty_pages = config.track_dirty_pages;
+    install_memory_fault_handler()?;
     let memory = map_guest_memory(
         &layout,
         Backing::File(&mem_file),

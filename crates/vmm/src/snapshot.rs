@@ -3,8 +3,6 @@
 //! each virtio device with its placement, so that a restore rebuilds the same
 //! machine.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,8 +15,14 @@ use ember_devices::virtio::mmio::MmioTransportState;
 use ember_devices::virtio::net::NetState;
 use ember_devices::virtio::rng::RngState;
 use ember_devices::virtio::vsock::VsockState;
+use ember_memory::GuestMemoryMmap;
 use ember_snapshot::{Section, StateFile};
 use serde::{Deserialize, Serialize};
+use vm_memory::GuestMemoryBackend;
+
+mod targets;
+
+use targets::{check_targets, open_diff_target, Replacement};
 
 use crate::virtio_devices::{SharedDevice, VirtioSlot};
 use crate::vm::RunningVm;
@@ -310,67 +314,20 @@ mod erased {
     }
 }
 
-/// A file beside `path` that replaces it on [`Replacement::commit`] and is
-/// removed if dropped before.
-pub(crate) struct Replacement {
-    temp: PathBuf,
-    path: PathBuf,
-    file: File,
-    committed: bool,
-}
-
-impl Replacement {
-    /// Creates the temporary file.
-    pub(crate) fn create(path: &Path) -> Result<Replacement> {
-        let io_err = |what: &'static str| {
-            let path = path.to_owned();
-            move |source| Error::SnapshotFile { what, path, source }
+/// Marks the pages of `dirty` (one KVM-format bitmap per region) written
+/// again in the regions' own dirty bitmaps, so that the next diff snapshot
+/// writes them.
+fn mark_dirty_again(memory: &GuestMemoryMmap, dirty: &[Vec<u64>]) {
+    for (region, words) in memory.iter().zip(dirty) {
+        let mapping = region.get_mmap();
+        let Some(bitmap) = mapping.bitmap() else {
+            continue;
         };
-        let name = path
-            .file_name()
-            .ok_or_else(|| io_err("name")(std::io::ErrorKind::InvalidInput.into()))?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".{}.tmp", std::process::id()));
-        let temp = path.with_file_name(temp_name);
-        let _ = std::fs::remove_file(&temp);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&temp)
-            .map_err(io_err("create"))?;
-        Ok(Replacement {
-            temp,
-            path: path.to_owned(),
-            file,
-            committed: false,
-        })
-    }
-
-    /// The open temporary file.
-    pub(crate) fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// Renames the temporary file over the path.
-    pub(crate) fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.temp, &self.path).map_err(|source| Error::SnapshotFile {
-            what: "rename into",
-            path: self.path.clone(),
-            source,
-        })?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Replacement {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.temp);
+        for (index, &word) in words.iter().enumerate() {
+            for bit in (0..64).filter(|bit| word & (1 << bit) != 0) {
+                let page = index * 64 + bit;
+                bitmap.set_addr_range(page * ember_snapshot::PAGE_SIZE, ember_snapshot::PAGE_SIZE);
+            }
         }
     }
 }
@@ -383,9 +340,12 @@ impl RunningVm {
 
     /// Saves the paused VM: guest memory to `files.mem_path` (all of it, or
     /// for [`SnapshotKind::Diff`] the pages written since the last snapshot),
-    /// then the state to `files.state_path`. A full snapshot's memory file and
-    /// the state file are written under temporary names and renamed, so a
-    /// failure leaves the paths as they were.
+    /// then the state to `files.state_path`. Paths naming directories, in
+    /// unreachable directories or both naming the same file are refused
+    /// first, and a diff goes only into a regular file. A full snapshot's
+    /// memory file and the state file are written whole under temporary
+    /// names before either is renamed, so a failure leaves the paths as they
+    /// were; a failed diff leaves its pages dirty for the next one.
     pub fn snapshot(&mut self, files: &SnapshotFiles) -> Result<SnapshotReport> {
         let start = Instant::now();
         self.check_snapshot_request(files)?;
@@ -425,7 +385,8 @@ impl RunningVm {
     }
 
     /// Refuses a snapshot of a running VM, a diff without dirty page
-    /// tracking, and caller's sections not named `app.*`.
+    /// tracking, caller's sections not named `app.*`, and paths that name
+    /// directories or the same file ([`check_targets`]).
     fn check_snapshot_request(&self, files: &SnapshotFiles) -> Result<()> {
         if !self.paused {
             return Err(Error::InvalidState(
@@ -437,18 +398,18 @@ impl RunningVm {
                 "a diff snapshot needs dirty page tracking (track_dirty_pages)",
             ));
         }
-        match files
+        if let Some(section) = files
             .extra
             .iter()
             .find(|s| !s.id.starts_with(ids::APP_PREFIX))
         {
-            Some(section) => Err(Error::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "snapshot section `{}`: the caller's sections are named `{}...`",
                 section.id,
                 ids::APP_PREFIX
-            ))),
-            None => Ok(()),
+            )));
         }
+        check_targets(&files.state_path, &files.mem_path)
     }
 
     /// Each vCPU's state, saved on its own (parked) thread.
@@ -473,50 +434,50 @@ impl RunningVm {
     }
 }
 
-/// A full snapshot: all of guest memory to a new memory file, then the
-/// state file, each replacing its path only once written. With dirty page
-/// tracking (`tracked_vm`), the dirty log is cleared so that the next diff
+/// A full snapshot: all of guest memory and the state, each to a temporary
+/// file beside its path; both are complete before either is renamed into
+/// place, so a failure leaves neither. With dirty page tracking
+/// (`tracked_vm`), the dirty log is then cleared so that the next diff
 /// starts from this snapshot. Returns the memory bytes written.
 fn write_full(
     files: &SnapshotFiles,
     state: &[u8],
-    memory: &ember_memory::GuestMemoryMmap,
+    memory: &GuestMemoryMmap,
     tracked_vm: Option<&kvm_ioctls::VmFd>,
 ) -> Result<u64> {
-    let out = Replacement::create(&files.mem_path)?;
-    let written = ember_snapshot::write_full_memory(memory, out.file()).map_err(Error::Snapshot)?;
+    let mem_out = Replacement::create(&files.mem_path)?;
+    let written =
+        ember_snapshot::write_full_memory(memory, mem_out.file()).map_err(Error::Snapshot)?;
+    let state_out = Replacement::with_bytes(&files.state_path, state)?;
+    mem_out.commit()?;
+    state_out.commit()?;
     if let Some(vm_fd) = tracked_vm {
         ember_memory::dirty_pages(memory, vm_fd)?;
     }
-    ember_snapshot::write_atomic(&files.state_path, state).map_err(Error::Snapshot)?;
-    out.commit()?;
     Ok(written)
 }
 
 /// A diff snapshot: the pages written since the last snapshot, into the
-/// memory file (created if missing), then the state file. Returns the
-/// memory bytes written.
+/// memory file (created if missing, a regular file: [`open_diff_target`]),
+/// then the state file, renamed into place. If either fails, the pages stay
+/// dirty for the next diff. Returns the memory bytes written.
 fn write_diff(
     files: &SnapshotFiles,
     state: &[u8],
-    memory: &ember_memory::GuestMemoryMmap,
+    memory: &GuestMemoryMmap,
     vm_fd: &kvm_ioctls::VmFd,
 ) -> Result<u64> {
+    let mem_file = open_diff_target(&files.mem_path)?;
+    let state_out = Replacement::with_bytes(&files.state_path, state)?;
     let dirty = ember_memory::dirty_pages(memory, vm_fd)?;
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&files.mem_path)
-        .map_err(|source| Error::SnapshotFile {
-            what: "open",
-            path: files.mem_path.clone(),
-            source,
-        })?;
-    let written =
-        ember_snapshot::write_diff_memory(memory, &dirty, &file).map_err(Error::Snapshot)?;
-    ember_snapshot::write_atomic(&files.state_path, state).map_err(Error::Snapshot)?;
-    Ok(written)
+    let written = ember_snapshot::write_diff_memory(memory, &dirty, &mem_file)
+        .map_err(Error::Snapshot)
+        .and_then(|written| state_out.commit().map(|()| written));
+    if written.is_err() {
+        mark_dirty_again(memory, &dirty);
+    }
+    written
 }
+
+#[cfg(test)]
+mod tests;

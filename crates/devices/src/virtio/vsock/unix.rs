@@ -3,11 +3,11 @@
 //! handshake of host-initiated connections (Firecracker's protocol).
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+pub(crate) use crate::host_files::connect_nonblocking;
 use crate::virtio::iov::GuestIoVecs;
 
 /// Longest `CONNECT <port>\n` line read from a host client, newline included.
@@ -19,56 +19,6 @@ pub(crate) fn port_path(uds_path: &Path, port: u32) -> PathBuf {
     let mut path = uds_path.as_os_str().to_owned();
     path.push(format!("_{port}"));
     PathBuf::from(path)
-}
-
-/// Connects a non-blocking stream socket to `path` without blocking: a
-/// listener whose backlog is full refuses (`WouldBlock`) instead of stalling
-/// the event loop.
-pub(crate) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX)
-        .map_err(|_| io::Error::other("AF_UNIX does not fit sa_family_t"))?;
-    // One byte stays 0: the terminator.
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "unusable Unix socket path",
-        ));
-    }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = libc::c_char::from_ne_bytes([src]);
-    }
-    // SAFETY: socket() takes no pointers; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    let len = libc::socklen_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path too long"))?;
-    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes that
-    // outlives the call; the result is checked.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(UnixStream::from(fd))
 }
 
 /// Writes to a stream without ever raising SIGPIPE (whatever the process's
