@@ -4,6 +4,7 @@
 //! or moves a virtqueue, and a snapshot taken then is consistent. The VMM
 //! thread keeps its own loop for the API and the exit watcher.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -40,6 +41,9 @@ struct LoopState {
 struct LoopControl {
     state: Mutex<LoopState>,
     changed: Condvar,
+    /// Set with each new request, so the loop takes the lock only then, not
+    /// on every turn.
+    requested: AtomicBool,
 }
 
 impl LoopControl {
@@ -113,6 +117,7 @@ impl DeviceThread {
                 ended: false,
             }),
             changed: Condvar::new(),
+            requested: AtomicBool::new(false),
         });
         let (thread_control, filter, reports, report_event) = (
             control.clone(),
@@ -150,6 +155,7 @@ impl DeviceThread {
 
     fn request(&self, request: Request) {
         self.control.lock().request = request;
+        self.control.requested.store(true, Ordering::SeqCst);
         self.control.changed.notify_all();
         if let Err(e) = self.wake.trigger() {
             log::error!("cannot wake the device loop: {e}");
@@ -203,7 +209,7 @@ fn run_devices(
         })?;
     }
     loop {
-        {
+        if control.requested.swap(false, Ordering::SeqCst) {
             let mut state = control.lock();
             while state.request == Request::Pause {
                 state.parked = true;

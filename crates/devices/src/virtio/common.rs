@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::vec;
 
 use ember_ratelimit::{RateLimiter, TokenType};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -54,22 +54,30 @@ pub(crate) struct SingleQueue<M> {
 }
 
 impl<M> SingleQueue<M> {
-    /// Takes the one queue of an activation, which must be enabled; fails
-    /// with [`Error::AlreadyActive`] if the device is `already_active`.
+    /// Activates the device whose activation state is `slot` with the one
+    /// queue of an activation, which must be enabled; fails, changing
+    /// nothing, with [`Error::AlreadyActive`] if `slot` holds one already.
     pub(crate) fn activate(
-        already_active: bool,
+        slot: &mut Option<SingleQueue<M>>,
         mem: M,
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
         acked_features: u64,
-    ) -> Result<SingleQueue<M>> {
-        let queue = ActivationQueues::new(already_active, queues)?.ready()?;
-        Ok(SingleQueue {
+    ) -> Result<()> {
+        let queue = ActivationQueues::new(slot.is_some(), queues)?.ready()?;
+        *slot = Some(SingleQueue {
             mem,
             queue,
             interrupt,
             acked_features,
-        })
+        });
+        Ok(())
+    }
+
+    /// The live queue of an active device (none while inactive), for
+    /// [`VirtioDevice::queue_states`](super::VirtioDevice::queue_states).
+    pub(crate) fn queue_states(slot: &Option<SingleQueue<M>>) -> Vec<QueueState> {
+        slot.iter().map(|active| active.queue.state()).collect()
     }
 }
 

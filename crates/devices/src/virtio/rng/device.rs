@@ -304,14 +304,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Rng<M> {
         interrupt: Arc<dyn VirtioInterrupt>,
         acked_features: u64,
     ) -> Result<()> {
-        let already_active = self.active.is_some();
-        self.active = Some(Active::activate(
-            already_active,
-            mem,
-            queues,
-            interrupt,
-            acked_features,
-        )?);
+        Active::activate(&mut self.active, mem, queues, interrupt, acked_features)?;
         // Requests made available before DRIVER_OK get picked up by the event loop.
         self.kick_queues(&[0]);
         Ok(())
@@ -322,7 +315,7 @@ impl<M: GuestMemoryHandle> VirtioDevice<M> for Rng<M> {
     }
 
     fn queue_states(&self) -> Vec<QueueState> {
-        self.active.iter().map(|a| a.queue.state()).collect()
+        Active::queue_states(&self.active)
     }
 
     fn reset(&mut self) {
