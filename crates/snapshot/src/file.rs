@@ -6,7 +6,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Error, Result};
 
@@ -21,52 +20,100 @@ fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Er
     }
 }
 
-/// Writes `bytes` to `path` so that the path holds either its old content or
-/// all of `bytes`: they go to a temporary file in the same directory, which
-/// is synced and renamed over `path` (and removed if anything fails).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let Some(name) = path.file_name() else {
-        return Err(Error::Io {
+/// A file that replaces `path` whole, or not at all: it is written under a
+/// temporary name beside `path` ([`PendingFile::temporary_path`]), renamed
+/// over `path` by [`PendingFile::commit`], and removed if dropped before.
+/// Several pending files can be prepared and then committed one after the
+/// other, so that a failure while writing any of them changes no path.
+#[derive(Debug)]
+pub struct PendingFile {
+    temp: PathBuf,
+    path: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl PendingFile {
+    /// The temporary name that stands for `path` until a commit:
+    /// `.NAME.PID.tmp` in the same directory (one per process and path: a
+    /// leftover of this process is replaced).
+    pub fn temporary_path(path: &Path) -> Result<PathBuf> {
+        let name = path.file_name().ok_or_else(|| Error::Io {
             action: "write to",
             path: path.to_owned(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
-        });
-    };
+        })?;
+        let mut temp = OsString::from(".");
+        temp.push(name);
+        temp.push(format!(".{}.tmp", std::process::id()));
+        Ok(path.with_file_name(temp))
+    }
+
+    /// Creates the (empty) temporary file for `path`.
+    pub fn create(path: &Path) -> Result<PendingFile> {
+        let temp = Self::temporary_path(path)?;
+        let _ = std::fs::remove_file(&temp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&temp)
+            .map_err(io_error("create", path))?;
+        Ok(PendingFile {
+            temp,
+            path: path.to_owned(),
+            file,
+            committed: false,
+        })
+    }
+
+    /// A pending replacement of `path` holding `bytes`, synced to disk.
+    pub fn with_bytes(path: &Path, bytes: &[u8]) -> Result<PendingFile> {
+        let mut pending = Self::create(path)?;
+        pending
+            .file
+            .write_all(bytes)
+            .and_then(|()| pending.file.sync_all())
+            .map_err(io_error("write", path))?;
+        Ok(pending)
+    }
+
+    /// The open temporary file, to write the content into.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Renames the temporary file over the path.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.temp, &self.path)
+            .map_err(io_error("rename a temporary file to", &self.path))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that the path holds either its old content or
+/// all of `bytes` (a [`PendingFile`], synced, then committed), and makes the
+/// rename durable by syncing the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    PendingFile::with_bytes(path, bytes)?.commit()?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let mut temp_name = OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(
-        ".tmp.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temp = dir.join(temp_name);
-    let written = write_and_rename(&temp, path, bytes);
-    if written.is_err() {
-        // The write failed: the temporary file is useless, and may not exist.
-        let _ = std::fs::remove_file(&temp);
-    }
-    written?;
-    // Make the rename itself durable; the file is complete either way.
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error("sync the directory of", path))
-}
-
-fn write_and_rename(temp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(temp)
-        .map_err(io_error("create", temp))?;
-    file.write_all(bytes).map_err(io_error("write", temp))?;
-    file.sync_all().map_err(io_error("sync", temp))?;
-    std::fs::rename(temp, path).map_err(io_error("rename a temporary file to", path))
 }
 
 /// Reads a state file, refusing (without blocking) anything that is not a
@@ -138,6 +185,22 @@ pub fn read_state_file(path: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_file_appears_whole_on_commit_and_not_at_all_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.snap");
+        std::fs::write(&path, b"old").unwrap();
+        drop(PendingFile::with_bytes(&path, b"new").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(entries(dir.path()), vec![OsString::from("vm.snap")]);
+        PendingFile::with_bytes(&path, b"new")
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(entries(dir.path()), vec![OsString::from("vm.snap")]);
+    }
 
     fn entries(dir: &Path) -> Vec<OsString> {
         let mut names: Vec<_> = std::fs::read_dir(dir)

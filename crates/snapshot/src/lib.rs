@@ -84,7 +84,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use describe::describe;
-pub use file::{read_state_file, write_atomic, MAX_STATE_FILE_SIZE};
+pub use file::{read_state_file, write_atomic, PendingFile, MAX_STATE_FILE_SIZE};
 pub use format::{
     arch_name, format_version, Section, StateFile, ARCH_AARCH64, ARCH_X86_64, FORMAT_VERSION,
     HOST_ARCH, MAGIC, MAX_ID_LEN,

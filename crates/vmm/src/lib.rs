@@ -222,7 +222,7 @@ pub enum Error {
     NoBalloon,
     /// A snapshot file could not be read, written or decoded.
     #[error(transparent)]
-    Snapshot(ember_snapshot::Error),
+    Snapshot(#[from] ember_snapshot::Error),
     /// A state file is not one this Ember can restore.
     #[error("state file {path}")]
     SnapshotState {

@@ -22,7 +22,8 @@ use vm_memory::GuestMemoryBackend;
 
 mod targets;
 
-use targets::{check_targets, open_diff_target, Replacement};
+use ember_snapshot::PendingFile;
+use targets::{check_targets, open_diff_target};
 
 use crate::virtio_devices::{SharedDevice, VirtioSlot};
 use crate::vm::RunningVm;
@@ -445,10 +446,10 @@ fn write_full(
     memory: &GuestMemoryMmap,
     tracked_vm: Option<&kvm_ioctls::VmFd>,
 ) -> Result<u64> {
-    let mem_out = Replacement::create(&files.mem_path)?;
+    let mem_out = PendingFile::create(&files.mem_path)?;
     let written =
         ember_snapshot::write_full_memory(memory, mem_out.file()).map_err(Error::Snapshot)?;
-    let state_out = Replacement::with_bytes(&files.state_path, state)?;
+    let state_out = PendingFile::with_bytes(&files.state_path, state)?;
     mem_out.commit()?;
     state_out.commit()?;
     if let Some(vm_fd) = tracked_vm {
@@ -468,11 +469,11 @@ fn write_diff(
     vm_fd: &kvm_ioctls::VmFd,
 ) -> Result<u64> {
     let mem_file = open_diff_target(&files.mem_path)?;
-    let state_out = Replacement::with_bytes(&files.state_path, state)?;
+    let state_out = PendingFile::with_bytes(&files.state_path, state)?;
     let dirty = ember_memory::dirty_pages(memory, vm_fd)?;
     let written = ember_snapshot::write_diff_memory(memory, &dirty, &mem_file)
         .map_err(Error::Snapshot)
-        .and_then(|written| state_out.commit().map(|()| written));
+        .and_then(|written| Ok(state_out.commit().map(|()| written)?));
     if written.is_err() {
         mark_dirty_again(memory, &dirty);
     }

@@ -1,14 +1,15 @@
 //! Where a snapshot's files land: both paths checked before anything is
 //! written, the diff memory file opened without blocking on or writing into
-//! something that is not a regular file or is a kernel interface, and
-//! replacements that appear whole or not at all.
+//! something that is not a regular file or is a kernel interface (full
+//! snapshots' files are [`PendingFile`]s, which appear whole or not at all).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use ember_snapshot::PendingFile;
 
 use crate::{Error, Result};
 
@@ -53,15 +54,6 @@ fn landing(path: &Path) -> Result<Landing> {
     })
 }
 
-/// The name of the temporary file that stands for `name` until it is
-/// renamed over it.
-fn temporary_name(name: &OsStr) -> OsString {
-    let mut temp = OsString::from(".");
-    temp.push(name);
-    temp.push(format!(".{}.tmp", std::process::id()));
-    temp
-}
-
 /// Checks the two paths of a snapshot before anything is written: each in
 /// a reachable directory and not naming a directory, and neither the same
 /// directory entry as the other or as the other's temporary file (the
@@ -70,10 +62,15 @@ pub(super) fn check_targets(state_path: &Path, mem_path: &Path) -> Result<()> {
     let state = landing(state_path)?;
     let mem = landing(mem_path)?;
     let same_dir = (state.dir_dev, state.dir_ino) == (mem.dir_dev, mem.dir_ino);
+    let temporary = |path: &Path| {
+        PendingFile::temporary_path(path)
+            .ok()
+            .and_then(|temp| temp.file_name().map(OsStr::to_owned))
+    };
     if same_dir
         && (state.name == mem.name
-            || state.name == temporary_name(&mem.name)
-            || mem.name == temporary_name(&state.name))
+            || Some(&state.name) == temporary(mem_path).as_ref()
+            || Some(&mem.name) == temporary(state_path).as_ref())
     {
         return Err(Error::SnapshotPathsClash(mem_path.to_owned()));
     }
@@ -145,70 +142,6 @@ fn on_kernel_interface(file: &File) -> std::io::Result<bool> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(KERNEL_INTERFACE_FILE_SYSTEMS.contains(&stat.f_type))
-}
-
-/// A file beside `path` that replaces it on [`Replacement::commit`] and is
-/// removed if dropped before.
-pub(crate) struct Replacement {
-    temp: PathBuf,
-    path: PathBuf,
-    file: File,
-    committed: bool,
-}
-
-impl Replacement {
-    /// Creates the temporary file.
-    pub(crate) fn create(path: &Path) -> Result<Replacement> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| file_error("name", path)(std::io::ErrorKind::InvalidInput.into()))?;
-        let temp = path.with_file_name(temporary_name(name));
-        let _ = std::fs::remove_file(&temp);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&temp)
-            .map_err(file_error("create", path))?;
-        Ok(Replacement {
-            temp,
-            path: path.to_owned(),
-            file,
-            committed: false,
-        })
-    }
-
-    /// A replacement of `path` holding `bytes`, synced.
-    pub(crate) fn with_bytes(path: &Path, bytes: &[u8]) -> Result<Replacement> {
-        let replacement = Replacement::create(path)?;
-        (&replacement.file)
-            .write_all(bytes)
-            .and_then(|()| replacement.file.sync_all())
-            .map_err(file_error("write", path))?;
-        Ok(replacement)
-    }
-
-    /// The open temporary file.
-    pub(crate) fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// Renames the temporary file over the path.
-    pub(crate) fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.temp, &self.path).map_err(file_error("rename into", &self.path))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Replacement {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -83,19 +83,3 @@ fn a_diff_goes_into_regular_files_only_and_never_blocks() {
     assert!(created.is_file());
     assert!(!dir.path().join("target").exists());
 }
-
-#[test]
-fn a_replacement_appears_whole_on_commit_and_not_at_all_otherwise() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vm.snap");
-    std::fs::write(&path, b"old").unwrap();
-    drop(Replacement::with_bytes(&path, b"new").unwrap());
-    assert_eq!(std::fs::read(&path).unwrap(), b"old");
-    assert_eq!(entries(dir.path()), vec![OsString::from("vm.snap")]);
-    Replacement::with_bytes(&path, b"new")
-        .unwrap()
-        .commit()
-        .unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), b"new");
-    assert_eq!(entries(dir.path()), vec![OsString::from("vm.snap")]);
-}
